@@ -1,0 +1,3 @@
+from vmsnapd.cli import main
+
+raise SystemExit(main())
