@@ -1,0 +1,632 @@
+"""vmsnapd test lab: throw-away zfs-fuse pools, datasets and TCG counter guests under libvirt.
+
+Importable helpers for the pytest fixtures (tests/conftest.py), the demo (tests/lab/demo.py) and later tests of
+vmsnapd itself.  Everything the lab creates carries a name with the prefix ``vlab`` followed by the creating
+process id (``vlab<pid>x<random>``), so a crashed run's leftovers can be found and removed by name
+(:func:`cleanup_leftovers`) without touching a concurrent run of someone else.
+
+Layout (see docs/development.md):
+  /var/lib/vmsnapd-lab/faketime              libfaketime timestamp file of the zfs-fuse daemon ("+0", "-10d")
+  /var/lib/vmsnapd-lab/pools/<pool>.img      sparse pool file;  /var/lib/vmsnapd-lab/pools/<pool>/ its mountpoint
+  /var/lib/vmsnapd-lab/vms/<domain>/         token.img (read-only token disk), console.log (serial), fs.img
+  /var/cache/vmsnapd-lab/current/            vmlinuz, initrd-counter.img, initrd-agent.img (tests/lab/build-guest.sh)
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LAB_DIR = Path(os.environ.get("VMSNAPD_LAB_DIR", "/var/lib/vmsnapd-lab"))
+POOLS_DIR = LAB_DIR / "pools"
+VMS_DIR = LAB_DIR / "vms"
+FAKETIME_FILE = LAB_DIR / "faketime"
+GUEST_DIR = Path(os.environ.get("VMSNAPD_LAB_CACHE", "/var/cache/vmsnapd-lab")) / "current"
+URI = "qemu:///system"
+PREFIX = "vlab"
+SECTOR = 512
+RING = 1000  # the guest writes seq at sector seq % RING
+RECORD_RE = re.compile(rb"^seq (\d{10}) token ([^ \n\x00]*)")
+# cache mode of the counter disks.  zfs-fuse files open fine with O_DIRECT (cache='none'); see docs/development.md
+DISK_CACHE = os.environ.get("VMSNAPD_LAB_DISK_CACHE", "none")
+
+
+class LabError(RuntimeError):
+    """Something in the lab failed (a command, a timeout)."""
+
+
+class LabUnavailable(LabError):
+    """The lab is not set up on this machine (not root, daemons not running, guest not built)."""
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def run(*cmd: str | os.PathLike, check: bool = True, timeout: float = 120, input: bytes | None = None
+        ) -> subprocess.CompletedProcess:
+    argv = [str(c) for c in cmd]
+    try:
+        p = subprocess.run(argv, capture_output=True, timeout=timeout, input=input)
+    except subprocess.TimeoutExpired as e:
+        raise LabError(f"timeout after {timeout}s: {' '.join(argv)}") from e
+    if check and p.returncode != 0:
+        raise LabError(f"{' '.join(argv)} -> exit {p.returncode}: "
+                       f"{p.stderr.decode(errors='replace').strip() or p.stdout.decode(errors='replace').strip()}")
+    return p
+
+
+def zfs(*args, check: bool = True, timeout: float = 120) -> str:
+    return run("zfs", *args, check=check, timeout=timeout).stdout.decode()
+
+
+def zpool(*args, check: bool = True, timeout: float = 120) -> str:
+    return run("zpool", *args, check=check, timeout=timeout).stdout.decode()
+
+
+def unique_name(kind: str = "") -> str:
+    """``vlab<pid>x<hex>`` (+ ``-kind``): unique, and tells which process made it."""
+    return f"{PREFIX}{os.getpid()}x{secrets.token_hex(3)}" + (f"-{kind}" if kind else "")
+
+
+def _owner_alive(name: str) -> bool:
+    m = re.match(rf"^{PREFIX}(\d+)x", name)
+    if not m:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_lab() -> None:
+    """Raise LabUnavailable with a reason when the lab cannot be used here."""
+    if os.geteuid() != 0:
+        raise LabUnavailable("the lab needs root (run: sudo tests/lab/setup.sh; then the tests as root)")
+    for tool in ("zfs", "zpool", "virsh", "qemu-img", "qemu-system-x86_64"):
+        if not shutil.which(tool):
+            raise LabUnavailable(f"{tool} not found: run tests/lab/setup.sh")
+    try:
+        import libvirt  # noqa: F401
+    except ImportError as e:
+        raise LabUnavailable(f"libvirt-python not importable ({e}): use .venv/bin/python (tests/lab/setup.sh)")
+    p = subprocess.run(["zpool", "list"], capture_output=True, timeout=30)
+    if p.returncode != 0:
+        raise LabUnavailable(f"zfs-fuse does not answer (zpool list: {p.stderr.decode().strip()}): "
+                             "run tests/lab/setup.sh")
+    try:
+        p = subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise LabUnavailable("libvirtd does not answer within 30 s")
+    if p.returncode != 0:
+        raise LabUnavailable(f"libvirtd does not answer ({p.stderr.decode().strip()}): run tests/lab/setup.sh")
+    for f in ("vmlinuz", "initrd-counter.img", "initrd-agent.img"):
+        if not (GUEST_DIR / f).is_file():
+            raise LabUnavailable(f"guest not built ({GUEST_DIR / f} missing): run tests/lab/setup.sh")
+
+
+_conn = None
+
+
+def conn():
+    """A shared libvirt connection to qemu:///system (reopened when it died)."""
+    global _conn
+    import libvirt
+    if _conn is None or not _conn.isAlive():
+        _conn = libvirt.open(URI)
+    return _conn
+
+
+# --------------------------------------------------------------------------------------------------- faketime
+def set_faketime(offset: str) -> None:
+    """Shift the zfs-fuse daemon's clock for *new* snapshots: "-10d", "-3h", "+0" (no restart needed)."""
+    if not re.fullmatch(r"[+-]\d+(\.\d+)?[smhdy]?", offset):
+        raise ValueError(f"bad libfaketime offset {offset!r} (examples: -10d, -36h, +0)")
+    tmp = FAKETIME_FILE.with_suffix(".tmp")
+    tmp.write_text(offset + "\n")
+    os.replace(tmp, FAKETIME_FILE)
+
+
+def reset_faketime() -> None:
+    set_faketime("+0")
+
+
+def get_faketime() -> str:
+    try:
+        return FAKETIME_FILE.read_text().strip()
+    except FileNotFoundError:
+        return "+0"
+
+
+# --------------------------------------------------------------------------------------------------- pools
+@dataclass
+class Pool:
+    name: str
+    file: Path          # sparse backing file
+    mountpoint: Path
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass
+class Dataset:
+    name: str           # "vlab123x9f00aa/ds1"
+    mountpoint: Path | None
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def pool(self) -> str:
+        return self.name.split("/")[0]
+
+
+def create_pool(size: str = "2G", name: str | None = None) -> Pool:
+    name = name or unique_name()
+    POOLS_DIR.mkdir(parents=True, exist_ok=True)
+    f = POOLS_DIR / f"{name}.img"
+    mp = POOLS_DIR / name
+    run("truncate", "-s", size, f)
+    try:
+        zpool("create", "-m", mp, name, f)
+    except Exception:
+        f.unlink(missing_ok=True)
+        raise
+    return Pool(name, f, mp)
+
+
+def _retry(fn, attempts: int = 20, delay: float = 0.25):
+    last = None
+    for i in range(attempts):
+        try:
+            return fn()
+        except LabError as e:
+            last = e
+            time.sleep(delay * min(i + 1, 4))
+    raise last  # type: ignore[misc]
+
+
+def destroy_pool(name: str | Pool) -> None:
+    """Destroy a lab pool: zpool destroy (-f), retried; finally export; removes file and mountpoint dir."""
+    name = str(name)
+    if not name.startswith(PREFIX):
+        raise ValueError(f"refusing to destroy non-lab pool {name}")
+    if name in list_pools():
+        def attempt():
+            p = run("zpool", "destroy", "-f", name, check=False)
+            if p.returncode != 0 and name in list_pools():
+                # zfs-fuse: a dataset can stay "busy" for good; destroying it with -f first helps
+                for ds in reversed(_list_datasets(name)):
+                    if ds != name:
+                        run("zfs", "destroy", "-r", "-f", ds, check=False)
+                raise LabError(f"zpool destroy {name}: {p.stderr.decode().strip()}")
+        try:
+            _retry(attempt, attempts=12)
+        except LabError:
+            run("zpool", "export", "-f", name, check=False)
+            if name in list_pools():
+                raise
+    # a mount of the pool or its datasets may linger after a fuse unmount lag
+    for mp in _mounts_under(POOLS_DIR / name):
+        run("umount", "-l", mp, check=False)
+    (POOLS_DIR / f"{name}.img").unlink(missing_ok=True)
+    shutil.rmtree(POOLS_DIR / name, ignore_errors=True)
+
+
+def list_pools() -> list[str]:
+    return [l for l in zpool("list", "-H", "-o", "name", check=False).splitlines() if l]
+
+
+def _list_datasets(root: str) -> list[str]:
+    return [l for l in zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem", root, check=False).splitlines()
+            if l]
+
+
+def _mounts_under(path: Path) -> list[str]:
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            mp = line.split()[1].replace("\\040", " ")
+            if mp == str(path) or mp.startswith(str(path) + "/"):
+                out.append(mp)
+    return sorted(out, key=len, reverse=True)
+
+
+def create_dataset(parent: str | Pool | Dataset, name: str | None = None, **props: str) -> Dataset:
+    """Create parent/name (name: unique when omitted); props as zfs properties (mountpoint="none" ...)."""
+    full = f"{parent}/{name or 'ds' + secrets.token_hex(3)}"
+    args = []
+    for k, v in props.items():
+        args += ["-o", f"{k.replace('__', ':')}={v}"]
+    zfs("create", *args, full)
+    mp = zfs("get", "-H", "-o", "value", "mountpoint", full).strip()
+    return Dataset(full, Path(mp) if mp.startswith("/") else None)
+
+
+def destroy_dataset(name: str | Dataset) -> None:
+    name = str(name)
+    if not name.startswith(PREFIX):
+        raise ValueError(f"refusing to destroy non-lab dataset {name}")
+
+    def attempt():
+        if not zfs("list", "-H", "-o", "name", name, check=False).strip():
+            return
+        p = run("zfs", "destroy", "-r", name, check=False)
+        if p.returncode != 0:
+            raise LabError(f"zfs destroy -r {name}: {p.stderr.decode().strip()}")
+    try:
+        _retry(attempt, attempts=8)
+    except LabError:
+        _retry(lambda: run("zfs", "destroy", "-r", "-f", name) if
+               zfs("list", "-H", "-o", "name", name, check=False).strip() else None, attempts=8)
+
+
+def snapshot(dataset: str | Dataset, snapname: str | None = None) -> str:
+    snap = f"{dataset}@{snapname or 'lab' + secrets.token_hex(3)}"
+    zfs("snapshot", snap)
+    return snap
+
+
+# --------------------------------------------------------------------------------------------------- counter
+def parse_records(data: bytes) -> dict[int, tuple[int, str]]:
+    """{sector: (seq, token)} of every counter record in the first RING sectors of a raw image."""
+    out = {}
+    for i in range(min(RING, len(data) // SECTOR)):
+        m = RECORD_RE.match(data[i * SECTOR:(i + 1) * SECTOR])
+        if m:
+            out[i] = (int(m.group(1)), m.group(2).decode(errors="replace"))
+    return out
+
+
+def read_disk_head(path: str | os.PathLike, fmt: str | None = None) -> bytes:
+    """The first RING sectors of a disk image as raw bytes (qcow2: through qemu-img convert -U)."""
+    path = Path(path)
+    fmt = fmt or ("qcow2" if path.suffix == ".qcow2" else "raw")
+    if fmt == "raw":
+        with open(path, "rb") as f:
+            return f.read(RING * SECTOR)
+    with tempfile.TemporaryDirectory(prefix="vlab-read-") as td:
+        out = Path(td) / "head.raw"
+        # -U: the running QEMU holds the image lock; we only read
+        run("qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", path, out)
+        with open(out, "rb") as f:
+            return f.read(RING * SECTOR)
+
+
+def read_records(path: str | os.PathLike, fmt: str | None = None) -> dict[int, tuple[int, str]]:
+    return parse_records(read_disk_head(path, fmt))
+
+
+def read_max_counter(path: str | os.PathLike, fmt: str | None = None) -> int:
+    """Highest seq on a counter disk image (0 when none written yet)."""
+    recs = read_records(path, fmt)
+    return max((s for s, _ in recs.values()), default=0)
+
+
+def read_snapshot_records(snap: str, relpath: str, fmt: str | None = None) -> dict[int, tuple[int, str]]:
+    """Records of file *relpath* (relative to the dataset root) inside ZFS snapshot *snap* ("pool/ds@name").
+
+    zfs-fuse has no .zfs/snapshot directory: clone the snapshot, read, destroy the clone."""
+    ds = snap.split("@")[0]
+    clone = f"{ds.split('/')[0]}/{unique_name('clone')}"
+    mp = POOLS_DIR / "clones" / clone.split("/")[-1]
+    zfs("clone", "-o", f"mountpoint={mp}", snap, clone)
+    try:
+        return read_records(mp / relpath, fmt)
+    finally:
+        destroy_dataset(clone)
+        shutil.rmtree(mp, ignore_errors=True)
+
+
+def snapshot_max_counter(snap: str, relpath: str, fmt: str | None = None) -> int:
+    return max((s for s, _ in read_snapshot_records(snap, relpath, fmt).values()), default=0)
+
+
+# --------------------------------------------------------------------------------------------------- guests
+@dataclass
+class Disk:
+    target: str         # "vda"
+    path: Path
+    fmt: str            # "raw" | "qcow2"
+    dataset: Dataset | None = None
+
+    @property
+    def relpath(self) -> str:
+        """Path relative to the dataset's mountpoint (for snapshot reads)."""
+        assert self.dataset and self.dataset.mountpoint
+        return str(self.path.relative_to(self.dataset.mountpoint))
+
+
+@dataclass
+class VM:
+    name: str
+    disks: list[Disk]               # counter disks, vda, vdb, ...
+    token_path: Path                # read-only token disk (outside snapshotted datasets)
+    token_target: str
+    console_log: Path               # serial console (also reachable with: virsh console NAME)
+    workdir: Path                   # /var/lib/vmsnapd-lab/vms/<name>
+    agent: bool = False
+    fs_disk: Disk | None = None     # ext4 disk mounted at /mnt in the guest (agent variant)
+    cmdline: str = ""
+    xml: str = ""
+
+    @property
+    def dom(self):
+        return conn().lookupByName(self.name)
+
+    @property
+    def disk(self) -> Disk:
+        return self.disks[0]
+
+    def max_counter(self) -> int:
+        return max(read_max_counter(d.path, d.fmt) for d in self.disks)
+
+    def records(self, i: int = 0) -> dict[int, tuple[int, str]]:
+        return read_records(self.disks[i].path, self.disks[i].fmt)
+
+    def is_active(self) -> bool:
+        try:
+            return bool(self.dom.isActive())
+        except Exception:
+            return False
+
+    def console(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+_TARGETS = [f"vd{c}" for c in "abcdefghij"]
+
+
+def _disk_xml(path: Path, target: str, fmt: str, cache: str, readonly: bool = False) -> str:
+    return (f"    <disk type='file' device='disk'>\n"
+            f"      <driver name='qemu' type='{fmt}' cache='{cache}'/>\n"
+            f"      <source file='{path}'/>\n"
+            f"      <target dev='{target}' bus='virtio'/>\n"
+            + ("      <readonly/>\n" if readonly else "")
+            + "    </disk>\n")
+
+
+def make_disk(path: str | os.PathLike, fmt: str = "raw", size: str = "16M") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "raw":
+        run("truncate", "-s", size, path)
+    else:
+        run("qemu-img", "create", "-q", "-f", fmt, path, size)
+    return path
+
+
+def write_token(vm: VM | Path, token: str) -> None:
+    """Rewrite the token disk; the guest re-reads it (O_DIRECT) before every record."""
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", token):
+        raise ValueError(f"token must match [A-Za-z0-9_.:-]{{1,64}}: {token!r}")
+    path = vm.token_path if isinstance(vm, VM) else Path(vm)
+    data = (token + "\n").encode().ljust(4096, b"\0")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def domain_xml(vm: VM, memory_mib: int = 128) -> str:
+    kernel = GUEST_DIR.resolve() / "vmlinuz"
+    initrd = GUEST_DIR.resolve() / ("initrd-agent.img" if vm.agent else "initrd-counter.img")
+    disks = "".join(_disk_xml(d.path, d.target, d.fmt, DISK_CACHE) for d in vm.disks)
+    disks += _disk_xml(vm.token_path, vm.token_target, "raw", "none", readonly=True)
+    if vm.fs_disk:
+        disks += _disk_xml(vm.fs_disk.path, vm.fs_disk.target, vm.fs_disk.fmt, DISK_CACHE)
+    channel = ("    <channel type='unix'>\n"
+               "      <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
+               "    </channel>\n") if vm.agent else ""
+    return f"""<domain type='qemu'>
+  <name>{vm.name}</name>
+  <description>vmsnapd lab guest (tests/lab/lab.py); remove with: make lab-clean</description>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{vm.cmdline}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+{disks}    <serial type='pty'>
+      <log file='{vm.console_log}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+{channel}    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def create_vm(datasets: list[Dataset] | Dataset | None = None, *, disk_paths: list[str | os.PathLike] | None = None,
+              fmt: str = "raw", size: str = "16M", agent: bool = False, fs_dataset: Dataset | None = None,
+              start: bool = True, wait: bool = True, token: str = "t0", name: str | None = None,
+              interval_us: int = 20000, memory_mib: int = 128) -> VM:
+    """Define (and start) a TCG counter guest.
+
+    One counter disk per dataset (file ``<mountpoint>/<name>-vdX.<fmt>``) or per explicit path in *disk_paths*.
+    agent=True: the initrd with qemu-guest-agent, the guest-agent channel, and an ext4 disk mounted at /mnt
+    (on *fs_dataset* when given, else in the VM's work dir).  wait=True: return once the counter advances."""
+    name = name or unique_name("vm")
+    if isinstance(datasets, Dataset):
+        datasets = [datasets]
+    workdir = VMS_DIR / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    disks: list[Disk] = []
+    ext = "qcow2" if fmt == "qcow2" else "img"
+    if disk_paths:
+        for i, p in enumerate(disk_paths):
+            disks.append(Disk(_TARGETS[i], make_disk(p, fmt, size), fmt))
+    else:
+        for i, ds in enumerate(datasets or []):
+            if ds.mountpoint is None:
+                raise ValueError(f"dataset {ds} has no mountpoint")
+            t = _TARGETS[i]
+            disks.append(Disk(t, make_disk(ds.mountpoint / f"{name}-{t}.{ext}", fmt, size), fmt, ds))
+    if not disks:
+        raise ValueError("a counter guest needs at least one disk (datasets or disk_paths)")
+    n = len(disks)
+    token_target = _TARGETS[n]
+    token_path = workdir / "token.img"
+    write_token(token_path, token)
+    fs_disk = None
+    if agent:
+        t = _TARGETS[n + 1]
+        p = (fs_dataset.mountpoint / f"{name}-{t}.img") if fs_dataset and fs_dataset.mountpoint \
+            else workdir / "fs.img"
+        make_disk(p, "raw", "32M")
+        run("mkfs.ext4", "-q", "-F", p)
+        fs_disk = Disk(t, p, "raw", fs_dataset)
+    cmdline = (f"console=ttyS0 quiet counter_disks={','.join(d.target for d in disks)} "
+               f"token_disk={token_target} interval_us={interval_us}")
+    if agent:
+        cmdline += f" fs_disk={fs_disk.target} agent=1"
+    vm = VM(name, disks, token_path, token_target, workdir / "console.log", workdir, agent, fs_disk, cmdline)
+    vm.xml = domain_xml(vm, memory_mib)
+    conn().defineXML(vm.xml)
+    if start:
+        start_vm(vm, wait=wait)
+    return vm
+
+
+def start_vm(vm: VM, wait: bool = True, timeout: float = 60) -> None:
+    vm.dom.create()
+    if wait:
+        wait_counter_advances(vm, timeout=timeout)
+
+
+def wait_counter_advances(vm: VM, by: int = 3, timeout: float = 60, start: int | None = None) -> tuple[int, int]:
+    """Wait until the max counter on the first disk grew by *by*; return (before, after).
+
+    Raises LabError with the console tail when it does not within *timeout* seconds."""
+    d = vm.disks[0]
+    before = read_max_counter(d.path, d.fmt) if start is None else start
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = read_max_counter(d.path, d.fmt)
+        if now >= before + by:
+            return before, now
+        time.sleep(0.1)
+    raise LabError(f"counter of {vm.name} did not advance from {before} within {timeout}s "
+                   f"(active={vm.is_active()}); console tail:\n{vm.console()[-2000:]}")
+
+
+def stop_vm(vm: VM | str) -> None:
+    """Hard stop (virDomainDestroy); the domain stays defined."""
+    import libvirt
+    name = vm.name if isinstance(vm, VM) else vm
+    try:
+        dom = conn().lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+
+
+def destroy_vm(vm: VM | str, remove_files: bool = True) -> None:
+    """Destroy + undefine (snapshot/checkpoint metadata and managed save removed); removes its work dir."""
+    import libvirt
+    name = vm.name if isinstance(vm, VM) else vm
+    if not name.startswith(PREFIX):
+        raise ValueError(f"refusing to remove non-lab domain {name}")
+    c = conn()
+    try:
+        dom = c.lookupByName(name)
+    except libvirt.libvirtError:
+        dom = None
+    if dom is not None:
+        for attempt in range(5):
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                break
+            except libvirt.libvirtError:
+                time.sleep(0.5)
+        try:
+            for s in dom.listAllSnapshots():
+                s.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        except libvirt.libvirtError:
+            pass
+        flags = (libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                 | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        try:
+            dom.undefineFlags(flags)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    if remove_files:
+        shutil.rmtree(VMS_DIR / name, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------- cleanup
+def cleanup_leftovers(everything: bool = False) -> list[str]:
+    """Remove lab domains, pools, mounts and files whose creating process is gone (everything=True: all of them,
+    also those of running processes — `make lab-clean`).  Returns what was removed."""
+    removed = []
+    import libvirt
+    try:
+        doms = conn().listAllDomains()
+    except libvirt.libvirtError:
+        doms = []
+    for dom in doms:
+        n = dom.name()
+        if n.startswith(PREFIX) and (everything or not _owner_alive(n)):
+            destroy_vm(n)
+            removed.append(f"domain {n}")
+    for p in list_pools():
+        if p.startswith(PREFIX) and (everything or not _owner_alive(p)):
+            destroy_pool(p)
+            removed.append(f"pool {p}")
+    for d in (POOLS_DIR, POOLS_DIR / "clones", VMS_DIR):
+        if not d.is_dir():
+            continue
+        for e in d.iterdir():
+            n = e.name.removesuffix(".img")
+            if n.startswith(PREFIX) and (everything or not _owner_alive(n)) and n not in list_pools():
+                for mp in _mounts_under(e):
+                    run("umount", "-l", mp, check=False)
+                if e.is_dir():
+                    shutil.rmtree(e, ignore_errors=True)
+                else:
+                    e.unlink(missing_ok=True)
+                removed.append(f"file {e}")
+    return removed
+
+
+def leftovers() -> dict[str, list[str]]:
+    """Lab objects currently present (for no-leftover checks)."""
+    import libvirt
+    try:
+        doms = [d.name() for d in conn().listAllDomains() if d.name().startswith(PREFIX)]
+    except libvirt.libvirtError:
+        doms = []
+    return {
+        "domains": doms,
+        "pools": [p for p in list_pools() if p.startswith(PREFIX)],
+        "mounts": _mounts_under(POOLS_DIR),
+    }
