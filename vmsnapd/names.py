@@ -1,0 +1,111 @@
+"""Names that reach `zfs` and libvirt, and the sanoid-compatible snapshot names vmsnapd owns.
+
+Every name is validated here before it can become part of an argv: a dataset called `-r`
+or one containing a newline must never reach `zfs`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+PERIODS = ("frequently", "hourly", "daily", "weekly", "monthly", "yearly")
+
+SNAPNAME_PREFIX = "autosnap_"
+STAMP_FORMAT = "%Y-%m-%d_%H:%M:%S"
+MAX_NAME_LENGTH = 255
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_.:-]+")
+# Pool names ZFS reserves for vdev types; `zpool create` refuses them.
+_RESERVED_POOL_NAMES = ("mirror", "raidz", "draid", "spare", "log")
+_SNAPNAME = re.compile(
+    r"autosnap_(?P<stamp>\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2})_(?P<period>" + "|".join(PERIODS) + r")"
+)
+
+
+class InvalidName(ValueError):
+    """A dataset, snapshot or domain name that ZFS or libvirt would refuse, or that is unsafe in an argv."""
+
+
+def validate_dataset_name(name: str) -> str:
+    """Return `name` unchanged when it is a ZFS filesystem/volume name (no snapshot part), else raise InvalidName."""
+    if not isinstance(name, str) or not name:
+        raise InvalidName("a dataset name must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"dataset name longer than {MAX_NAME_LENGTH} characters")
+    if "@" in name:
+        raise InvalidName(f"{name!r}: a dataset name must not contain '@' (that is a snapshot name)")
+    if name.startswith("-"):
+        raise InvalidName(f"{name!r}: a dataset name must not start with '-'")
+    components = name.split("/")
+    for component in components:
+        if component == "":
+            raise InvalidName(f"{name!r}: empty component (leading, trailing or doubled '/')")
+        if component in (".", ".."):
+            raise InvalidName(f"{name!r}: '.' and '..' are not allowed as components")
+        if not _COMPONENT.fullmatch(component):
+            raise InvalidName(f"{name!r}: only letters, digits and _ . : - are allowed in each component")
+    pool = components[0]
+    if not pool[0].isalpha():
+        raise InvalidName(f"{name!r}: the pool name must start with a letter")
+    if pool.startswith(_RESERVED_POOL_NAMES):
+        raise InvalidName(f"{name!r}: pool names starting with {', '.join(_RESERVED_POOL_NAMES)} are reserved by ZFS")
+    return name
+
+
+def validate_snapshot_name(short_name: str) -> str:
+    """Return the part after '@' unchanged when ZFS accepts it and it is safe in an argv, else raise InvalidName."""
+    if not isinstance(short_name, str) or not short_name:
+        raise InvalidName("a snapshot name must be a non-empty string")
+    if len(short_name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"snapshot name longer than {MAX_NAME_LENGTH} characters")
+    if short_name.startswith("-"):
+        raise InvalidName(f"{short_name!r}: a snapshot name must not start with '-'")
+    if not _COMPONENT.fullmatch(short_name):
+        raise InvalidName(f"{short_name!r}: only letters, digits and _ . : - are allowed (no '@' or '/')")
+    return short_name
+
+
+def validate_domain_name(name: str) -> str:
+    """Return a libvirt domain name unchanged when it is safe to use in paths and argv, else raise InvalidName."""
+    if not isinstance(name, str) or not name:
+        raise InvalidName("a domain name must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"domain name longer than {MAX_NAME_LENGTH} characters")
+    if "/" in name:
+        raise InvalidName(f"{name!r}: a domain name must not contain '/' (it names a directory under ram_dir)")
+    if name.startswith("-"):
+        raise InvalidName(f"{name!r}: a domain name must not start with '-'")
+    if name in (".", ".."):
+        raise InvalidName(f"{name!r} is not a usable domain name")
+    if not name.isprintable():
+        raise InvalidName(f"{name!r}: control characters are not allowed in a domain name")
+    return name
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    """The two parts of one of our snapshot names: the cycle's stamp (`2026-11-29_01:00:00`) and the period."""
+
+    stamp: str
+    period: str
+
+
+def format_snapname(ts: datetime, period: str) -> str:
+    """`autosnap_YYYY-MM-DD_HH:MM:SS_<period>` for the wall time shown by `ts` (the caller chose UTC or local)."""
+    if period not in PERIODS:
+        raise ValueError(f"unknown period {period!r}; expected one of {', '.join(PERIODS)}")
+    return f"{SNAPNAME_PREFIX}{ts.strftime(STAMP_FORMAT)}_{period}"
+
+
+def parse_snapname(name: str) -> ParsedName | None:
+    """The stamp and period of a name that is exactly ours, or None for any other snapshot (never destroyed)."""
+    match = _SNAPNAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        datetime.strptime(match["stamp"], STAMP_FORMAT)
+    except ValueError:
+        return None
+    return ParsedName(stamp=match["stamp"], period=match["period"])
