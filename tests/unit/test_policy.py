@@ -1,0 +1,163 @@
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmsnapd.config import DatasetPolicy
+from vmsnapd.names import PERIODS, parse_snapname
+from vmsnapd.policy import (
+    Snapshot,
+    cycle_stamp,
+    due_periods,
+    last_scheduled,
+    prune_deferred,
+    prune_set,
+    snapshot_names,
+)
+
+DATASET = "rpool/VM/web"
+
+
+def policy(**keys):
+    return DatasetPolicy(name=DATASET, configured_by="rpool/VM", **keys)
+
+
+def snap(name, creation, userrefs=0, dataset=DATASET):
+    return Snapshot(dataset=dataset, name=name, creation=creation, userrefs=userrefs)
+
+
+def take(pol, snapshots, now, utc=True, tz=None):
+    """What a pass does: take what is due with one shared stamp, then prune."""
+    periods = due_periods(pol, snapshots, now, tz or UTC)
+    stamp = cycle_stamp(now, utc, taken=[s.name for s in snapshots], tz=tz)
+    taken = [snap(name, now.replace(microsecond=0)) for name in snapshot_names(stamp, periods)]
+    after = snapshots + taken
+    doomed = prune_set(pol, after)
+    return taken, doomed, [s for s in after if s not in doomed]
+
+
+def test_fresh_dataset_gets_one_snapshot_per_counted_period_with_one_stamp():
+    now = datetime(2026, 11, 29, 1, 7, 3, tzinfo=UTC)
+    pol = policy(hourly=36, daily=30, weekly=0, monthly=3, yearly=0)
+    taken, doomed, after = take(pol, [], now)
+    assert [s.name for s in taken] == [
+        "autosnap_2026-11-29_01:07:03_hourly",
+        "autosnap_2026-11-29_01:07:03_daily",
+        "autosnap_2026-11-29_01:07:03_monthly",
+    ]
+    assert doomed == []
+    assert take(pol, after, now + timedelta(seconds=5))[:2] == ([], [])
+
+
+def test_schedule_follows_sanoid_keys():
+    pol = policy(hourly_min=15, daily_hour=2, daily_min=30, weekly_wday=0, monthly_mday=31, yearly_mon=3)
+    now = datetime(2026, 3, 1, 2, 10, tzinfo=UTC)  # a Sunday
+    assert last_scheduled(pol, "hourly", now) == datetime(2026, 3, 1, 1, 15, tzinfo=UTC)
+    assert last_scheduled(pol, "daily", now) == datetime(2026, 2, 28, 2, 30, tzinfo=UTC)
+    assert last_scheduled(pol, "weekly", now) == datetime(2026, 2, 22, 23, 30, tzinfo=UTC)
+    assert last_scheduled(pol, "monthly", now) == datetime(2026, 2, 28, 0, 0, tzinfo=UTC)  # 31 clamped
+    assert last_scheduled(pol, "yearly", now) == datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
+    assert last_scheduled(pol, "yearly", now.replace(hour=0) - timedelta(seconds=1)) == datetime(2025, 3, 1, tzinfo=UTC)
+    assert last_scheduled(policy(frequent_period=20), "frequently", now) == datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+
+
+def test_missed_runs_are_caught_up_once():
+    pol = policy(hourly=24, daily=7, monthly=0)
+    old = datetime(2026, 11, 20, 0, 0, 5, tzinfo=UTC)
+    snaps = [snap("autosnap_2026-11-20_00:00:05_hourly", old), snap("autosnap_2026-11-20_00:00:05_daily", old)]
+    now = datetime(2026, 11, 29, 12, 30, tzinfo=UTC)
+    taken, _, after = take(pol, snaps, now)
+    assert [parse_snapname(s.name).period for s in taken] == ["hourly", "daily"]
+    assert due_periods(pol, after, now + timedelta(minutes=20)) == []
+
+
+def test_names_not_ours_and_held_snapshots_survive_whatever_the_counts():
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    snaps = [
+        snap("manual-1", base),
+        snap("autosnap-foo", base),
+        snap("autosnap_2026-01-01_00:00:00_hourly-extra", base),
+        snap("autosnap_2026-01-01_00:00:00_hourly", base, userrefs=1),
+        snap("autosnap_2026-01-01_01:00:00_hourly", base + timedelta(hours=1)),
+        snap("autosnap_2026-01-01_01:00:00_daily", base + timedelta(hours=1), dataset="rpool/other"),
+    ]
+    assert prune_set(policy(hourly=0, daily=0, monthly=0), snaps) == [snaps[4]]
+    assert prune_set(policy(hourly=0, autoprune=False), snaps) == []
+
+
+def test_keeps_newest_by_creation_not_by_name():
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    # a snapshot named in local time can sort differently from its creation
+    early = snap("autosnap_2026-01-01_09:00:00_hourly", base)
+    late = snap("autosnap_2026-01-01_08:00:00_hourly", base + timedelta(hours=1))
+    assert prune_set(policy(hourly=1), [early, late]) == [early]
+
+
+def test_repeated_local_hour_takes_hourlies_without_name_collision():
+    berlin = ZoneInfo("Europe/Berlin")
+    pol = policy(hourly=48, daily=0, monthly=0)
+    snaps = []
+    names = []
+    # 2026-10-25: 02:00-03:00 CEST then 02:00-03:00 CET again; a scheduler firing exactly on the hour
+    for minutes in range(0, 4 * 60, 60):
+        now = datetime(2026, 10, 24, 23, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+        taken, _, snaps = take(pol, snaps, now, utc=False, tz=berlin)
+        names += [s.name for s in taken]
+    assert len(names) == 4 == len(set(names))
+    assert "autosnap_2026-10-25_02:00:00_hourly" in names and "autosnap_2026-10-25_02:00:01_hourly" in names
+
+
+def test_skipped_local_time_falls_forward():
+    berlin = ZoneInfo("Europe/Berlin")
+    pol = policy(daily_hour=2, daily_min=30)
+    # 2026-03-29 02:30 does not exist in Berlin; the daily is due at 03:30 CEST = 01:30 UTC
+    assert last_scheduled(pol, "daily", datetime(2026, 3, 29, 1, 45, tzinfo=UTC), berlin) == datetime(
+        2026, 3, 29, 1, 30, tzinfo=UTC
+    )
+
+
+def test_prune_defer():
+    assert not prune_deferred(policy(prune_defer=0), 5)
+    assert prune_deferred(policy(prune_defer=80), 79.5)
+    assert not prune_deferred(policy(prune_defer=80), 81)
+
+
+counts = st.fixed_dictionaries({period: st.integers(0, 4) for period in PERIODS})
+instants = st.datetimes(
+    min_value=datetime(2024, 1, 1), max_value=datetime(2028, 1, 1), timezones=st.just(UTC)
+)
+
+
+@st.composite
+def histories(draw):
+    """Snapshots of ours (some held) and of others at random instants, as a host might have."""
+    snaps = []
+    for creation in draw(st.lists(instants, max_size=25)):
+        creation = creation.replace(microsecond=0)
+        kind = draw(st.sampled_from(PERIODS + ("manual", "autosnap-foo")))
+        name = f"autosnap_{creation:%Y-%m-%d_%H:%M:%S}_{kind}" if kind in PERIODS else f"{kind}-{creation:%s}"
+        snaps.append(snap(name, creation, userrefs=draw(st.sampled_from([0, 0, 0, 1]))))
+    return list({s.name: s for s in snaps}.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(keys=counts, history=histories(), now=instants, utc=st.booleans())
+def test_passes_are_safe_and_idempotent(keys, history, now, utc):
+    pol = policy(**keys)
+    tz = UTC if utc else ZoneInfo("America/New_York")
+    taken, doomed, after = take(pol, history, now, utc=utc, tz=tz)
+    names = [s.name for s in history + taken]
+    assert len(names) == len(set(names)), "no duplicate names"
+    assert all(parse_snapname(s.name) and s.userrefs == 0 for s in doomed), "only our unheld snapshots go"
+    for period in PERIODS:
+        before = [s for s in history + taken if (p := parse_snapname(s.name)) and p.period == period]
+        left = [s for s in after if (p := parse_snapname(s.name)) and p.period == period]
+        assert len(left) >= min(keys[period], len(before)), "never fewer than retention allows"
+        unheld_left = [s for s in left if s.userrefs == 0]
+        assert len(unheld_left) <= keys[period] or not pol.autoprune
+    again = take(pol, after, now + timedelta(seconds=1), utc=utc, tz=tz)
+    assert again[:2] == ([], []), "a second pass right after the first changes nothing"
+    back_taken, back_doomed, _ = take(pol, after, now - timedelta(hours=1), utc=utc, tz=tz)
+    assert back_doomed == [], "clock going back destroys nothing"
+    assert not {s.name for s in back_taken} & {s.name for s in after}, "and takes no duplicate"

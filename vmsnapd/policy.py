@@ -1,0 +1,173 @@
+"""PURE retention and schedule rules: which periods are due, the cycle's names, which snapshots go.
+
+`now`, the time zone and the snapshot lists are arguments; nothing here touches the host
+(except `schedule_zone`, which reads which zone the host's local time is in).
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+from collections.abc import Collection, Iterable
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from vmsnapd.config import DatasetPolicy
+from vmsnapd.names import PERIODS, STAMP_FORMAT, format_snapname, parse_snapname
+
+
+class Snapshot(BaseModel):
+    """One snapshot as `zfs list` reports it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    name: str = Field(description="The short name, after '@'.")
+    creation: AwareDatetime
+    userrefs: int = Field(0, ge=0, description="Number of holds; a held snapshot is never destroyed.")
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.dataset}@{self.name}"
+
+
+def schedule_zone(utc: bool) -> tzinfo:
+    """UTC, or the host's local zone with its DST rules (a fixed offset would misplace half the year)."""
+    if utc:
+        return UTC
+    name = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if name:
+            return ZoneInfo(name)
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        return datetime.now().astimezone().tzinfo or UTC
+
+
+def _wall_instant(day: date, hour: int, minute: int, tz: tzinfo) -> datetime:
+    # fold=0: a repeated wall time means its first occurrence; a wall time skipped by DST falls forward by the gap.
+    return datetime.combine(day, time(hour, minute), tzinfo=tz).astimezone(UTC)
+
+
+def _clamped_day(year: int, month: int, mday: int) -> date:
+    return date(year, month, min(mday, calendar.monthrange(year, month)[1]))
+
+
+def _previous_months(year: int, month: int, count: int) -> Iterable[tuple[int, int]]:
+    for _ in range(count):
+        yield year, month
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+
+
+def last_scheduled(policy: DatasetPolicy, period: str, now: datetime, tz: tzinfo = UTC) -> datetime:
+    """The latest instant at or before `now` at which `period` is scheduled, in UTC."""
+    now = now.astimezone(UTC)
+    if period in ("frequently", "hourly"):
+        # Sub-daily periods follow the wall minute in every real hour, so a repeated DST hour gets its own snapshots.
+        minute_start = now.replace(second=0, microsecond=0)
+        wall_minute = minute_start.astimezone(tz).minute
+        if period == "frequently":
+            back = wall_minute % policy.frequent_period
+        else:
+            back = (wall_minute - policy.hourly_min) % 60
+        return minute_start - timedelta(minutes=back)
+    today = now.astimezone(tz).date()
+    if period == "daily":
+        candidates = [
+            _wall_instant(today - timedelta(days=back), policy.daily_hour, policy.daily_min, tz) for back in range(3)
+        ]
+    elif period == "weekly":
+        sanoid_wday = (today.weekday() + 1) % 7  # sanoid counts weekdays from Sunday = 0
+        last_day = today - timedelta(days=(sanoid_wday - policy.weekly_wday) % 7)
+        candidates = [
+            _wall_instant(last_day - timedelta(weeks=back), policy.weekly_hour, policy.weekly_min, tz)
+            for back in range(2)
+        ]
+    elif period == "monthly":
+        candidates = [
+            _wall_instant(_clamped_day(year, month, policy.monthly_mday), policy.monthly_hour, policy.monthly_min, tz)
+            for year, month in _previous_months(today.year, today.month, 3)
+        ]
+    elif period == "yearly":
+        candidates = [
+            _wall_instant(
+                _clamped_day(year, policy.yearly_mon, policy.yearly_mday), policy.yearly_hour, policy.yearly_min, tz
+            )
+            for year in (today.year, today.year - 1, today.year - 2)
+        ]
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    return max(candidate for candidate in candidates if candidate <= now)
+
+
+def retention(policy: DatasetPolicy, period: str) -> int:
+    """How many snapshots of `period` the policy keeps."""
+    if period not in PERIODS:
+        raise ValueError(f"unknown period {period!r}")
+    return getattr(policy, period)
+
+
+def _ours(policy: DatasetPolicy, snapshots: Iterable[Snapshot], period: str) -> list[Snapshot]:
+    """Our snapshots of `period` on the policy's dataset, newest first (name breaks creation ties)."""
+    mine = []
+    for snapshot in snapshots:
+        parsed = parse_snapname(snapshot.name)
+        if snapshot.dataset == policy.name and parsed is not None and parsed.period == period:
+            mine.append(snapshot)
+    return sorted(mine, key=lambda snapshot: (snapshot.creation, snapshot.name), reverse=True)
+
+
+def due_periods(policy: DatasetPolicy, snapshots: Iterable[Snapshot], now: datetime, tz: tzinfo = UTC) -> list[str]:
+    """Periods to take now: count > 0, autosnap on, and our newest of that period older than its last scheduled
+    instant (sanoid's rule: runs missed while down are caught up once, never twice). In PERIODS order."""
+    if not policy.autosnap:
+        return []
+    snapshots = list(snapshots)
+    due = []
+    for period in PERIODS:
+        if retention(policy, period) == 0:
+            continue
+        mine = _ours(policy, snapshots, period)
+        if not mine or mine[0].creation < last_scheduled(policy, period, now, tz):
+            due.append(period)
+    return due
+
+
+def cycle_stamp(now: datetime, utc: bool, *, taken: Collection[str] = (), tz: tzinfo | None = None) -> datetime:
+    """The wall time, to the second, that names one cycle: `now` in UTC or in local time (`tz`, default the host's).
+
+    A stamp already used by one of our snapshots in `taken` (names, across every dataset of the cycle) is never
+    reused: the stamp moves forward one second until it is free. That keeps names and RAM dump files unique when a
+    local hour repeats at the end of DST or the clock was set back.
+    """
+    zone = UTC if utc else (tz or schedule_zone(False))
+    stamp = now.astimezone(zone).replace(microsecond=0)
+    used = {parsed.stamp for name in taken if (parsed := parse_snapname(name)) is not None}
+    while stamp.strftime(STAMP_FORMAT) in used:
+        stamp += timedelta(seconds=1)
+    return stamp
+
+
+def snapshot_names(stamp: datetime, periods: Iterable[str]) -> list[str]:
+    """One name per due period, all sharing the cycle's stamp."""
+    return [format_snapname(stamp, period) for period in periods]
+
+
+def prune_set(policy: DatasetPolicy, snapshots: Iterable[Snapshot]) -> list[Snapshot]:
+    """Our snapshots beyond the newest N of each period, oldest first; never a held one, never another tool's."""
+    if not policy.autoprune:
+        return []
+    snapshots = list(snapshots)
+    doomed = []
+    for period in PERIODS:
+        beyond = _ours(policy, snapshots, period)[retention(policy, period) :]
+        doomed.extend(snapshot for snapshot in beyond if snapshot.userrefs == 0)
+    return sorted(doomed, key=lambda snapshot: (snapshot.creation, snapshot.name))
+
+
+def prune_deferred(policy: DatasetPolicy, pool_used_percent: float) -> bool:
+    """sanoid's prune_defer: with P > 0, pruning waits until the pool is more than P% used."""
+    return policy.prune_defer > 0 and pool_used_percent <= policy.prune_defer
