@@ -37,6 +37,9 @@ RECORD_RE = re.compile(rb"^seq (\d{10}) token ([^ \n\x00]*)")
 DISK_CACHE = os.environ.get("VMSNAPD_LAB_DISK_CACHE", "none")
 
 
+CREATED_VMS: list[str] = []  # every domain this process defined (fixtures destroy them at teardown)
+
+
 class LabError(RuntimeError):
     """Something in the lab failed (a command, a timeout)."""
 
@@ -507,6 +510,7 @@ def create_vm(datasets: list[Dataset] | Dataset | None = None, *, disk_paths: li
         cmdline += f" fs_disk={fs_disk.target} agent=1"
     vm = VM(name, disks, token_path, token_target, workdir / "console.log", workdir, agent, fs_disk, cmdline)
     vm.xml = domain_xml(vm, memory_mib)
+    CREATED_VMS.append(name)
     conn().defineXML(vm.xml)
     if start:
         start_vm(vm, wait=wait)
