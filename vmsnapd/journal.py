@@ -1,0 +1,209 @@
+"""The crash journal: one record per VM cycle in flight, read back by `recover` after a crash.
+
+A cycle writes its record before each step (`begin`, then `update` per state transition) and removes
+it when it is done (`finish`). Whatever is left in `state_dir/cycles/` after a crash tells recovery
+exactly what to finish or undo: which disks sit on which overlay, whether the guest is frozen or was
+paused by us, where the fresh RAM file lies.
+
+Every write is atomic and durable (temp file in the same directory, fsync, rename, fsync of the
+directory), so a record on disk is always one complete version, never a torn mix. Recovery must never
+crash on a bad record: unreadable files are reported with a warning and listed apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+CYCLES_SUBDIR = "cycles"
+RECORD_SUFFIX = ".json"
+TEMP_SUFFIX = ".tmp"
+# Stay well below NAME_MAX (255) even after the suffixes are added.
+MAX_FILE_STEM = 200
+
+CycleMethod = Literal["overlay", "pause", "plain"]
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable: the entry lives in the directory's own data."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_private_directory(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode is filtered by the umask and ignored for an existing directory; say it explicitly.
+    os.chmod(directory, 0o700)
+
+
+def temp_path_for(path: Path) -> Path:
+    """The hidden sibling through which `path` is written (never matches a record or dump name)."""
+    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (mode 0600) so that a crash leaves either the old or the new content.
+
+    The temp file must be in the same directory (rename is only atomic within one file system).
+    A leftover temp file from a crash is simply truncated and reused by the next write.
+    """
+    temp = temp_path_for(path)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    fsync_directory(path.parent)
+
+
+class OverlayRecord(BaseModel):
+    """One disk moved onto an overlay: recovery commits `overlay_path` back into `base_path`."""
+
+    target: str
+    overlay_path: str
+    base_path: str
+
+
+class CycleRecord(BaseModel):
+    cycle_id: str = Field(min_length=1)
+    domain: str | None = None
+    datasets: list[str]
+    snapshot_names: list[str]
+    stamp: str
+    method: CycleMethod
+    # The cycle state machine's current state ("started", "hooks_pre", "frozen", "snapshotted", …);
+    # owned by cycle.py, so kept as a plain string here.
+    state: str
+    overlays: list[OverlayRecord] = []
+    ram_file: str | None = None
+    fs_frozen: bool = False
+    paused_by_us: bool = False
+    pid: int = Field(default_factory=os.getpid)
+    started_at: str = Field(default_factory=utc_now_iso)
+    updated_at: str = Field(default_factory=utc_now_iso)
+    error: str | None = None
+
+
+class UnreadableRecord(BaseModel):
+    path: Path
+    reason: str
+
+
+class JournalScan(BaseModel):
+    records: list[CycleRecord]
+    unreadable: list[UnreadableRecord]
+
+
+class JournalError(Exception):
+    """The journal could not record a cycle (a duplicate cycle id, or the state dir is unusable)."""
+
+
+def cycle_file_name(cycle_id: str) -> str:
+    """A safe, injective file name for a cycle id such as `rpool/VM/win-2026-11-29_01:00:00`.
+
+    Percent-encoding keeps the name readable and distinct ids distinct ("a/b" and "a_b" do not
+    collide); a leading dot is encoded so no id can name "." or ".." or a hidden temp file.
+    """
+    stem = quote(cycle_id, safe="@:+,=")
+    if stem.startswith("."):
+        stem = "%2E" + stem[1:]
+    if len(stem) > MAX_FILE_STEM:
+        digest = hashlib.sha256(cycle_id.encode()).hexdigest()[:16]
+        stem = f"{stem[: MAX_FILE_STEM - 17]}~{digest}"
+    return stem + RECORD_SUFFIX
+
+
+class Journal:
+    """Records of cycles in flight in `state_dir/cycles/<cycle_id>.json` (0700 directory, 0600 files)."""
+
+    def __init__(self, state_dir: Path):
+        self.directory = state_dir / CYCLES_SUBDIR
+
+    def path_of(self, cycle_id: str) -> Path:
+        return self.directory / cycle_file_name(cycle_id)
+
+    def begin(self, record: CycleRecord) -> CycleRecord:
+        ensure_private_directory(self.directory)
+        path = self.path_of(record.cycle_id)
+        if path.exists():
+            # Two cycles with one id would overwrite each other's recovery information.
+            raise JournalError(f"cycle {record.cycle_id} is already in the journal ({path})")
+        self._write(record)
+        log.debug("journal: begin %s in state %s", record.cycle_id, record.state)
+        return record
+
+    def update(self, record: CycleRecord, **changes: object) -> CycleRecord:
+        """Write a new version of `record` with `changes` applied; returns it (records are not mutated)."""
+        if "cycle_id" in changes and changes["cycle_id"] != record.cycle_id:
+            raise JournalError("a journal record cannot change its cycle_id")
+        # model_copy(update=…) skips validation; a bad value must fail here, not in recovery.
+        updated = CycleRecord.model_validate(
+            {**record.model_dump(), **changes, "updated_at": utc_now_iso()}
+        )
+        self._write(updated)
+        log.debug("journal: %s now in state %s", updated.cycle_id, updated.state)
+        return updated
+
+    def finish(self, record: CycleRecord) -> None:
+        """Forget a cycle that is complete (or fully undone). Idempotent."""
+        path = self.path_of(record.cycle_id)
+        for leftover in (path, temp_path_for(path)):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
+        if self.directory.is_dir():
+            fsync_directory(self.directory)
+        log.debug("journal: finished %s", record.cycle_id)
+
+    def scan(self) -> JournalScan:
+        """Every record on disk, and apart from them every file that could not be read as one."""
+        records: list[CycleRecord] = []
+        unreadable: list[UnreadableRecord] = []
+        if not self.directory.is_dir():
+            return JournalScan(records=records, unreadable=unreadable)
+        for path in sorted(self.directory.iterdir()):
+            # Temp files are a write cut short by a crash: the record beside them is the valid version.
+            if path.name.startswith(".") or not path.name.endswith(RECORD_SUFFIX):
+                continue
+            try:
+                records.append(CycleRecord.model_validate_json(path.read_bytes()))
+            except (OSError, ValueError, ValidationError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("journal: cannot read cycle record %s, leaving it for inspection: %s", path, reason)
+                unreadable.append(UnreadableRecord(path=path, reason=reason))
+        return JournalScan(records=records, unreadable=unreadable)
+
+    def pending(self) -> list[CycleRecord]:
+        """The readable records of cycles a crash interrupted (unreadable ones are logged and skipped)."""
+        return self.scan().records
+
+    def _write(self, record: CycleRecord) -> None:
+        ensure_private_directory(self.directory)
+        path = self.path_of(record.cycle_id)
+        try:
+            write_file_atomically(path, record.model_dump_json(indent=1).encode())
+        except OSError as exc:
+            raise JournalError(f"cannot write journal record {path}: {exc}") from exc
