@@ -1,0 +1,470 @@
+"""The libvirt adapter: one method per verb vmsnapd needs from the hypervisor.
+
+Everything goes through libvirt-python (no `virsh` output is parsed). libvirt errors are turned into
+typed exceptions. Lifecycle and block-job events come from libvirt's default event loop, run in one
+daemon thread per process (libvirt requires it to be registered before the first connection).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from contextlib import contextmanager
+from xml.sax.saxutils import quoteattr
+
+import libvirt
+
+from vmsnapd.names import validate_domain_name
+
+log = logging.getLogger(__name__)
+
+RUNNING = "running"
+PAUSED = "paused"
+SHUTOFF = "shutoff"
+OTHER = "other"
+
+_STATE_NAMES = {
+    libvirt.VIR_DOMAIN_RUNNING: RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: SHUTOFF,
+    libvirt.VIR_DOMAIN_SHUTDOWN: OTHER,
+    libvirt.VIR_DOMAIN_CRASHED: OTHER,
+    libvirt.VIR_DOMAIN_NOSTATE: OTHER,
+}
+
+
+class HypervisorError(Exception):
+    pass
+
+
+class DomainNotFound(HypervisorError):
+    pass
+
+
+class HypervisorUnavailable(HypervisorError):
+    """libvirtd does not answer (not running, restarting)."""
+
+
+class AgentUnavailable(HypervisorError):
+    """The guest agent does not answer: no agent channel, agent not running, or it timed out."""
+
+
+class BlockJobFailed(HypervisorError):
+    pass
+
+
+def _wrap(exc: libvirt.libvirtError, what: str) -> HypervisorError:
+    code = exc.get_error_code()
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return DomainNotFound(f"{what}: {exc}")
+    if code in (libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED) or "agent" in str(exc).lower():
+        return AgentUnavailable(f"{what}: {exc}")
+    if code in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
+                libvirt.VIR_ERR_INTERNAL_ERROR) and "connect" in str(exc).lower():
+        return HypervisorUnavailable(f"{what}: {exc}")
+    return HypervisorError(f"{what}: {exc}")
+
+
+@dataclass(frozen=True)
+class Disk:
+    target: str  # vda
+    source: str  # file path or block device
+    kind: str  # "file" | "block"
+    driver_type: str  # raw | qcow2 | ...
+    readonly: bool
+    shareable: bool
+    device: str  # disk | cdrom | floppy | lun
+
+    @property
+    def snapshottable(self) -> bool:
+        """Disks a cycle must capture: writable, not shared with another VM, not removable media."""
+        return self.device in ("disk", "lun") and not self.readonly and not self.shareable and bool(self.source)
+
+
+def parse_disks(domain_xml: str) -> list[Disk]:
+    root = ET.fromstring(domain_xml)
+    disks = []
+    for el in root.findall("./devices/disk"):
+        target = el.find("target")
+        source = el.find("source")
+        driver = el.find("driver")
+        path = ""
+        if source is not None:
+            path = source.get("file") or source.get("dev") or ""
+        disks.append(Disk(
+            target=target.get("dev", "") if target is not None else "",
+            source=path,
+            kind=el.get("type", "file"),
+            driver_type=driver.get("type", "raw") if driver is not None else "raw",
+            readonly=el.find("readonly") is not None,
+            shareable=el.find("shareable") is not None,
+            device=el.get("device", "disk"),
+        ))
+    return disks
+
+
+def nvram_path(domain_xml: str) -> str | None:
+    el = ET.fromstring(domain_xml).find("./os/nvram")
+    return el.text.strip() if el is not None and el.text else None
+
+
+# -- event loop -------------------------------------------------------------------------------------------
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _ensure_event_loop() -> None:
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def loop() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+@dataclass
+class PauseWatch:
+    """Collects SUSPENDED/RESUMED lifecycle events of one domain to measure how long the guest stood still."""
+
+    domain: str
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+    def record(self, kind: str) -> None:
+        self.events.append((time.monotonic(), kind))
+
+    def paused_ms(self) -> int | None:
+        total = 0.0
+        since: float | None = None
+        for stamp, kind in self.events:
+            if kind == "suspended" and since is None:
+                since = stamp
+            elif kind == "resumed" and since is not None:
+                total += stamp - since
+                since = None
+        if since is not None:  # still paused (pause method before resume, or a paused VM)
+            total += time.monotonic() - since
+        return int(total * 1000) if self.events else None
+
+
+class Hypervisor:
+    def __init__(self, uri: str, *, dry_run: bool = False, block_job_timeout: float = 300.0):
+        self.uri = uri
+        self.dry_run = dry_run
+        self.block_job_timeout = block_job_timeout
+        self._conn: libvirt.virConnect | None = None
+        self._watches: dict[str, list[PauseWatch]] = {}
+        self._callback_id: int | None = None
+        self._lock = threading.Lock()
+
+    # -- connection --------------------------------------------------------------------------------------
+
+    def _connect(self) -> libvirt.virConnect:
+        _ensure_event_loop()
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorUnavailable(f"cannot connect to {self.uri}: {exc}") from exc
+        conn.setKeepAlive(5, 3)
+        self._callback_id = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        return conn
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        """The connection, reopened when libvirtd restarted since the last call."""
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                if self._conn is not None:
+                    log.warning("connection to %s lost; reconnecting", self.uri)
+                self._conn = self._connect()
+            return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                if self._callback_id is not None:
+                    self._conn.domainEventDeregisterAny(self._callback_id)
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass
+            self._conn = None
+
+    def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:  # noqa: ANN001 (libvirt callback)
+        kind = {libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+                libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed"}.get(event)
+        if kind is None:
+            return
+        for watch in self._watches.get(dom.name(), []):
+            watch.record(kind)
+
+    @contextmanager
+    def watch_pauses(self, domain: str) -> Iterator[PauseWatch]:
+        self.conn  # connect (and register the callback) before the pause can happen
+        watch = PauseWatch(domain)
+        self._watches.setdefault(domain, []).append(watch)
+        try:
+            yield watch
+        finally:
+            # Events are delivered asynchronously by the loop thread; give the last one a moment.
+            time.sleep(0.05)
+            self._watches[domain].remove(watch)
+
+    # -- domains -----------------------------------------------------------------------------------------
+
+    def _domain(self, name: str) -> libvirt.virDomain:
+        validate_domain_name(name)
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"domain {name}") from exc
+
+    def domain_names(self) -> list[str]:
+        try:
+            return sorted(d.name() for d in self.conn.listAllDomains(0))
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, "list domains") from exc
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._domain(name)
+            return True
+        except DomainNotFound:
+            return False
+
+    def state(self, name: str) -> str:
+        try:
+            code, _reason = self._domain(name).state()
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"state of {name}") from exc
+        return _STATE_NAMES.get(code, OTHER)
+
+    def xml(self, name: str, inactive: bool = False) -> str:
+        flags = libvirt.VIR_DOMAIN_XML_SECURE | (libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+        try:
+            return self._domain(name).XMLDesc(flags)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"XML of {name}") from exc
+
+    def memory_bytes(self, name: str) -> int:
+        try:
+            return self._domain(name).info()[2] * 1024  # current memory, KiB
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"memory of {name}") from exc
+
+    def disks(self, name: str) -> list[Disk]:
+        return parse_disks(self.xml(name))
+
+    # -- guest agent ---------------------------------------------------------------------------------------
+
+    def fs_freeze(self, name: str) -> int:
+        """Freeze the guest's file systems through the agent; returns how many were frozen."""
+        if self.dry_run:
+            log.info("dry-run: would freeze file systems of %s", name)
+            return 0
+        try:
+            return self._domain(name).fsFreeze(None, 0)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"fsfreeze {name}") from exc
+
+    def fs_thaw(self, name: str) -> int:
+        if self.dry_run:
+            return 0
+        try:
+            return self._domain(name).fsThaw(None, 0)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"fsthaw {name}") from exc
+
+    def agent_answers(self, name: str, timeout_s: int = 2) -> bool:
+        import libvirt_qemu
+
+        try:
+            libvirt_qemu.qemuAgentCommand(self._domain(name), '{"execute":"guest-ping"}', timeout_s, 0)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    # -- freezing the disks ---------------------------------------------------------------------------------
+
+    def snapshot_external(self, name: str, overlays: dict[str, str], memory_file: str | None, *,
+                          live: bool, skip_disks: list[str]) -> None:
+        """External snapshot: each disk in `overlays` (target -> overlay path) gets a fresh qcow2 overlay,
+        the RAM goes to `memory_file` when given. No snapshot metadata is kept in libvirt."""
+        disks_xml = "".join(
+            f"<disk name={quoteattr(t)} snapshot='external' type='file'>"
+            f"<driver type='qcow2'/><source file={quoteattr(p)}/></disk>" for t, p in overlays.items()
+        ) + "".join(f"<disk name={quoteattr(t)} snapshot='no'/>" for t in skip_disks)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+        if memory_file:
+            memory_xml = f"<memory snapshot='external' file={quoteattr(memory_file)}/>"
+            if live:
+                flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
+        else:
+            memory_xml = "<memory snapshot='no'/>"
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        self._create_snapshot(name, memory_xml, disks_xml, flags)
+
+    def snapshot_manual(self, name: str, targets: list[str], memory_file: str, *, live: bool,
+                        skip_disks: list[str]) -> None:
+        """libvirt's `snapshot=manual`: saves the RAM and leaves the guest paused for us to snapshot the disks."""
+        disks_xml = "".join(f"<disk name={quoteattr(t)} snapshot='manual'/>" for t in targets) + "".join(
+            f"<disk name={quoteattr(t)} snapshot='no'/>" for t in skip_disks)
+        memory_xml = f"<memory snapshot='external' file={quoteattr(memory_file)}/>"
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+        if live:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
+        self._create_snapshot(name, memory_xml, disks_xml, flags)
+
+    def _create_snapshot(self, name: str, memory_xml: str, disks_xml: str, flags: int) -> None:
+        snap_xml = (f"<domainsnapshot><name>vmsnapd-{int(time.time())}</name>"
+                    f"{memory_xml}<disks>{disks_xml}</disks></domainsnapshot>")
+        if self.dry_run:
+            log.info("dry-run: would create libvirt snapshot of %s: %s", name, snap_xml)
+            return
+        log.debug("snapshotCreateXML %s flags=%#x %s", name, flags, snap_xml)
+        try:
+            self._domain(name).snapshotCreateXML(snap_xml, flags)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"snapshot of {name}") from exc
+
+    def suspend(self, name: str) -> None:
+        if self.dry_run:
+            log.info("dry-run: would pause %s", name)
+            return
+        try:
+            self._domain(name).suspend()
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"pause {name}") from exc
+
+    def resume(self, name: str) -> None:
+        if self.dry_run:
+            log.info("dry-run: would resume %s", name)
+            return
+        try:
+            self._domain(name).resume()
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"resume {name}") from exc
+
+    def delete_snapshot_metadata(self, name: str) -> list[str]:
+        """Remove every libvirt snapshot record of the domain (left by a crash or by hand-made scripts)."""
+        removed = []
+        try:
+            for snap in self._domain(name).listAllSnapshots(0):
+                if not self.dry_run:
+                    snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+                removed.append(snap.getName())
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"snapshot metadata of {name}") from exc
+        return removed
+
+    # -- committing back ---------------------------------------------------------------------------------
+
+    def commit_active(self, name: str, target: str) -> None:
+        """Merge the active overlay of `target` into its backing file and pivot the disk back to it."""
+        if self.dry_run:
+            log.info("dry-run: would blockcommit %s %s and pivot", name, target)
+            return
+        dom = self._domain(name)
+        try:
+            if not dom.blockJobInfo(target, 0):
+                dom.blockCommit(target, None, None, 0,
+                                libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+        except libvirt.libvirtError as exc:
+            raise BlockJobFailed(f"blockcommit {name} {target}: {exc}") from exc
+        deadline = time.monotonic() + self.block_job_timeout
+        while True:
+            try:
+                info = dom.blockJobInfo(target, 0)
+            except libvirt.libvirtError as exc:
+                raise BlockJobFailed(f"block job {name} {target}: {exc}") from exc
+            if not info:
+                raise BlockJobFailed(f"block job of {name} {target} vanished before pivot")
+            if info.get("end", 0) and info.get("cur") == info.get("end"):
+                try:
+                    dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    break
+                except libvirt.libvirtError as exc:
+                    # "not ready for pivot" until QEMU says the job is synchronised: try again shortly.
+                    if "not ready" not in str(exc).lower() and "pivot" not in str(exc).lower():
+                        raise BlockJobFailed(f"pivot {name} {target}: {exc}") from exc
+            if time.monotonic() > deadline:
+                raise BlockJobFailed(
+                    f"blockcommit of {name} {target} not ready after {self.block_job_timeout:.0f}s; "
+                    "the VM keeps running on its overlay (safe); `vmsnapd recover` finishes it")
+            time.sleep(0.05)
+        # The pivot completes asynchronously: wait until the job is gone and the disk is on its base.
+        while dom.blockJobInfo(target, 0):
+            if time.monotonic() > deadline:
+                raise BlockJobFailed(f"pivot of {name} {target} did not complete")
+            time.sleep(0.05)
+
+    # -- restore -------------------------------------------------------------------------------------------
+
+    def destroy(self, name: str) -> None:
+        if self.dry_run:
+            log.info("dry-run: would stop %s", name)
+            return
+        try:
+            dom = self._domain(name)
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"stop {name}") from exc
+
+    def shutdown(self, name: str, timeout_s: float) -> bool:
+        """Ask the guest to shut down; True when it went off within the timeout."""
+        dom = self._domain(name)
+        try:
+            if dom.isActive():
+                dom.shutdown()
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"shutdown {name}") from exc
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def restore_memory(self, memory_file: str, domain_xml: str | None, *, running: bool = True) -> None:
+        flags = libvirt.VIR_DOMAIN_SAVE_RUNNING if running else libvirt.VIR_DOMAIN_SAVE_PAUSED
+        if self.dry_run:
+            log.info("dry-run: would restore %s from %s", "domain", memory_file)
+            return
+        try:
+            self.conn.restoreFlags(memory_file, domain_xml, flags)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"restore from {memory_file}") from exc
+
+    def start(self, name: str) -> None:
+        if self.dry_run:
+            log.info("dry-run: would start %s", name)
+            return
+        try:
+            self._domain(name).create()
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"start {name}") from exc
+
+    def define(self, xml: str) -> str:
+        try:
+            return self.conn.defineXML(xml).name()
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, "define domain") from exc
+
+    def overlay_disks(self, name: str, overlay_dir: Path) -> list[Disk]:
+        """Disks whose active source lives in overlay_dir: a cycle did not finish (ours or a script's)."""
+        base = str(overlay_dir.resolve()).rstrip("/") + "/"
+        return [d for d in self.disks(name) if d.source.startswith(base)]

@@ -1,0 +1,40 @@
+"""One pass at a time: an flock on `state_dir/vmsnapd.lock`, waited for a bounded time."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+class LockBusy(Exception):
+    """Another vmsnapd pass holds the lock and did not let go in time."""
+
+
+@contextmanager
+def pass_lock(state_dir: Path, wait_s: float) -> Iterator[None]:
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = state_dir / "vmsnapd.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = Path(path).read_text().strip() or "unknown pid"
+                    raise LockBusy(f"another vmsnapd pass ({holder}) holds {path}; gave up after {wait_s:.0f}s")
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)

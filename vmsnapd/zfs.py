@@ -1,0 +1,334 @@
+"""The ZFS adapter: one method per `zfs`/`zpool` verb, typed errors parsed from stderr.
+
+It speaks the subset OpenZFS and zfs-fuse 0.7 both understand and detects the dialect once, for the
+few things that differ: OpenZFS snapshots several datasets atomically in one command and destroys
+several snapshots of a dataset in one call (`ds@a,b`); zfs-fuse takes one name per command.
+Every name is validated before it reaches argv. In dry-run mode the verbs that change the pool log
+what they would run and return without running it; reads still happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Sequence
+
+from vmsnapd.names import validate_dataset_name, validate_snapshot_name
+from vmsnapd.policy import Snapshot
+from vmsnapd.runner import CommandError, CommandFailed, Runner
+
+log = logging.getLogger(__name__)
+
+OPENZFS = "openzfs"
+ZFS_FUSE = "zfs-fuse"
+
+# How often a destroy that hit "dataset is busy" is retried: zfs-fuse unmounts lag behind.
+BUSY_RETRIES = 5
+BUSY_RETRY_DELAY_S = 0.4
+
+
+class ZfsError(Exception):
+    """A zfs/zpool command failed. `target` names the dataset or snapshot, `stderr_tail` what zfs said."""
+
+    def __init__(self, message: str, target: str = "", stderr_tail: str = ""):
+        super().__init__(message)
+        self.target = target
+        self.stderr_tail = stderr_tail
+
+
+class DatasetNotFound(ZfsError):
+    pass
+
+
+class DatasetBusy(ZfsError):
+    """Busy: mounted and in use, held (`zfs hold`), or a fuse unmount still in flight."""
+
+
+class SnapshotExists(ZfsError):
+    pass
+
+
+class HasDependents(ZfsError):
+    """Newer snapshots (rollback) or dependent clones (destroy) stand in the way."""
+
+
+class PoolFull(ZfsError):
+    pass
+
+
+class ZfsUnavailable(ZfsError):
+    """The zfs binary is missing or the ZFS daemon/module does not answer."""
+
+
+_STDERR_CLASSES: list[tuple[re.Pattern[str], type[ZfsError]]] = [
+    (re.compile(r"does not exist|no such pool|no such dataset"), DatasetNotFound),
+    (re.compile(r"dataset is busy|pool is busy|device busy"), DatasetBusy),
+    (re.compile(r"already exists"), SnapshotExists),
+    (re.compile(r"more recent snapshots|dependent clones|has children"), HasDependents),
+    (re.compile(r"out of space|no space left|quota exceeded"), PoolFull),
+    (re.compile(r"failed to initialize ZFS library|connect.*zfs-fuse|/dev/zfs"), ZfsUnavailable),
+]
+
+
+def _classify(exc: CommandError, target: str) -> ZfsError:
+    text = exc.stderr_tail or str(exc)
+    for pattern, cls in _STDERR_CLASSES:
+        if pattern.search(text):
+            return cls(f"{target}: {text.strip().splitlines()[0] if text.strip() else exc}", target, text)
+    if not isinstance(exc, CommandFailed):
+        return ZfsUnavailable(f"{target}: {exc}", target, text)
+    return ZfsError(f"{target}: {text.strip() or exc}", target, text)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    mountpoint: str | None  # None: not mounted or `none`/`legacy`
+    creation: datetime
+
+    @property
+    def pool(self) -> str:
+        return self.name.split("/", 1)[0]
+
+
+@dataclass
+class ZfsListing:
+    """What one listing call returns: every filesystem and every snapshot under the listed pools."""
+
+    datasets: dict[str, DatasetInfo] = field(default_factory=dict)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    missing_roots: list[str] = field(default_factory=list)
+
+    def snapshots_of(self, dataset: str) -> list[Snapshot]:
+        return [s for s in self.snapshots if s.dataset == dataset]
+
+
+def _epoch(value: str) -> datetime:
+    return datetime.fromtimestamp(int(value), tz=timezone.utc)
+
+
+def _snapshot_target(dataset: str, snapname: str) -> str:
+    return f"{validate_dataset_name(dataset)}@{validate_snapshot_name(snapname)}"
+
+
+class Zfs:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        zfs_bin: str = "zfs",
+        zpool_bin: str = "zpool",
+        dry_run: bool = False,
+        timeout: float = 120.0,
+    ):
+        self.runner = runner
+        self.zfs_bin = zfs_bin
+        self.zpool_bin = zpool_bin
+        self.dry_run = dry_run
+        self.timeout = timeout
+        self._dialect: str | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def _read(self, argv: Sequence[str], target: str) -> str:
+        try:
+            return self.runner.run(argv, timeout=self.timeout).stdout
+        except CommandError as exc:
+            raise _classify(exc, target) from exc
+
+    def _change(self, argv: Sequence[str], target: str) -> None:
+        if self.dry_run:
+            log.info("dry-run: would run %s", " ".join(argv))
+            return
+        try:
+            self.runner.run(argv, timeout=self.timeout)
+        except CommandError as exc:
+            raise _classify(exc, target) from exc
+
+    @property
+    def dialect(self) -> str:
+        """`openzfs` or `zfs-fuse`, detected once: zfs-fuse's `zfs list` has no `-p`."""
+        if self._dialect is None:
+            result = self.runner.run([self.zfs_bin, "list", "-H", "-p", "-o", "name", "-d", "0"], check=False,
+                                     timeout=self.timeout)
+            self._dialect = ZFS_FUSE if "invalid option 'p'" in result.stderr else OPENZFS
+            log.debug("zfs dialect: %s", self._dialect)
+        return self._dialect
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def list_pools(self) -> list[str]:
+        out = self._read([self.zpool_bin, "list", "-H", "-o", "name"], "zpool list")
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def pool_capacity(self, pool: str) -> int:
+        """Percent of the pool in use, as `zpool list` reports it."""
+        validate_dataset_name(pool)
+        out = self._read([self.zpool_bin, "list", "-H", "-o", "name,capacity", pool], pool)
+        name, cap = out.split("\t")[:2]
+        return int(cap.strip().rstrip("%"))
+
+    def list_tree(self, roots: Iterable[str]) -> ZfsListing:
+        """Every filesystem and snapshot under `roots`, in one `zfs get -r` call.
+
+        Roots that do not exist are reported in `missing_roots` instead of failing the whole listing.
+        """
+        roots = sorted({validate_dataset_name(r) for r in roots})
+        listing = ZfsListing()
+        if not roots:
+            return listing
+        argv = [self.zfs_bin, "get", "-H", "-p", "-r", "-o", "name,property,value",
+                "type,creation,userrefs,mountpoint,mounted", *roots]
+        result = self.runner.run(argv, check=False, timeout=self.timeout)
+        if result.returncode != 0:
+            missing = re.findall(r"cannot open '([^']+)': dataset does not exist", result.stderr)
+            other = [line for line in result.stderr.splitlines()
+                     if line.strip() and "dataset does not exist" not in line]
+            if other or not missing:
+                raise _classify(CommandFailed(argv, "zfs get failed", result.returncode, result.stderr),
+                                ",".join(roots))
+            listing.missing_roots = sorted(missing)
+        props: dict[str, dict[str, str]] = {}
+        for line in result.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) != 3:
+                continue
+            name, prop, value = parts
+            props.setdefault(name, {})[prop] = value
+        for name, p in props.items():
+            kind = p.get("type")
+            if kind == "snapshot":
+                dataset, snapname = name.split("@", 1)
+                refs = p.get("userrefs", "0")
+                listing.snapshots.append(
+                    Snapshot(dataset=dataset, name=snapname, creation=_epoch(p["creation"]),
+                             userrefs=int(refs) if refs.isdigit() else 0)
+                )
+            elif kind == "filesystem":
+                mountpoint = p.get("mountpoint")
+                mounted = p.get("mounted") == "yes"
+                usable = mounted and mountpoint and mountpoint.startswith("/")
+                listing.datasets[name] = DatasetInfo(name, mountpoint if usable else None, _epoch(p["creation"]))
+        listing.snapshots.sort(key=lambda s: (s.dataset, s.creation, s.name))
+        return listing
+
+    def get_property(self, target: str, prop: str) -> str:
+        name = target
+        if "@" in target:
+            ds, snap = target.split("@", 1)
+            name = _snapshot_target(ds, snap)
+        else:
+            validate_dataset_name(target)
+        return self._read([self.zfs_bin, "get", "-H", "-p", "-o", "value", prop, name], name).strip()
+
+    # -- changing -------------------------------------------------------------------------------------
+
+    def snapshot(self, datasets: Sequence[str], snapname: str) -> bool:
+        """Snapshot every dataset in `datasets` with one name. Returns True when it was atomic.
+
+        OpenZFS takes several names in one command, atomically. zfs-fuse takes one: when the datasets
+        are exactly one dataset's whole subtree, `-r` on that dataset is atomic too; otherwise they are
+        taken one by one and the caller is told (False) so it can say so.
+        """
+        targets = [_snapshot_target(ds, snapname) for ds in datasets]
+        if len(targets) == 1:
+            self._change([self.zfs_bin, "snapshot", targets[0]], targets[0])
+            return True
+        if self.dialect == OPENZFS:
+            self._change([self.zfs_bin, "snapshot", *targets], ",".join(targets))
+            return True
+        for target in targets:
+            self._change([self.zfs_bin, "snapshot", target], target)
+        return False
+
+    def snapshot_recursive(self, dataset: str, snapname: str) -> None:
+        target = _snapshot_target(dataset, snapname)
+        self._change([self.zfs_bin, "snapshot", "-r", target], target)
+
+    def destroy_snapshot(self, dataset: str, snapname: str) -> None:
+        target = _snapshot_target(dataset, snapname)
+        for attempt in range(BUSY_RETRIES):
+            try:
+                self._change([self.zfs_bin, "destroy", target], target)
+                return
+            except DatasetBusy:
+                # A held snapshot is busy for good; a lagging fuse unmount is busy for a moment.
+                if attempt == BUSY_RETRIES - 1 or self.is_held(dataset, snapname):
+                    raise
+                time.sleep(BUSY_RETRY_DELAY_S)
+
+    def destroy_snapshots(self, dataset: str, snapnames: Sequence[str]) -> dict[str, ZfsError]:
+        """Destroy several snapshots of one dataset; returns the ones that failed with their error.
+
+        OpenZFS destroys `ds@a,b,c` in one call; if that call fails, the names are retried one by one
+        so that one held or busy snapshot does not keep the others alive. zfs-fuse goes one by one.
+        """
+        names = [validate_snapshot_name(n) for n in snapnames]
+        if not names:
+            return {}
+        if self.dialect == OPENZFS and len(names) > 1:
+            target = f"{validate_dataset_name(dataset)}@{','.join(names)}"
+            try:
+                self._change([self.zfs_bin, "destroy", target], target)
+                return {}
+            except ZfsError as exc:
+                log.debug("batched destroy of %s failed (%s); going one by one", target, exc)
+        failed: dict[str, ZfsError] = {}
+        for name in names:
+            try:
+                self.destroy_snapshot(dataset, name)
+            except DatasetNotFound:
+                pass  # already gone: what we wanted
+            except ZfsError as exc:
+                failed[name] = exc
+        return failed
+
+    def is_held(self, dataset: str, snapname: str) -> bool:
+        value = self.get_property(f"{dataset}@{snapname}", "userrefs")
+        return value.isdigit() and int(value) > 0
+
+    def hold(self, tag: str, dataset: str, snapname: str) -> None:
+        target = _snapshot_target(dataset, snapname)
+        self._change([self.zfs_bin, "hold", validate_snapshot_name(tag), target], target)
+
+    def release(self, tag: str, dataset: str, snapname: str) -> None:
+        target = _snapshot_target(dataset, snapname)
+        self._change([self.zfs_bin, "release", validate_snapshot_name(tag), target], target)
+
+    def rollback(self, dataset: str, snapname: str, *, destroy_newer: bool = False) -> None:
+        target = _snapshot_target(dataset, snapname)
+        self._change([self.zfs_bin, "rollback", *(["-r"] if destroy_newer else []), target], target)
+
+    def clone(self, dataset: str, snapname: str, new_dataset: str, properties: dict[str, str] | None = None) -> None:
+        target = _snapshot_target(dataset, snapname)
+        opts: list[str] = []
+        for key, value in (properties or {}).items():
+            opts += ["-o", f"{key}={value}"]
+        self._change([self.zfs_bin, "clone", *opts, target, validate_dataset_name(new_dataset)], new_dataset)
+
+    def create(self, dataset: str, properties: dict[str, str] | None = None) -> None:
+        opts: list[str] = []
+        for key, value in (properties or {}).items():
+            opts += ["-o", f"{key}={value}"]
+        self._change([self.zfs_bin, "create", *opts, validate_dataset_name(dataset)], dataset)
+
+    def destroy_dataset(self, dataset: str, *, recursive: bool = False) -> None:
+        validate_dataset_name(dataset)
+        if "/" not in dataset:
+            raise ValueError(f"refusing to destroy a pool's root dataset {dataset!r}")
+        argv = [self.zfs_bin, "destroy", *(["-r"] if recursive else []), dataset]
+        for attempt in range(BUSY_RETRIES):
+            try:
+                self._change(argv, dataset)
+                return
+            except DatasetBusy:
+                if attempt == BUSY_RETRIES - 1:
+                    raise
+                time.sleep(BUSY_RETRY_DELAY_S)
+
+    def set_property(self, dataset: str, prop: str, value: str) -> None:
+        validate_dataset_name(dataset)
+        self._change([self.zfs_bin, "set", f"{prop}={value}", dataset], dataset)
