@@ -75,7 +75,12 @@ def unique_name(kind: str = "") -> str:
     return f"{PREFIX}{os.getpid()}x{secrets.token_hex(3)}" + (f"-{kind}" if kind else "")
 
 
+DEMO_PREFIX = PREFIX + "demo"  # `make demo` objects: kept by test runs' cleanup, removed by `make lab-clean`
+
+
 def _owner_alive(name: str) -> bool:
+    if name.startswith(DEMO_PREFIX):
+        return True
     m = re.match(rf"^{PREFIX}(\d+)x", name)
     if not m:
         return False
