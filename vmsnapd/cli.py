@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 from vmsnapd import __version__
+from vmsnapd.actions.context import Context
+from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.config import ConfigError, load_config, resolve
+from vmsnapd.lock import LockBusy, pass_lock
+from vmsnapd.logsetup import setup_logging
+from vmsnapd.names import InvalidName
+from vmsnapd.runner import Runner
+from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.zfs import Zfs, ZfsError
 
 DEFAULT_CONFIG = "/etc/vmsnapd/vmsnapd.toml"
+EX_OK = 0
+EX_FAILED = 1
 EX_USAGE = 2
 EX_CONFIG = 78
 
@@ -57,11 +70,163 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _build_context(args: argparse.Namespace, dry_run: bool = False) -> Context:
+    config = load_config(Path(args.config))
+    runner = Runner()
+    return Context(config=config, config_path=Path(args.config), runner=runner,
+                   zfs=Zfs(runner, dry_run=dry_run), dry_run=dry_run)
+
+
+def _render_outcomes(report: PassReport) -> None:
+    for outcome in report.outcomes:
+        print(_outcome_line(outcome))
+    for error in report.errors:
+        print(f"ERROR {error}")
+
+
+def _outcome_line(o: TargetOutcome) -> str:
+    verb = {"take": "took", "prune": "destroyed"}.get(o.action, o.action)
+    if o.dry_run:
+        verb = f"would have {verb}" if o.action == "take" else "would destroy"
+    head = f"{o.target}{f' ({o.domain})' if o.domain else ''}"
+    body = ", ".join(s.split("@", 1)[1] for s in o.snapshots) or "nothing"
+    line = f"{'FAILED' if not o.ok else 'ok'}  {head}: {verb} {body} [{o.duration_ms} ms]"
+    for w in o.warnings:
+        line += f"\n    warning: {w}"
+    if o.error:
+        line += f"\n    error: {o.error}"
+    return line
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from vmsnapd.actions.prune import prune
+    from vmsnapd.actions.take import take_due
+
+    ctx = _build_context(args, dry_run=args.dry_run)
+    do_take = args.take or not args.prune
+    do_prune = args.prune or not args.take
+    with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
+        report = PassReport()
+        try:
+            survey = ctx.survey()
+        except (ZfsError, HypervisorError) as exc:
+            report.errors.append(f"cannot survey the host: {exc}")
+            _render_outcomes(report)
+            return EX_FAILED
+        for missing in survey.listing.missing_roots:
+            log.warning("configured dataset %s does not exist", missing)
+        if do_take:
+            report = report.merge(take_due(ctx, survey))
+        if do_prune:
+            if do_take:
+                survey = ctx.survey()  # what the take just added counts for retention
+            report = report.merge(prune(ctx, survey))
+    _render_outcomes(report)
+    return EX_FAILED if report.failed else EX_OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from vmsnapd.actions.take import take_now
+    from vmsnapd.names import PERIODS
+
+    if args.period not in PERIODS:
+        print(f"vmsnapd: --period must be one of {', '.join(PERIODS)}", file=sys.stderr)
+        return EX_USAGE
+    ctx = _build_context(args, dry_run=args.dry_run)
+    with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
+        outcome = take_now(ctx, ctx.survey(), args.target, args.period)
+    if outcome is None:
+        print(f"vmsnapd: {args.target} is neither a dataset managed by {args.config} nor the domain of one",
+              file=sys.stderr)
+        return EX_FAILED
+    print(_outcome_line(outcome))
+    return EX_OK if outcome.ok else EX_FAILED
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(Path(args.config))
+    runner = Runner()
+    ctx = Context(config=config, config_path=Path(args.config), runner=runner, zfs=Zfs(runner))
+    try:
+        existing = sorted(ctx.zfs.list_tree(ctx.config_roots()).datasets)
+        where = "datasets that exist now"
+    except ZfsError as exc:
+        existing = sorted(config.datasets)
+        where = f"configured names only (cannot list datasets: {exc})"
+    policies = resolve(config, existing)
+    print(f"{args.config}: valid. Resolved policy for {len(policies)} dataset(s) ({where}):")
+    for name, policy in policies.items():
+        data = policy.model_dump(exclude={"name"})
+        print(f"\n[{name}]")
+        for key, value in data.items():
+            print(f"  {key} = {json.dumps(value, default=str)}")
+    return EX_OK
+
+
+def cmd_import_sanoid(args: argparse.Namespace) -> int:
+    from vmsnapd.sanoid_import import sanoid_to_toml
+
+    try:
+        text = Path(args.file).read_text()
+    except OSError as exc:
+        print(f"vmsnapd: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EX_FAILED
+    sys.stdout.write(sanoid_to_toml(text))
+    return EX_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from vmsnapd.names import parse_snapname
+
+    ctx = _build_context(args)
+    survey = ctx.survey()
+    rows = []
+    for snap in survey.listing.snapshots:
+        if snap.dataset not in survey.policies or parse_snapname(snap.name) is None:
+            continue
+        if args.target and snap.dataset != args.target:
+            continue
+        rows.append({"dataset": snap.dataset, "snapshot": snap.name, "creation": snap.creation.isoformat(),
+                     "held": snap.userrefs > 0, "ram_dump": None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['dataset']}@{r['snapshot']}  {r['creation']}{'  held' if r['held'] else ''}")
+    return EX_OK
+
+
+LOCK_WAIT_S = 60.0
+
+COMMANDS = {
+    "once": cmd_once,
+    "snapshot": cmd_snapshot,
+    "config check": cmd_config_check,
+    "import-sanoid": cmd_import_sanoid,
+    "list": cmd_list,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING)
     name = args.command if args.command != "config" else f"config {args.config_command}"
-    print(f"vmsnapd: '{name}' is not built yet", file=sys.stderr)
-    return 1
+    handler = COMMANDS.get(name)
+    if handler is None:
+        print(f"vmsnapd: '{name}' is not built yet", file=sys.stderr)
+        return EX_FAILED
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EX_CONFIG
+    except LockBusy as exc:
+        print(f"vmsnapd: {exc}", file=sys.stderr)
+        return EX_FAILED
+    except InvalidName as exc:
+        print(f"vmsnapd: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except (ZfsError, HypervisorError) as exc:
+        print(f"vmsnapd: {exc}", file=sys.stderr)
+        return EX_FAILED

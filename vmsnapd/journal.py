@@ -99,7 +99,10 @@ class CycleRecord(BaseModel):
     overlays: list[OverlayRecord] = []
     ram_file: str | None = None
     fs_frozen: bool = False
+    quiesced: bool = False
     paused_by_us: bool = False
+    pause_ms: int | None = None
+    ram_dump: str | None = None
     pid: int = Field(default_factory=os.getpid)
     started_at: str = Field(default_factory=utc_now_iso)
     updated_at: str = Field(default_factory=utc_now_iso)

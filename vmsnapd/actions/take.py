@@ -1,0 +1,85 @@
+"""Take what is due: ask the policy which periods are due per target, then run one cycle per target.
+
+All periods due in one pass share one timestamp (one cycle). VM cycles run in parallel up to
+`max_parallel`; a VM is one target, so never two cycles of one VM at once. One failing target
+never stops the others: its failure is logged and counted in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.cycle import Cycle, CycleEnv
+from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
+from vmsnapd.targets import Target, plan_targets
+
+log = logging.getLogger(__name__)
+
+
+def _targets(ctx: Context, survey: Survey) -> list[Target]:
+    needs_libvirt = any(p.domain != "none" for p in survey.policies.values())
+    return plan_targets(survey.policies, survey.listing, ctx.hypervisor if needs_libvirt else None)
+
+
+def _stamp(ctx: Context, survey: Survey, now: datetime) -> datetime:
+    taken = [s.name for s in survey.listing.snapshots]
+    return cycle_stamp(now, ctx.config.daemon.utc, taken=taken)
+
+
+def take_due(ctx: Context, survey: Survey | None = None) -> PassReport:
+    now = ctx.now()
+    survey = survey or ctx.survey()
+    tz = schedule_zone(ctx.config.daemon.utc)
+    stamp = _stamp(ctx, survey, now)
+    work: list[tuple[Target, list[str]]] = []
+    try:
+        targets = _targets(ctx, survey)
+    except HypervisorError as exc:
+        # Without libvirt we cannot tell which datasets back a running VM: taking them as plain
+        # snapshots would silently downgrade them to crash-consistent, so the pass fails instead.
+        return PassReport(errors=[f"cannot plan cycles: {exc}"])
+    for target in targets:
+        if not target.policy.autosnap:
+            continue
+        periods = due_periods(target.policy, survey.listing.snapshots_of(target.name), now, tz)
+        if periods:
+            work.append((target, periods))
+    if not work:
+        log.info("%snothing due", "dry-run: " if ctx.dry_run else "")
+    return PassReport(outcomes=run_cycles(ctx, survey, work, stamp))
+
+
+def take_now(ctx: Context, survey: Survey, target_name: str, period: str) -> TargetOutcome | None:
+    """`vmsnapd snapshot TARGET --period P`: one cycle now for a dataset or a domain, whatever is due."""
+    for target in _targets(ctx, survey):
+        if target_name in (target.name, target.domain) or target_name in target.datasets:
+            return run_cycles(ctx, survey, [(target, [period])], _stamp(ctx, survey, ctx.now()))[0]
+    return None
+
+
+def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]],
+               stamp: datetime) -> list[TargetOutcome]:
+    env = CycleEnv(
+        zfs=ctx.zfs,
+        hypervisor=ctx.hypervisor if any(t.domain for t, _ in work) else None,
+        journal=ctx.journal,
+        listing=survey.listing,
+        overlay_dir=Path(ctx.config.daemon.overlay_dir),
+        ram_store=ctx.ram_store if any(t.domain for t, _ in work) else None,
+        ram_compression=ctx.config.daemon.ram_compression,
+        dry_run=ctx.dry_run,
+    )
+    cycles = [Cycle(env, target, periods, stamp) for target, periods in work]
+    plain = [c for c in cycles if not c.target.domain]
+    vms = [c for c in cycles if c.target.domain]
+    outcomes = [c.run() for c in plain]
+    if vms:
+        with ThreadPoolExecutor(max_workers=ctx.config.daemon.max_parallel, thread_name_prefix="cycle") as pool:
+            outcomes += list(pool.map(lambda c: c.run(), vms))
+    return outcomes

@@ -1,0 +1,381 @@
+"""One snapshot cycle of one target, as an explicit state machine with a crash journal.
+
+    started → hooks_pre → xml_saved → [quiesced] → frozen → snapshotted → committed/resumed → dump_kept → done
+                                                                       ↘ failed (from any state)
+
+Before each step the journal records where the cycle is (atomic write + fsync), so `vmsnapd recover`
+can finish or undo whatever a crash interrupted. Whatever happens between `frozen` and the end, the
+`finally` blocks bring the VM back: overlays committed and pivoted, a guest we paused resumed, file
+systems thawed. A failed zfs snapshot never leaves the VM on an overlay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from vmsnapd.actions.report import TargetOutcome
+from vmsnapd.hypervisor import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, BlockJobFailed, Hypervisor,
+                                HypervisorError, nvram_path)
+from vmsnapd.journal import CycleRecord, Journal, OverlayRecord
+from vmsnapd.names import STAMP_FORMAT
+from vmsnapd.policy import snapshot_names
+from vmsnapd.targets import Target
+from vmsnapd.zfs import SnapshotExists, Zfs, ZfsError, ZfsListing
+
+log = logging.getLogger(__name__)
+
+COMMIT_ATTEMPTS = 3
+# Head-room asked of overlay_dir before a RAM dump: the guest's memory size times this.
+RAM_SPACE_FACTOR = 1.1
+XML_DIR = ".vmsnapd"
+
+
+class CycleFailed(Exception):
+    pass
+
+
+@dataclass
+class CycleEnv:
+    """What a cycle needs from the host, injected by the caller."""
+
+    zfs: Zfs
+    hypervisor: Hypervisor | None
+    journal: Journal
+    listing: ZfsListing
+    overlay_dir: Path
+    ram_store: "object"  # vmsnapd.ramstore.RamStore
+    ram_compression: str
+    hook_runner: "object | None" = None  # vmsnapd.hooks glue, see run_hooks
+    dry_run: bool = False
+
+
+@dataclass
+class CycleState:
+    record: CycleRecord
+    names: list[str]
+    started: float = field(default_factory=time.monotonic)
+    warnings: list[str] = field(default_factory=list)
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+class Cycle:
+    def __init__(self, env: CycleEnv, target: Target, periods: list[str], stamp: datetime):
+        self.env = env
+        self.target = target
+        self.periods = periods
+        self.stamp = stamp
+        self.names = snapshot_names(stamp, periods)
+        self.prefix = "dry-run: " if env.dry_run else ""
+
+    # -- logging -------------------------------------------------------------------------------------------
+
+    def _log(self, level: int, state: CycleState, event: str, extra: str = "") -> None:
+        log.log(level, "%scycle %s dataset=%s domain=%s snapshot=%s elapsed_ms=%d%s", self.prefix, event,
+                ",".join(self.target.datasets), self.target.domain or "-", ",".join(self.names),
+                state.elapsed_ms(), f": {extra}" if extra else "")
+
+    def _enter(self, state: CycleState, name: str, **changes: object) -> None:
+        if not self.env.dry_run:
+            state.record = self.env.journal.update(state.record, state=name, **changes)
+        else:
+            state.record = state.record.model_copy(update={"state": name, **changes})
+        self._log(logging.DEBUG, state, f"→ {name}")
+
+    # -- entry -----------------------------------------------------------------------------------------------
+
+    def run(self) -> TargetOutcome:
+        outcome = TargetOutcome(action="take", target=self.target.name, domain=self.target.domain,
+                                datasets=list(self.target.datasets), dry_run=self.env.dry_run)
+        stamp_text = self.stamp.strftime(STAMP_FORMAT)
+        method = "plain"
+        vm_state = None
+        if self.target.domain:
+            vm_state = self.env.hypervisor.state(self.target.domain)
+            if vm_state in (RUNNING, PAUSED):
+                method = self.target.policy.method if vm_state == RUNNING else "pause"
+        record = CycleRecord(cycle_id=f"{self.target.domain or self.target.name}-{stamp_text}",
+                             domain=self.target.domain, datasets=list(self.target.datasets),
+                             snapshot_names=self.names, stamp=stamp_text, method=method, state="started")
+        state = CycleState(record=record, names=self.names)
+        if not self.env.dry_run:
+            state.record = self.env.journal.begin(record)
+        try:
+            if self.target.error:
+                raise CycleFailed(self.target.error)
+            if method == "plain":
+                self._plain(state, vm_state)
+            else:
+                self._vm(state, vm_state)
+            self._enter(state, "done")
+            outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names]
+            if not self.env.dry_run:
+                self.env.journal.finish(state.record)
+        except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
+            outcome.error = str(exc) or type(exc).__name__
+            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError)):
+                log.exception("unexpected error in cycle of %s", self.target.name)
+            try:
+                self._enter(state, "failed", error=outcome.error)
+                vm_safe = not (state.record.overlays or state.record.paused_by_us or state.record.fs_frozen)
+                if not self.env.dry_run and vm_safe:
+                    self.env.journal.finish(state.record)  # otherwise `recover` needs the record
+            except Exception:  # noqa: BLE001 — the record stays for `recover`
+                log.exception("could not record the failure of %s", self.target.name)
+        outcome.warnings = state.warnings
+        outcome.duration_ms = state.elapsed_ms()
+        if outcome.ok:
+            pause = state.record.pause_ms
+            self._log(logging.INFO, state, "done", f"method={method}"
+                      + (f" pause_ms={pause}" if pause is not None else ""))
+        else:
+            self._log(logging.ERROR, state, "failed", outcome.error or "")
+        return outcome
+
+    # -- plain: no running VM -----------------------------------------------------------------------------
+
+    def _plain(self, state: CycleState, vm_state: str | None) -> None:
+        self._hooks(state, "pre_snapshot")
+        if self.target.domain:
+            self._save_domain_xml(state)
+        self._snapshot_datasets(state, atomic_needed=True)
+        self._hooks(state, "post_snapshot")
+
+    # -- running or paused VM -------------------------------------------------------------------------
+
+    def _vm(self, state: CycleState, vm_state: str) -> None:
+        domain = self.target.domain
+        hv = self.env.hypervisor
+        policy = self.target.policy
+        self._hooks(state, "pre_snapshot")
+        self._save_domain_xml(state)
+        memory_file = self._memory_file(state) if policy.memory else None
+        frozen_fs = False
+        snapshot_error: Exception | None = None
+        try:
+            if vm_state == RUNNING and policy.quiesce != "off":
+                frozen_fs = self._quiesce(state)
+            with hv.watch_pauses(domain) as pauses:
+                try:
+                    self._freeze(state, memory_file, vm_state)
+                finally:
+                    if frozen_fs:
+                        self._thaw(state)
+                        frozen_fs = False
+                try:
+                    self._snapshot_datasets(state, atomic_needed=False)
+                except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
+                    snapshot_error = exc
+                finally:
+                    self._unfreeze(state, vm_state)
+            pause_ms = pauses.paused_ms()
+            self._enter(state, "unfrozen", pause_ms=pause_ms)
+        finally:
+            if frozen_fs:
+                self._thaw(state)
+        if snapshot_error is not None:
+            if state.record.ram_file:
+                self._discard(Path(state.record.ram_file))
+            raise snapshot_error
+        if state.record.ram_file:
+            self._keep_dump(state)
+        self._hooks(state, "post_snapshot")
+
+    def _memory_file(self, state: CycleState) -> str | None:
+        """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
+        domain = self.target.domain
+        path = self.env.overlay_dir / f"{domain}_{state.record.stamp}.mem"
+        problem = None
+        try:
+            self.env.overlay_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+            self.env.ram_store.check_writable(domain)
+            memory = self.env.hypervisor.memory_bytes(domain)
+            for where in (self.env.overlay_dir, self.env.ram_store.ram_dir):
+                free = shutil.disk_usage(where).free
+                if free < memory * RAM_SPACE_FACTOR:
+                    problem = f"{where} has {free >> 20} MiB free, the RAM dump needs about {memory >> 20} MiB"
+        except OSError as exc:
+            problem = f"cannot write RAM dump: {exc}"
+        if problem is None:
+            return str(path)
+        if self.target.policy.on_memory_failure == "fail":
+            raise CycleFailed(f"{problem} (on_memory_failure = \"fail\")")
+        state.warnings.append(f"{problem}; taking a disk-only snapshot")
+        self._log(logging.WARNING, state, "memory", f"{problem}; disk-only snapshot (on_memory_failure)")
+        return None
+
+    def _quiesce(self, state: CycleState) -> bool:
+        domain = self.target.domain
+        hv = self.env.hypervisor
+        required = self.target.policy.quiesce == "required"
+        if not hv.agent_answers(domain):
+            if required:
+                raise CycleFailed(f"guest agent of {domain} does not answer and quiesce = \"required\"")
+            state.warnings.append("guest agent does not answer: snapshot not quiesced")
+            self._log(logging.WARNING, state, "quiesce", "guest agent does not answer; not quiesced")
+            return False
+        self._enter(state, "quiescing", fs_frozen=True)
+        try:
+            count = hv.fs_freeze(domain)
+        except AgentUnavailable as exc:
+            self._enter(state, "quiescing", fs_frozen=False)
+            if required:
+                raise CycleFailed(f"fsfreeze of {domain} failed: {exc}") from exc
+            state.warnings.append(f"fsfreeze failed ({exc}): snapshot not quiesced")
+            return False
+        self._enter(state, "quiesced", quiesced=True)
+        self._log(logging.INFO, state, "quiesced", f"{count} file system(s) frozen")
+        return True
+
+    def _thaw(self, state: CycleState) -> None:
+        try:
+            self.env.hypervisor.fs_thaw(self.target.domain)
+        except HypervisorError as exc:
+            state.warnings.append(f"fsthaw failed: {exc}")
+            self._log(logging.ERROR, state, "thaw", str(exc))
+            return
+        self._enter(state, state.record.state, fs_frozen=False)
+
+    def _freeze(self, state: CycleState, memory_file: str | None, vm_state: str) -> None:
+        domain = self.target.domain
+        hv = self.env.hypervisor
+        policy = self.target.policy
+        targets = [d.target for d in self.target.disks]
+        skipped = self.target.skipped_disks
+        if state.record.method == "overlay":
+            overlays = [OverlayRecord(target=d.target, base_path=d.source,
+                                      overlay_path=str(self.env.overlay_dir /
+                                                       f"{domain}_{d.target}_{state.record.stamp}.qcow2"))
+                        for d in self.target.disks]
+            self._enter(state, "freezing", overlays=overlays, ram_file=memory_file)
+            hv.snapshot_external(domain, {o.target: o.overlay_path for o in overlays}, memory_file,
+                                 live=policy.live, skip_disks=skipped)
+        elif memory_file:
+            self._enter(state, "freezing", ram_file=memory_file, paused_by_us=vm_state == RUNNING)
+            hv.snapshot_manual(domain, targets, memory_file, live=policy.live, skip_disks=skipped)
+        else:
+            # pause method without memory: the guest stands still while ZFS takes its disks.
+            self._enter(state, "freezing", paused_by_us=vm_state == RUNNING)
+            if vm_state == RUNNING:
+                hv.suspend(domain)
+        self._enter(state, "frozen")
+
+    def _unfreeze(self, state: CycleState, vm_state: str) -> None:
+        domain = self.target.domain
+        hv = self.env.hypervisor
+        if state.record.overlays:
+            last: Exception | None = None
+            for overlay in state.record.overlays:
+                for attempt in range(1, COMMIT_ATTEMPTS + 1):
+                    try:
+                        hv.commit_active(domain, overlay.target)
+                        last = None
+                        break
+                    except HypervisorError as exc:
+                        last = exc
+                        self._log(logging.WARNING, state, "commit",
+                                  f"{overlay.target} attempt {attempt}/{COMMIT_ATTEMPTS}: {exc}")
+                if last is not None:
+                    raise CycleFailed(
+                        f"CRITICAL: {domain} disk {overlay.target} still runs on overlay {overlay.overlay_path} "
+                        f"(safe, but growing): {last}; run `vmsnapd recover`") from last
+                self._discard(Path(overlay.overlay_path))
+            self._enter(state, "committed", overlays=[])
+        elif state.record.paused_by_us:
+            hv.resume(domain)
+            self._enter(state, "resumed", paused_by_us=False)
+
+    # -- steps shared by both kinds -------------------------------------------------------------------------
+
+    def _save_domain_xml(self, state: CycleState) -> None:
+        """Copy the domain XML (and NVRAM kept outside the dataset) into the VM's first dataset,
+        so a snapshot carries what is needed to bring the VM back even if libvirt's copy is lost."""
+        info = self.env.listing.datasets.get(self.target.datasets[0])
+        if info is None or not info.mountpoint:
+            state.warnings.append(f"{self.target.datasets[0]} is not mounted: domain XML not saved in it")
+            return
+        if self.env.dry_run:
+            log.info("dry-run: would save the domain XML of %s into %s", self.target.domain, info.mountpoint)
+            return
+        folder = Path(info.mountpoint) / XML_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        xml = self.env.hypervisor.xml(self.target.domain, inactive=True)
+        _write_private(folder / f"{self.target.domain}.xml", xml.encode())
+        nvram = nvram_path(xml)
+        if nvram and os.path.exists(nvram) and not nvram.startswith(info.mountpoint.rstrip("/") + "/"):
+            shutil.copyfile(nvram, folder / f"{self.target.domain}.nvram")
+            os.chmod(folder / f"{self.target.domain}.nvram", 0o600)
+        self._enter(state, "xml_saved")
+
+    def _snapshot_datasets(self, state: CycleState, *, atomic_needed: bool) -> None:
+        datasets = self.target.datasets
+        for name in self.names:
+            try:
+                atomic = self.env.zfs.snapshot(datasets, name)
+            except SnapshotExists:
+                state.warnings.append(f"{name} already exists on {','.join(datasets)}")
+                continue
+            if atomic_needed and not atomic:
+                msg = (f"snapshots of {','.join(datasets)} were taken one by one, not atomically "
+                       "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
+                state.warnings.append(msg)
+                self._log(logging.WARNING, state, "snapshot", msg)
+        self._enter(state, "snapshotted")
+
+    def _keep_dump(self, state: CycleState) -> None:
+        from vmsnapd.ramstore import DiskEntry  # local: keeps the module graph one-way
+
+        domain = self.target.domain
+        dump = self.env.ram_store.keep(
+            Path(state.record.ram_file),
+            domain=domain,
+            stamp=state.record.stamp,
+            datasets=list(self.target.datasets),
+            snapshot_names=self.names,
+            domain_xml=self.env.hypervisor.xml(domain, inactive=True),
+            disks=[DiskEntry(target=d.target, source=d.source, dataset=_dataset_for(d.source, self.target,
+                                                                                     self.env.listing))
+                   for d in self.target.disks],
+            method=state.record.method,
+            live=self.target.policy.live,
+            quiesced=bool(state.record.quiesced),
+            pause_ms=state.record.pause_ms,
+            compression=self.env.ram_compression,
+        )
+        self._enter(state, "dump_kept", ram_file=None, ram_dump=str(dump.path))
+
+    def _discard(self, path: Path) -> None:
+        if self.env.dry_run:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _hooks(self, state: CycleState, phase: str) -> None:
+        if self.env.hook_runner is not None:
+            self.env.hook_runner(self, state, phase)
+
+
+def _dataset_for(source: str, target: Target, listing: ZfsListing) -> str:
+    from vmsnapd.targets import dataset_of_path
+
+    return dataset_of_path(source, listing) or target.datasets[0]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
