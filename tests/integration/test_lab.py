@@ -52,3 +52,67 @@ def test_stopped_vm_continues_counter_after_boot(lab, stopped_vm):
     recs = stopped_vm.records()
     new = sorted(s for s, _ in recs.values() if s > last)
     assert new and new[0] == last + 1  # continues, does not restart at 1
+
+
+def _wait_block_job_ready(dom, disk: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = dom.blockJobInfo(disk, 0)
+        if info and info.get("end", 0) > 0 and info["cur"] == info["end"] and "ready='yes'" in dom.XMLDesc(0):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"block job on {disk} not ready within {timeout}s: {dom.blockJobInfo(disk, 0)}")
+
+
+def test_hand_made_cycle_restores_counter_exactly(lab, running_vm):
+    """overlay + memory snapshot → zfs snapshot → blockcommit --active + pivot → metadata delete; later:
+    destroy → zfs rollback → new token → restore from the memory file → counter continues at max + 1."""
+    import libvirt
+
+    vm, disk = running_vm, running_vm.disk
+    dom = vm.dom
+    lab.wait_counter_advances(vm, by=5)
+    overlay = vm.workdir / "overlay-vda.qcow2"   # outside the snapshotted dataset
+    memfile = vm.workdir / "cycle.mem"
+    snap_xml = f"""<domainsnapshot><name>cycle</name>
+      <memory snapshot='external' file='{memfile}'/>
+      <disks>
+        <disk name='{disk.target}' snapshot='external'><driver type='qcow2'/><source file='{overlay}'/></disk>
+        <disk name='{vm.token_target}' snapshot='no'/>
+      </disks></domainsnapshot>"""
+    snap = dom.snapshotCreateXML(snap_xml, 0)   # guest paused while RAM is saved, disk switched to the overlay
+    assert dom.isActive() and overlay.exists() and memfile.stat().st_size > 0
+    at_snapshot = lab.read_max_counter(disk.path)  # the base file is frozen now
+    zsnap = lab.snapshot(disk.dataset, "cycle")
+    assert lab.snapshot_max_counter(zsnap, disk.relpath) == at_snapshot
+
+    dom.blockCommit(disk.target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+    _wait_block_job_ready(dom, disk.target)
+    dom.blockJobAbort(disk.target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+    deadline = time.monotonic() + 30
+    while str(overlay) in dom.XMLDesc(0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert str(overlay) not in dom.XMLDesc(0), "pivot did not return the guest to its base disk"
+    snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+    overlay.unlink()
+    assert dom.snapshotNum(0) == 0
+
+    # the guest keeps writing to its base file on the dataset
+    lab.wait_counter_advances(vm, by=20, start=at_snapshot)
+    assert vm.max_counter() > at_snapshot + 20
+
+    # restore: stop, roll the dataset back, change the token, resume from the memory file
+    dom.destroy()
+    lab.zfs("rollback", zsnap)
+    assert lab.read_max_counter(disk.path) == at_snapshot
+    lab.write_token(vm, "restored")
+    vm.dom.connect().restoreFlags(str(memfile), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+    assert vm.dom.isActive()
+    assert str(disk.path) in vm.dom.XMLDesc(0)
+    lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
+    recs = vm.records()
+    rewritten = sorted(s for s, tok in recs.values() if tok == "restored" and s <= at_snapshot)
+    assert not rewritten, f"RAM older than the disk: records {rewritten[:5]} rewritten after restore"
+    new = sorted(s for s, _ in recs.values() if s > at_snapshot)
+    assert new[0] == at_snapshot + 1, f"counter resumed at {new[0]}, snapshot max was {at_snapshot}"
+    assert any(tok == "restored" for s, tok in recs.values() if s > at_snapshot)
