@@ -1,0 +1,339 @@
+"""RAM dumps: storing (plain and zstd), permissions, manifest last, the sweep rule, restore, checksums."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from vmsnapd.ramstore import (
+    DumpDisk,
+    RamDump,
+    RamDumpInfo,
+    RamManifest,
+    RamStore,
+    RamStoreError,
+    plan_sweep,
+)
+from vmsnapd.runner import Runner
+
+ZSTD = shutil.which("zstd") or "/usr/bin/zstd"
+needs_zstd = pytest.mark.skipif(not Path(ZSTD).exists(), reason="zstd binary not installed")
+
+STAMP1 = "2026-11-29_01:00:00"
+STAMP2 = "2026-11-29_02:00:00"
+STAMP3 = "2026-11-29_03:00:00"
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def make_info(domain: str = "win", stamp: str = STAMP1, periods: tuple[str, ...] = ("hourly",)) -> RamDumpInfo:
+    return RamDumpInfo(
+        domain=domain,
+        stamp=stamp,
+        datasets=[f"rpool/VM/{domain}", f"rpool/VM/{domain}-data"],
+        snapshot_names=[f"autosnap_{stamp}_{period}" for period in periods],
+        domain_xml=f"<domain><name>{domain}</name></domain>",
+        disks=[DumpDisk(target="vda", source=f"/rpool/VM/{domain}/vda.qcow2", dataset=f"rpool/VM/{domain}")],
+        method="overlay",
+        live=True,
+        quiesced=False,
+        pause_ms=12,
+    )
+
+
+def fresh_ram_file(directory: Path, name: str = "win.mem", size: int = 9 * 1024 * 1024 + 123) -> tuple[Path, bytes]:
+    """A RAM-file stand-in larger than one copy chunk, partly compressible."""
+    directory.mkdir(parents=True, exist_ok=True)
+    content = (os.urandom(1024 * 1024) + bytes(1024 * 1024)) * (size // (2 * 1024 * 1024)) + b"tail" * 100
+    path = directory / name
+    path.write_bytes(content)
+    return path, content
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RamStore:
+    return RamStore(tmp_path / "ram", runner=Runner(), zstd_bin=ZSTD)
+
+
+def test_keep_uncompressed(store: RamStore, tmp_path: Path) -> None:
+    fresh, content = fresh_ram_file(tmp_path / "overlays")
+    dump = store.keep(fresh, make_info(), compression="none")
+    assert dump.path == store.ram_dir / "win" / f"win_{STAMP1}.mem"
+    assert dump.manifest_path == store.ram_dir / "win" / f"win_{STAMP1}.json"
+    assert dump.path.read_bytes() == content
+    assert not fresh.exists()
+    manifest = RamManifest.model_validate_json(dump.manifest_path.read_text())
+    assert manifest.sha256 == hashlib.sha256(content).hexdigest()
+    assert manifest.size == manifest.raw_size == len(content)
+    assert manifest.compression == "none"
+    assert manifest.pause_ms == 12 and manifest.method == "overlay"
+    assert manifest.snapshot_names == [f"autosnap_{STAMP1}_hourly"]
+    assert manifest.vmsnapd_version
+    assert store.verify(dump)
+
+
+def test_modes_are_private(store: RamStore, tmp_path: Path) -> None:
+    fresh, _ = fresh_ram_file(tmp_path / "overlays")
+    fresh.chmod(0o644)
+    dump = store.keep(fresh, make_info(), compression="none")
+    assert mode_of(store.ram_dir) == 0o700
+    assert mode_of(dump.path.parent) == 0o700
+    assert mode_of(dump.path) == 0o600
+    assert mode_of(dump.manifest_path) == 0o600
+
+
+def test_keep_across_file_systems_copies(store: RamStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cross_device_link(source: object, target: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device_link)
+    fresh, content = fresh_ram_file(tmp_path / "overlays")
+    fresh.chmod(0o644)
+    dump = store.keep(fresh, make_info(), compression="none")
+    assert dump.path.read_bytes() == content
+    assert mode_of(dump.path) == 0o600
+    assert not fresh.exists()
+    assert store.verify(dump)
+
+
+@needs_zstd
+def test_keep_with_zstd_and_restore_round_trip(store: RamStore, tmp_path: Path) -> None:
+    fresh, content = fresh_ram_file(tmp_path / "overlays")
+    fresh.chmod(0o644)
+    dump = store.keep(fresh, make_info(), compression="zstd")
+    assert dump.path.name == f"win_{STAMP1}.mem.zst"
+    assert dump.compressed
+    assert mode_of(dump.path) == 0o600
+    assert not fresh.exists()
+    manifest = dump.manifest
+    assert manifest is not None
+    assert manifest.compression == "zstd"
+    assert manifest.raw_size == len(content)
+    assert manifest.size == dump.path.stat().st_size < len(content)
+    assert manifest.sha256 == hashlib.sha256(dump.path.read_bytes()).hexdigest()
+    assert store.verify(dump)
+    work = tmp_path / "restore-work"
+    with store.restore_source(dump, work) as raw:
+        assert raw.read_bytes() == content
+        assert mode_of(raw) == 0o600
+    assert not raw.exists()
+
+
+def test_restore_source_of_an_uncompressed_dump_is_the_dump(store: RamStore, tmp_path: Path) -> None:
+    fresh, content = fresh_ram_file(tmp_path / "overlays")
+    dump = store.keep(fresh, make_info(), compression="none")
+    with store.restore_source(dump, tmp_path / "work") as raw:
+        assert raw == dump.path
+    assert dump.path.exists()
+
+
+def test_failed_compression_leaves_the_fresh_file_and_no_dump(tmp_path: Path) -> None:
+    broken = RamStore(tmp_path / "ram", runner=Runner(), zstd_bin="/bin/false")
+    fresh, content = fresh_ram_file(tmp_path / "overlays")
+    with pytest.raises(RamStoreError):
+        broken.keep(fresh, make_info(), compression="zstd")
+    assert fresh.read_bytes() == content
+    assert broken.dumps() == []
+    assert list((tmp_path / "ram" / "win").iterdir()) == []
+
+
+def test_keep_refuses_to_overwrite_a_dump(store: RamStore, tmp_path: Path) -> None:
+    first, first_content = fresh_ram_file(tmp_path / "overlays", "a.mem")
+    dump = store.keep(first, make_info(), compression="none")
+    second, _ = fresh_ram_file(tmp_path / "overlays", "b.mem")
+    with pytest.raises(RamStoreError):
+        store.keep(second, make_info(), compression="none")
+    assert second.exists()
+    assert dump.path.read_bytes() == first_content
+
+
+def test_manifest_is_written_last(store: RamStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash before the manifest leaves a dump that is recognisably half-written."""
+    import vmsnapd.ramstore as ramstore
+
+    def crash(path: Path, data: bytes) -> None:
+        assert (store.ram_dir / "win" / f"win_{STAMP1}.mem").stat().st_size > 0  # dump already complete
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ramstore, "write_file_atomically", crash)
+    fresh, _ = fresh_ram_file(tmp_path / "overlays")
+    with pytest.raises(RamStoreError):
+        store.keep(fresh, make_info(), compression="none")
+    assert fresh.exists()  # the cycle still has its RAM file to decide about
+
+
+def test_half_written_and_corrupt_manifests(store: RamStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fresh, _ = fresh_ram_file(tmp_path / "overlays")
+    good = store.keep(fresh, make_info(), compression="none")
+    domain_dir = good.path.parent
+    half = domain_dir / f"win_{STAMP2}.mem"
+    half.write_bytes(b"partial")
+    corrupt = domain_dir / f"win_{STAMP3}.mem"
+    corrupt.write_bytes(b"whole")
+    (domain_dir / f"win_{STAMP3}.json").write_text("{not json")
+    assert store.half_written() == [half]
+    with caplog.at_level(logging.WARNING):
+        by_stamp = {d.stamp: d for d in store.dumps()}
+    assert by_stamp[STAMP1].manifest is not None
+    assert by_stamp[STAMP2].manifest is None
+    assert by_stamp[STAMP3].manifest is None
+    assert "unreadable" in caplog.text
+    assert not store.verify(by_stamp[STAMP3])
+
+
+def test_verify_detects_damage(store: RamStore, tmp_path: Path) -> None:
+    fresh, _ = fresh_ram_file(tmp_path / "overlays")
+    dump = store.keep(fresh, make_info(), compression="none")
+    with open(dump.path, "r+b") as stream:
+        stream.seek(1000)
+        stream.write(b"\x42")
+    assert not store.verify(dump)
+
+
+def test_foreign_files_are_never_listed(store: RamStore, tmp_path: Path) -> None:
+    fresh, _ = fresh_ram_file(tmp_path / "overlays")
+    store.keep(fresh, make_info(), compression="none")
+    foreign = [
+        store.ram_dir / "README",
+        store.ram_dir / "win" / "notes.txt",
+        store.ram_dir / "win" / "win-manual-backup.mem",
+        store.ram_dir / "win" / f"other_{STAMP2}.mem",  # not this directory's domain
+        store.ram_dir / "win" / f"win_{STAMP2}.mem.bak",
+        store.ram_dir / "lost+found" / "x",
+    ]
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"someone else's")
+    dumps = store.dumps()
+    assert [d.stamp for d in dumps] == [STAMP1]
+    assert store.half_written() == []
+    for planned in store.sweep_plan(set(), {}, force=True):
+        store.delete(planned.dump, dry_run=False)
+    assert all(path.exists() for path in foreign)
+    assert store.dumps() == []
+
+
+def test_find(store: RamStore, tmp_path: Path) -> None:
+    fresh, _ = fresh_ram_file(tmp_path / "overlays")
+    dump = store.keep(fresh, make_info(), compression="none")
+    assert store.find("win", STAMP1) == dump
+    assert store.find("win", STAMP2) is None
+    assert store.find("other", STAMP1) is None
+
+
+def test_delete_and_dry_run(store: RamStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fresh, content = fresh_ram_file(tmp_path / "overlays")
+    dump = store.keep(fresh, make_info(), compression="none")
+    expected = len(content) + dump.manifest_path.stat().st_size
+    with caplog.at_level(logging.INFO):
+        assert store.delete(dump, dry_run=True) == expected
+    assert "dry-run: would delete RAM dump" in caplog.text
+    assert dump.path.exists() and dump.manifest_path.exists()
+    assert store.delete(dump, dry_run=False) == expected
+    assert not dump.path.exists() and not dump.manifest_path.exists()
+
+
+@pytest.mark.parametrize("domain", ["", "..", ".hidden", "a/b", "../etc"])
+def test_hostile_domain_names_are_refused(domain: str) -> None:
+    with pytest.raises(ValueError):
+        make_info(domain=domain)
+
+
+def test_stamp_must_be_a_cycle_stamp() -> None:
+    with pytest.raises(ValueError):
+        make_info(stamp="2026-11-29 01:00")
+
+
+# -- the sweep rule, pure -----------------------------------------------------------------------
+
+
+def fake_dump(domain: str, stamp: str, periods: tuple[str, ...] = ("hourly",), manifest: bool = True) -> RamDump:
+    info = make_info(domain, stamp, periods)
+    return RamDump(
+        domain=domain,
+        stamp=stamp,
+        path=Path(f"/ram/{domain}/{domain}_{stamp}.mem"),
+        manifest_path=Path(f"/ram/{domain}/{domain}_{stamp}.json"),
+        manifest=RamManifest(
+            **info.model_dump(), size=10, raw_size=10, sha256="0" * 64, compression="none",
+            created_at="2026-11-29T01:00:00+00:00", vmsnapd_version="test",
+        )
+        if manifest
+        else None,
+        size=10,
+    )
+
+
+def planned_stamps(planned: list) -> list[str]:
+    return sorted(p.dump.stamp for p in planned)
+
+
+def test_dump_lives_while_any_snapshot_of_its_cycle_lives() -> None:
+    dump = fake_dump("win", STAMP1, ("hourly", "daily"))
+    hourly = ("rpool/VM/win", f"autosnap_{STAMP1}_hourly")
+    daily = ("rpool/VM/win", f"autosnap_{STAMP1}_daily")
+    daily_on_second_dataset = ("rpool/VM/win-data", f"autosnap_{STAMP1}_daily")
+    assert plan_sweep([dump], {hourly, daily}, {}) == []
+    assert plan_sweep([dump], {daily}, {}) == []  # the hourly was pruned; the daily keeps the dump
+    assert plan_sweep([dump], {daily_on_second_dataset}, {}) == []
+    [planned] = plan_sweep([dump], {("rpool/VM/win", f"autosnap_{STAMP2}_hourly")}, {})
+    assert planned.dump == dump and "orphan" in planned.reason
+    # Same name on an unrelated dataset does not keep it alive.
+    assert plan_sweep([dump], {("rpool/VM/other", f"autosnap_{STAMP1}_hourly")}, {})
+
+
+def test_ram_keep_keeps_the_newest_cycles_that_still_have_snapshots() -> None:
+    dumps = [fake_dump("win", s) for s in (STAMP2, STAMP1, STAMP3)] + [fake_dump("lin", s) for s in (STAMP1, STAMP2)]
+    live = {(ds, name) for d in dumps for ds, name in d.manifest.snapshots()}  # type: ignore[union-attr]
+    planned = plan_sweep(dumps, live, {"win": 1})
+    assert [(p.dump.domain, p.dump.stamp) for p in sorted(planned, key=lambda p: p.dump.stamp)] == [
+        ("win", STAMP1),
+        ("win", STAMP2),
+    ]
+    assert all("ram_keep" in p.reason for p in planned)
+    assert plan_sweep(dumps, live, {"win": 0, "lin": 5}) == []
+    # An orphan does not count as one of the N kept: the newest dump with a snapshot survives.
+    live_without_newest = live - set(dumps[2].manifest.snapshots())  # type: ignore[union-attr]
+    planned = plan_sweep(dumps, live_without_newest, {"win": 1})
+    assert planned_stamps(planned) == [STAMP1, STAMP3]
+    reasons = {p.dump.stamp: p.reason for p in planned}
+    assert "orphan" in reasons[STAMP3] and "ram_keep" in reasons[STAMP1]
+
+
+def test_dump_without_manifest_needs_force() -> None:
+    dump = fake_dump("win", STAMP1, manifest=False)
+    assert plan_sweep([dump], set(), {"win": 1}) == []
+    [planned] = plan_sweep([dump], set(), {}, force=True)
+    assert "forced" in planned.reason
+
+
+def test_sweep_plan_on_real_files(store: RamStore, tmp_path: Path) -> None:
+    for stamp in (STAMP1, STAMP2):
+        fresh, _ = fresh_ram_file(tmp_path / "overlays", f"{stamp}.mem", size=4096)
+        store.keep(fresh, make_info(stamp=stamp, periods=("hourly", "daily")), compression="none")
+    live = {("rpool/VM/win", f"autosnap_{STAMP2}_hourly")}
+    [planned] = store.sweep_plan(live, {})
+    assert planned.dump.stamp == STAMP1
+    freed = store.delete(planned.dump, dry_run=False, reason=planned.reason)
+    assert freed > 0
+    assert [d.stamp for d in store.dumps()] == [STAMP2]
+
+
+def test_manifest_json_is_readable_by_humans(store: RamStore, tmp_path: Path) -> None:
+    fresh, _ = fresh_ram_file(tmp_path / "overlays", size=4096)
+    dump = store.keep(fresh, make_info(), compression="none")
+    data = json.loads(dump.manifest_path.read_text())
+    for key in ("domain", "stamp", "datasets", "snapshot_names", "domain_xml", "disks", "method", "live",
+                "quiesced", "pause_ms", "size", "raw_size", "sha256", "compression", "created_at",
+                "vmsnapd_version"):
+        assert key in data

@@ -1,0 +1,392 @@
+"""RAM dumps kept in `ram_dir`: which cycle owns which dump, and when a dump may go.
+
+Layout: `ram_dir/<domain>/` (0700) holds per cycle one dump `<domain>_<stamp>.mem` (or `.mem.zst`) and
+its manifest `<domain>_<stamp>.json` (both 0600), `<stamp>` being the cycle's `YYYY-MM-DD_HH:MM:SS`.
+
+The manifest is written last, atomically: a dump file without a manifest is half-written (a crash
+while it was stored) and is never deleted by a sweep unless forced; recovery lists them with
+`half_written()`. Deletion removes the manifest first for the same reason: a crash in between leaves
+a dump without manifest, which is again "half-written", never a manifest pointing at nothing.
+
+Only files whose names match the pattern above, inside a directory named like their domain, are
+ours; anything else in `ram_dir` is never read, moved or deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import hashlib
+import logging
+import os
+import re
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from vmsnapd import __version__
+from vmsnapd.journal import ensure_private_directory, fsync_directory, write_file_atomically
+from vmsnapd.runner import CommandError, Runner
+
+log = logging.getLogger(__name__)
+
+Compression = Literal["none", "zstd"]
+
+STAMP_PATTERN = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
+DUMP_NAME = re.compile(rf"^(?P<domain>.+)_(?P<stamp>{STAMP_PATTERN})\.mem(?P<zst>\.zst)?$")
+MANIFEST_SUFFIX = ".json"
+COPY_CHUNK = 4 * 1024 * 1024
+
+
+class RamStoreError(Exception):
+    """A RAM dump could not be stored or read back."""
+
+
+def check_domain_name(domain: str) -> str:
+    # The domain name becomes a directory name: it must not climb out of ram_dir or hide itself.
+    if not domain or "/" in domain or "\x00" in domain or domain.startswith("."):
+        raise ValueError(f"domain name {domain!r} cannot be used as a directory name")
+    return domain
+
+
+class DumpDisk(BaseModel):
+    target: str
+    source: str
+    dataset: str
+
+
+class RamDumpInfo(BaseModel):
+    """What the cycle knows about its RAM dump; the store adds sizes, checksum and compression."""
+
+    domain: str
+    stamp: str = Field(pattern=rf"^{STAMP_PATTERN}$")
+    datasets: list[str]
+    snapshot_names: list[str]
+    domain_xml: str
+    disks: list[DumpDisk] = []
+    method: Literal["overlay", "pause", "plain"]
+    live: bool
+    quiesced: bool
+    pause_ms: int | None = None
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_is_a_directory_name(cls, domain: str) -> str:
+        return check_domain_name(domain)
+
+    def snapshots(self) -> set[tuple[str, str]]:
+        """(dataset, short name) of every snapshot of the cycle: one name set on every dataset."""
+        return {(dataset, name) for dataset in self.datasets for name in self.snapshot_names}
+
+
+class RamManifest(RamDumpInfo):
+    size: int
+    raw_size: int
+    sha256: str
+    compression: Compression
+    created_at: str
+    vmsnapd_version: str
+
+
+class RamDump(BaseModel):
+    domain: str
+    stamp: str
+    path: Path
+    manifest_path: Path
+    manifest: RamManifest | None  # None: missing (half-written) or unreadable
+    size: int
+
+    @property
+    def compressed(self) -> bool:
+        return self.path.name.endswith(".zst")
+
+
+class PlannedDeletion(BaseModel):
+    dump: RamDump
+    reason: str
+
+
+def plan_sweep(
+    dumps: list[RamDump],
+    live_snapshots: set[tuple[str, str]],
+    ram_keep_by_domain: dict[str, int],
+    force: bool = False,
+) -> list[PlannedDeletion]:
+    """Which dumps go, and why. Pure: the caller lists the dumps and the snapshots that still exist.
+
+    A dump goes when no snapshot of its cycle is left on any of its datasets, or, with `ram_keep = N`
+    (N > 0) for its domain, when it is not among the N newest of its domain's dumps that still have a
+    snapshot. A dump without a readable manifest is only planned with `force`.
+    """
+    planned: list[PlannedDeletion] = []
+    alive_by_domain: dict[str, list[RamDump]] = {}
+    for dump in dumps:
+        if dump.manifest is None:
+            if force:
+                planned.append(PlannedDeletion(dump=dump, reason="no readable manifest (forced)"))
+            continue
+        if not dump.manifest.snapshots() & live_snapshots:
+            planned.append(PlannedDeletion(dump=dump, reason="orphan: no snapshot of its cycle is left"))
+        else:
+            alive_by_domain.setdefault(dump.domain, []).append(dump)
+    for domain, alive in alive_by_domain.items():
+        keep = ram_keep_by_domain.get(domain, 0)
+        if keep <= 0:
+            continue
+        # Stamps are YYYY-MM-DD_HH:MM:SS, so text order is time order.
+        for dump in sorted(alive, key=lambda d: d.stamp, reverse=True)[keep:]:
+            planned.append(PlannedDeletion(dump=dump, reason=f"ram_keep = {keep}: not among the newest {keep} cycles"))
+    return planned
+
+
+class RamStore:
+    """The RAM dumps under `ram_dir`. `zstd_bin` and the runner are injected (no global binary paths)."""
+
+    def __init__(
+        self,
+        ram_dir: Path,
+        runner: Runner,
+        zstd_bin: str = "zstd",
+        zstd_level: int = 3,
+        zstd_timeout_s: float = 3600.0,
+    ):
+        self.ram_dir = ram_dir
+        self.runner = runner
+        self.zstd_bin = zstd_bin
+        self.zstd_level = zstd_level
+        self.zstd_timeout_s = zstd_timeout_s
+
+    # -- storing -------------------------------------------------------------------------------
+
+    def keep(self, fresh_file: Path, info: RamDumpInfo, compression: Compression) -> RamDump:
+        """Move the fresh RAM file into the store (compressed if asked) and write its manifest last.
+
+        On failure the partial dump is removed and the fresh file is left where it was, so the
+        cycle can still decide (`on_memory_failure`) what to do with it.
+        """
+        domain_dir = self.ram_dir / info.domain
+        ensure_private_directory(self.ram_dir)
+        ensure_private_directory(domain_dir)
+        stem = f"{info.domain}_{info.stamp}"
+        dump_path = domain_dir / (f"{stem}.mem.zst" if compression == "zstd" else f"{stem}.mem")
+        manifest_path = domain_dir / f"{stem}{MANIFEST_SUFFIX}"
+        if manifest_path.exists() or any(domain_dir.glob(f"{glob.escape(stem)}.mem*")):
+            raise RamStoreError(f"a RAM dump for {info.domain} at {info.stamp} already exists in {domain_dir}")
+        started = datetime.now(timezone.utc)
+        try:
+            raw_size = fresh_file.stat().st_size
+            if compression == "zstd":
+                self._compress(fresh_file, dump_path)
+                size, sha256 = hash_and_sync(dump_path)
+            else:
+                size, sha256 = self._move_uncompressed(fresh_file, dump_path)
+            fsync_directory(domain_dir)
+            manifest = RamManifest(
+                **info.model_dump(),
+                size=size,
+                raw_size=raw_size,
+                sha256=sha256,
+                compression=compression,
+                created_at=started.isoformat(timespec="seconds"),
+                vmsnapd_version=__version__,
+            )
+            write_file_atomically(manifest_path, manifest.model_dump_json(indent=1).encode())
+        except (OSError, CommandError) as exc:
+            try:
+                dump_path.unlink()
+            except FileNotFoundError:
+                pass
+            raise RamStoreError(f"cannot store RAM dump of {info.domain} in {domain_dir}: {exc}") from exc
+        # Only now, with the manifest durable, is the fresh file no longer needed.
+        if fresh_file.exists():
+            fresh_file.unlink()
+            fsync_directory(fresh_file.parent)
+        elapsed_ms = int((datetime.now(timezone.utc) - started).total_seconds() * 1000)
+        log.info(
+            "kept RAM dump of %s at %s: %s (%d bytes, %d raw, %s) in %d ms",
+            info.domain, info.stamp, dump_path, size, raw_size, compression, elapsed_ms,
+        )
+        return RamDump(
+            domain=info.domain, stamp=info.stamp, path=dump_path, manifest_path=manifest_path,
+            manifest=manifest, size=size,
+        )
+
+    def _compress(self, source: Path, target: Path) -> None:
+        # zstd streams the file itself (never whole in memory); -T0 uses every core. No -f: zstd
+        # refuses to overwrite an existing file, which is what we want.
+        self.runner.run(
+            [self.zstd_bin, "-q", "-T0", f"-{self.zstd_level}", "-o", str(target), "--", str(source)],
+            timeout=self.zstd_timeout_s,
+        )
+        # zstd copies the source's mode; the 0700 directory kept it private meanwhile.
+        os.chmod(target, 0o600)
+        # Decode the whole frame once so a dump that cannot be restored is noticed now, not at restore.
+        self.runner.run([self.zstd_bin, "-q", "-t", "--", str(target)], timeout=self.zstd_timeout_s)
+
+    def _move_uncompressed(self, source: Path, target: Path) -> tuple[int, str]:
+        try:
+            # Same file system: a hard link is instant and, unlike rename, never replaces a file.
+            os.link(source, target)
+        except OSError as exc:
+            # Another file system, or hard links not allowed there: copy instead.
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            return copy_hashing(source, target)
+        os.chmod(target, 0o600)
+        return hash_and_sync(target)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def dumps(self) -> list[RamDump]:
+        found: list[RamDump] = []
+        if not self.ram_dir.is_dir():
+            return found
+        for domain_dir in sorted(self.ram_dir.iterdir()):
+            if domain_dir.is_symlink() or not domain_dir.is_dir():
+                continue
+            for path in sorted(domain_dir.iterdir()):
+                match = DUMP_NAME.match(path.name)
+                if not match or match["domain"] != domain_dir.name or path.is_symlink() or not path.is_file():
+                    continue
+                stem = path.name.split(".mem", 1)[0]
+                manifest_path = domain_dir / f"{stem}{MANIFEST_SUFFIX}"
+                found.append(
+                    RamDump(
+                        domain=match["domain"],
+                        stamp=match["stamp"],
+                        path=path,
+                        manifest_path=manifest_path,
+                        manifest=read_manifest(manifest_path),
+                        size=path.stat().st_size,
+                    )
+                )
+        return found
+
+    def find(self, domain: str, stamp: str) -> RamDump | None:
+        for dump in self.dumps():
+            if dump.domain == domain and dump.stamp == stamp:
+                return dump
+        return None
+
+    def half_written(self) -> list[Path]:
+        """Dump files whose manifest was never written: a cycle crashed while storing them."""
+        return [dump.path for dump in self.dumps() if not dump.manifest_path.exists()]
+
+    def verify(self, dump: RamDump) -> bool:
+        if dump.manifest is None:
+            log.warning("RAM dump %s has no readable manifest, cannot verify it", dump.path)
+            return False
+        size, sha256 = hash_file(dump.path)
+        if size != dump.manifest.size or sha256 != dump.manifest.sha256:
+            log.error(
+                "RAM dump %s is damaged: %d bytes sha256 %s, manifest says %d bytes sha256 %s",
+                dump.path, size, sha256, dump.manifest.size, dump.manifest.sha256,
+            )
+            return False
+        return True
+
+    @contextmanager
+    def restore_source(self, dump: RamDump, work_dir: Path) -> Iterator[Path]:
+        """An uncompressed RAM file for restore: the dump itself, or a temporary decompressed copy in
+        `work_dir` (removed afterwards). Call `verify` first when the checksum matters."""
+        if not dump.compressed:
+            yield dump.path
+            return
+        ensure_private_directory(work_dir)
+        temp = work_dir / f".{dump.path.name.removesuffix('.zst')}.restore"
+        if temp.exists():
+            temp.unlink()  # leftover of an interrupted restore; zstd would refuse to overwrite it
+        try:
+            self.runner.run(
+                [self.zstd_bin, "-q", "-d", "-o", str(temp), "--", str(dump.path)], timeout=self.zstd_timeout_s
+            )
+            os.chmod(temp, 0o600)
+            yield temp
+        finally:
+            try:
+                temp.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- deleting ------------------------------------------------------------------------------
+
+    def sweep_plan(
+        self,
+        live_snapshots: set[tuple[str, str]],
+        ram_keep_by_domain: dict[str, int],
+        force: bool = False,
+    ) -> list[PlannedDeletion]:
+        return plan_sweep(self.dumps(), live_snapshots, ram_keep_by_domain, force)
+
+    def delete(self, dump: RamDump, dry_run: bool, reason: str = "") -> int:
+        """Delete a dump and its manifest; returns the bytes freed (or that would be, in dry run)."""
+        manifest_size = dump.manifest_path.stat().st_size if dump.manifest_path.exists() else 0
+        freed = dump.size + manifest_size
+        because = f" ({reason})" if reason else ""
+        if dry_run:
+            log.info("dry-run: would delete RAM dump %s, freeing %d bytes%s", dump.path, freed, because)
+            return freed
+        # Manifest first: a crash in between leaves a dump without manifest, i.e. "half-written".
+        for path in (dump.manifest_path, dump.path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        fsync_directory(dump.path.parent)
+        log.info("deleted RAM dump %s, freed %d bytes%s", dump.path, freed, because)
+        return freed
+
+
+def read_manifest(path: Path) -> RamManifest | None:
+    try:
+        return RamManifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, ValidationError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("RAM dump manifest %s is unreadable: %s", path, reason)
+        return None
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(COPY_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def hash_and_sync(path: Path) -> tuple[int, str]:
+    """Checksum a file just written by someone else (zstd, a hard link) and make it durable."""
+    size, sha256 = hash_file(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size, sha256
+
+
+def copy_hashing(source: Path, target: Path) -> tuple[int, str]:
+    """Copy in chunks (a RAM file can be larger than our memory), hashing on the way; fsync."""
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with open(source, "rb") as stream:
+            while chunk := stream.read(COPY_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size, digest.hexdigest()
