@@ -214,7 +214,7 @@ def _follow(proc: subprocess.Popen, timeout: float, line_sinks: dict[int, Callab
     for fd in line_sinks:
         selector.register(fd, selectors.EVENT_READ)
     try:
-        while selector.get_map():
+        while True:
             now = time.monotonic()
             if drain_deadline is None:
                 if proc.poll() is not None:
@@ -225,7 +225,10 @@ def _follow(proc: subprocess.Popen, timeout: float, line_sinks: dict[int, Callab
                     timed_out = True
                     proc.wait()
                     drain_deadline = now + OUTPUT_DRAIN_GRACE_S
-            elif now >= drain_deadline:
+            # Closed pipes alone do not end the wait: a hook may close its output and keep running.
+            if drain_deadline is not None and not selector.get_map():
+                break
+            if drain_deadline is not None and now >= drain_deadline:
                 # Only a process in another session can still hold the pipes; stop listening to it.
                 log.warning("hook pid %d: output still open after the hook ended; no longer read", proc.pid)
                 break

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,7 +176,8 @@ class RamStore:
         manifest_path = domain_dir / f"{stem}{MANIFEST_SUFFIX}"
         if manifest_path.exists() or any(domain_dir.glob(f"{glob.escape(stem)}.mem*")):
             raise RamStoreError(f"a RAM dump for {info.domain} at {info.stamp} already exists in {domain_dir}")
-        started = datetime.now(timezone.utc)
+        created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = time.monotonic()
         try:
             raw_size = fresh_file.stat().st_size
             if compression == "zstd":
@@ -190,7 +192,7 @@ class RamStore:
                 raw_size=raw_size,
                 sha256=sha256,
                 compression=compression,
-                created_at=started.isoformat(timespec="seconds"),
+                created_at=created_at,
                 vmsnapd_version=__version__,
             )
             write_file_atomically(manifest_path, manifest.model_dump_json(indent=1).encode())
@@ -204,7 +206,7 @@ class RamStore:
         if fresh_file.exists():
             fresh_file.unlink()
             fsync_directory(fresh_file.parent)
-        elapsed_ms = int((datetime.now(timezone.utc) - started).total_seconds() * 1000)
+        elapsed_ms = int((time.monotonic() - started) * 1000)
         log.info(
             "kept RAM dump of %s at %s: %s (%d bytes, %d raw, %s) in %d ms",
             info.domain, info.stamp, dump_path, size, raw_size, compression, elapsed_ms,

@@ -104,7 +104,9 @@ def test_post_prune_environment_lists_destroyed_and_dumps(dump_hook: tuple[Path,
     script, output = dump_hook
     destroyed = [f"{DATASET}@{name}" for name in NAMES] + ["rpool/VM/with space@autosnap_2026-11-29_01:00:00_hourly"]
     dumps = ["/ram/win/win_2026-11-29_01:00:00.mem", "/ram/a,b/a,b_2026-11-29_01:00:00.mem"]
-    env = HookEnv(phase="post_prune", datasets=[DATASET], snapshot_names=NAMES, destroyed=destroyed, dumps_deleted=dumps)
+    env = HookEnv(
+        phase="post_prune", datasets=[DATASET], snapshot_names=NAMES, destroyed=destroyed, dumps_deleted=dumps
+    )
     assert run_hook([str(script)], env, timeout=10, dry_run=False, log_context=DATASET).ok
     seen = json.loads(output.read_text())["env"]
     assert seen["SANOID_SCRIPT"] == "prune"
@@ -196,6 +198,15 @@ def test_timeout_kills_the_hook_and_its_children(tmp_path: Path) -> None:
     assert not result.ok and result.timed_out
     assert result.returncode == -9
     assert wait_gone(int(child_pid_file.read_text()))
+
+
+def test_timeout_applies_after_the_hook_closes_its_output(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "quiet.py", "import os, time\nos.close(1); os.close(2)\ntime.sleep(300)\n")
+    env = HookEnv(phase="pre_snapshot", datasets=[DATASET], snapshot_names=NAMES)
+    started = time.monotonic()
+    result = run_hook([str(script)], env, timeout=1.0, dry_run=False, log_context=DATASET)
+    assert time.monotonic() - started < 6
+    assert result.timed_out and not result.ok
 
 
 def test_hook_leaving_a_sleeping_child_does_not_hang(tmp_path: Path) -> None:
