@@ -97,12 +97,12 @@ class CycleRecord(BaseModel):
     # owned by cycle.py, so kept as a plain string here.
     state: str
     overlays: list[OverlayRecord] = []
-    ram_file: str | None = None
+    ram_file: str | None = None  # the fresh RAM file in overlay_dir, until ramstore has taken it
     fs_frozen: bool = False
     quiesced: bool = False
     paused_by_us: bool = False
     pause_ms: int | None = None
-    ram_dump: str | None = None
+    ram_dump: str | None = None  # where ramstore keeps it since
     pid: int = Field(default_factory=os.getpid)
     started_at: str = Field(default_factory=utc_now_iso)
     updated_at: str = Field(default_factory=utc_now_iso)
@@ -161,6 +161,11 @@ class Journal:
         """Write a new version of `record` with `changes` applied; returns it (records are not mutated)."""
         if "cycle_id" in changes and changes["cycle_id"] != record.cycle_id:
             raise JournalError("a journal record cannot change its cycle_id")
+        # Reading tolerates unknown keys (a record from another version); writing one is a typo that
+        # would silently lose recovery information.
+        unknown = sorted(set(changes) - set(CycleRecord.model_fields))
+        if unknown:
+            raise JournalError(f"unknown cycle record fields: {', '.join(unknown)}")
         # model_copy(update=…) skips validation; a bad value must fail here, not in recovery.
         updated = CycleRecord.model_validate(
             {**record.model_dump(), **changes, "updated_at": utc_now_iso()}

@@ -46,10 +46,13 @@ def test_begin_update_pending_finish_round_trip(tmp_path: Path) -> None:
         overlays=[OverlayRecord(target="vda", overlay_path="/ov/win.vda.ovl", base_path="/rpool/VM/win/vda.qcow2")],
         ram_file="/ov/win.mem",
     )
+    record = journal.update(record, quiesced=True, pause_ms=15, ram_file=None, ram_dump="/ram/win/win.mem")
     [pending] = journal.pending()
     assert pending == record
     assert pending.state == "frozen" and pending.fs_frozen
     assert pending.overlays[0].base_path == "/rpool/VM/win/vda.qcow2"
+    assert pending.quiesced and pending.pause_ms == 15
+    assert pending.ram_file is None and pending.ram_dump == "/ram/win/win.mem"
     journal.finish(record)
     assert journal.pending() == []
     journal.finish(record)  # idempotent: recovery may finish a cycle twice
@@ -72,6 +75,8 @@ def test_update_validates_changes(tmp_path: Path) -> None:
         journal.update(record, method="teleport")
     with pytest.raises(JournalError):
         journal.update(record, cycle_id="other")
+    with pytest.raises(JournalError):
+        journal.update(record, ram_dumb="/typo")
     assert journal.pending()[0].state == "started"
 
 
