@@ -100,6 +100,7 @@ def _outcome_line(o: TargetOutcome) -> str:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from vmsnapd.actions.prune import prune
+    from vmsnapd.actions.recover import recover
     from vmsnapd.actions.take import take_due
 
     ctx = _build_context(args, dry_run=args.dry_run)
@@ -107,6 +108,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     do_prune = args.prune or not args.take
     with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
         report = PassReport()
+        recovered = recover(ctx)
+        report.errors += [f"recover: {e}" for e in recovered.errors]
         try:
             survey = ctx.survey()
         except (ZfsError, HypervisorError) as exc:
@@ -196,6 +199,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from vmsnapd.actions.recover import recover
+
+    ctx = _build_context(args)
+    with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
+        report = recover(ctx)
+    for line in report.actions:
+        print(line)
+    for line in report.errors:
+        print(f"ERROR {line}")
+    if not report.actions and not report.errors:
+        print("nothing to recover")
+    return EX_FAILED if report.failed else EX_OK
+
+
 LOCK_WAIT_S = 60.0
 
 COMMANDS = {
@@ -204,6 +222,7 @@ COMMANDS = {
     "config check": cmd_config_check,
     "import-sanoid": cmd_import_sanoid,
     "list": cmd_list,
+    "recover": cmd_recover,
 }
 
 

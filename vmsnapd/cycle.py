@@ -25,7 +25,8 @@ from vmsnapd.hypervisor import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, Bloc
 from vmsnapd.journal import CycleRecord, Journal, OverlayRecord
 from vmsnapd.names import STAMP_FORMAT
 from vmsnapd.policy import snapshot_names
-from vmsnapd.targets import Target
+from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore
+from vmsnapd.targets import Target, dataset_of_path
 from vmsnapd.zfs import SnapshotExists, Zfs, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class CycleEnv:
     journal: Journal
     listing: ZfsListing
     overlay_dir: Path
-    ram_store: "object"  # vmsnapd.ramstore.RamStore
+    ram_store: RamStore | None
     ram_compression: str
     hook_runner: "object | None" = None  # vmsnapd.hooks glue, see run_hooks
     dry_run: bool = False
@@ -195,7 +196,7 @@ class Cycle:
         problem = None
         try:
             self.env.overlay_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-            self.env.ram_store.check_writable(domain)
+            _check_writable(self.env.ram_store.ram_dir / domain)
             memory = self.env.hypervisor.memory_bytes(domain)
             for where in (self.env.overlay_dir, self.env.ram_store.ram_dir):
                 free = shutil.disk_usage(where).free
@@ -330,26 +331,27 @@ class Cycle:
         self._enter(state, "snapshotted")
 
     def _keep_dump(self, state: CycleState) -> None:
-        from vmsnapd.ramstore import DiskEntry  # local: keeps the module graph one-way
-
         domain = self.target.domain
-        dump = self.env.ram_store.keep(
-            Path(state.record.ram_file),
+        info = RamDumpInfo(
             domain=domain,
             stamp=state.record.stamp,
             datasets=list(self.target.datasets),
             snapshot_names=self.names,
             domain_xml=self.env.hypervisor.xml(domain, inactive=True),
-            disks=[DiskEntry(target=d.target, source=d.source, dataset=_dataset_for(d.source, self.target,
-                                                                                     self.env.listing))
+            disks=[DumpDisk(target=d.target, source=d.source,
+                            dataset=dataset_of_path(d.source, self.env.listing) or self.target.datasets[0])
                    for d in self.target.disks],
             method=state.record.method,
             live=self.target.policy.live,
-            quiesced=bool(state.record.quiesced),
+            quiesced=state.record.quiesced,
             pause_ms=state.record.pause_ms,
-            compression=self.env.ram_compression,
         )
+        if self.env.dry_run:
+            log.info("dry-run: would keep the RAM dump of %s in %s", domain, self.env.ram_store.ram_dir)
+            return
+        dump = self.env.ram_store.keep(Path(state.record.ram_file), info, self.env.ram_compression)
         self._enter(state, "dump_kept", ram_file=None, ram_dump=str(dump.path))
+        self._log(logging.INFO, state, "dump_kept", f"{dump.path} ({dump.size >> 20} MiB)")
 
     def _discard(self, path: Path) -> None:
         if self.env.dry_run:
@@ -364,10 +366,13 @@ class Cycle:
             self.env.hook_runner(self, state, phase)
 
 
-def _dataset_for(source: str, target: Target, listing: ZfsListing) -> str:
-    from vmsnapd.targets import dataset_of_path
-
-    return dataset_of_path(source, listing) or target.datasets[0]
+def _check_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in `folder` (made 0700 if missing)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    probe = folder / f".probe-{os.getpid()}"
+    with open(probe, "wb") as handle:
+        handle.write(b"x")
+    probe.unlink()
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -358,11 +358,16 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"resume {name}") from exc
 
-    def delete_snapshot_metadata(self, name: str) -> list[str]:
-        """Remove every libvirt snapshot record of the domain (left by a crash or by hand-made scripts)."""
+    def delete_snapshot_metadata(self, name: str, only_ours_or_in: Path) -> list[str]:
+        """Remove libvirt snapshot records left by a crash: vmsnapd's own (`vmsnapd-*`) and those whose
+        files live in `only_ours_or_in` (overlay_dir, e.g. from hand-made scripts). Others are the admin's."""
+        base = str(only_ours_or_in.resolve()).rstrip("/") + "/"
         removed = []
         try:
             for snap in self._domain(name).listAllSnapshots(0):
+                xml = snap.getXMLDesc(0)
+                if not (snap.getName().startswith("vmsnapd-") or f"'{base}" in xml or f'"{base}' in xml):
+                    continue
                 if not self.dry_run:
                     snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
                 removed.append(snap.getName())

@@ -1,0 +1,181 @@
+"""The VM-consistent cycle against running counter guests (issue 4).
+
+Each test drives `vmsnapd` through its CLI with a config naming the lab domain, then checks the host:
+the zfs snapshot, the domain's disks, overlay_dir, libvirt snapshot metadata, the RAM dump and the
+guest's counter. Consistency is proven by restoring: roll back, change the token, resume from the
+RAM dump: the counter must continue at exactly snapshot max + 1 with no record rewritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+pytestmark = [pytest.mark.lab]
+
+ONE_HOURLY = {"hourly": 1, "daily": 0, "monthly": 0}
+
+
+def _snapshots(lab, dataset: str) -> list[str]:
+    out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset)
+    return [line.split("@", 1)[1] for line in out.split() if line.startswith(dataset + "@")]
+
+
+def _dumps(env, domain: str) -> tuple[list[Path], list[Path]]:
+    folder = env.ram_dir / domain
+    if not folder.exists():
+        return [], []
+    files = sorted(folder.iterdir())
+    return [f for f in files if ".mem" in f.name], [f for f in files if f.suffix == ".json"]
+
+
+def _assert_vm_back_on_base(lab, vm, env) -> None:
+    xml = vm.dom.XMLDesc(0)
+    for disk in vm.disks:
+        assert f"'{disk.path}'" in xml, f"{disk.target} does not point at its base file any more:\n{xml}"
+    assert str(env.overlay_dir) not in xml
+    assert list(env.overlay_dir.iterdir()) == [], f"left in overlay_dir: {list(env.overlay_dir.iterdir())}"
+    assert vm.dom.snapshotNum(0) == 0, "libvirt snapshot metadata left behind"
+    state, _ = vm.dom.state()
+    assert state == libvirt.VIR_DOMAIN_RUNNING, f"guest left in state {state}"
+    lab.wait_counter_advances(vm, by=5, timeout=30)
+
+
+def _restore_and_check(lab, vm, dataset: str, snapname: str, memfile: Path) -> None:
+    """Rollback + resume from the dump with a new token: the counter continues at exactly max + 1."""
+    disk = vm.disks[0]
+    vm.dom.destroy()
+    lab.zfs("rollback", "-r", f"{dataset}@{snapname}")
+    at_snapshot = lab.read_max_counter(disk.path, disk.fmt)
+    assert at_snapshot > 0
+    lab.write_token(vm, "restored")
+    raw = memfile
+    if memfile.name.endswith(".zst"):
+        raw = memfile.with_name(memfile.name[:-4] + ".restore")
+        subprocess.run(["zstd", "-d", "-q", "-f", "-o", str(raw), str(memfile)], check=True)
+    try:
+        vm.dom.connect().restoreFlags(str(raw), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+    finally:
+        if raw != memfile:
+            raw.unlink()
+    lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
+    recs = vm.records()
+    rewritten = sorted(s for s, tok in recs.values() if tok == "restored" and s <= at_snapshot)
+    assert not rewritten, f"RAM older than the disk: records {rewritten[:5]} rewritten after restore"
+    new = sorted(s for s, _ in recs.values() if s > at_snapshot)
+    assert new[0] == at_snapshot + 1, f"counter resumed at {new[0]}, snapshot max was {at_snapshot}"
+
+
+@pytest.mark.parametrize("method,live", [("overlay", True), ("overlay", False), ("pause", True), ("pause", False)])
+def test_cycle_of_running_vm_is_consistent(lab, dataset, vmsnapd_env, method, live):
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.daemon["ram_compression"] = "zstd" if method == "pause" and live else "none"
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "method": method, "live": live}
+
+    proc = env.run("snapshot", dataset.name)
+
+    snaps = _snapshots(lab, dataset.name)
+    assert len(snaps) == 1 and snaps[0].endswith("_hourly"), snaps
+    assert "pause_ms=" in proc.stderr, proc.stderr
+    _assert_vm_back_on_base(lab, vm, env)
+    dumps, manifests = _dumps(env, vm.name)
+    assert len(dumps) == 1 and len(manifests) == 1, (dumps, manifests)
+    stamp = snaps[0][len("autosnap_"):-len("_hourly")]
+    assert stamp in dumps[0].name
+    assert dumps[0].stat().st_mode & 0o777 == 0o600
+    assert (env.ram_dir / vm.name).stat().st_mode & 0o777 == 0o700
+    manifest = json.loads(manifests[0].read_text())
+    assert manifest["method"] == method and manifest["snapshot_names"] == snaps
+    assert manifest["datasets"] == [dataset.name]
+    assert manifest["pause_ms"] is not None
+    # The domain XML travels inside the dataset.
+    assert (dataset.mountpoint / ".vmsnapd" / f"{vm.name}.xml").exists()
+
+    _restore_and_check(lab, vm, dataset.name, snaps[0], dumps[0])
+
+
+def test_two_disk_vm_gets_one_name_on_both_datasets(lab, dataset_factory, vmsnapd_env):
+    ds_a = dataset_factory()
+    ds_b = dataset_factory()
+    vm = lab.create_vm([ds_a, ds_b])
+    env = vmsnapd_env
+    env.datasets[ds_a.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.datasets[ds_b.name] = {**ONE_HOURLY, "domain": "none"}
+
+    env.run("snapshot", vm.name)
+
+    snaps_a, snaps_b = _snapshots(lab, ds_a.name), _snapshots(lab, ds_b.name)
+    assert snaps_a == snaps_b and len(snaps_a) == 1
+    # Taken while the guest was frozen: both disks hold the same highest counter.
+    a = lab.snapshot_max_counter(f"{ds_a.name}@{snaps_a[0]}", vm.disks[0].relpath)
+    b = lab.snapshot_max_counter(f"{ds_b.name}@{snaps_b[0]}", vm.disks[1].relpath)
+    assert a == b > 0
+    _assert_vm_back_on_base(lab, vm, env)
+
+
+def test_shut_off_vm_gets_a_plain_snapshot_and_no_dump(lab, dataset, vmsnapd_env):
+    vm = lab.create_vm(dataset)
+    lab.stop_vm(vm)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    assert len(_snapshots(lab, dataset.name)) == 1
+    assert _dumps(env, vm.name) == ([], [])
+    assert (dataset.mountpoint / ".vmsnapd" / f"{vm.name}.xml").exists()
+
+
+def test_failed_zfs_snapshot_still_commits_the_overlay(lab, dataset, vmsnapd_env, tmp_path):
+    """zfs snapshot fails (a wrapper first on PATH) → the VM is committed back, nothing left, exit 1."""
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    wrapper = tmp_path / "zfs"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = snapshot ]; then echo "cannot create snapshot: out of space" >&2; '
+                       'exit 1; fi\nexec /usr/sbin/zfs "$@"\n')
+    wrapper.chmod(0o755)
+    proc = env.run("snapshot", dataset.name, expect=1, env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert "out of space" in proc.stdout + proc.stderr
+    assert _snapshots(lab, dataset.name) == []
+    _assert_vm_back_on_base(lab, vm, env)
+    assert _dumps(env, vm.name) == ([], [])
+    assert list((env.state_dir / "cycles").iterdir()) == []
+
+
+def test_kill_9_while_on_overlay_is_recovered(lab, dataset, vmsnapd_env, tmp_path):
+    """vmsnapd killed while the VM runs on its overlay: `once` brings the VM back, counter intact."""
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    wrapper = tmp_path / "zfs"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = snapshot ]; then sleep 600; fi\nexec /usr/sbin/zfs "$@"\n')
+    wrapper.chmod(0o755)
+    env.write()
+    proc = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(env.config_path), "snapshot", dataset.name],
+                            env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while str(env.overlay_dir) not in vm.dom.XMLDesc(0):
+            assert time.monotonic() < deadline, "the cycle never put the VM on an overlay"
+            assert proc.poll() is None, "vmsnapd ended before the overlay existed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert str(env.overlay_dir) in vm.dom.XMLDesc(0)
+    before = vm.max_counter()
+
+    proc = env.run("recover")
+    assert "committed" in proc.stdout, proc.stdout
+    _assert_vm_back_on_base(lab, vm, env)
+    assert vm.max_counter() > before
+    assert list((env.state_dir / "cycles").iterdir()) == []
+    assert "nothing to recover" in env.run("recover").stdout  # idempotent
