@@ -116,3 +116,42 @@ def test_hand_made_cycle_restores_counter_exactly(lab, running_vm):
     new = sorted(s for s, _ in recs.values() if s > at_snapshot)
     assert new[0] == at_snapshot + 1, f"counter resumed at {new[0]}, snapshot max was {at_snapshot}"
     assert any(tok == "restored" for s, tok in recs.values() if s > at_snapshot)
+
+
+def test_qcow2_disk_counter_readable_while_running(lab, vm_factory):
+    vm = vm_factory(fmt="qcow2")
+    assert vm.disk.path.suffix == ".qcow2"
+    before, after = lab.wait_counter_advances(vm, by=5)
+    assert after > before
+
+
+def test_faketime_makes_old_snapshots(lab, dataset):
+    now = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", dataset.name))
+    lab.set_faketime("-10d")
+    try:
+        snap = lab.snapshot(dataset, "old")
+    finally:
+        lab.reset_faketime()
+    fresh = lab.snapshot(dataset, "new")
+    old_c = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", snap))
+    new_c = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", fresh))
+    assert abs((now - old_c) - 10 * 86400) < 120
+    assert abs(new_c - now) < 120
+
+
+def test_agent_guest_freezes_its_filesystem(lab, agent_vm):
+    dom = agent_vm.dom
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            frozen = dom.fsFreeze()
+            break
+        except Exception:  # the agent needs a moment after boot
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        assert frozen == 1  # the ext4 disk mounted at /mnt
+    finally:
+        assert dom.fsThaw() == 1
+    lab.wait_counter_advances(agent_vm, by=5)

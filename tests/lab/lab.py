@@ -13,6 +13,7 @@ Layout (see docs/development.md):
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import secrets
@@ -123,6 +124,20 @@ def check_lab() -> None:
 
 
 _conn = None
+
+
+def close_conn() -> None:
+    """Close the shared connection (registered atexit: avoids libvirt's noisy __del__ at interpreter exit)."""
+    global _conn
+    if _conn is not None:
+        try:
+            _conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+        _conn = None
+
+
+atexit.register(close_conn)
 
 
 def conn():
