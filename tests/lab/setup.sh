@@ -9,7 +9,8 @@ FAKETIME_FILE="$LAB_DIR/faketime"
 FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 URI=qemu:///system
 PACKAGES=(zfs-fuse qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-          busybox-static cpio dnsmasq-base zstd faketime qemu-guest-agent e2fsprogs python3-venv gcc xz-utils)
+          busybox-static cpio dnsmasq-base zstd faketime qemu-guest-agent e2fsprogs python3-venv gcc xz-utils
+          ${VMSNAPD_LAB_EXTRA_PACKAGES:-})  # extra: for testing the error path
 t0=$(date +%s.%N)
 say() { echo "lab-setup: $*"; }
 die() { echo "lab-setup: ERROR: $*" >&2; exit 1; }
@@ -105,4 +106,4 @@ say "zfs-fuse and libvirtd ($URI) answer"
 # 4. guest kernel + initrds (cached under /var/cache/vmsnapd-lab/<kernel package version>/)
 bash "$HERE/build-guest.sh"
 
-say "done in $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || python3 -c "print(round($(date +%s.%N)-$t0,1))") s"
+say "done in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}") s"
