@@ -72,7 +72,8 @@ def pool(lab) -> labmod.Pool:
         lab.destroy_pool(p)
     except Exception as e:  # noqa: BLE001
         errors.append(f"pool {p.name}: {e}")
-    mine = {k: [n for n in v if str(os.getpid()) in n] for k, v in lab.leftovers().items()}
+    me = f"{lab.PREFIX}{os.getpid()}x"
+    mine = {k: [n for n in v if n.startswith(me) or f"/{me}" in n] for k, v in lab.leftovers().items()}
     if errors or any(mine.values()):
         pytest.fail(f"lab cleanup left things behind: errors={errors} leftovers={mine}", pytrace=False)
 

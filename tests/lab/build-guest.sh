@@ -26,7 +26,7 @@ work="$(mktemp -d)"; chmod 755 "$work"  # apt-get download runs as _apt
 trap 'rm -rf "$work"' EXIT
 if [ ! -f "$out/vmlinuz" ] || [ ! -d "$out/modules" ]; then
     log "downloading $pkg $ver"
-    ( cd "$work" && apt-get download "$pkg=$ver" >/dev/null ) || die "apt-get download $pkg failed"
+    ( cd "$work" && apt-get -o APT::Sandbox::User=root download "$pkg=$ver" >/dev/null ) || die "apt-get download $pkg failed"
     dpkg -x "$work"/*.deb "$work/root"
     cp "$work"/root/boot/vmlinuz-* "$out/vmlinuz"
     mkdir -p "$out/modules"
