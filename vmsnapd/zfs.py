@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
-from vmsnapd.names import validate_dataset_name, validate_snapshot_name
+from vmsnapd.names import InvalidName, validate_dataset_name, validate_snapshot_name
 from vmsnapd.policy import Snapshot
 from vmsnapd.runner import CommandError, CommandFailed, Runner
 
@@ -114,6 +114,16 @@ def _snapshot_target(dataset: str, snapname: str) -> str:
     return f"{validate_dataset_name(dataset)}@{validate_snapshot_name(snapname)}"
 
 
+_PROPERTY = re.compile(r"[a-z][a-z0-9_.:-]*")
+
+
+def _property_name(prop: str) -> str:
+    """A native (`mountpoint`) or user (`com.example:note`) property name, safe in an argv."""
+    if not isinstance(prop, str) or not _PROPERTY.fullmatch(prop) or len(prop) > 256:
+        raise InvalidName(f"{prop!r} is not a ZFS property name")
+    return prop
+
+
 class Zfs:
     def __init__(
         self,
@@ -152,9 +162,17 @@ class Zfs:
     def dialect(self) -> str:
         """`openzfs` or `zfs-fuse`, detected once: zfs-fuse's `zfs list` has no `-p`."""
         if self._dialect is None:
-            result = self.runner.run([self.zfs_bin, "list", "-H", "-p", "-o", "name", "-d", "0"], check=False,
-                                     timeout=self.timeout)
-            self._dialect = ZFS_FUSE if "invalid option 'p'" in result.stderr else OPENZFS
+            argv = [self.zfs_bin, "list", "-H", "-p", "-o", "name", "-d", "0"]
+            try:
+                result = self.runner.run(argv, check=False, timeout=self.timeout)
+            except CommandError as exc:
+                raise _classify(exc, "zfs") from exc
+            if "invalid option 'p'" in result.stderr:
+                self._dialect = ZFS_FUSE
+            elif result.returncode == 0:
+                self._dialect = OPENZFS
+            else:  # inconclusive (daemon down, ...): say so, and do not remember a guess
+                raise _classify(CommandFailed(argv, "zfs list failed", result.returncode, result.stderr), "zfs")
             log.debug("zfs dialect: %s", self._dialect)
         return self._dialect
 
@@ -166,7 +184,8 @@ class Zfs:
 
     def pool_capacity(self, pool: str) -> int:
         """Percent of the pool in use, as `zpool list` reports it."""
-        validate_dataset_name(pool)
+        if "/" in validate_dataset_name(pool):
+            raise InvalidName(f"{pool!r} is a dataset, not a pool")
         out = self._read([self.zpool_bin, "list", "-H", "-o", "name,capacity", pool], pool)
         name, cap = out.split("\t")[:2]
         return int(cap.strip().rstrip("%"))
@@ -182,7 +201,10 @@ class Zfs:
             return listing
         argv = [self.zfs_bin, "get", "-H", "-p", "-r", "-o", "name,property,value",
                 "type,creation,userrefs,mountpoint,mounted", *roots]
-        result = self.runner.run(argv, check=False, timeout=self.timeout)
+        try:
+            result = self.runner.run(argv, check=False, timeout=self.timeout)
+        except CommandError as exc:  # timeout, zfs missing
+            raise _classify(exc, ",".join(roots)) from exc
         if result.returncode != 0:
             missing = re.findall(r"cannot open '([^']+)': dataset does not exist", result.stderr)
             other = [line for line in result.stderr.splitlines()
@@ -216,6 +238,7 @@ class Zfs:
         return listing
 
     def get_property(self, target: str, prop: str) -> str:
+        _property_name(prop)
         name = target
         if "@" in target:
             ds, snap = target.split("@", 1)
@@ -240,8 +263,21 @@ class Zfs:
         if self.dialect == OPENZFS:
             self._change([self.zfs_bin, "snapshot", *targets], ",".join(targets))
             return True
-        for target in targets:
-            self._change([self.zfs_bin, "snapshot", target], target)
+        # One by one, but all or nothing like OpenZFS: when one fails, the ones taken here are destroyed again
+        # (never one that existed before: that one made the command fail, it was not taken here).
+        taken: list[str] = []
+        try:
+            for target in targets:
+                self._change([self.zfs_bin, "snapshot", target], target)
+                taken.append(target)
+        except ZfsError:
+            for target in reversed(taken):
+                dataset, name = target.split("@", 1)
+                try:
+                    self.destroy_snapshot(dataset, name)
+                except ZfsError as undo:
+                    log.error("could not undo partial snapshot %s: %s", target, undo)
+            raise
         return False
 
     def snapshot_recursive(self, dataset: str, snapname: str) -> None:
@@ -266,6 +302,7 @@ class Zfs:
         OpenZFS destroys `ds@a,b,c` in one call; if that call fails, the names are retried one by one
         so that one held or busy snapshot does not keep the others alive. zfs-fuse goes one by one.
         """
+        validate_dataset_name(dataset)
         names = [validate_snapshot_name(n) for n in snapnames]
         if not names:
             return {}
@@ -331,4 +368,7 @@ class Zfs:
 
     def set_property(self, dataset: str, prop: str, value: str) -> None:
         validate_dataset_name(dataset)
+        _property_name(prop)
+        if "\0" in value:
+            raise InvalidName(f"{prop}: a property value must not contain NUL")
         self._change([self.zfs_bin, "set", f"{prop}={value}", dataset], dataset)
