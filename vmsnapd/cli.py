@@ -80,6 +80,11 @@ def _build_context(args: argparse.Namespace, dry_run: bool = False) -> Context:
 def _render_outcomes(report: PassReport) -> None:
     for outcome in report.outcomes:
         print(_outcome_line(outcome))
+    if report.dumps_deleted:
+        verb = "would delete" if report.dry_run else "deleted"
+        print(f"RAM dumps: {verb} {len(report.dumps_deleted)}, {report.dump_bytes_freed / 2**20:.1f} MiB")
+        for path in report.dumps_deleted:
+            print(f"    {path}")
     for error in report.errors:
         print(f"ERROR {error}")
 

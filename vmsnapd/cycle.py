@@ -22,6 +22,7 @@ from pathlib import Path
 from vmsnapd.actions.report import TargetOutcome
 from vmsnapd.hypervisor import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, BlockJobFailed, Hypervisor,
                                 HypervisorError, nvram_path)
+from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.journal import CycleRecord, Journal, OverlayRecord
 from vmsnapd.names import STAMP_FORMAT
 from vmsnapd.policy import snapshot_names
@@ -52,7 +53,7 @@ class CycleEnv:
     overlay_dir: Path
     ram_store: RamStore | None
     ram_compression: str
-    hook_runner: "object | None" = None  # vmsnapd.hooks glue, see run_hooks
+    hook_timeout: float = 30.0
     dry_run: bool = False
 
 
@@ -108,9 +109,16 @@ class Cycle:
         state = CycleState(record=record, names=self.names)
         if not self.env.dry_run:
             state.record = self.env.journal.begin(record)
+        pre_hook: HookResult | None = None
         try:
             if self.target.error:
                 raise CycleFailed(self.target.error)
+            pre_hook = self._hook(state, "pre_snapshot")
+            if pre_hook is not None and not pre_hook.ok:
+                if self.target.policy.pre_snapshot_failure == "fail":
+                    raise CycleFailed(f"pre_snapshot hook failed ({pre_hook.error}); no snapshot taken "
+                                      f"(pre_snapshot_failure = \"fail\")")
+                state.warnings.append(f"pre_snapshot hook failed ({pre_hook.error}); snapshot taken anyway")
             if method == "plain":
                 self._plain(state, vm_state)
             else:
@@ -130,6 +138,14 @@ class Cycle:
                     self.env.journal.finish(state.record)  # otherwise `recover` needs the record
             except Exception:  # noqa: BLE001 — the record stays for `recover`
                 log.exception("could not record the failure of %s", self.target.name)
+        if pre_hook is not None:  # post_snapshot always runs when pre_snapshot ran
+            post = self._hook(state, "post_snapshot", pre_failed=not pre_hook.ok)
+            if post is not None and not post.ok:
+                state.warnings.append(f"post_snapshot hook failed: {post.error}")
+        elif self.target.policy.hooks.post_snapshot and outcome.ok:
+            post = self._hook(state, "post_snapshot")
+            if post is not None and not post.ok:
+                state.warnings.append(f"post_snapshot hook failed: {post.error}")
         outcome.warnings = state.warnings
         outcome.duration_ms = state.elapsed_ms()
         if outcome.ok:
@@ -143,11 +159,9 @@ class Cycle:
     # -- plain: no running VM -----------------------------------------------------------------------------
 
     def _plain(self, state: CycleState, vm_state: str | None) -> None:
-        self._hooks(state, "pre_snapshot")
         if self.target.domain:
             self._save_domain_xml(state)
         self._snapshot_datasets(state, atomic_needed=True)
-        self._hooks(state, "post_snapshot")
 
     # -- running or paused VM -------------------------------------------------------------------------
 
@@ -155,7 +169,6 @@ class Cycle:
         domain = self.target.domain
         hv = self.env.hypervisor
         policy = self.target.policy
-        self._hooks(state, "pre_snapshot")
         self._save_domain_xml(state)
         memory_file = self._memory_file(state) if policy.memory else None
         frozen_fs = False
@@ -187,7 +200,6 @@ class Cycle:
             raise snapshot_error
         if state.record.ram_file:
             self._keep_dump(state)
-        self._hooks(state, "post_snapshot")
 
     def _memory_file(self, state: CycleState) -> str | None:
         """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
@@ -361,9 +373,16 @@ class Cycle:
         except FileNotFoundError:
             pass
 
-    def _hooks(self, state: CycleState, phase: str) -> None:
-        if self.env.hook_runner is not None:
-            self.env.hook_runner(self, state, phase)
+    def _hook(self, state: CycleState, phase: str, pre_failed: bool = False) -> HookResult | None:
+        """Run the target's hook for `phase`, if it has one; None when there is none."""
+        hooks = self.target.policy.hooks
+        argv = getattr(hooks, phase)
+        if not argv:
+            return None
+        env = HookEnv(phase=phase, datasets=list(self.target.datasets), snapshot_names=self.names,
+                      domain=self.target.domain, ram_dump=state.record.ram_dump, pre_failure=pre_failed)
+        timeout = hooks.timeout if hooks.timeout is not None else self.env.hook_timeout
+        return run_hook(argv, env, timeout, self.env.dry_run, log_context=self.target.name)
 
 
 def _check_writable(folder: Path) -> None:

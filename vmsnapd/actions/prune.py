@@ -1,7 +1,15 @@
-"""Prune: the policy computes the prune set per dataset, the adapter destroys it.
+"""Prune: the policy computes the prune set per dataset, the adapter destroys it, then the RAM dumps
+whose cycle lost its last snapshot go too.
 
-Held snapshots and snapshots that are not ours never reach the prune set (policy.prune_set); a
-destroy that fails anyway is logged and counted, the other datasets go on.
+Order per dataset: `prune_defer` (pool capacity) → `pre_prune` hook once per snapshot (non-zero
+exit: that snapshot, and so its dump, stays) → destroy → after every dataset: the RAM sweep →
+`post_prune` once per dataset with what was destroyed and which dumps went.
+
+A RAM dump is deleted only when no snapshot of its cycle remains on any of its datasets (or by
+`ram_keep`), judged on a listing taken after the destroys. A dump whose datasets are not all in that
+listing (outside the configured trees, or the listing failed) is never judged: vmsnapd does not
+delete what it cannot see to be orphaned. Held snapshots and snapshots that are not ours never reach
+the prune set (policy.prune_set).
 """
 
 from __future__ import annotations
@@ -9,38 +17,150 @@ from __future__ import annotations
 import logging
 import time
 
+from pydantic import BaseModel, Field
+
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport, TargetOutcome
-from vmsnapd.policy import prune_set
+from vmsnapd.config import DatasetPolicy
+from vmsnapd.hooks import HookEnv, run_hook
+from vmsnapd.policy import Snapshot, prune_deferred, prune_set
+from vmsnapd.ramstore import plan_sweep
+from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
 
 
-def prune(ctx: Context, survey: Survey | None = None) -> PassReport:
+class DumpSweep(BaseModel):
+    deleted: list[str] = Field(default_factory=list)  # paths (or that would be, in dry run)
+    deleted_by_dataset: dict[str, list[str]] = Field(default_factory=dict)
+    bytes_freed: int = 0
+    errors: list[str] = Field(default_factory=list)
+
+
+def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False) -> PassReport:
     survey = survey or ctx.survey()
-    report = PassReport()
+    report = PassReport(dry_run=ctx.dry_run)
     prefix = "dry-run: " if ctx.dry_run else ""
+    capacity: dict[str, int] = {}
+    destroyed: dict[str, list[Snapshot]] = {}
     for dataset, policy in survey.policies.items():
         if not policy.autoprune:
             continue
         doomed = prune_set(policy, survey.listing.snapshots_of(dataset))
         if not doomed:
             continue
-        started = time.monotonic()
-        outcome = TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run)
-        failed = ctx.zfs.destroy_snapshots(dataset, [s.name for s in doomed])
-        for snap in doomed:
-            if snap.name in failed:
-                outcome.kept.append(snap.full_name)
-                log.error("%scould not destroy %s: %s", prefix, snap.full_name, failed[snap.name])
-            else:
-                outcome.snapshots.append(snap.full_name)
-        if failed:
-            outcome.error = f"{len(failed)} snapshot(s) could not be destroyed: " + "; ".join(
-                str(e) for e in failed.values())
-        outcome.duration_ms = int((time.monotonic() - started) * 1000)
-        log.info("%spruned dataset=%s domain=- destroyed=%d snapshot=%s duration_ms=%d", prefix, dataset,
-                 len(outcome.snapshots), ",".join(s.split("@", 1)[1] for s in outcome.snapshots),
-                 outcome.duration_ms)
+        if policy.prune_defer:
+            pool = dataset.split("/", 1)[0]
+            if pool not in capacity:
+                capacity[pool] = ctx.zfs.pool_capacity(pool)
+            if prune_deferred(policy, capacity[pool]):
+                log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
+                         pool, capacity[pool], policy.prune_defer)
+                continue
+        outcome = _prune_dataset(ctx, policy, doomed)
+        destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
         report.outcomes.append(outcome)
+
+    sweep = sweep_dumps(ctx, survey, destroyed, force=force_dumps)
+    report.errors += sweep.errors
+    for outcome in report.outcomes:
+        dataset = outcome.target
+        policy = survey.policies[dataset]
+        if policy.hooks.post_prune and outcome.snapshots:
+            env = HookEnv(phase="post_prune", datasets=[dataset],
+                          snapshot_names=[s.split("@", 1)[1] for s in outcome.snapshots],
+                          destroyed=outcome.snapshots,
+                          dumps_deleted=sweep.deleted_by_dataset.get(dataset, []))
+            result = run_hook(policy.hooks.post_prune, env, _hook_timeout(ctx, policy), ctx.dry_run, dataset)
+            if not result.ok:
+                outcome.warnings.append(f"post_prune hook failed: {result.error}")
+    if sweep.deleted:
+        log.info("%sRAM dumps deleted: %d, %d MiB freed", prefix, len(sweep.deleted), sweep.bytes_freed >> 20)
+    report.dumps_deleted = sweep.deleted
+    report.dump_bytes_freed = sweep.bytes_freed
     return report
+
+
+def _hook_timeout(ctx: Context, policy: DatasetPolicy) -> float:
+    return policy.hooks.timeout if policy.hooks.timeout is not None else ctx.config.daemon.hook_timeout
+
+
+def _prune_dataset(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot]) -> TargetOutcome:
+    dataset = policy.name
+    prefix = "dry-run: " if ctx.dry_run else ""
+    started = time.monotonic()
+    outcome = TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run)
+    go: list[Snapshot] = []
+    for snap in doomed:
+        if policy.hooks.pre_prune:
+            env = HookEnv(phase="pre_prune", datasets=[dataset], snapshot_names=[snap.name])
+            result = run_hook(policy.hooks.pre_prune, env, _hook_timeout(ctx, policy), ctx.dry_run, dataset)
+            if not result.ok:
+                outcome.kept.append(snap.full_name)
+                outcome.warnings.append(f"pre_prune hook kept {snap.full_name}: {result.error}")
+                continue
+        go.append(snap)
+    failed = ctx.zfs.destroy_snapshots(dataset, [s.name for s in go])
+    for snap in go:
+        if snap.name in failed:
+            outcome.kept.append(snap.full_name)
+            log.error("%scould not destroy %s: %s", prefix, snap.full_name, failed[snap.name])
+        else:
+            outcome.snapshots.append(snap.full_name)
+    if failed:
+        outcome.error = f"{len(failed)} snapshot(s) could not be destroyed: " + "; ".join(
+            str(e) for e in failed.values())
+    outcome.duration_ms = int((time.monotonic() - started) * 1000)
+    log.info("%spruned dataset=%s domain=- destroyed=%d snapshot=%s duration_ms=%d", prefix, dataset,
+             len(outcome.snapshots), ",".join(s.split("@", 1)[1] for s in outcome.snapshots), outcome.duration_ms)
+    return outcome
+
+
+def sweep_dumps(ctx: Context, survey: Survey, destroyed: dict[str, list[Snapshot]],
+                force: bool = False) -> DumpSweep:
+    """Delete the RAM dumps whose cycle has no snapshot left (and those past `ram_keep`)."""
+    result = DumpSweep()
+    store = ctx.ram_store
+    if not store.ram_dir.exists():
+        return result
+    if ctx.dry_run:
+        gone = {(ds, s.name) for ds, snaps in destroyed.items() for s in snaps}
+        live = {(s.dataset, s.name) for s in survey.listing.snapshots} - gone
+        listed = set(survey.listing.datasets)
+    else:
+        try:
+            after = ctx.zfs.list_tree(ctx.config_roots())
+        except ZfsError as exc:
+            result.errors.append(f"RAM dumps not swept: cannot list snapshots after pruning: {exc}")
+            return result
+        live = {(s.dataset, s.name) for s in after.snapshots}
+        listed = set(after.datasets)
+    ram_keep = {}
+    for policy in survey.policies.values():
+        if policy.ram_keep:
+            ram_keep[policy.name] = policy.ram_keep
+    dumps = store.dumps()
+    judged = [d for d in dumps if d.manifest is None or set(d.manifest.datasets) <= listed]
+    for dump in dumps:
+        if dump not in judged:
+            log.debug("RAM dump %s not judged: its datasets are not all under the configured trees", dump.path)
+    keep_by_domain = {}
+    for dump in judged:
+        if dump.manifest is not None:
+            for dataset in dump.manifest.datasets:
+                if dataset in ram_keep:
+                    keep_by_domain[dump.domain] = ram_keep[dataset]
+    planned = plan_sweep(judged, live, keep_by_domain, force=force)
+    prefix = "dry-run: " if ctx.dry_run else ""
+    for item in planned:
+        try:
+            freed = store.delete(item.dump, ctx.dry_run, item.reason)
+        except OSError as exc:
+            result.errors.append(f"cannot delete RAM dump {item.dump.path}: {exc}")
+            continue
+        result.deleted.append(str(item.dump.path))
+        for dataset in item.dump.manifest.datasets if item.dump.manifest else []:
+            result.deleted_by_dataset.setdefault(dataset, []).append(str(item.dump.path))
+        result.bytes_freed += freed
+        log.info("%sRAM dump %s deleted (%s), %d MiB", prefix, item.dump.path, item.reason, freed >> 20)
+    return result

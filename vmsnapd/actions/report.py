@@ -27,10 +27,16 @@ class TargetOutcome(BaseModel):
 class PassReport(BaseModel):
     outcomes: list[TargetOutcome] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)  # failures not tied to one target (listing, lock)
+    dumps_deleted: list[str] = Field(default_factory=list)
+    dump_bytes_freed: int = 0
+    dry_run: bool = False
 
     @property
     def failed(self) -> int:
         return sum(1 for o in self.outcomes if not o.ok) + len(self.errors)
 
     def merge(self, other: "PassReport") -> "PassReport":
-        return PassReport(outcomes=self.outcomes + other.outcomes, errors=self.errors + other.errors)
+        return PassReport(outcomes=self.outcomes + other.outcomes, errors=self.errors + other.errors,
+                          dumps_deleted=self.dumps_deleted + other.dumps_deleted,
+                          dump_bytes_freed=self.dump_bytes_freed + other.dump_bytes_freed,
+                          dry_run=self.dry_run or other.dry_run)

@@ -73,6 +73,7 @@ def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]
         overlay_dir=Path(ctx.config.daemon.overlay_dir),
         ram_store=ctx.ram_store if any(t.domain for t, _ in work) else None,
         ram_compression=ctx.config.daemon.ram_compression,
+        hook_timeout=ctx.config.daemon.hook_timeout,
         dry_run=ctx.dry_run,
     )
     cycles = [Cycle(env, target, periods, stamp) for target, periods in work]
