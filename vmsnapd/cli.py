@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--take", action="store_true", help="only take snapshots that are due")
     p.add_argument("--prune", action="store_true", help="only prune")
     p.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+    p.add_argument("--force", action="store_true",
+                   help="also delete RAM dumps that have no manifest (half-written or foreign-looking) when orphaned")
     p = sub.add_parser("snapshot", help="take a cycle now for a dataset or a domain")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--period", default="hourly")
@@ -106,6 +108,7 @@ def _outcome_line(o: TargetOutcome) -> str:
 def cmd_once(args: argparse.Namespace) -> int:
     from vmsnapd.actions.prune import prune
     from vmsnapd.actions.recover import recover
+    from vmsnapd.actions.status import record_results
     from vmsnapd.actions.take import take_due
 
     ctx = _build_context(args, dry_run=args.dry_run)
@@ -128,12 +131,14 @@ def cmd_once(args: argparse.Namespace) -> int:
         if do_prune:
             if do_take:
                 survey = ctx.survey()  # what the take just added counts for retention
-            report = report.merge(prune(ctx, survey))
+            report = report.merge(prune(ctx, survey, force_dumps=args.force))
+        record_results(ctx, report)
     _render_outcomes(report)
     return EX_FAILED if report.failed else EX_OK
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from vmsnapd.actions.status import record_results
     from vmsnapd.actions.take import take_now
     from vmsnapd.names import PERIODS
 
@@ -143,6 +148,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     ctx = _build_context(args, dry_run=args.dry_run)
     with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
         outcome = take_now(ctx, ctx.survey(), args.target, args.period)
+        if outcome is not None:
+            record_results(ctx, PassReport(outcomes=[outcome]))
     if outcome is None:
         print(f"vmsnapd: {args.target} is neither a dataset managed by {args.config} nor the domain of one",
               file=sys.stderr)
@@ -219,6 +226,54 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EX_FAILED if report.failed else EX_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from vmsnapd.actions.status import host_status
+
+    ctx = _build_context(args)
+    status = host_status(ctx)
+    if args.json:
+        print(status.model_dump_json(indent=2))
+        return EX_OK
+    now = ctx.now()
+    for entry in status.datasets:
+        vm = f"{entry.domain} ({entry.vm_state})" if entry.domain else "no VM"
+        print(f"{entry.dataset}  [{vm}]")
+        for period, ps in entry.periods.items():
+            newest = f"{ps.newest} ({_ago(now - ps.newest_at)} ago)" if ps.newest else "none"
+            due = "due now" if ps.due_now else (f"next {ps.next_due:%Y-%m-%d %H:%M}" if ps.next_due else "not taken")
+            print(f"  {period:<10} {ps.count:>3}/{ps.kept:<3} newest {newest}; {due}")
+        print(f"  RAM dumps: {entry.ram_dumps}, {entry.ram_bytes / 2**20:.1f} MiB")
+        for overlay in entry.overlays:
+            print(f"  ON OVERLAY: {overlay}  (run `vmsnapd recover`)")
+        for last in (entry.last_take, entry.last_prune):
+            if last and not last.ok:
+                print(f"  last {last.action} FAILED at {last.at:%Y-%m-%d %H:%M:%S}: {last.error}")
+    for pool, cap in status.pools.items():
+        print(f"pool {pool}: {cap}% used")
+    for path in status.leftover_overlay_files:
+        print(f"leftover in overlay_dir: {path}")
+    for problem in status.problems:
+        print(f"problem: {problem}")
+    return EX_OK
+
+
+def _ago(delta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from vmsnapd.actions.status import check
+
+    code, line = check(_build_context(args))
+    print(line)
+    return code
+
+
 LOCK_WAIT_S = 60.0
 
 COMMANDS = {
@@ -228,6 +283,8 @@ COMMANDS = {
     "import-sanoid": cmd_import_sanoid,
     "list": cmd_list,
     "recover": cmd_recover,
+    "status": cmd_status,
+    "check": cmd_check,
 }
 
 

@@ -103,6 +103,29 @@ def last_scheduled(policy: DatasetPolicy, period: str, now: datetime, tz: tzinfo
     return max(candidate for candidate in candidates if candidate <= now)
 
 
+# Steps small enough never to jump over a whole schedule slot of the period.
+_SEARCH_STEP = {"frequently": timedelta(minutes=1), "hourly": timedelta(minutes=5), "daily": timedelta(hours=1),
+                "weekly": timedelta(hours=6), "monthly": timedelta(hours=12), "yearly": timedelta(days=1)}
+_SEARCH_SPAN = {"frequently": timedelta(hours=2), "hourly": timedelta(hours=2), "daily": timedelta(days=3),
+                "weekly": timedelta(days=15), "monthly": timedelta(days=63), "yearly": timedelta(days=733)}
+
+
+def next_scheduled(policy: DatasetPolicy, period: str, now: datetime, tz: tzinfo = UTC) -> datetime:
+    """The first instant after `now` at which `period` is scheduled, in UTC (for `status`).
+
+    Found by walking `last_scheduled` forward in steps shorter than any gap between two slots, so
+    it follows exactly the same schedule rules (DST, clamped month days) instead of restating them.
+    """
+    step, span = _SEARCH_STEP[period], _SEARCH_SPAN[period]
+    probe = now
+    while probe - now <= span:
+        probe += step
+        candidate = last_scheduled(policy, period, probe, tz)
+        if candidate > now:
+            return candidate
+    raise ValueError(f"no {period} slot within {span} after {now}")
+
+
 def retention(policy: DatasetPolicy, period: str) -> int:
     """How many snapshots of `period` the policy keeps."""
     if period not in PERIODS:

@@ -162,3 +162,24 @@ def test_passes_are_safe_and_idempotent(keys, history, now, utc):
     back_taken, back_doomed, _ = take(pol, after, now - timedelta(hours=1), utc=utc, tz=tz)
     assert back_doomed == [], "clock going back destroys nothing"
     assert not {s.name for s in back_taken} & {s.name for s in after}, "and takes no duplicate"
+
+
+def test_next_scheduled_follows_the_schedule_keys():
+    from vmsnapd.policy import next_scheduled
+
+    pol = _nps_policy(hourly_min=15, daily_hour=23, daily_min=59, monthly_mday=31)
+    now = datetime(2026, 2, 27, 10, 20, tzinfo=UTC)
+    assert next_scheduled(pol, "hourly", now) == datetime(2026, 2, 27, 11, 15, tzinfo=UTC)
+    assert next_scheduled(pol, "daily", now) == datetime(2026, 2, 27, 23, 59, tzinfo=UTC)
+    # monthly_mday 31 in February means its last day
+    assert next_scheduled(pol, "monthly", now) == datetime(2026, 2, 28, 0, 0, tzinfo=UTC)
+    assert next_scheduled(pol, "yearly", now) == datetime(2027, 1, 1, 0, 0, tzinfo=UTC)
+    for period in ("frequently", "hourly", "daily", "weekly", "monthly", "yearly"):
+        nxt = next_scheduled(pol, period, now)
+        assert nxt > now and last_scheduled(pol, period, nxt) == nxt
+
+
+def _nps_policy(**keys):
+    from vmsnapd.config import DatasetPolicy
+
+    return DatasetPolicy(name="tank/vm", configured_by="tank/vm", **keys)
