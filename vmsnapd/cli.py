@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import logging
 import sys
@@ -24,8 +26,19 @@ EX_OK = 0
 EX_FAILED = 1
 EX_USAGE = 2
 EX_CONFIG = 78
+LOCK_WAIT_S = 60.0  # default of --lock-wait: a pass waits this long for the one holding the lock
 
 log = logging.getLogger("vmsnapd")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"policy file (default {DEFAULT_CONFIG})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO lines")
     parser.add_argument("--debug", action="store_true", help="log DEBUG lines, including every command's argv")
+    parser.add_argument("--lock-wait", type=_seconds, default=LOCK_WAIT_S, metavar="SECONDS",
+                        help=f"how long to wait for another pass to finish before giving up with exit 1 "
+                             f"(default {LOCK_WAIT_S:.0f})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sub.add_parser("run", help="the daemon, in the foreground (systemd Type=notify)")
@@ -94,7 +110,7 @@ def _render_outcomes(report: PassReport) -> None:
 def _outcome_line(o: TargetOutcome) -> str:
     verb = {"take": "took", "prune": "destroyed"}.get(o.action, o.action)
     if o.dry_run:
-        verb = f"would have {verb}" if o.action == "take" else "would destroy"
+        verb = "would take" if o.action == "take" else "would destroy"
     head = f"{o.target}{f' ({o.domain})' if o.domain else ''}"
     body = ", ".join(s.split("@", 1)[1] for s in o.snapshots) or "nothing"
     line = f"{'FAILED' if not o.ok else 'ok'}  {head}: {verb} {body} [{o.duration_ms} ms]"
@@ -103,6 +119,16 @@ def _outcome_line(o: TargetOutcome) -> str:
     if o.error:
         line += f"\n    error: {o.error}"
     return line
+
+
+def _assume_taken(survey, report: PassReport, now) -> "Survey":
+    from vmsnapd.policy import Snapshot
+
+    planned = [Snapshot(dataset=full.split("@", 1)[0], name=full.split("@", 1)[1], creation=now)
+               for o in report.outcomes if o.action == "take" and o.ok for full in o.snapshots]
+    listing = copy.copy(survey.listing)
+    listing.snapshots = sorted(listing.snapshots + planned, key=lambda s: (s.dataset, s.creation, s.name))
+    return dataclasses.replace(survey, listing=listing)
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -114,7 +140,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     ctx = _build_context(args, dry_run=args.dry_run)
     do_take = args.take or not args.prune
     do_prune = args.prune or not args.take
-    with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         report = PassReport()
         recovered = recover(ctx)
         report.errors += [f"recover: {e}" for e in recovered.errors]
@@ -127,10 +153,13 @@ def cmd_once(args: argparse.Namespace) -> int:
         for missing in survey.listing.missing_roots:
             log.warning("configured dataset %s does not exist", missing)
         if do_take:
-            report = report.merge(take_due(ctx, survey))
+            taken = take_due(ctx, survey)
+            report = report.merge(taken)
         if do_prune:
             if do_take:
                 survey = ctx.survey()  # what the take just added counts for retention
+                if ctx.dry_run:  # nothing was taken: count what would have been, or the plan is not the pass
+                    survey = _assume_taken(survey, taken, ctx.now())
             report = report.merge(prune(ctx, survey, force_dumps=args.force))
         record_results(ctx, report)
     _render_outcomes(report)
@@ -146,7 +175,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         print(f"vmsnapd: --period must be one of {', '.join(PERIODS)}", file=sys.stderr)
         return EX_USAGE
     ctx = _build_context(args, dry_run=args.dry_run)
-    with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         outcome = take_now(ctx, ctx.survey(), args.target, args.period)
         if outcome is not None:
             record_results(ctx, PassReport(outcomes=[outcome]))
@@ -215,7 +244,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from vmsnapd.actions.recover import recover
 
     ctx = _build_context(args)
-    with pass_lock(ctx.state_dir, wait_s=LOCK_WAIT_S):
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         report = recover(ctx)
     for line in report.actions:
         print(line)
@@ -274,7 +303,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
-LOCK_WAIT_S = 60.0
 
 COMMANDS = {
     "once": cmd_once,

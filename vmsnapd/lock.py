@@ -17,6 +17,13 @@ class LockBusy(Exception):
     """Another vmsnapd pass holds the lock and did not let go in time."""
 
 
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown pid"
+    except OSError:
+        return "unknown pid"
+
+
 @contextmanager
 def pass_lock(state_dir: Path, wait_s: float) -> Iterator[None]:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -24,15 +31,20 @@ def pass_lock(state_dir: Path, wait_s: float) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + wait_s
+        waiting = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = _holder(path)
                 if time.monotonic() >= deadline:
-                    holder = Path(path).read_text().strip() or "unknown pid"
-                    raise LockBusy(f"another vmsnapd pass ({holder}) holds {path}; gave up after {wait_s:.0f}s")
-                time.sleep(0.2)
+                    raise LockBusy(f"another vmsnapd pass ({holder}) holds {path}; gave up after {wait_s:g}s "
+                                   "(--lock-wait sets how long to wait)") from None
+                if not waiting:
+                    log.info("another vmsnapd pass (%s) holds %s; waiting up to %gs", holder, path, wait_s)
+                    waiting = True
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}\n".encode())
         yield
