@@ -298,6 +298,25 @@ def test_one_failing_dataset_never_stops_the_others(lab, dataset_factory, vmsnap
     assert "out of space" in proc.stdout
 
 
+def test_one_dataset_that_cannot_be_pruned_never_stops_the_others(lab, pool, dataset_factory, vmsnapd_env):
+    """ZFS allows a space in a dataset name, vmsnapd's name check does not: that dataset fails, alone."""
+    parent = dataset_factory(mountpoint="none")
+    odd = f"{parent}/odd name"
+    lab.zfs("create", odd)
+    fine = dataset_factory(parent.name)
+    doomed = [("-3h", sanoid_name(timedelta(hours=3), "hourly")), ("-2h", sanoid_name(timedelta(hours=2), "hourly"))]
+    make_old(lab, odd, doomed)
+    make_old(lab, fine, doomed)
+    env = vmsnapd_env
+    env.datasets[parent.name] = {**PLAIN, "hourly": 0, "daily": 0, "monthly": 0, "recursive": True,
+                                 "process_children_only": True}
+    proc = env.run("once", "--prune", expect=1)
+    assert snaps(lab, fine) == set(), proc.stdout + proc.stderr
+    assert snaps(lab, odd) == {n for _, n in doomed}
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and odd in failed[0], proc.stdout
+
+
 # ------------------------------------------------------------------------------------------------------ configs
 
 def _private_copy(tmp_path: Path, source: Path) -> Path:

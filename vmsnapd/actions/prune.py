@@ -23,6 +23,7 @@ from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport, TargetOutcome
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hooks import HookEnv, run_hook
+from vmsnapd.names import InvalidName
 from vmsnapd.policy import Snapshot, prune_deferred, prune_set
 from vmsnapd.ramstore import plan_sweep
 from vmsnapd.zfs import ZfsError
@@ -49,15 +50,20 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False)
         doomed = prune_set(policy, survey.listing.snapshots_of(dataset))
         if not doomed:
             continue
-        if policy.prune_defer:
-            pool = dataset.split("/", 1)[0]
-            if pool not in capacity:
-                capacity[pool] = ctx.zfs.pool_capacity(pool)
-            if prune_deferred(policy, capacity[pool]):
-                log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
-                         pool, capacity[pool], policy.prune_defer)
-                continue
-        outcome = _prune_dataset(ctx, policy, doomed)
+        try:  # one dataset that cannot be pruned (pool unreadable, a name vmsnapd refuses) never stops the others
+            if policy.prune_defer:
+                pool = dataset.split("/", 1)[0]
+                if pool not in capacity:
+                    capacity[pool] = ctx.zfs.pool_capacity(pool)
+                if prune_deferred(policy, capacity[pool]):
+                    log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
+                             pool, capacity[pool], policy.prune_defer)
+                    continue
+            outcome = _prune_dataset(ctx, policy, doomed)
+        except (ZfsError, InvalidName) as exc:
+            log.error("%sprune of %s failed: %s", prefix, dataset, exc)
+            outcome = TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run,
+                                    kept=[s.full_name for s in doomed], error=str(exc))
         destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
         report.outcomes.append(outcome)
 
