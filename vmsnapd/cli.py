@@ -295,6 +295,13 @@ def _ago(delta) -> str:
     return f"{seconds // 86400} d"
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from vmsnapd.daemon import Daemon
+
+    path = Path(args.config)
+    return Daemon(path, load_config(path)).run()
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from vmsnapd.actions.status import check
 
@@ -313,6 +320,7 @@ COMMANDS = {
     "recover": cmd_recover,
     "status": cmd_status,
     "check": cmd_check,
+    "run": cmd_run,
 }
 
 

@@ -1,0 +1,98 @@
+"""`vmsnapd run` under a stand-in for systemd: sd_notify socket, watchdog, SIGHUP reload, SIGTERM."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.lab]
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "vmsnapd.service"
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.fail("systemd-analyze missing (tests/lab/setup.sh installs systemd)")
+    exe = Path(sys.executable).with_name("vmsnapd")
+    text = UNIT.read_text().replace("/usr/local/bin/vmsnapd", str(exe))
+    for key in ("Type=notify", "WatchdogSec=", "ExecStartPre=", "config check", "RestartPreventExitStatus=78",
+                "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert key in text
+    unit = tmp_path / "vmsnapd.service"
+    unit.write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in proc.stderr.splitlines() if "vmsnapd.service" in line]
+    assert proc.returncode == 0 and not problems, proc.stderr
+
+
+class Notifications:
+    """Everything the daemon sent to NOTIFY_SOCKET, in order."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.seen: list[str] = []
+
+    def wait_for(self, want: str, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while not any(want in m for m in self.seen):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {want!r} from the daemon within {timeout}s; got {self.seen[-20:]}")
+            self.sock.settimeout(left)
+            try:
+                self.seen.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+        return [m for m in self.seen if want in m]
+
+
+def test_daemon_notifies_takes_snapshots_rejects_bad_reload_and_stops_cleanly(lab, dataset, vmsnapd_env):
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {"hourly": 1, "daily": 0, "monthly": 0, "domain": "none"}
+    env.write()
+    notify_path = env.root / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    log_path = env.root / "daemon.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmsnapd", "-c", str(env.config_path), "-v", "run"],
+            stdout=log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000",
+                 "JOURNAL_STREAM": "8:1234"})
+    notes = Notifications(sock)
+    try:
+        notes.wait_for("READY=1", 30)
+        notes.wait_for("WATCHDOG=1", 10)
+        (status,) = notes.wait_for("STATUS=pass 1:", 30)
+        assert "1 snapshot(s) taken" in status, status
+        snaps = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset.name).split()
+        assert len(snaps) == 1 and snaps[0].endswith("_hourly")
+
+        env.config_path.write_text(env.config_path.read_text() + "\n[datasets.\"" + dataset.name + "/x\"]\nhourly = \"many\"\n")
+        proc.send_signal(signal.SIGHUP)
+        notes.wait_for("reload rejected", 10)
+        assert proc.poll() is None, "an invalid reload must not stop the daemon"
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        notes.wait_for("STOPPING=1", 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+    log = log_path.read_text()
+    assert "reload rejected" in log and "hourly" in log
+    # Under systemd (JOURNAL_STREAM set) every line carries a syslog priority for journald.
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") or line.startswith((" ", "\t", "datasets"))
+                         for line in lines), log[:2000]
+    assert any(line.startswith("<3>") and "reload rejected" in line for line in lines)

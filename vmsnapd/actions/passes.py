@@ -1,0 +1,59 @@
+"""One pass like `sanoid --cron`: recover, take what is due, prune. Shared by `once` and the daemon.
+
+The caller holds the pass lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from datetime import datetime
+
+from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.prune import prune
+from vmsnapd.actions.recover import recover
+from vmsnapd.actions.report import PassReport
+from vmsnapd.actions.status import record_results
+from vmsnapd.actions.take import take_due
+from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.policy import Snapshot
+from vmsnapd.zfs import ZfsError
+
+log = logging.getLogger(__name__)
+
+
+def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_dumps: bool = False) -> PassReport:
+    report = PassReport(dry_run=ctx.dry_run)
+    recovered = recover(ctx)
+    report.errors += [f"recover: {e}" for e in recovered.errors]
+    try:
+        survey = ctx.survey()
+    except (ZfsError, HypervisorError) as exc:
+        report.errors.append(f"cannot survey the host: {exc}")
+        return report
+    for missing in survey.listing.missing_roots:
+        log.warning("configured dataset %s does not exist", missing)
+    if take:
+        taken = take_due(ctx, survey)
+        report = report.merge(taken)
+    if prune_too:
+        if take:
+            try:
+                survey = ctx.survey()  # what the take just added counts for retention
+            except (ZfsError, HypervisorError) as exc:
+                report.errors.append(f"cannot survey the host before pruning: {exc}")
+                return report
+            if ctx.dry_run:  # nothing was taken: count what would have been, or the plan is not the pass
+                survey = _assume_taken(survey, taken, ctx.now())
+        report = report.merge(prune(ctx, survey, force_dumps=force_dumps))
+    record_results(ctx, report)
+    return report
+
+
+def _assume_taken(survey: Survey, report: PassReport, now: datetime) -> Survey:
+    planned = [Snapshot(dataset=full.split("@", 1)[0], name=full.split("@", 1)[1], creation=now)
+               for o in report.outcomes if o.action == "take" and o.ok for full in o.snapshots]
+    listing = copy.copy(survey.listing)
+    listing.snapshots = sorted(listing.snapshots + planned, key=lambda s: (s.dataset, s.creation, s.name))
+    return dataclasses.replace(survey, listing=listing)
