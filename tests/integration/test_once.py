@@ -210,6 +210,21 @@ def test_sanoid_snapshots_adopted_foreign_and_held_never_destroyed(lab, dataset,
     assert now == taken | set(foreign) | {held}, proc.stdout
 
 
+def test_autosnap_and_autoprune_off(lab, dataset_factory, vmsnapd_env):
+    no_snap, no_prune = dataset_factory(), dataset_factory()
+    old = [("-3h", sanoid_name(timedelta(hours=3), "hourly")), ("-2h", sanoid_name(timedelta(hours=2), "hourly"))]
+    make_old(lab, no_snap, old)
+    make_old(lab, no_prune, old)
+    env = vmsnapd_env
+    one_hourly = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
+    env.datasets[no_snap.name] = {**one_hourly, "autosnap": False}
+    env.datasets[no_prune.name] = {**one_hourly, "autoprune": False}
+    env.run("once")
+    assert snaps(lab, no_snap) == {old[1][1]}  # nothing taken, pruned to the newest one
+    taken = snaps(lab, no_prune) - {n for _, n in old}
+    assert len(taken) == 1 and snaps(lab, no_prune) == taken | {n for _, n in old}
+
+
 # ------------------------------------------------------------------------------------------------------ dry run
 
 def test_dry_run_changes_nothing_and_says_what_a_real_pass_does(lab, dataset, vmsnapd_env):
