@@ -234,6 +234,8 @@ class Zfs:
                 mounted = p.get("mounted") == "yes"
                 usable = mounted and mountpoint and mountpoint.startswith("/")
                 listing.datasets[name] = DatasetInfo(name, mountpoint if usable else None, _epoch(p["creation"]))
+            elif kind == "volume":  # OpenZFS zvols hold VM disks too (/dev/zvol/NAME); never mounted
+                listing.datasets[name] = DatasetInfo(name, None, _epoch(p["creation"]))
         listing.snapshots.sort(key=lambda s: (s.dataset, s.creation, s.name))
         return listing
 

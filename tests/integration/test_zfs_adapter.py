@@ -261,3 +261,35 @@ def test_dry_run_changes_nothing(lab, dataset_factory, rec):
     assert rec.changing() == [], rec.changing()
     after = lab.zfs("get", "-H", "-p", "-r", "-o", "name,property,value", "all", ds.name)
     assert after == before
+
+
+class CannedRunner(Runner):
+    """Answers `zfs get` with what OpenZFS prints (zvols, which zfs-fuse cannot make); runs nothing."""
+
+    def __init__(self, stdout: str):
+        super().__init__()
+        self.stdout = stdout
+        self.calls: list[list[str]] = []
+
+    def run(self, argv, **kw):
+        from vmsnapd.runner import CommandResult
+        self.calls.append(list(argv))
+        return CommandResult(tuple(argv), 0, self.stdout, "", 1)
+
+
+def test_list_tree_includes_openzfs_volumes():
+    out = "\n".join([
+        "rpool/VM\ttype\tfilesystem", "rpool/VM\tcreation\t1700000000", "rpool/VM\tuserrefs\t-",
+        "rpool/VM\tmountpoint\tnone", "rpool/VM\tmounted\tno",
+        "rpool/VM/db\ttype\tvolume", "rpool/VM/db\tcreation\t1700000001", "rpool/VM/db\tuserrefs\t-",
+        "rpool/VM/db\tmountpoint\t-", "rpool/VM/db\tmounted\t-",
+        "rpool/VM/db@autosnap_2026-01-01_00:00:00_hourly\ttype\tsnapshot",
+        "rpool/VM/db@autosnap_2026-01-01_00:00:00_hourly\tcreation\t1700000002",
+        "rpool/VM/db@autosnap_2026-01-01_00:00:00_hourly\tuserrefs\t2",
+    ]) + "\n"
+    runner = CannedRunner(out)
+    listing = Zfs(runner).list_tree(["rpool/VM"])
+    assert len(runner.calls) == 1
+    assert set(listing.datasets) == {"rpool/VM", "rpool/VM/db"}
+    assert listing.datasets["rpool/VM/db"].mountpoint is None
+    assert [(s.dataset, s.userrefs) for s in listing.snapshots] == [("rpool/VM/db", 2)]
