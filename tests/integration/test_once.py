@@ -287,6 +287,31 @@ def test_second_pass_waits_then_gives_up_clearly(lab, dataset, vmsnapd_env):
     assert len(snaps(lab, dataset)) == 1
 
 
+def test_second_pass_waits_for_the_first_to_finish(lab, dataset, vmsnapd_env):
+    import threading
+
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
+    held = threading.Event()
+
+    def first_pass():
+        with pass_lock(env.state_dir, wait_s=0):
+            held.set()
+            time.sleep(2)
+
+    holder = threading.Thread(target=first_pass)
+    holder.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        env.run("--lock-wait", "30", "once")
+        waited = time.monotonic() - started
+    finally:
+        holder.join()
+    assert waited >= 1.5, f"the second pass did not wait for the lock ({waited:.1f}s)"
+    assert len(snaps(lab, dataset)) == 1
+
+
 def test_lock_wait_must_be_a_number(vmsnapd_env):
     vmsnapd_env.run("--lock-wait", "soon", "once", expect=2)
     vmsnapd_env.run("--lock-wait", "-1", "once", expect=2)
