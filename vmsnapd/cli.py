@@ -295,6 +295,35 @@ def _ago(delta) -> str:
     return f"{seconds // 86400} d"
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from vmsnapd.actions.restore import RestoreFailed, execute_restore, plan_restore
+
+    ctx = _build_context(args)
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
+        try:
+            plan = plan_restore(ctx, args.target, args.snapshot, clone=args.clone, no_memory=args.no_memory,
+                                force_stop=args.force_stop)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore refused: {exc}", file=sys.stderr)
+            return EX_FAILED
+        print(f"restore of {plan.domain} to {plan.snapshot}:")
+        for step in plan.steps:
+            print(f"  - {step}")
+        for name in plan.newer_snapshots_destroyed:
+            print(f"    destroyed by the rollback: {name}")
+        if not args.yes:
+            print("nothing done: add --yes to carry this out", file=sys.stderr)
+            return EX_USAGE
+        try:
+            done = execute_restore(ctx, plan)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
+            return EX_FAILED
+    for line in done:
+        print(f"done: {line}")
+    return EX_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from vmsnapd.daemon import Daemon
 
@@ -321,6 +350,7 @@ COMMANDS = {
     "status": cmd_status,
     "check": cmd_check,
     "run": cmd_run,
+    "restore": cmd_restore,
 }
 
 

@@ -7,6 +7,7 @@ daemon thread per process (libvirt requires it to be registered before the first
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,8 +21,11 @@ from xml.sax.saxutils import quoteattr
 import libvirt
 
 from vmsnapd.names import validate_domain_name
+from vmsnapd.runner import CommandError, Runner
 
 log = logging.getLogger(__name__)
+# Keep the usual prefix when a definition is rewritten (commit_offline); libvirt reads namespaces by URI anyway.
+ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
 
 RUNNING = "running"
 PAUSED = "paused"
@@ -161,9 +165,12 @@ class PauseWatch:
 
 
 class Hypervisor:
-    def __init__(self, uri: str, *, dry_run: bool = False, block_job_timeout: float = 300.0):
+    def __init__(self, uri: str, *, dry_run: bool = False, block_job_timeout: float = 300.0,
+                 runner: Runner | None = None, qemu_img: str = "qemu-img"):
         self.uri = uri
         self.dry_run = dry_run
+        self.runner = runner or Runner()
+        self.qemu_img = qemu_img
         self.block_job_timeout = block_job_timeout
         self._conn: libvirt.virConnect | None = None
         self._watches: dict[str, list[PauseWatch]] = {}
@@ -225,8 +232,27 @@ class Hypervisor:
 
     # -- domains -----------------------------------------------------------------------------------------
 
+    def _drop_connection(self, conn: libvirt.virConnect) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
     def _domain(self, name: str) -> libvirt.virDomain:
         validate_domain_name(name)
+        conn = self.conn
+        try:
+            return conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise _wrap(exc, f"domain {name}") from exc
+            # libvirtd dropped us (restart, client-disconnect): isAlive() may not know yet. One fresh
+            # connection, one more try; a second failure is the real answer.
+            log.warning("looking up %s failed (%s); reconnecting to %s", name, exc, self.uri)
+            self._drop_connection(conn)
         try:
             return self.conn.lookupByName(name)
         except libvirt.libvirtError as exc:
@@ -463,6 +489,15 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"start {name}") from exc
 
+    def undefine(self, name: str) -> None:
+        try:
+            dom = self._domain(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"undefine {name}") from exc
+
     def define(self, xml: str) -> str:
         try:
             return self.conn.defineXML(xml).name()
@@ -473,3 +508,69 @@ class Hypervisor:
         """Disks whose active source lives in overlay_dir: a cycle did not finish (ours or a script's)."""
         base = str(overlay_dir.resolve()).rstrip("/") + "/"
         return [d for d in self.disks(name) if d.source.startswith(base)]
+
+    # -- offline: a domain that stopped while on an overlay ---------------------------------------------------
+
+    def backing_of(self, overlay_path: str) -> tuple[str, str]:
+        """(backing file, its format) recorded in a qcow2 overlay's header."""
+        try:
+            out = self.runner.run([self.qemu_img, "info", "-U", "--output=json", overlay_path], timeout=60).stdout
+        except CommandError as exc:
+            raise HypervisorError(f"cannot read overlay {overlay_path}: {exc}") from exc
+        info = json.loads(out)
+        base = info.get("full-backing-filename") or info.get("backing-filename")
+        if not base:
+            raise HypervisorError(f"{overlay_path} has no backing file: not an overlay vmsnapd can commit")
+        return base, info.get("backing-filename-format") or "raw"
+
+    def commit_overlay_file(self, overlay_path: str, timeout_s: float = 3600.0) -> str:
+        """Merge an overlay no QEMU has open into its backing file (`qemu-img commit`); returns the base."""
+        base, _fmt = self.backing_of(overlay_path)
+        if self.dry_run:
+            log.info("dry-run: would qemu-img commit %s into %s", overlay_path, base)
+            return base
+        try:
+            self.runner.run([self.qemu_img, "commit", "-q", "-d", "-f", "qcow2", overlay_path], timeout=timeout_s)
+        except CommandError as exc:
+            raise BlockJobFailed(f"qemu-img commit {overlay_path}: {exc}") from exc
+        return base
+
+    def commit_offline(self, name: str, target: str, overlay_path: str) -> str:
+        """A shut-off domain whose disk `target` is on `overlay_path`: merge the overlay into its base file and
+        point the persistent definition back at the base. Returns the base path. The overlay file stays
+        (now redundant) for the caller to delete."""
+        dom = self._domain(name)
+        try:
+            if dom.isActive():
+                raise HypervisorError(f"{name} is running: its overlay must be committed live")
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"definition of {name}") from exc
+        base, fmt = self.backing_of(overlay_path)
+        disk = None
+        for el in root.findall("./devices/disk"):
+            tgt, src = el.find("target"), el.find("source")
+            if tgt is not None and tgt.get("dev") == target and src is not None and src.get("file") == overlay_path:
+                disk = el
+        self.commit_overlay_file(overlay_path)
+        if disk is None:  # the definition does not use the overlay (only the live XML did)
+            return base
+        disk.find("source").set("file", base)
+        driver = disk.find("driver")
+        if driver is not None:
+            driver.set("type", fmt)
+        for backing in disk.findall("backingStore"):
+            disk.remove(backing)
+        if self.dry_run:
+            log.info("dry-run: would point %s %s back at %s", name, target, base)
+            return base
+        try:
+            self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"redefine {name} on {base}") from exc
+        return base
+
+    def defined_on_overlay(self, name: str, overlay_dir: Path) -> list[Disk]:
+        """Disks of the persistent definition whose source is in overlay_dir (the next boot would use them)."""
+        base = str(overlay_dir.resolve()).rstrip("/") + "/"
+        return [d for d in parse_disks(self.xml(name, inactive=True)) if d.source.startswith(base)]

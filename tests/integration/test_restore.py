@@ -1,0 +1,90 @@
+"""`vmsnapd restore`: rollback + resume from the RAM dump in one command, boot without memory, clone."""
+from __future__ import annotations
+
+import time
+
+import libvirt
+import pytest
+
+pytestmark = [pytest.mark.lab]
+
+ONE_HOURLY = {"hourly": 3, "daily": 0, "monthly": 0}
+
+
+def _snapshots(lab, dataset: str) -> list[str]:
+    out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset)
+    return sorted(line.split("@", 1)[1] for line in out.split() if line.startswith(dataset + "@"))
+
+
+def _snap_max(lab, vm, dataset, snap) -> int:
+    return lab.snapshot_max_counter(f"{dataset.name}@{snap}", vm.disk.relpath)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compression):
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.daemon["ram_compression"] = compression
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = _snapshots(lab, dataset.name)
+    at_snapshot = _snap_max(lab, vm, dataset, snap)
+    lab.wait_counter_advances(vm, by=20, start=at_snapshot)
+    time.sleep(1.1)
+    env.run("snapshot", dataset.name)  # a newer restore point, destroyed by the rollback
+    newer = [s for s in _snapshots(lab, dataset.name) if s != snap][0]
+
+    refused = env.run("restore", vm.name, snap, expect=1)
+    assert "--force-stop" in refused.stderr and vm.dom.isActive()
+    plan = env.run("restore", vm.name, snap, "--force-stop", expect=2)
+    assert "add --yes" in plan.stderr and newer in plan.stdout and vm.dom.isActive()
+
+    lab.write_token(vm, "restored")
+    proc = env.run("restore", vm.name, snap, "--force-stop", "--yes")
+    assert "resumed" in proc.stdout, proc.stdout
+    assert _snapshots(lab, dataset.name) == [snap]
+    lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
+    recs = vm.records()
+    rewritten = sorted(s for s, tok in recs.values() if tok == "restored" and s <= at_snapshot)
+    assert not rewritten, f"RAM older than the disk: records {rewritten[:5]} rewritten"
+    first_new = min(s for s, _ in recs.values() if s > at_snapshot)
+    assert first_new == at_snapshot + 1, f"resumed at {first_new}, snapshot max was {at_snapshot}"
+
+
+def test_restore_without_memory_boots_from_the_rolled_back_disk(lab, dataset, vmsnapd_env):
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = _snapshots(lab, dataset.name)
+    at_snapshot = _snap_max(lab, vm, dataset, snap)
+    lab.stop_vm(vm)
+    proc = env.run("restore", dataset.name, snap, "--no-memory", "--yes")
+    assert "booted" in proc.stdout
+    # A boot, not a resume: the guest's init scans the disk and continues after the snapshot's max.
+    lab.wait_counter_advances(vm, by=5, start=at_snapshot, timeout=60)
+    assert "seq" not in vm.console() or vm.dom.isActive()
+
+
+def test_restore_as_a_clone_leaves_the_original_alone(lab, dataset, vmsnapd_env):
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = _snapshots(lab, dataset.name)
+    clone = lab.unique_name("clone")
+    lab.CREATED_VMS.append(clone)  # the lab's cleanup removes it with the others
+    proc = env.run("restore", vm.name, snap, "--clone", clone, "--yes")
+    assert f"booted {clone}" in proc.stdout
+    conn = vm.dom.connect()
+    dom = conn.lookupByName(clone)
+    assert dom.isActive() and vm.dom.isActive()
+    assert dom.UUIDString() != vm.dom.UUIDString()
+    clone_ds = f"{dataset.name.rsplit('/', 1)[0]}/{clone}"
+    xml = dom.XMLDesc(0)
+    assert f"/{clone}/" in xml and str(vm.disk.path) not in xml
+    try:
+        dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    finally:
+        lab.destroy_dataset(clone_ds)
