@@ -39,7 +39,8 @@ def test_two_disks_get_the_same_counter(lab, two_disk_vm):
     lab.stop_vm(two_disk_vm)
     a = lab.read_max_counter(two_disk_vm.disks[0].path)
     b = lab.read_max_counter(two_disk_vm.disks[1].path)
-    assert a > 0 and abs(a - b) <= 1
+    # vda is written before vdb in each iteration: a consistent point has vda ahead by 0 or 1, never equal-only
+    assert b > 0 and a - b in (0, 1)
 
 
 def test_stopped_vm_continues_counter_after_boot(lab, stopped_vm):

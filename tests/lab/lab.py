@@ -154,7 +154,8 @@ def set_faketime(offset: str) -> None:
     """Shift the zfs-fuse daemon's clock for *new* snapshots: "-10d", "-3h", "+0" (no restart needed)."""
     if not re.fullmatch(r"[+-]\d+(\.\d+)?[smhdy]?", offset):
         raise ValueError(f"bad libfaketime offset {offset!r} (examples: -10d, -36h, +0)")
-    tmp = FAKETIME_FILE.with_suffix(".tmp")
+    # unique temp name: concurrent sessions share the one zfs-fuse daemon and its faketime file
+    tmp = FAKETIME_FILE.with_name(f".faketime.{os.getpid()}.{secrets.token_hex(3)}")
     tmp.write_text(offset + "\n")
     os.replace(tmp, FAKETIME_FILE)
 
