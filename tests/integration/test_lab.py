@@ -128,11 +128,8 @@ def test_qcow2_disk_counter_readable_while_running(lab, vm_factory):
 
 def test_faketime_makes_old_snapshots(lab, dataset):
     now = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", dataset.name))
-    lab.set_faketime("-10d")
-    try:
+    with lab.faketime("-10d"):
         snap = lab.snapshot(dataset, "old")
-    finally:
-        lab.reset_faketime()
     fresh = lab.snapshot(dataset, "new")
     old_c = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", snap))
     new_c = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", fresh))

@@ -14,6 +14,8 @@ Layout (see docs/development.md):
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -162,6 +164,21 @@ def set_faketime(offset: str) -> None:
 
 def reset_faketime() -> None:
     set_faketime("+0")
+
+
+@contextlib.contextmanager
+def faketime(offset: str):
+    """``with lab.faketime("-10d"): take snapshots`` -- holds an exclusive lock on the (machine-wide) faketime
+    file for the window, so two sessions using this never shift each other's clocks; resets to +0 afterwards."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LAB_DIR / "faketime.lock", "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        try:
+            set_faketime(offset)
+            yield
+        finally:
+            reset_faketime()
+            fcntl.flock(lockf, fcntl.LOCK_UN)
 
 
 def get_faketime() -> str:
