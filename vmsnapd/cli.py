@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import logging
 import sys
@@ -121,47 +119,13 @@ def _outcome_line(o: TargetOutcome) -> str:
     return line
 
 
-def _assume_taken(survey, report: PassReport, now) -> "Survey":
-    from vmsnapd.policy import Snapshot
-
-    planned = [Snapshot(dataset=full.split("@", 1)[0], name=full.split("@", 1)[1], creation=now)
-               for o in report.outcomes if o.action == "take" and o.ok for full in o.snapshots]
-    listing = copy.copy(survey.listing)
-    listing.snapshots = sorted(listing.snapshots + planned, key=lambda s: (s.dataset, s.creation, s.name))
-    return dataclasses.replace(survey, listing=listing)
-
-
 def cmd_once(args: argparse.Namespace) -> int:
-    from vmsnapd.actions.prune import prune
-    from vmsnapd.actions.recover import recover
-    from vmsnapd.actions.status import record_results
-    from vmsnapd.actions.take import take_due
+    from vmsnapd.actions.passes import run_pass
 
     ctx = _build_context(args, dry_run=args.dry_run)
-    do_take = args.take or not args.prune
-    do_prune = args.prune or not args.take
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
-        report = PassReport()
-        recovered = recover(ctx)
-        report.errors += [f"recover: {e}" for e in recovered.errors]
-        try:
-            survey = ctx.survey()
-        except (ZfsError, HypervisorError) as exc:
-            report.errors.append(f"cannot survey the host: {exc}")
-            _render_outcomes(report)
-            return EX_FAILED
-        for missing in survey.listing.missing_roots:
-            log.warning("configured dataset %s does not exist", missing)
-        if do_take:
-            taken = take_due(ctx, survey)
-            report = report.merge(taken)
-        if do_prune:
-            if do_take:
-                survey = ctx.survey()  # what the take just added counts for retention
-                if ctx.dry_run:  # nothing was taken: count what would have been, or the plan is not the pass
-                    survey = _assume_taken(survey, taken, ctx.now())
-            report = report.merge(prune(ctx, survey, force_dumps=args.force))
-        record_results(ctx, report)
+        report = run_pass(ctx, take=args.take or not args.prune, prune_too=args.prune or not args.take,
+                          force_dumps=args.force)
     _render_outcomes(report)
     return EX_FAILED if report.failed else EX_OK
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from pydantic import BaseModel, Field
 
