@@ -184,23 +184,20 @@ def cmd_import_sanoid(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from vmsnapd.names import parse_snapname
+    from vmsnapd.actions.restore import RestoreFailed, restore_points
 
     ctx = _build_context(args)
-    survey = ctx.survey()
-    rows = []
-    for snap in survey.listing.snapshots:
-        if snap.dataset not in survey.policies or parse_snapname(snap.name) is None:
-            continue
-        if args.target and snap.dataset != args.target:
-            continue
-        rows.append({"dataset": snap.dataset, "snapshot": snap.name, "creation": snap.creation.isoformat(),
-                     "held": snap.userrefs > 0, "ram_dump": None})
+    try:
+        points = restore_points(ctx, args.target)
+    except RestoreFailed as exc:
+        print(f"vmsnapd: {exc}", file=sys.stderr)
+        return EX_FAILED
     if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(f"{r['dataset']}@{r['snapshot']}  {r['creation']}{'  held' if r['held'] else ''}")
+        print(json.dumps([p.model_dump(mode="json") for p in points], indent=2))
+        return EX_OK
+    for p in points:
+        memory = f"RAM {p.ram_bytes / 2**20:.0f} MiB" if p.ram_dump else "disk only"
+        print(f"{p.dataset}@{p.snapshot}  {p.creation:%Y-%m-%d %H:%M:%S}  {memory}{'  held' if p.held else ''}")
     return EX_OK
 
 

@@ -1,6 +1,7 @@
 """`vmsnapd restore`: rollback + resume from the RAM dump in one command, boot without memory, clone."""
 from __future__ import annotations
 
+import json
 import time
 
 import libvirt
@@ -28,6 +29,9 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
     (snap,) = _snapshots(lab, dataset.name)
+    (point,) = json.loads(env.run("list", vm.name, "--json").stdout)
+    assert point["snapshot"] == snap and point["domain"] == vm.name and point["ram_dump"]
+    assert "RAM" in env.run("list", dataset.name).stdout
     at_snapshot = _snap_max(lab, vm, dataset, snap)
     lab.wait_counter_advances(vm, by=20, start=at_snapshot)
     time.sleep(1.1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 
@@ -205,3 +206,41 @@ def clone_domain_xml(xml: str, new_name: str, path_map: dict[str, str]) -> str:
         if log_el.get("file"):
             log_el.set("file", re.sub(r"[^/]+$", f"{new_name}-console.log", log_el.get("file")))
     return ET.tostring(root, encoding="unicode")
+
+
+class RestorePoint(BaseModel):
+    dataset: str
+    snapshot: str
+    creation: datetime
+    held: bool
+    domain: str | None = None
+    ram_dump: str | None = None
+    ram_bytes: int | None = None
+
+
+def restore_points(ctx: Context, target_name: str | None) -> list[RestorePoint]:
+    """Our snapshots of managed datasets (or of one dataset / one VM), with the RAM dump of their cycle."""
+    survey = ctx.survey()
+    wanted: set[str] | None = None
+    if target_name:
+        if target_name in survey.policies:
+            wanted = {target_name}
+        else:
+            target = _find_target(plan_targets(survey.policies, survey.listing, ctx.hypervisor), target_name)
+            wanted = set(target.datasets)
+    by_snapshot = {}
+    for dump in ctx.ram_store.dumps():
+        if dump.manifest is not None:
+            for pair in dump.manifest.snapshots():
+                by_snapshot[pair] = dump
+    points = []
+    for snap in survey.listing.snapshots:
+        if snap.dataset not in survey.policies or parse_snapname(snap.name) is None:
+            continue
+        if wanted is not None and snap.dataset not in wanted:
+            continue
+        dump = by_snapshot.get((snap.dataset, snap.name))
+        points.append(RestorePoint(dataset=snap.dataset, snapshot=snap.name, creation=snap.creation,
+                                   held=snap.userrefs > 0, domain=dump.domain if dump else None,
+                                   ram_dump=str(dump.path) if dump else None, ram_bytes=dump.size if dump else None))
+    return points
