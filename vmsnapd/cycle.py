@@ -20,8 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from vmsnapd.actions.report import TargetOutcome
-from vmsnapd.hypervisor import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, BlockJobFailed, Hypervisor,
-                                HypervisorError, nvram_path)
+from vmsnapd.hypervisor import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, BlockJobFailed, DomainNotFound,
+                                Hypervisor, HypervisorError, nvram_path)
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.journal import CycleRecord, Journal, OverlayRecord
 from vmsnapd.names import STAMP_FORMAT
@@ -33,6 +33,7 @@ from vmsnapd.zfs import SnapshotExists, Zfs, ZfsError, ZfsListing
 log = logging.getLogger(__name__)
 
 COMMIT_ATTEMPTS = 3
+COMMIT_RETRY_DELAY_S = 1.0
 # Head-room asked of overlay_dir before a RAM dump: the guest's memory size times this.
 RAM_SPACE_FACTOR = 1.1
 XML_DIR = ".vmsnapd"
@@ -40,6 +41,15 @@ XML_DIR = ".vmsnapd"
 
 class CycleFailed(Exception):
     pass
+
+
+class StillOnOverlay(HypervisorError):
+    """Every commit attempt failed: the VM runs on (some of) its overlays, which is safe; `recover` finishes."""
+
+    def __init__(self, disks: list[tuple[str, str]], last: Exception):
+        self.disks = disks  # (target, overlay path)
+        self.last = last
+        super().__init__(str(last))
 
 
 @dataclass
@@ -63,6 +73,7 @@ class CycleState:
     names: list[str]
     started: float = field(default_factory=time.monotonic)
     warnings: list[str] = field(default_factory=list)
+    taken: list[str] = field(default_factory=list)  # full snapshot names made by this cycle
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -119,6 +130,8 @@ class Cycle:
                     raise CycleFailed(f"pre_snapshot hook failed ({pre_hook.error}); no snapshot taken "
                                       f"(pre_snapshot_failure = \"fail\")")
                 state.warnings.append(f"pre_snapshot hook failed ({pre_hook.error}); snapshot taken anyway")
+            if method != "plain":
+                self._still_there(vm_state)
             if method == "plain":
                 self._plain(state, vm_state)
             else:
@@ -129,6 +142,7 @@ class Cycle:
                 self.env.journal.finish(state.record)
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             outcome.error = str(exc) or type(exc).__name__
+            outcome.snapshots = list(state.taken)  # a failure after the snapshot: it exists, say so
             if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError)):
                 log.exception("unexpected error in cycle of %s", self.target.name)
             try:
@@ -173,6 +187,7 @@ class Cycle:
         memory_file = self._memory_file(state) if policy.memory else None
         frozen_fs = False
         snapshot_error: Exception | None = None
+        unfreeze_error: Exception | None = None
         try:
             if vm_state == RUNNING and policy.quiesce != "off":
                 frozen_fs = self._quiesce(state)
@@ -187,19 +202,47 @@ class Cycle:
                     self._snapshot_datasets(state, atomic_needed=False)
                 except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
                     snapshot_error = exc
-                finally:
+                try:
                     self._unfreeze(state, vm_state)
+                except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
+                    unfreeze_error = exc
             pause_ms = pauses.paused_ms()
-            self._enter(state, "unfrozen", pause_ms=pause_ms)
+            self._enter(state, "unfrozen" if unfreeze_error is None else state.record.state, pause_ms=pause_ms)
         finally:
             if frozen_fs:
                 self._thaw(state)
         if snapshot_error is not None:
             if state.record.ram_file:
                 self._discard(Path(state.record.ram_file))
+                self._enter(state, state.record.state, ram_file=None)
+            if unfreeze_error is not None:
+                raise CycleFailed(f"{snapshot_error}; and then: {self._unfreeze_message(state, unfreeze_error)}")
             raise snapshot_error
         if state.record.ram_file:
+            # The RAM matches the snapshot even when the commit afterwards failed: keep it.
             self._keep_dump(state)
+        if unfreeze_error is not None:
+            raise CycleFailed(self._unfreeze_message(state, unfreeze_error)) from unfreeze_error
+
+    def _unfreeze_message(self, state: CycleState, exc: Exception) -> str:
+        if not isinstance(exc, StillOnOverlay):
+            return f"could not bring {self.target.domain} back: {exc}"
+        disks = ", ".join(f"{t} still runs on overlay {p}" for t, p in exc.disks)
+        taken = f"snapshot {', '.join(state.taken)} taken" if state.taken else "no snapshot taken"
+        dump = f", RAM dump kept at {state.record.ram_dump}" if state.record.ram_dump else ""
+        return (f"CRITICAL: {self.target.domain}: {disks} after {COMMIT_ATTEMPTS} commit attempts ({exc.last}); "
+                f"the VM keeps running on it (safe, but the overlay grows); {taken}{dump}; "
+                f"the cycle stays in the journal: run `vmsnapd recover` once the cause is fixed")
+
+    def _still_there(self, vm_state: str) -> None:
+        """After the pre_snapshot hook: a VM that stopped meanwhile fails the cycle before anything is touched."""
+        try:
+            now = self.env.hypervisor.state(self.target.domain)
+        except DomainNotFound:
+            now = "gone"
+        if now not in (RUNNING, PAUSED):
+            raise CycleFailed(f"domain {self.target.domain} is no longer running (was {vm_state}, now {now}): "
+                              "it stopped after the cycle began; no snapshot taken, the next pass takes a plain one")
 
     def _memory_file(self, state: CycleState) -> str | None:
         """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
@@ -249,12 +292,13 @@ class Cycle:
 
     def _thaw(self, state: CycleState) -> None:
         try:
-            self.env.hypervisor.fs_thaw(self.target.domain)
+            count = self.env.hypervisor.fs_thaw(self.target.domain)
         except HypervisorError as exc:
             state.warnings.append(f"fsthaw failed: {exc}")
             self._log(logging.ERROR, state, "thaw", str(exc))
             return
         self._enter(state, state.record.state, fs_frozen=False)
+        self._log(logging.INFO, state, "thawed", f"{count} file system(s) thawed")
 
     def _freeze(self, state: CycleState, memory_file: str | None, vm_state: str) -> None:
         domain = self.target.domain
@@ -268,42 +312,119 @@ class Cycle:
                                                        f"{domain}_{d.target}_{state.record.stamp}.qcow2"))
                         for d in self.target.disks]
             self._enter(state, "freezing", overlays=overlays, ram_file=memory_file)
-            hv.snapshot_external(domain, {o.target: o.overlay_path for o in overlays}, memory_file,
-                                 live=policy.live, skip_disks=skipped)
+            freeze = lambda: hv.snapshot_external(domain, {o.target: o.overlay_path for o in overlays},  # noqa: E731
+                                                  memory_file, live=policy.live, skip_disks=skipped)
         elif memory_file:
             self._enter(state, "freezing", ram_file=memory_file, paused_by_us=vm_state == RUNNING)
-            hv.snapshot_manual(domain, targets, memory_file, live=policy.live, skip_disks=skipped)
+            freeze = lambda: hv.snapshot_manual(domain, targets, memory_file,  # noqa: E731
+                                                live=policy.live, skip_disks=skipped)
         else:
             # pause method without memory: the guest stands still while ZFS takes its disks.
             self._enter(state, "freezing", paused_by_us=vm_state == RUNNING)
-            if vm_state == RUNNING:
-                hv.suspend(domain)
+            freeze = (lambda: hv.suspend(domain)) if vm_state == RUNNING else (lambda: None)
+        try:
+            freeze()
+        except HypervisorError as exc:
+            self._settle_failed_freeze(state, vm_state, exc)
+            raise
         self._enter(state, "frozen")
+
+    def _settle_failed_freeze(self, state: CycleState, vm_state: str, exc: Exception) -> None:
+        """The freeze failed: find out what libvirt really did, undo it, and leave a journal record that says
+        only what is still true (nothing, normally: the external snapshot is atomic)."""
+        domain = self.target.domain
+        hv = self.env.hypervisor
+        try:
+            now = hv.state(domain)
+        except DomainNotFound:
+            now = "gone"
+        except HypervisorError as err:
+            self._log(logging.ERROR, state, "freeze", f"failed ({exc}) and the domain cannot be inspected: {err}")
+            return  # keep the record as it is: recover will look again
+        if now not in (RUNNING, PAUSED):
+            for o in state.record.overlays:
+                self._discard(Path(o.overlay_path))
+            if state.record.ram_file:
+                self._discard(Path(state.record.ram_file))
+            self._enter(state, "freezing", overlays=[], ram_file=None, paused_by_us=False)
+            raise CycleFailed(f"domain {domain} is no longer running (was {vm_state}, now {now}): it stopped during "
+                              f"the cycle; no snapshot taken ({exc})") from exc
+        if state.record.overlays:
+            on_overlay = {d.target for d in hv.overlay_disks(domain, self.env.overlay_dir)}
+            if on_overlay:  # should not happen (atomic), but if it did: the normal path commits them back
+                self._enter(state, "frozen", overlays=[o for o in state.record.overlays if o.target in on_overlay])
+                self._unfreeze(state, vm_state)
+            for o in state.record.overlays:
+                self._discard(Path(o.overlay_path))
+        if state.record.paused_by_us and vm_state == RUNNING and now == PAUSED:
+            hv.resume(domain)
+        if state.record.ram_file:
+            self._discard(Path(state.record.ram_file))
+        self._enter(state, "freezing", overlays=[], ram_file=None, paused_by_us=False)
 
     def _unfreeze(self, state: CycleState, vm_state: str) -> None:
         domain = self.target.domain
         hv = self.env.hypervisor
         if state.record.overlays:
+            failed: list[tuple[str, str]] = []
             last: Exception | None = None
             for overlay in state.record.overlays:
-                for attempt in range(1, COMMIT_ATTEMPTS + 1):
-                    try:
-                        hv.commit_active(domain, overlay.target)
-                        last = None
-                        break
-                    except HypervisorError as exc:
-                        last = exc
-                        self._log(logging.WARNING, state, "commit",
-                                  f"{overlay.target} attempt {attempt}/{COMMIT_ATTEMPTS}: {exc}")
-                if last is not None:
-                    raise CycleFailed(
-                        f"CRITICAL: {domain} disk {overlay.target} still runs on overlay {overlay.overlay_path} "
-                        f"(safe, but growing): {last}; run `vmsnapd recover`") from last
-                self._discard(Path(overlay.overlay_path))
+                error = self._commit_one(state, overlay)
+                if error is None:
+                    self._discard(Path(overlay.overlay_path))
+                else:
+                    failed.append((overlay.target, overlay.overlay_path))
+                    last = error
+            if failed:
+                self._enter(state, "commit_failed",
+                            overlays=[o for o in state.record.overlays if (o.target, o.overlay_path) in failed])
+                raise StillOnOverlay(failed, last)
             self._enter(state, "committed", overlays=[])
         elif state.record.paused_by_us:
-            hv.resume(domain)
+            try:
+                hv.resume(domain)
+            except HypervisorError:
+                if hv.exists(domain) and hv.state(domain) == PAUSED:
+                    raise
+                state.warnings.append(f"{domain} stopped during the cycle: nothing to resume")
             self._enter(state, "resumed", paused_by_us=False)
+
+    def _commit_one(self, state: CycleState, overlay: OverlayRecord) -> Exception | None:
+        """Bring one disk back onto its base: live blockcommit + pivot (retried), or, when the domain stopped
+        meanwhile, an offline commit of the overlay file with the definition pointed back at the base."""
+        domain = self.target.domain
+        hv = self.env.hypervisor
+        last: Exception | None = None
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                now = hv.state(domain)
+            except DomainNotFound:
+                now = "gone"
+            except HypervisorError as exc:
+                now, last = None, exc
+            try:
+                if now in (RUNNING, PAUSED):
+                    hv.commit_active(domain, overlay.target)
+                    return None
+                if now == "gone":
+                    hv.commit_overlay_file(overlay.overlay_path)
+                    msg = f"domain {domain} vanished during the cycle; overlay of {overlay.target} merged into its base"
+                elif now is not None:
+                    hv.commit_offline(domain, overlay.target, overlay.overlay_path)
+                    msg = (f"domain {domain} shut off during the cycle; overlay of {overlay.target} committed offline "
+                           f"into {overlay.base_path}")
+                else:
+                    raise last
+                state.warnings.append(msg)
+                self._log(logging.WARNING, state, "commit", msg)
+                return None
+            except HypervisorError as exc:
+                last = exc
+                self._log(logging.WARNING, state, "commit",
+                          f"{overlay.target} attempt {attempt}/{COMMIT_ATTEMPTS}: {exc}")
+            if attempt < COMMIT_ATTEMPTS:
+                time.sleep(COMMIT_RETRY_DELAY_S * attempt)
+        return last
 
     # -- steps shared by both kinds -------------------------------------------------------------------------
 
@@ -329,18 +450,33 @@ class Cycle:
 
     def _snapshot_datasets(self, state: CycleState, *, atomic_needed: bool) -> None:
         datasets = self.target.datasets
+        subtree = self._subtree_root(datasets)
         for name in self.names:
             try:
-                atomic = self.env.zfs.snapshot(datasets, name)
+                if subtree:
+                    # One command for the whole subtree: atomic on zfs-fuse too (which takes one name per command).
+                    self.env.zfs.snapshot_recursive(subtree, name)
+                    atomic = True
+                else:
+                    atomic = self.env.zfs.snapshot(datasets, name)
             except SnapshotExists:
                 state.warnings.append(f"{name} already exists on {','.join(datasets)}")
                 continue
+            state.taken += [f"{ds}@{name}" for ds in datasets]
             if atomic_needed and not atomic:
                 msg = (f"snapshots of {','.join(datasets)} were taken one by one, not atomically "
                        "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
                 state.warnings.append(msg)
                 self._log(logging.WARNING, state, "snapshot", msg)
         self._enter(state, "snapshotted")
+
+    def _subtree_root(self, datasets: list[str]) -> str | None:
+        """The dataset whose whole subtree is exactly `datasets` (two or more), else None."""
+        if len(datasets) < 2:
+            return None
+        root = min(datasets, key=len)
+        below = {d for d in self.env.listing.datasets if d == root or d.startswith(root + "/")}
+        return root if below == set(datasets) else None
 
     def _keep_dump(self, state: CycleState) -> None:
         domain = self.target.domain

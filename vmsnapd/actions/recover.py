@@ -4,6 +4,8 @@ For every cycle record left in the journal, and for every domain with a disk in 
 (also overlays made by a crashed older run or by hand-written sanoid scripts):
 - a frozen guest file system is thawed;
 - a disk running on an overlay is committed back into its base file and pivoted, the overlay removed;
+  a domain that stopped while on an overlay gets it committed offline (`qemu-img commit`) and its
+  definition pointed back at the base file; an overlay is never deleted while a domain still uses it;
 - a guest the cycle paused is resumed;
 - libvirt snapshot metadata left by vmsnapd (or describing overlays in overlay_dir) is removed;
 - the RAM file of the interrupted cycle is deleted (its zfs snapshots, if any, stay as disk-only
@@ -18,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context
-from vmsnapd.hypervisor import PAUSED, RUNNING, DomainNotFound, HypervisorError
+from vmsnapd.hypervisor import PAUSED, RUNNING, DomainNotFound, HypervisorError, parse_disks
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,16 @@ def recover(ctx: Context) -> RecoverReport:
     handled_domains: set[str] = set()
     for record in scan.records:
         problems: list[str] = []
+        in_use: set[str] = set()
         if record.domain:
             handled_domains.add(record.domain)
             problems += _bring_back(ctx, record.domain, overlay_dir, report,
                                     thaw=record.fs_frozen, resume=record.paused_by_us)
-        for path in [record.ram_file] + [o.overlay_path for o in record.overlays]:
-            if path and Path(path).exists():
+            problems += _orphan_overlays(ctx, record, report)
+            in_use = _sources_in_use(ctx, record.domain, problems)
+        overlays = [o.overlay_path for o in record.overlays] if not problems else []
+        for path in [record.ram_file] + overlays:
+            if path and path not in in_use and Path(path).exists():
                 if not ctx.dry_run:
                     Path(path).unlink(missing_ok=True)
                 report.actions.append(f"{prefix}deleted {path} left by interrupted cycle {record.cycle_id}")
@@ -85,6 +91,40 @@ def _untracked_overlays(ctx: Context, overlay_dir: Path, skip: set[str], report:
             report.errors += _bring_back(ctx, name, overlay_dir, report, thaw=False, resume=False)
 
 
+def _sources_in_use(ctx: Context, domain: str, problems: list[str]) -> set[str]:
+    """Every disk source of `domain`, live and persistent: files that must never be deleted."""
+    try:
+        if not ctx.hypervisor.exists(domain):
+            return set()
+        return ({d.source for d in ctx.hypervisor.disks(domain)}
+                | {d.source for d in parse_disks(ctx.hypervisor.xml(domain, inactive=True))})
+    except HypervisorError as exc:
+        problems.append(f"{domain}: cannot tell which files it uses ({exc}); overlays kept")
+        return set()
+
+
+def _orphan_overlays(ctx: Context, record, report: RecoverReport) -> list[str]:
+    """The domain of an interrupted cycle no longer exists: merge its overlays into their base files so the
+    writes made since the snapshot are not lost with them."""
+    prefix = "dry-run: " if ctx.dry_run else ""
+    try:
+        if ctx.hypervisor.exists(record.domain):
+            return []
+    except HypervisorError as exc:
+        return [f"{record.domain}: {exc}"]
+    problems = []
+    for overlay in record.overlays:
+        if not Path(overlay.overlay_path).exists():
+            continue
+        try:
+            base = ctx.hypervisor.commit_overlay_file(overlay.overlay_path)
+            report.actions.append(f"{prefix}merged overlay {overlay.overlay_path} of vanished domain "
+                                  f"{record.domain} into {base}")
+        except HypervisorError as exc:
+            problems.append(f"overlay {overlay.overlay_path} of vanished domain {record.domain}: {exc}")
+    return problems
+
+
 def _bring_back(ctx: Context, domain: str, overlay_dir: Path, report: RecoverReport, *,
                 thaw: bool, resume: bool) -> list[str]:
     hv = ctx.hypervisor
@@ -103,20 +143,26 @@ def _bring_back(ctx: Context, domain: str, overlay_dir: Path, report: RecoverRep
             report.actions.append(f"{prefix}thawed file systems of {domain}")
         except HypervisorError as exc:
             report.actions.append(f"thaw of {domain} not possible ({exc}); assuming not frozen")
-    for disk in hv.overlay_disks(domain, overlay_dir):
+    try:
+        on_overlay = hv.overlay_disks(domain, overlay_dir)
         if state not in (RUNNING, PAUSED):
-            problems.append(
-                f"{domain} is {state} with disk {disk.target} on overlay {disk.source}: commit it by hand "
-                f"(qemu-img commit {disk.source}) and point the disk back at its base file")
-            continue
+            on_overlay += [d for d in hv.defined_on_overlay(domain, overlay_dir) if d not in on_overlay]
+    except HypervisorError as exc:
+        return [f"{domain}: {exc}"]
+    for disk in on_overlay:
         try:
-            hv.commit_active(domain, disk.target)
+            if state in (RUNNING, PAUSED):
+                hv.commit_active(domain, disk.target)
+                how = "committed"
+            else:
+                base = hv.commit_offline(domain, disk.target, disk.source)
+                how = f"committed offline ({domain} is {state}) into {base},"
         except HypervisorError as exc:
             problems.append(f"{domain} disk {disk.target} still on overlay {disk.source}: {exc}")
             continue
         if not ctx.dry_run:
             Path(disk.source).unlink(missing_ok=True)
-        report.actions.append(f"{prefix}committed {domain} {disk.target} back from overlay {disk.source}")
+        report.actions.append(f"{prefix}{how} {domain} {disk.target} back from overlay {disk.source}")
     try:
         for name in hv.delete_snapshot_metadata(domain, only_ours_or_in=overlay_dir):
             report.actions.append(f"{prefix}removed stale libvirt snapshot metadata {domain}/{name}")
