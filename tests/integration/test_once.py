@@ -42,14 +42,39 @@ def sanoid_name(age: timedelta, period: str) -> str:
     return f"autosnap_{(datetime.now(timezone.utc) - age).strftime('%Y-%m-%d_%H:%M:%S')}_{period}"
 
 
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def make_old(lab, dataset, items: list[tuple[str, str]]) -> None:
-    """items: (faketime offset like "-3d", snapshot name); each made with that creation time."""
+    """items: (faketime offset like "-3d", snapshot name); each made with that creation time, verified.
+
+    The zfs-fuse clock is shared by every lab user: a concurrent set_faketime/reset_faketime elsewhere can slip
+    between ours and the snapshot, so each creation is checked and the snapshot made again when it is off."""
     try:
         for offset, name in items:
-            lab.set_faketime(offset)
-            lab.snapshot(dataset, name)
+            want = int(offset[:-1]) * _UNIT_S[offset[-1]]
+            for attempt in range(5):
+                lab.set_faketime(offset)
+                lab.snapshot(dataset, name)
+                created = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", f"{dataset}@{name}").strip())
+                if abs(created - time.time() - want) < 120:
+                    break
+                lab.zfs("destroy", f"{dataset}@{name}")
+            else:
+                pytest.fail(f"could not make {dataset}@{name} {offset} old: the zfs-fuse clock keeps being "
+                            "shifted by another lab user")
     finally:
         lab.reset_faketime()
+
+
+def assert_made_now(lab, dataset, names) -> None:
+    """The snapshots a pass just took carry today's creation: the zfs-fuse clock is one for every lab user,
+    and a concurrent `set_faketime` elsewhere would make them old and break the retention checks confusingly."""
+    for name in names:
+        created = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", f"{dataset}@{name}").strip())
+        assert abs(created - time.time()) < 300, (
+            f"{dataset}@{name} was created at {created}, not now: someone shifted the zfs-fuse clock "
+            f"(faketime: {lab.get_faketime()}) during this test")
 
 
 def away_from_boundaries() -> None:
@@ -80,11 +105,18 @@ def zfs_wrapper(tmp_path: Path, script: str) -> dict:
     return {"PATH": f"{folder}:{os.environ['PATH']}"}
 
 
+@pytest.fixture
+def unmounted(dataset_factory):
+    """A fresh dataset with mountpoint=none: these tests need no files, and zfs-fuse destroys unmounted
+    datasets without the "dataset is busy" lag of fuse unmounts."""
+    return dataset_factory(mountpoint="none")
+
+
 # ------------------------------------------------------------------------------------------------ first passes
 
 def test_fresh_tree_gets_one_cycle_on_the_right_datasets_and_a_second_pass_does_nothing(
         lab, dataset_factory, vmsnapd_env):
-    parent = dataset_factory()
+    parent = dataset_factory(mountpoint="none")
     a = dataset_factory(parent.name)
     b = dataset_factory(parent.name)
     ax = dataset_factory(a.name)
@@ -118,7 +150,7 @@ def test_fresh_tree_gets_one_cycle_on_the_right_datasets_and_a_second_pass_does_
 
 
 def test_not_recursive_covers_only_its_own_dataset(lab, dataset_factory, vmsnapd_env):
-    top = dataset_factory()
+    top = dataset_factory(mountpoint="none")
     child = dataset_factory(top.name)
     env = vmsnapd_env
     env.datasets[top.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
@@ -129,7 +161,7 @@ def test_not_recursive_covers_only_its_own_dataset(lab, dataset_factory, vmsnapd
 
 
 def test_child_table_overrides_parent(lab, dataset_factory, vmsnapd_env):
-    parent = dataset_factory()
+    parent = dataset_factory(mountpoint="none")
     a = dataset_factory(parent.name)
     b = dataset_factory(parent.name)
     env = vmsnapd_env
@@ -143,7 +175,7 @@ def test_child_table_overrides_parent(lab, dataset_factory, vmsnapd_env):
 
 # ------------------------------------------------------------------------------------ retention with real age
 
-def test_retention_by_creation_and_catch_up_once(lab, dataset, vmsnapd_env):
+def test_retention_by_creation_and_catch_up_once(lab, unmounted, vmsnapd_env):
     h = timedelta(hours=1)
     d = timedelta(days=1)
     old = {  # key: (faketime offset, name)
@@ -160,16 +192,17 @@ def test_retention_by_creation_and_catch_up_once(lab, dataset, vmsnapd_env):
         "h2": ("-2h", sanoid_name(2 * h, "hourly")),
         "d1": ("-1d", sanoid_name(1 * d, "daily")),
     }
-    make_old(lab, dataset, list(old.values()))
+    make_old(lab, unmounted, list(old.values()))
     names = {k: v[1] for k, v in old.items()}
     env = vmsnapd_env
-    env.datasets[dataset.name] = dict(THREE)  # hourly 2, daily 2, monthly 1
+    env.datasets[unmounted.name] = dict(THREE)  # hourly 2, daily 2, monthly 1
 
     away_from_boundaries()
     proc = env.run("once")
-    now = snaps(lab, dataset)
+    now = snaps(lab, unmounted)
     taken = now - set(names.values())
     # hourly, daily and monthly were missed (for hours, days, a month): each caught up once, one stamp
+    assert_made_now(lab, unmounted, taken)
     (stamp,) = stamps(taken)
     assert taken == {f"autosnap_{stamp}_{p}" for p in ("hourly", "daily", "monthly")}, proc.stdout
     # newest N by creation per period: the new one plus h2 (hourly 2), plus d1 (daily 2), the new monthly alone
@@ -179,10 +212,10 @@ def test_retention_by_creation_and_catch_up_once(lab, dataset, vmsnapd_env):
         assert name in proc.stdout, f"{name} destroyed but not reported:\n{proc.stdout}"
 
     proc = env.run("once")
-    assert snaps(lab, dataset) == now, proc.stdout  # not twice
+    assert snaps(lab, unmounted) == now, proc.stdout  # not twice
 
 
-def test_sanoid_snapshots_adopted_foreign_and_held_never_destroyed(lab, dataset, vmsnapd_env):
+def test_sanoid_snapshots_adopted_foreign_and_held_never_destroyed(lab, unmounted, vmsnapd_env):
     h = timedelta(hours=1)
     d = timedelta(days=1)
     ours = {
@@ -195,23 +228,25 @@ def test_sanoid_snapshots_adopted_foreign_and_held_never_destroyed(lab, dataset,
     held = sanoid_name(1 * h + timedelta(minutes=5), "hourly")
     foreign = ["manual-1", "autosnap-foo", "autosnap_2026-01-01_00:00:00_hourly-extra",
                "autosnap_2026-01-01_00:00:00_hourlyx", "autosnap_2026-13-01_00:00:00_hourly"]
-    make_old(lab, dataset, list(ours.values()) + [("-100d", n) for n in foreign] + [("-1h", held)])
-    lab.zfs("hold", "keep", f"{dataset}@{held}")
+    make_old(lab, unmounted, list(ours.values()) + [("-100d", n) for n in foreign] + [("-1h", held)])
+    lab.zfs("hold", "keep", f"{unmounted}@{held}")
     env = vmsnapd_env
-    env.datasets[dataset.name] = {**PLAIN, "hourly": 0, "daily": 1, "monthly": 0}
+    env.datasets[unmounted.name] = {**PLAIN, "hourly": 0, "daily": 1, "monthly": 0}
     try:
         proc = env.run("once")
-        now = snaps(lab, dataset)
+        now = snaps(lab, unmounted)
     finally:
-        lab.zfs("release", "keep", f"{dataset}@{held}")
+        lab.zfs("release", "keep", f"{unmounted}@{held}")
     taken = now - {v[1] for v in ours.values()} - set(foreign) - {held}
+    assert_made_now(lab, unmounted, taken)
+    assert len(taken) == 1, (taken, proc.stdout)
     (stamp,) = stamps(taken)
     assert taken == {f"autosnap_{stamp}_daily"}
     assert now == taken | set(foreign) | {held}, proc.stdout
 
 
 def test_autosnap_and_autoprune_off(lab, dataset_factory, vmsnapd_env):
-    no_snap, no_prune = dataset_factory(), dataset_factory()
+    no_snap, no_prune = dataset_factory(mountpoint="none"), dataset_factory(mountpoint="none")
     old = [("-3h", sanoid_name(timedelta(hours=3), "hourly")), ("-2h", sanoid_name(timedelta(hours=2), "hourly"))]
     make_old(lab, no_snap, old)
     make_old(lab, no_prune, old)
@@ -227,17 +262,17 @@ def test_autosnap_and_autoprune_off(lab, dataset_factory, vmsnapd_env):
 
 # ------------------------------------------------------------------------------------------------------ dry run
 
-def test_dry_run_changes_nothing_and_says_what_a_real_pass_does(lab, dataset, vmsnapd_env):
+def test_dry_run_changes_nothing_and_says_what_a_real_pass_does(lab, unmounted, vmsnapd_env):
     h = timedelta(hours=1)
     old = [("-3h", sanoid_name(3 * h, "hourly")), ("-2h", sanoid_name(2 * h, "hourly"))]
-    make_old(lab, dataset, old)
+    make_old(lab, unmounted, old)
     env = vmsnapd_env
-    env.datasets[dataset.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
-    before = lab.zfs("get", "-H", "-p", "-r", "-o", "name,property,value", "all", dataset.name)
+    env.datasets[unmounted.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
+    before = lab.zfs("get", "-H", "-p", "-r", "-o", "name,property,value", "all", unmounted.name)
 
     away_from_boundaries()
     dry = env.run("once", "--dry-run")
-    assert lab.zfs("get", "-H", "-p", "-r", "-o", "name,property,value", "all", dataset.name) == before
+    assert lab.zfs("get", "-H", "-p", "-r", "-o", "name,property,value", "all", unmounted.name) == before
     assert not list((env.state_dir / "cycles").glob("*")) if (env.state_dir / "cycles").exists() else True
     take_line = [line for line in dry.stdout.splitlines() if "would take" in line]
     assert len(take_line) == 1 and re.search(r"autosnap_\S+_hourly", take_line[0]), dry.stdout
@@ -248,14 +283,14 @@ def test_dry_run_changes_nothing_and_says_what_a_real_pass_does(lab, dataset, vm
     assert would_destroy == {n for _, n in old}, dry.stdout
 
     env.run("once")
-    left = snaps(lab, dataset)
+    left = snaps(lab, unmounted)
     assert len(left) == 1 and left.isdisjoint(would_destroy)
 
 
 # -------------------------------------------------------------------------------------------- snapshot command
 
 def test_snapshot_command(lab, dataset_factory, vmsnapd_env):
-    a, b = dataset_factory(), dataset_factory()
+    a, b = dataset_factory(mountpoint="none"), dataset_factory(mountpoint="none")
     env = vmsnapd_env
     env.datasets[a.name] = {**PLAIN, "hourly": 1, "daily": 1, "monthly": 1}
     env.datasets[b.name] = {**PLAIN, "hourly": 1, "daily": 1, "monthly": 1}
@@ -273,25 +308,25 @@ def test_snapshot_command(lab, dataset_factory, vmsnapd_env):
 
 # ------------------------------------------------------------------------------------------------------ locking
 
-def test_second_pass_waits_then_gives_up_clearly(lab, dataset, vmsnapd_env):
+def test_second_pass_waits_then_gives_up_clearly(lab, unmounted, vmsnapd_env):
     env = vmsnapd_env
-    env.datasets[dataset.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
+    env.datasets[unmounted.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
     with pass_lock(env.state_dir, wait_s=0):
         started = time.monotonic()
         proc = env.run("--lock-wait", "1.5", "once", expect=1)
         waited = time.monotonic() - started
     assert 1.5 <= waited < 15, waited
     assert "another vmsnapd pass" in proc.stderr and f"pid {os.getpid()}" in proc.stderr, proc.stderr
-    assert snaps(lab, dataset) == set()
+    assert snaps(lab, unmounted) == set()
     env.run("--lock-wait", "1.5", "once")
-    assert len(snaps(lab, dataset)) == 1
+    assert len(snaps(lab, unmounted)) == 1
 
 
-def test_second_pass_waits_for_the_first_to_finish(lab, dataset, vmsnapd_env):
+def test_second_pass_waits_for_the_first_to_finish(lab, unmounted, vmsnapd_env):
     import threading
 
     env = vmsnapd_env
-    env.datasets[dataset.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
+    env.datasets[unmounted.name] = {**PLAIN, "hourly": 1, "daily": 0, "monthly": 0}
     held = threading.Event()
 
     def first_pass():
@@ -309,7 +344,7 @@ def test_second_pass_waits_for_the_first_to_finish(lab, dataset, vmsnapd_env):
     finally:
         holder.join()
     assert waited >= 1.5, f"the second pass did not wait for the lock ({waited:.1f}s)"
-    assert len(snaps(lab, dataset)) == 1
+    assert len(snaps(lab, unmounted)) == 1
 
 
 def test_lock_wait_must_be_a_number(vmsnapd_env):
@@ -320,7 +355,7 @@ def test_lock_wait_must_be_a_number(vmsnapd_env):
 # ------------------------------------------------------------------------------------------ failure isolation
 
 def test_one_failing_dataset_never_stops_the_others(lab, dataset_factory, vmsnapd_env, tmp_path):
-    parent = dataset_factory()
+    parent = dataset_factory(mountpoint="none")
     a = dataset_factory(parent.name)
     broken = dataset_factory(parent.name)
     c = dataset_factory(parent.name)
