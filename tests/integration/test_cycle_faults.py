@@ -52,6 +52,8 @@ def _assert_vm_back_on_base(lab, vm, env, *, state=libvirt.VIR_DOMAIN_RUNNING) -
     for disk in vm.disks:
         assert f"'{disk.path}'" in xml, f"{disk.target} does not point at its base file any more:\n{xml}"
     assert str(env.overlay_dir) not in xml
+    # The persistent definition too: the next cold boot must not look for a deleted overlay.
+    assert str(env.overlay_dir) not in vm.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert _overlay_left(env) == [], f"left in overlay_dir: {_overlay_left(env)}"
     assert vm.dom.snapshotNum(0) == 0, "libvirt snapshot metadata left behind"
     got, _ = vm.dom.state()
