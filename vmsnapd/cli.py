@@ -332,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     except LockBusy as exc:
         print(f"vmsnapd: {exc}", file=sys.stderr)
         return EX_FAILED
+    except PermissionError as exc:
+        print(f"vmsnapd: {exc.filename or ''}: {exc.strerror} (vmsnapd runs as root)", file=sys.stderr)
+        return EX_FAILED
+    except OSError as exc:
+        print(f"vmsnapd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_FAILED
     except InvalidName as exc:
         print(f"vmsnapd: {exc}", file=sys.stderr)
         return EX_USAGE

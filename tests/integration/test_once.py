@@ -440,3 +440,14 @@ def test_import_sanoid_output_passes_config_check(tmp_path):
     check = _vmsnapd("-c", str(converted), "config", "check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert "valid" in check.stdout
+
+
+def test_a_configured_dataset_that_does_not_exist_fails_the_pass(lab, dataset_factory, vmsnapd_env):
+    real = dataset_factory()
+    env = vmsnapd_env
+    env.datasets[real.name] = {"hourly": 1, "daily": 0, "monthly": 0, "domain": "none"}
+    typo = f"{real.pool}/no-such-dataset"
+    env.datasets[typo] = {"hourly": 1, "daily": 0, "monthly": 0, "domain": "none"}
+    proc = env.run("once", expect=1)
+    assert f"configured dataset {typo} does not exist" in proc.stdout
+    assert len(snaps(lab, real)) == 1  # the others are still taken care of

@@ -33,7 +33,8 @@ def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_d
         report.errors.append(f"cannot survey the host: {exc}")
         return report
     for missing in survey.listing.missing_roots:
-        log.warning("configured dataset %s does not exist", missing)
+        # A typo in the policy file would otherwise leave a VM unprotected without anyone noticing.
+        report.errors.append(f"configured dataset {missing} does not exist")
     if take:
         taken = take_due(ctx, survey)
         report = report.merge(taken)
