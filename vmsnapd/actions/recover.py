@@ -84,6 +84,8 @@ def _untracked_overlays(ctx: Context, overlay_dir: Path, skip: set[str], report:
             continue
         try:
             on_overlay = ctx.hypervisor.overlay_disks(name, overlay_dir)
+        except DomainNotFound:
+            continue  # undefined since it was listed: nothing of it can be on an overlay any more
         except HypervisorError as exc:
             report.errors.append(f"{name}: {exc}")
             continue
