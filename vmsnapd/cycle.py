@@ -20,13 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 from vmsnapd.actions.report import TargetOutcome
-from vmsnapd.hypervisor import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, BlockJobFailed, DomainNotFound,
+from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFound,
                                 Hypervisor, HypervisorError, nvram_path)
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.journal import CycleRecord, Journal, OverlayRecord
-from vmsnapd.names import STAMP_FORMAT
+from vmsnapd.names import STAMP_FORMAT, InvalidName
 from vmsnapd.policy import snapshot_names
-from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore
+from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
 from vmsnapd.targets import Target, dataset_of_path
 from vmsnapd.zfs import SnapshotExists, Zfs, ZfsError, ZfsListing
 
@@ -143,7 +143,7 @@ class Cycle:
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             outcome.error = str(exc) or type(exc).__name__
             outcome.snapshots = list(state.taken)  # a failure after the snapshot: it exists, say so
-            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError)):
+            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError, InvalidName, RamStoreError)):
                 log.exception("unexpected error in cycle of %s", self.target.name)
             try:
                 self._enter(state, "failed", error=outcome.error)
