@@ -220,7 +220,17 @@ class Cycle:
             raise snapshot_error
         if state.record.ram_file:
             # The RAM matches the snapshot even when the commit afterwards failed: keep it.
-            self._keep_dump(state)
+            try:
+                self._keep_dump(state)
+            except (RamStoreError, OSError) as exc:
+                self._discard(Path(state.record.ram_file))
+                self._enter(state, state.record.state, ram_file=None)
+                problem = f"RAM dump could not be stored in {self.env.ram_store.ram_dir}: {exc}"
+                if self.target.policy.on_memory_failure == "fail":
+                    # The snapshot is taken and stays (a valid disk-only restore point); the cycle reports failure.
+                    raise CycleFailed(f"{problem} (on_memory_failure = \"fail\"); the snapshot stays, disk only")
+                state.warnings.append(f"{problem}; the snapshot is disk-only")
+                self._log(logging.WARNING, state, "memory", f"{problem}; disk-only (on_memory_failure)")
         if unfreeze_error is not None:
             raise CycleFailed(self._unfreeze_message(state, unfreeze_error)) from unfreeze_error
 
