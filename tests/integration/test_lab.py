@@ -100,7 +100,7 @@ def test_hand_made_cycle_restores_counter_exactly(lab, running_vm):
 
     # the guest keeps writing to its base file on the dataset
     lab.wait_counter_advances(vm, by=20, start=at_snapshot)
-    assert vm.max_counter() > at_snapshot + 20
+    assert vm.max_counter() >= at_snapshot + 20
 
     # restore: stop, roll the dataset back, change the token, resume from the memory file
     dom.destroy()
