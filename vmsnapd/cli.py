@@ -94,6 +94,8 @@ def _build_context(args: argparse.Namespace, dry_run: bool = False) -> Context:
 
 
 def _render_outcomes(report: PassReport) -> None:
+    if not report.outcomes and not report.errors and not report.dumps_deleted:
+        print("nothing to do" + (" (dry run)" if report.dry_run else ""))
     for outcome in report.outcomes:
         print(_outcome_line(outcome))
     if report.dumps_deleted:

@@ -281,6 +281,11 @@ class Cycle:
         domain = self.target.domain
         hv = self.env.hypervisor
         required = self.target.policy.quiesce == "required"
+        if not required and not hv.has_agent_channel(domain):
+            # No agent channel configured: nothing to warn about every cycle; the RAM dump (or the
+            # crash-consistent disks) is what this VM gets, as its admin set it up.
+            self._log(logging.INFO, state, "quiesce", "no guest agent channel; not quiesced")
+            return False
         if not hv.agent_answers(domain):
             if required:
                 raise CycleFailed(f"guest agent of {domain} does not answer and quiesce = \"required\"")

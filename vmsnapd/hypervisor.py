@@ -130,6 +130,9 @@ def _ensure_event_loop() -> None:
     with _event_loop_lock:
         if _event_loop_started:
             return
+        # libvirt prints every error to stderr by default; ours are raised as typed exceptions and
+        # logged where they are handled (an expected "no agent" must not look like a failure).
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirt.virEventRegisterDefaultImpl()
 
         def loop() -> None:
@@ -313,6 +316,11 @@ class Hypervisor:
             return self._domain(name).fsThaw(None, 0)
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"fsthaw {name}") from exc
+
+    def has_agent_channel(self, name: str) -> bool:
+        """Whether the domain has a qemu-guest-agent channel at all (else there is nobody to ask)."""
+        root = ET.fromstring(self.xml(name))
+        return any(t.get("name") == "org.qemu.guest_agent.0" for t in root.findall("./devices/channel/target"))
 
     def agent_answers(self, name: str, timeout_s: int = 2) -> bool:
         import libvirt_qemu

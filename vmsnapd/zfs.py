@@ -236,7 +236,8 @@ class Zfs:
                 listing.datasets[name] = DatasetInfo(name, mountpoint if usable else None, _epoch(p["creation"]))
             elif kind == "volume":  # OpenZFS zvols hold VM disks too (/dev/zvol/NAME); never mounted
                 listing.datasets[name] = DatasetInfo(name, None, _epoch(p["creation"]))
-        listing.snapshots.sort(key=lambda s: (s.dataset, s.creation, s.name))
+        # Stable sort: within one second, zfs lists snapshots in the order they were taken (txg order).
+        listing.snapshots.sort(key=lambda s: (s.dataset, s.creation))
         return listing
 
     def get_property(self, target: str, prop: str) -> str:

@@ -92,3 +92,21 @@ def test_restore_as_a_clone_leaves_the_original_alone(lab, dataset, vmsnapd_env)
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
     finally:
         lab.destroy_dataset(clone_ds)
+
+
+def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, dataset, vmsnapd_env):
+    vm = lab.create_vm(dataset)
+    lab.stop_vm(vm)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {"hourly": 2, "daily": 2, "monthly": 2, "domain": vm.name}
+    env.run("once")
+    cycle = _snapshots(lab, dataset.name)
+    assert len(cycle) == 3
+    hourly = [s for s in cycle if s.endswith("_hourly")][0]
+    time.sleep(1.1)
+    env.run("snapshot", dataset.name)
+    later = [s for s in _snapshots(lab, dataset.name) if s not in cycle]
+    proc = env.run("restore", vm.name, hourly, "--yes")
+    assert _snapshots(lab, dataset.name) == cycle, proc.stdout  # only the later cycle went
+    assert later[0] in proc.stdout
+    lab.stop_vm(vm)

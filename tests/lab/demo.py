@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""`make demo`: a throw-away pool with a running counter guest, left running for you to look at.
+"""`make demo`: vmsnapd's main job on a built-in lab, left running for you to look at.
 
-Extend here (later: write a demo config and run `vmsnapd once` on the guest).  --clean: remove every lab
-pool/domain (same as `make lab-clean`)."""
+A throw-away pool `vlabdemo` with `vlabdemo/VM/vlabdemo-vm` holding the disk of a running counter guest of
+the same name (so `domain = "auto"` finds it), a demo policy, then: `config check`, `once` (a consistent
+cycle with a RAM dump), a second cycle, `list`, a dry-run prune, `status`, `check`, and a `restore` that
+resumes the guest from its RAM dump: its counter continues at exactly the snapshot's value + 1.
+--clean: remove every lab pool/domain (same as `make lab-clean`)."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +19,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab  # noqa: E402
 
 DEMO_STATE = lab.LAB_DIR / "demo.env"
+DEMO_DIR = lab.LAB_DIR / "demo"
+
+
+def vmsnapd(config: Path, *args: str, ok: tuple[int, ...] = (0,)) -> str:
+    """Run the CLI as an admin would and show it."""
+    argv = [sys.executable, "-m", "vmsnapd", "-c", str(config), *args]
+    print(f"\n$ vmsnapd -c {config} {' '.join(args)}")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    out = (proc.stdout + proc.stderr).rstrip()
+    if out:
+        print("  " + out.replace("\n", "\n  "))
+    if proc.returncode not in ok:
+        raise SystemExit(f"demo: vmsnapd {' '.join(args)} exited {proc.returncode}")
+    return proc.stdout
+
+
+def write_config() -> Path:
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    DEMO_DIR.chmod(0o755)  # QEMU (libvirt-qemu) writes the overlay and RAM file in overlay/
+    overlay = DEMO_DIR / "overlay"
+    overlay.mkdir(mode=0o711, exist_ok=True)
+    config = DEMO_DIR / "vmsnapd.toml"
+    config.write_text(f"""# written by tests/lab/demo.py (make demo)
+[daemon]
+state_dir = "{DEMO_DIR / 'state'}"
+overlay_dir = "{overlay}"
+ram_dir = "{DEMO_DIR / 'ram'}"
+ram_compression = "zstd"
+
+[templates.vms]
+hourly = 24
+daily = 7
+monthly = 3
+
+[datasets."{lab.DEMO_PREFIX}/VM"]
+use_template = "vms"
+recursive = true
+process_children_only = true
+domain = "auto"
+""")
+    config.chmod(0o600)
+    return config
 
 
 def clean() -> int:
@@ -37,28 +84,55 @@ def demo() -> int:
         lab.destroy_pool(name)
         print(f"demo: removed the earlier demo pool {name}")
     lab.cleanup_leftovers()
+    import shutil
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
     pool = lab.create_pool("2G", name=name)
     print(f"demo: created pool {pool.name} on sparse file {pool.file} (mounted at {pool.mountpoint})")
-    vmds = lab.create_dataset(pool, "vm")
-    print(f"demo: created dataset {vmds.name}")
+    parent = lab.create_dataset(pool, "VM")
+    vmds = lab.create_dataset(parent.name, name + "-vm")
+    print(f"demo: created datasets {parent.name} and {vmds.name}")
     vm = lab.create_vm(vmds, name=name + "-vm", token="demo")
     print(f"demo: defined and started TCG guest {vm.name}: counter disk {vm.disk.path}, "
           f"token disk {vm.token_path}")
-    for _ in range(3):
-        before, after = lab.wait_counter_advances(vm, by=10, timeout=30)
-        print(f"demo: counter on the host-visible disk: {before} -> {after}")
-        time.sleep(0.5)
-    snap = lab.snapshot(vmds, "demo")
-    print(f"demo: zfs snapshot {snap} holds counter {lab.snapshot_max_counter(snap, vm.disk.relpath)}; "
-          f"live disk now at {vm.max_counter()}")
+    before, after = lab.wait_counter_advances(vm, by=10, timeout=30)
+    print(f"demo: counter on the host-visible disk: {before} -> {after}")
+
+    config = write_config()
+    vmsnapd(config, "config", "check")
+    vmsnapd(config, "once")
+    time.sleep(1.1)
+    vmsnapd(config, "snapshot", vm.name, "--period", "hourly")
+    listing = vmsnapd(config, "list", vm.name)
+    vmsnapd(config, "once", "--prune", "--dry-run")
+    vmsnapd(config, "status")
+    vmsnapd(config, "check", ok=(0, 1))
+
+    first = listing.split()[0].split("@", 1)[1]
+    at_snapshot = lab.snapshot_max_counter(f"{vmds.name}@{first}", vm.disk.relpath)
+    print(f"\ndemo: {first} holds counter {at_snapshot}; the live disk is at {vm.max_counter()}. "
+          "Changing the guest's token, then restoring:")
+    lab.write_token(vm, "restored")
+    vmsnapd(config, "restore", vm.name, first, "--force-stop", "--yes")
+    lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
+    records = vm.records().values()
+    # A record rewritten with the new token at or below the snapshot's max would mean RAM older than the disk;
+    # a first new record past max + 1 would mean RAM newer than the disk.
+    rewritten = [seq for seq, token in records if token == "restored" and seq <= at_snapshot]
+    first_new = min(seq for seq, _ in records if seq > at_snapshot)
+    consistent = not rewritten and first_new == at_snapshot + 1
+    print(f"demo: after the restore the guest resumed from RAM and wrote {first_new} next "
+          f"(snapshot max {at_snapshot} + 1 = {at_snapshot + 1}), rewrote nothing older: "
+          + ("consistent" if consistent else f"INCONSISTENT (rewritten: {rewritten[:5]})"))
     DEMO_STATE.write_text(f"POOL={pool.name}\nDATASET={vmds.name}\nDOMAIN={vm.name}\nDISK={vm.disk.path}\n"
-                          f"TOKEN={vm.token_path}\nCONSOLE={vm.console_log}\n")
+                          f"TOKEN={vm.token_path}\nCONSOLE={vm.console_log}\nCONFIG={config}\n")
     print(f"""
 The guest keeps running.
+  try:          .venv/bin/vmsnapd -c {config} status   (or list, once --dry-run, check, run)
   console log:  {vm.console_log}   (live: virsh -c {lab.URI} console {vm.name}; leave with Ctrl-])
-  counter:      .venv/bin/python -c "import sys; sys.path.insert(0,'tests/lab'); import lab; print(lab.read_max_counter('{vm.disk.path}'))"
   state:        {DEMO_STATE}
   clean up:     make lab-clean   (removes every vlab* domain and pool)""")
+    if not consistent:
+        return 1
     return 0
 
 

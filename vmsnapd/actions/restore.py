@@ -46,6 +46,7 @@ class RestorePlan(BaseModel):
     resume_from_memory: bool = False
     clone: str | None = None
     clone_datasets: dict[str, str] = Field(default_factory=dict)  # source dataset → clone dataset
+    rollback_to: dict[str, str] = Field(default_factory=dict)  # dataset → snapshot (the cycle's last)
     steps: list[str] = Field(default_factory=list)
 
 
@@ -90,12 +91,17 @@ def plan_restore(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     elif state != SHUTOFF:
         raise RestoreFailed(f"{domain} is {state}; cannot restore it now")
     for ds in target.datasets:
-        snaps = sorted(survey.listing.snapshots_of(ds), key=lambda s: s.creation)
-        names = [s.name for s in snaps]
-        newer = names[names.index(snapshot) + 1:]
+        names = [s.name for s in survey.listing.snapshots_of(ds)]  # in the order they were taken
+        # Every snapshot of one cycle holds the same disks: roll back to the cycle's last one, so the
+        # cycle's other periods (e.g. the daily beside the hourly) survive the rollback.
+        same_cycle = [i for i, n in enumerate(names)
+                      if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp]
+        last = max(same_cycle, default=names.index(snapshot))
+        plan.rollback_to[ds] = names[last]
+        newer = names[last + 1:]
         plan.newer_snapshots_destroyed += [f"{ds}@{n}" for n in newer]
-        plan.steps.append(f"roll {ds} back to {snapshot}" + (f" (destroys {len(newer)} newer snapshot(s))"
-                                                             if newer else ""))
+        plan.steps.append(f"roll {ds} back to {names[last]}" + (f" (destroys {len(newer)} newer snapshot(s))"
+                                                                if newer else ""))
     if plan.resume_from_memory:
         plan.steps.append(f"resume {domain} from RAM dump {plan.ram_dump}")
     else:
@@ -122,8 +128,8 @@ def execute_restore(ctx: Context, plan: RestorePlan) -> list[str]:
             hv.destroy(plan.domain)
             done.append(f"stopped {plan.domain}")
         for ds in plan.datasets:
-            zfs.rollback(ds, plan.snapshot, destroy_newer=True)
-            done.append(f"rolled {ds} back to {plan.snapshot}")
+            zfs.rollback(ds, plan.rollback_to[ds], destroy_newer=True)
+            done.append(f"rolled {ds} back to {plan.rollback_to[ds]}")
         if plan.resume_from_memory:
             dump = next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
             if not ctx.ram_store.verify(dump):
