@@ -114,10 +114,11 @@ def test_two_disk_vm_gets_one_name_on_both_datasets(lab, dataset_factory, vmsnap
 
     snaps_a, snaps_b = _snapshots(lab, ds_a.name), _snapshots(lab, ds_b.name)
     assert snaps_a == snaps_b and len(snaps_a) == 1
-    # Taken while the guest was frozen: both disks hold the same highest counter.
+    # Taken while the guest was frozen: the disks agree. The guest writes each seq to vda, then vdb, so
+    # the instant of the freeze may fall between the two writes: vda one ahead, never more, never behind.
     a = lab.snapshot_max_counter(f"{ds_a.name}@{snaps_a[0]}", vm.disks[0].relpath)
     b = lab.snapshot_max_counter(f"{ds_b.name}@{snaps_b[0]}", vm.disks[1].relpath)
-    assert a == b > 0
+    assert b > 0 and a - b in (0, 1), (a, b)
     _assert_vm_back_on_base(lab, vm, env)
 
 
