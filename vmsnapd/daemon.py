@@ -28,6 +28,7 @@ from vmsnapd.actions.context import Context
 from vmsnapd.actions.passes import run_pass
 from vmsnapd.config import Config, ConfigError, load_config
 from vmsnapd.lock import LockBusy, pass_lock
+from vmsnapd.metrics import Metrics, serve
 from vmsnapd.runner import Runner
 from vmsnapd.zfs import Zfs
 
@@ -62,6 +63,8 @@ class Daemon:
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         self.passes = 0
         self.failed_passes = 0
+        self.metrics = Metrics()
+        self.metrics_server = None
 
     def context(self) -> Context:
         runner = Runner()
@@ -70,15 +73,19 @@ class Daemon:
     def one_pass(self) -> None:
         started = time.monotonic()
         ctx = self.context()
+        status = None
         try:
             with pass_lock(ctx.state_dir, wait_s=PASS_LOCK_WAIT_S):
                 report = run_pass(ctx)
+                if self.config.daemon.metrics_listen:
+                    status = _status_or_none(ctx)
         except LockBusy as exc:
             log.warning("pass skipped: %s", exc)
             return
         except Exception:  # noqa: BLE001 — the daemon outlives one broken pass; the next one retries
             log.exception("pass crashed")
             self.failed_passes += 1
+            self.metrics.record_pass(True, time.time(), None)
             sd_notify("STATUS=last pass crashed, see the journal")
             return
         finally:
@@ -95,6 +102,7 @@ class Daemon:
                    f"{len(report.dumps_deleted)} RAM dump(s) deleted, {report.failed} failure(s) "
                    f"in {int((time.monotonic() - started) * 1000)} ms")
         (log.warning if report.failed else log.info)(summary)
+        self.metrics.record_pass(bool(report.failed), time.time(), status)
         sd_notify(f"STATUS={summary}")
 
     def reload(self) -> None:
@@ -119,6 +127,8 @@ class Daemon:
         # Every minute at second 0, and once right away (catch-up after downtime, as sanoid --cron).
         self.scheduler.add_job(self.one_pass, CronTrigger(second=0, timezone="UTC"), id="pass",
                                misfire_grace_time=50, next_run_time=None)
+        if self.config.daemon.metrics_listen:
+            self.metrics_server = serve(self.metrics, self.config.daemon.metrics_listen)
         self.scheduler.start()
         self.scheduler.get_job("pass").modify(next_run_time=datetime.now(timezone.utc))
         sd_notify("READY=1\nSTATUS=running")
@@ -130,5 +140,18 @@ class Daemon:
         sd_notify("STOPPING=1")
         log.warning("stopping: waiting for a running pass to finish")
         self.scheduler.shutdown(wait=True)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         log.warning("stopped after %d pass(es), %d with failures", self.passes, self.failed_passes)
         return 0
+
+
+def _status_or_none(ctx: Context):
+    """What the metrics endpoint serves until the next pass; a failure here must not fail the pass."""
+    from vmsnapd.actions.status import host_status
+
+    try:
+        return host_status(ctx)
+    except Exception:  # noqa: BLE001
+        log.exception("metrics: could not survey the host; serving the previous figures")
+        return None

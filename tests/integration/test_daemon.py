@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,10 @@ class Notifications:
 def test_daemon_notifies_takes_snapshots_rejects_bad_reload_and_stops_cleanly(lab, dataset, vmsnapd_env):
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 1, "daily": 0, "monthly": 0, "domain": "none"}
+    with socket.socket() as probe:  # a free port for the metrics endpoint
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env.daemon["metrics_listen"] = f"127.0.0.1:{port}"
     env.write()
     notify_path = env.root / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -75,6 +80,10 @@ def test_daemon_notifies_takes_snapshots_rejects_bad_reload_and_stops_cleanly(la
         assert "1 snapshot(s) taken" in status, status
         snaps = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset.name).split()
         assert len(snaps) == 1 and snaps[0].endswith("_hourly")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert f'vmsnapd_snapshots{{dataset="{dataset.name}",period="hourly"}} 1' in metrics, metrics
+        assert "vmsnapd_passes_total 1" in metrics and f'vmsnapd_last_cycle_ok{{dataset="{dataset.name}"}} 1' in metrics
 
         env.config_path.write_text(env.config_path.read_text() + "\n[datasets.\"" + dataset.name + "/x\"]\nhourly = \"many\"\n")
         proc.send_signal(signal.SIGHUP)

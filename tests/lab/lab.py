@@ -635,15 +635,23 @@ def cleanup_leftovers(everything: bool = False) -> list[str]:
         doms = conn().listAllDomains()
     except libvirt.libvirtError:
         doms = []
+    # Someone else's leftovers that cannot be removed now (zfs-fuse keeping a pool "busy") must not fail
+    # this run: they are reported and tried again by the next cleanup.
     for dom in doms:
         n = dom.name()
         if n.startswith(PREFIX) and (everything or not _owner_alive(n)):
-            destroy_vm(n)
-            removed.append(f"domain {n}")
+            try:
+                destroy_vm(n)
+                removed.append(f"domain {n}")
+            except (LabError, libvirt.libvirtError) as e:
+                print(f"lab: could not remove leftover domain {n} (next cleanup retries): {e}")
     for p in list_pools():
         if p.startswith(PREFIX) and (everything or not _owner_alive(p)):
-            destroy_pool(p)
-            removed.append(f"pool {p}")
+            try:
+                destroy_pool(p)
+                removed.append(f"pool {p}")
+            except LabError as e:
+                print(f"lab: could not remove leftover pool {p} (next cleanup retries): {e}")
     for d in (POOLS_DIR, POOLS_DIR / "clones", VMS_DIR):
         if not d.is_dir():
             continue
