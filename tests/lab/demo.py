@@ -9,7 +9,6 @@ resumes the guest from its RAM dump: its counter continues at exactly the snapsh
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 LAB_DIR = Path(os.environ.get("VMSNAPD_LAB_DIR", "/var/lib/vmsnapd-lab"))
