@@ -129,8 +129,28 @@ def test_quiesce_required_without_agent_fails_cleanly(lab, dataset, vmsnapd_env)
     _assert_vm_back_on_base(lab, vm, env)
 
 
-def test_quiesce_auto_without_agent_warns_and_snapshots(lab, dataset, vmsnapd_env):
+def test_quiesce_auto_without_agent_channel_snapshots_quietly(lab, dataset, vmsnapd_env):
+    """No agent channel at all: the admin chose no agent; no warning every cycle, just not quiesced."""
     vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "quiesce": "auto"}
+
+    proc = env.run("snapshot", dataset.name)
+
+    assert "warning" not in proc.stdout, proc.stdout
+    assert "no guest agent channel; not quiesced" in proc.stderr
+    assert len(_snapshots(lab, dataset.name)) == 1
+    dumps, manifests = _dumps(env, vm.name)
+    assert len(dumps) == 1 and json.loads(manifests[0].read_text())["quiesced"] is False
+    _assert_vm_back_on_base(lab, vm, env)
+
+
+def test_quiesce_auto_with_a_silent_agent_warns_and_snapshots(lab, dataset, vmsnapd_env):
+    """An agent channel whose agent does not answer (here: the guest has no qemu-ga): warn, snapshot anyway."""
+    vm = lab.create_vm(dataset, start=False)
+    channel = ("<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
+    vm.dom.connect().defineXML(vm.dom.XMLDesc(0).replace("</devices>", channel + "</devices>"))
+    lab.start_vm(vm)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "quiesce": "auto"}
 

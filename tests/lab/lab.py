@@ -146,6 +146,11 @@ def conn():
     """A shared libvirt connection to qemu:///system (reopened when it died)."""
     global _conn
     import libvirt
+    if _conn is not None:
+        try:
+            _conn.getLibVersion()  # isAlive() stays true for a while after libvirtd restarted
+        except libvirt.libvirtError:
+            _conn = None
     if _conn is None or not _conn.isAlive():
         _conn = libvirt.open(URI)
     return _conn
