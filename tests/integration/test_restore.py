@@ -110,3 +110,20 @@ def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, dat
     assert _snapshots(lab, dataset.name) == cycle, proc.stdout  # only the later cycle went
     assert later[0] in proc.stdout
     lab.stop_vm(vm)
+
+
+def test_restore_of_a_quiesced_dump_thaws_the_guest(lab, agent_vm, vmsnapd_env):
+    import libvirt_qemu
+
+    vm = agent_vm
+    dataset = vm.disk.dataset
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "quiesce": "required",
+                                  "exclude_disks": [vm.fs_disk.target]}  # the ext4 disk lives outside
+    env.run("snapshot", dataset.name)
+    (snap,) = _snapshots(lab, dataset.name)
+    proc = env.run("restore", vm.name, snap, "--force-stop", "--yes")
+    assert "thawed" in proc.stdout, proc.stdout
+    status = libvirt_qemu.qemuAgentCommand(vm.dom, '{"execute":"guest-fsfreeze-status"}', 10, 0)
+    assert '"thawed"' in status, status
+    lab.wait_counter_advances(vm, by=5, timeout=30)
