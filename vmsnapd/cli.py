@@ -322,27 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING)
     name = args.command if args.command != "config" else f"config {args.config_command}"
-    handler = COMMANDS.get(name)
-    if handler is None:
-        print(f"vmsnapd: '{name}' is not built yet", file=sys.stderr)
-        return EX_FAILED
     try:
-        return handler(args)
+        return COMMANDS[name](args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EX_CONFIG
-    except LockBusy as exc:
-        print(f"vmsnapd: {exc}", file=sys.stderr)
-        return EX_FAILED
-    except PermissionError as exc:
-        print(f"vmsnapd: {exc.filename or ''}: {exc.strerror} (vmsnapd runs as root)", file=sys.stderr)
-        return EX_FAILED
-    except OSError as exc:
-        print(f"vmsnapd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return EX_FAILED
     except InvalidName as exc:
         print(f"vmsnapd: {exc}", file=sys.stderr)
         return EX_USAGE
-    except (ZfsError, HypervisorError) as exc:
+    except OSError as exc:  # e.g. an unwritable state_dir: a message, not a traceback
+        print(f"vmsnapd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_FAILED
+    except (LockBusy, ZfsError, HypervisorError) as exc:
         print(f"vmsnapd: {exc}", file=sys.stderr)
         return EX_FAILED
