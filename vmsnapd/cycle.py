@@ -23,7 +23,7 @@ from vmsnapd.actions.report import TargetOutcome
 from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFound,
                                 Hypervisor, HypervisorError, nvram_path)
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
-from vmsnapd.journal import CycleRecord, Journal, OverlayRecord
+from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord
 from vmsnapd.names import STAMP_FORMAT, InvalidName
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
@@ -110,20 +110,32 @@ class Cycle:
         stamp_text = self.stamp.strftime(STAMP_FORMAT)
         method = "plain"
         vm_state = None
-        if self.target.domain:
-            vm_state = self.env.hypervisor.state(self.target.domain)
-            if vm_state in (RUNNING, PAUSED):
-                method = self.target.policy.method if vm_state == RUNNING else "pause"
+        try:
+            if self.target.error:
+                raise CycleFailed(self.target.error)
+            if self.target.domain:
+                vm_state = self.env.hypervisor.state(self.target.domain)
+                if vm_state in (RUNNING, PAUSED):
+                    method = self.target.policy.method if vm_state == RUNNING else "pause"
+        except (CycleFailed, HypervisorError) as exc:
+            # Nothing touched yet: no journal record, no hooks; this target fails alone.
+            outcome.error = str(exc)
+            log.error("%scycle failed dataset=%s domain=%s snapshot=%s: %s", self.prefix,
+                      ",".join(self.target.datasets), self.target.domain or "-", ",".join(self.names), exc)
+            return outcome
         record = CycleRecord(cycle_id=f"{self.target.domain or self.target.name}-{stamp_text}",
                              domain=self.target.domain, datasets=list(self.target.datasets),
                              snapshot_names=self.names, stamp=stamp_text, method=method, state="started")
         state = CycleState(record=record, names=self.names)
         if not self.env.dry_run:
-            state.record = self.env.journal.begin(record)
+            try:
+                state.record = self.env.journal.begin(record)
+            except (JournalError, OSError) as exc:
+                outcome.error = f"cannot record the cycle in the journal, not starting it: {exc}"
+                log.error("%scycle failed dataset=%s: %s", self.prefix, ",".join(self.target.datasets), outcome.error)
+                return outcome
         pre_hook: HookResult | None = None
         try:
-            if self.target.error:
-                raise CycleFailed(self.target.error)
             pre_hook = self._hook(state, "pre_snapshot")
             if pre_hook is not None and not pre_hook.ok:
                 if self.target.policy.pre_snapshot_failure == "fail":

@@ -424,3 +424,16 @@ def test_two_disk_shut_off_vm_on_one_subtree_is_atomic(lab, dataset_factory, vms
     assert snaps_p == snaps_c and len(snaps_p) == 1
     assert "not atomic" not in proc.stdout + proc.stderr, proc.stdout
     assert log.read_text().splitlines() == [f"snapshot -r {parent.name}@{snaps_p[0]}"]
+
+
+def test_a_domain_that_does_not_exist_fails_alone(lab, dataset_factory, vmsnapd_env):
+    """A policy naming a missing domain fails that target with a clear message; the other targets go on."""
+    ghost_ds, plain_ds = dataset_factory(), dataset_factory()
+    env = vmsnapd_env
+    env.datasets[ghost_ds.name] = {**ONE_HOURLY, "domain": "vlab-no-such-domain"}
+    env.datasets[plain_ds.name] = {**ONE_HOURLY, "domain": "none"}
+    proc = env.run("once", expect=1)
+    assert "vlab-no-such-domain" in proc.stdout and "does not exist" in proc.stdout, proc.stdout
+    assert _snapshots(lab, ghost_ds.name) == []
+    assert len(_snapshots(lab, plain_ds.name)) == 1
+    assert _journal(env) == []
