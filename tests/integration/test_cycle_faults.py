@@ -192,6 +192,29 @@ def test_unwritable_ram_dir(lab, dataset, vmsnapd_env, on_failure):
     _assert_vm_back_on_base(lab, vm, env)
 
 
+@pytest.mark.parametrize("on_failure", ["disk-only", "fail"])
+def test_ram_dump_that_cannot_be_stored_after_the_snapshot(lab, dataset, vmsnapd_env, tmp_path, on_failure):
+    """The RAM was captured but storing it fails (a `zstd` that dies, first on PATH): the snapshot stands;
+    disk-only → a warning and exit 0; fail → exit 1; either way no RAM file is left behind in overlay_dir."""
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.daemon["ram_compression"] = "zstd"
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "on_memory_failure": on_failure}
+    zstd = tmp_path / "zstd"
+    zstd.write_text("#!/bin/sh\necho 'zstd: error 70 : Write error : No space left on device' >&2\nexit 1\n")
+    zstd.chmod(0o755)
+
+    proc = env.run("snapshot", dataset.name, expect=0 if on_failure == "disk-only" else 1,
+                   env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+
+    assert len(_snapshots(lab, dataset.name)) == 1, proc.stdout  # taken before the dump was stored: it stays
+    assert "RAM dump could not be stored" in proc.stdout, proc.stdout
+    assert ("warning:" in proc.stdout) == (on_failure == "disk-only")
+    assert not list(env.root.rglob("*.mem*")), "a RAM file was left somewhere"
+    assert _journal(env) == []
+    _assert_vm_back_on_base(lab, vm, env)
+
+
 # -- 3. blockcommit fails ---------------------------------------------------------------------------------
 
 def test_failed_blockcommit_is_critical_and_recover_finishes_it(lab, dataset, vmsnapd_env, tmp_path):
