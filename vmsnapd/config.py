@@ -328,11 +328,13 @@ def _validate(raw: dict[str, Any], source: str | os.PathLike[str], errors: list[
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the policy file; refuse it when group or others may write it (it holds root's commands)."""
+    """Read and validate the policy file; refuse it when anyone but us (root) may write it: it holds the
+    commands vmsnapd runs as root."""
     errors = []
     try:
         with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
+            info = os.fstat(handle.fileno())
+            mode = info.st_mode
             data = handle.read()
     except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
@@ -341,6 +343,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             f"file mode {stat.S_IMODE(mode):04o} lets group or others write it; it holds commands run as root "
             f"(chmod go-w {path})"
         )
+    if info.st_uid not in (0, os.geteuid()):
+        errors.append(f"owned by uid {info.st_uid}, who could change the commands run as root (chown root {path})")
     try:
         raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

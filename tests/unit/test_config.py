@@ -59,6 +59,17 @@ def test_writable_by_group_or_others_is_refused(tmp_path):
             load_config(path)
 
 
+def test_owned_by_another_user_is_refused(tmp_path):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file away")
+    path = private_copy(tmp_path, ROOT / "config" / "valid" / "minimal.toml")
+    os.chown(path, 65534, 65534)  # nobody: could rewrite the commands vmsnapd runs as root
+    with pytest.raises(ConfigError, match="owned by uid 65534"):
+        load_config(path)
+
+
 def test_every_error_is_reported_at_once():
     text = """
 [daemon]
