@@ -17,6 +17,8 @@ STAMP_FORMAT = "%Y-%m-%d_%H:%M:%S"
 MAX_NAME_LENGTH = 255
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_.:-]+")
+# ZFS also allows spaces in dataset (not pool) and snapshot names; they are harmless in an argv list.
+_COMPONENT_WITH_SPACE = re.compile(r"[A-Za-z0-9_.: -]+")
 # Pool names ZFS reserves for vdev types; `zpool create` refuses them.
 _RESERVED_POOL_NAMES = ("mirror", "raidz", "draid", "spare", "log")
 _SNAPNAME = re.compile(
@@ -44,9 +46,11 @@ def validate_dataset_name(name: str) -> str:
             raise InvalidName(f"{name!r}: empty component (leading, trailing or doubled '/')")
         if component in (".", ".."):
             raise InvalidName(f"{name!r}: '.' and '..' are not allowed as components")
-        if not _COMPONENT.fullmatch(component):
-            raise InvalidName(f"{name!r}: only letters, digits and _ . : - are allowed in each component")
+        if not _COMPONENT_WITH_SPACE.fullmatch(component):
+            raise InvalidName(f"{name!r}: only letters, digits, spaces and _ . : - are allowed in each component")
     pool = components[0]
+    if not _COMPONENT.fullmatch(pool):
+        raise InvalidName(f"{name!r}: only letters, digits and _ . : - are allowed in a pool name")
     if not pool[0].isalpha():
         raise InvalidName(f"{name!r}: the pool name must start with a letter")
     if pool.startswith(_RESERVED_POOL_NAMES):
@@ -62,8 +66,8 @@ def validate_snapshot_name(short_name: str) -> str:
         raise InvalidName(f"snapshot name longer than {MAX_NAME_LENGTH} characters")
     if short_name.startswith("-"):
         raise InvalidName(f"{short_name!r}: a snapshot name must not start with '-'")
-    if not _COMPONENT.fullmatch(short_name):
-        raise InvalidName(f"{short_name!r}: only letters, digits and _ . : - are allowed (no '@' or '/')")
+    if not _COMPONENT_WITH_SPACE.fullmatch(short_name):
+        raise InvalidName(f"{short_name!r}: only letters, digits, spaces and _ . : - are allowed (no '@' or '/')")
     return short_name
 
 

@@ -451,3 +451,17 @@ def test_a_configured_dataset_that_does_not_exist_fails_the_pass(lab, dataset_fa
     proc = env.run("once", expect=1)
     assert f"configured dataset {typo} does not exist" in proc.stdout
     assert len(snaps(lab, real)) == 1  # the others are still taken care of
+
+
+def test_a_dataset_with_spaces_in_its_name_is_managed(lab, pool, vmsnapd_env):
+    """ZFS allows spaces in dataset names; in an argv list (no shell) they are harmless."""
+    ds = lab.create_dataset(pool, f"{lab.unique_name('sp')} my vms", mountpoint="none")
+    try:
+        env = vmsnapd_env
+        env.datasets[ds.name] = {"hourly": 1, "daily": 0, "monthly": 0, "domain": "none"}
+        env.run("once")
+        out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", ds.name)
+        assert [line.split("@", 1)[1].endswith("_hourly") for line in out.splitlines()] == [True]
+        assert "nothing to do" in env.run("once").stdout
+    finally:
+        lab.destroy_dataset(ds)

@@ -178,7 +178,7 @@ def test_rollback_clone_properties_capacity(lab, pool, dataset, zfs):
 
 
 BAD_DATASETS = ["-r", "pool/ds\nx", "pool/ds@x", "a b", "pool//x", "pool/ds/"]
-BAD_SNAPNAMES = ["-r", "a b", "x@y", "x/y", "x\ny"]
+BAD_SNAPNAMES = ["-r", "a\tb", "x@y", "x/y", "x\ny"]
 
 
 @pytest.mark.parametrize("bad", BAD_DATASETS, ids=repr)
