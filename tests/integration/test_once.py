@@ -373,11 +373,11 @@ def test_one_failing_dataset_never_stops_the_others(lab, dataset_factory, vmsnap
     assert "out of space" in proc.stdout
 
 
-def test_one_dataset_that_cannot_be_pruned_never_stops_the_others(lab, pool, dataset_factory, vmsnapd_env):
-    """ZFS allows a space in a dataset name, vmsnapd's name check does not: that dataset fails, alone."""
+def test_one_dataset_that_cannot_be_pruned_never_stops_the_others(lab, pool, dataset_factory, vmsnapd_env,
+                                                                   tmp_path):
+    """`zfs destroy` refused on one dataset (a wrapper first on PATH): that dataset fails, alone."""
     parent = dataset_factory(mountpoint="none")
-    odd = f"{parent}/odd name"
-    lab.zfs("create", odd)
+    odd = dataset_factory(parent.name)
     fine = dataset_factory(parent.name)
     doomed = [("-3h", sanoid_name(timedelta(hours=3), "hourly")), ("-2h", sanoid_name(timedelta(hours=2), "hourly"))]
     make_old(lab, odd, doomed)
@@ -385,11 +385,13 @@ def test_one_dataset_that_cannot_be_pruned_never_stops_the_others(lab, pool, dat
     env = vmsnapd_env
     env.datasets[parent.name] = {**PLAIN, "hourly": 0, "daily": 0, "monthly": 0, "recursive": True,
                                  "process_children_only": True}
-    proc = env.run("once", "--prune", expect=1)
+    path_env = zfs_wrapper(tmp_path, f'if [ "$1" = destroy ]; then case "$2" in {odd}@*) '
+                                     f'echo "cannot destroy \'$2\': permission denied" >&2; exit 1;; esac; fi')
+    proc = env.run("once", "--prune", expect=1, env=path_env)
     assert snaps(lab, fine) == set(), proc.stdout + proc.stderr
     assert snaps(lab, odd) == {n for _, n in doomed}
     failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 1 and odd in failed[0], proc.stdout
+    assert len(failed) == 1 and odd.name in failed[0], proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------------ configs
