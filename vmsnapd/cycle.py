@@ -272,11 +272,12 @@ class Cycle:
         path = self.env.overlay_dir / f"{domain}_{state.record.stamp}.mem"
         problem = None
         try:
-            self.env.overlay_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-            _check_writable(self.env.ram_store.ram_dir / domain)
+            if not self.env.dry_run:  # a dry run creates no directory and writes no probe
+                self.env.overlay_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+                _check_writable(self.env.ram_store.ram_dir / domain)
             memory = self.env.hypervisor.memory_bytes(domain)
             for where in (self.env.overlay_dir, self.env.ram_store.ram_dir):
-                free = shutil.disk_usage(where).free
+                free = shutil.disk_usage(_existing(where)).free
                 if free < memory * RAM_SPACE_FACTOR:
                     problem = f"{where} has {free >> 20} MiB free, the RAM dump needs about {memory >> 20} MiB"
         except OSError as exc:
@@ -546,6 +547,13 @@ class Cycle:
                       domain=self.target.domain, ram_dump=state.record.ram_dump, pre_failure=pre_failed)
         timeout = hooks.timeout if hooks.timeout is not None else self.env.hook_timeout
         return run_hook(argv, env, timeout, self.env.dry_run, log_context=self.target.name)
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest existing ancestor (whose file system it will be on)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _check_writable(folder: Path) -> None:

@@ -180,3 +180,18 @@ def test_kill_9_while_on_overlay_is_recovered(lab, dataset, vmsnapd_env, tmp_pat
     assert vm.max_counter() > before
     assert list((env.state_dir / "cycles").iterdir()) == []
     assert "nothing to recover" in env.run("recover").stdout  # idempotent
+
+
+def test_dry_run_of_a_vm_cycle_touches_nothing(lab, dataset, vmsnapd_env):
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    xml_before = vm.dom.XMLDesc(0)
+    proc = env.run("once", "--dry-run")
+    assert "would" in proc.stdout and "dry-run:" in proc.stderr, proc.stdout + proc.stderr
+    assert _snapshots(lab, dataset.name) == []
+    assert not env.ram_dir.exists(), list(env.ram_dir.rglob("*"))
+    assert list(env.overlay_dir.iterdir()) == []
+    assert not (env.state_dir / "cycles").exists() or list((env.state_dir / "cycles").iterdir()) == []
+    assert not (dataset.mountpoint / ".vmsnapd").exists()
+    assert vm.dom.XMLDesc(0) == xml_before and vm.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
