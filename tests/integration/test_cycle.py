@@ -171,6 +171,14 @@ def test_kill_9_while_on_overlay_is_recovered(lab, dataset, vmsnapd_env, tmp_pat
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        # vmsnapd runs each command in a session of its own, so the hanging `zfs` wrapper outlives it, as a
+        # real child would: end it here, or it would snapshot a dataset of a later test in 10 minutes.
+        hung = subprocess.run(["pgrep", "-f", str(wrapper)], capture_output=True, text=True).stdout.split()
+        for pid in hung:
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     assert str(env.overlay_dir) in vm.dom.XMLDesc(0)
     before = vm.max_counter()
 
