@@ -154,9 +154,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config = load_config(Path(args.config))
-    runner = Runner()
-    ctx = Context(config=config, config_path=Path(args.config), runner=runner, zfs=Zfs(runner))
+    ctx = _build_context(args)
+    config = ctx.config
     try:
         existing = sorted(ctx.zfs.list_tree(ctx.config_roots()).datasets)
         where = "datasets that exist now"
@@ -219,7 +218,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from vmsnapd.actions.status import host_status
+    from vmsnapd.actions.status import format_age, host_status
 
     ctx = _build_context(args)
     status = host_status(ctx)
@@ -231,7 +230,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         vm = f"{entry.domain} ({entry.vm_state})" if entry.domain else "no VM"
         print(f"{entry.dataset}  [{vm}]")
         for period, ps in entry.periods.items():
-            newest = f"{ps.newest} ({_ago(now - ps.newest_at)} ago)" if ps.newest else "none"
+            newest = f"{ps.newest} ({format_age(now - ps.newest_at)} ago)" if ps.newest else "none"
             due = "due now" if ps.due_now else (f"next {ps.next_due:%Y-%m-%d %H:%M}" if ps.next_due else "not taken")
             print(f"  {period:<10} {ps.count:>3}/{ps.kept:<3} newest {newest}; {due}")
         print(f"  RAM dumps: {entry.ram_dumps}, {entry.ram_bytes / 2**20:.1f} MiB")
@@ -247,15 +246,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK
-
-
-def _ago(delta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} d"
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

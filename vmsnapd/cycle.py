@@ -23,7 +23,7 @@ from vmsnapd.actions.report import TargetOutcome
 from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFound,
                                 Hypervisor, HypervisorError, nvram_path)
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
-from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord
+from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord, write_file_atomically
 from vmsnapd.names import STAMP_FORMAT, InvalidName
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
@@ -469,7 +469,7 @@ class Cycle:
         folder = Path(info.mountpoint) / XML_DIR
         folder.mkdir(mode=0o700, exist_ok=True)
         xml = self.env.hypervisor.xml(self.target.domain, inactive=True)
-        _write_private(folder / f"{self.target.domain}.xml", xml.encode())
+        write_file_atomically(folder / f"{self.target.domain}.xml", xml.encode())
         nvram = nvram_path(xml)
         if nvram and os.path.exists(nvram) and not nvram.startswith(info.mountpoint.rstrip("/") + "/"):
             shutil.copyfile(nvram, folder / f"{self.target.domain}.nvram")
@@ -563,14 +563,3 @@ def _check_writable(folder: Path) -> None:
     with open(probe, "wb") as handle:
         handle.write(b"x")
     probe.unlink()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -44,12 +44,13 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import signal
 import subprocess
 import time
 from typing import Callable, Literal, Mapping
 
 from pydantic import BaseModel
+
+from vmsnapd.runner import kill_process_group
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +193,6 @@ def run_hook(
     return HookResult(ok=True, returncode=0, duration_ms=duration_ms)
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def _follow(proc: subprocess.Popen, timeout: float, line_sinks: dict[int, Callable[[str], None]]) -> bool:
     """Log the hook's output until both pipes close; enforce the timeout. Returns True if it timed out.
 
@@ -218,10 +212,10 @@ def _follow(proc: subprocess.Popen, timeout: float, line_sinks: dict[int, Callab
             now = time.monotonic()
             if drain_deadline is None:
                 if proc.poll() is not None:
-                    _kill_group(proc.pid)  # leftovers of an exited hook (see module docstring)
+                    kill_process_group(proc.pid)  # leftovers of an exited hook (see module docstring)
                     drain_deadline = now + OUTPUT_DRAIN_GRACE_S
                 elif now >= deadline:
-                    _kill_group(proc.pid)
+                    kill_process_group(proc.pid)
                     timed_out = True
                     proc.wait()
                     drain_deadline = now + OUTPUT_DRAIN_GRACE_S

@@ -14,8 +14,8 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 from xml.sax.saxutils import quoteattr
 
 import libvirt
@@ -24,6 +24,8 @@ from vmsnapd.names import validate_domain_name
 from vmsnapd.runner import CommandError, Runner
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 # Keep the usual prefix when a definition is rewritten (commit_offline); libvirt reads namespaces by URI anyway.
 ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
 
@@ -261,6 +263,17 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"domain {name}") from exc
 
+    def _change(self, name: str, what: str, call: Callable[[libvirt.virDomain], T], dry_result: T = None) -> T:
+        """Run `call` on domain `name`, a verb that changes the guest: in dry run only log that it would;
+        libvirt's errors become typed ones naming `what` and the domain."""
+        if self.dry_run:
+            log.info("dry-run: would %s %s", what, name)
+            return dry_result
+        try:
+            return call(self._domain(name))
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"{what} {name}") from exc
+
     def domain_names(self) -> list[str]:
         try:
             return sorted(d.name() for d in self.conn.listAllDomains(0))
@@ -301,21 +314,10 @@ class Hypervisor:
 
     def fs_freeze(self, name: str) -> int:
         """Freeze the guest's file systems through the agent; returns how many were frozen."""
-        if self.dry_run:
-            log.info("dry-run: would freeze file systems of %s", name)
-            return 0
-        try:
-            return self._domain(name).fsFreeze(None, 0)
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"fsfreeze {name}") from exc
+        return self._change(name, "fsfreeze", lambda dom: dom.fsFreeze(None, 0), dry_result=0)
 
     def fs_thaw(self, name: str) -> int:
-        if self.dry_run:
-            return 0
-        try:
-            return self._domain(name).fsThaw(None, 0)
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"fsthaw {name}") from exc
+        return self._change(name, "fsthaw", lambda dom: dom.fsThaw(None, 0), dry_result=0)
 
     def has_agent_channel(self, name: str) -> bool:
         """Whether the domain has a qemu-guest-agent channel at all (else there is nobody to ask)."""
@@ -375,22 +377,10 @@ class Hypervisor:
             raise _wrap(exc, f"snapshot of {name}") from exc
 
     def suspend(self, name: str) -> None:
-        if self.dry_run:
-            log.info("dry-run: would pause %s", name)
-            return
-        try:
-            self._domain(name).suspend()
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"pause {name}") from exc
+        self._change(name, "pause", lambda dom: dom.suspend())
 
     def resume(self, name: str) -> None:
-        if self.dry_run:
-            log.info("dry-run: would resume %s", name)
-            return
-        try:
-            self._domain(name).resume()
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"resume {name}") from exc
+        self._change(name, "resume", lambda dom: dom.resume())
 
     def delete_snapshot_metadata(self, name: str, only_ours_or_in: Path) -> list[str]:
         """Remove libvirt snapshot records left by a crash: vmsnapd's own (`vmsnapd-*`) and those whose
@@ -453,15 +443,7 @@ class Hypervisor:
     # -- restore -------------------------------------------------------------------------------------------
 
     def destroy(self, name: str) -> None:
-        if self.dry_run:
-            log.info("dry-run: would stop %s", name)
-            return
-        try:
-            dom = self._domain(name)
-            if dom.isActive():
-                dom.destroy()
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"stop {name}") from exc
+        self._change(name, "stop", lambda dom: dom.destroy() if dom.isActive() else None)
 
     def shutdown(self, name: str, timeout_s: float) -> bool:
         """Ask the guest to shut down; True when it went off within the timeout."""
@@ -481,7 +463,7 @@ class Hypervisor:
     def restore_memory(self, memory_file: str, domain_xml: str | None, *, running: bool = True) -> None:
         flags = libvirt.VIR_DOMAIN_SAVE_RUNNING if running else libvirt.VIR_DOMAIN_SAVE_PAUSED
         if self.dry_run:
-            log.info("dry-run: would restore %s from %s", "domain", memory_file)
+            log.info("dry-run: would restore a domain from %s", memory_file)
             return
         try:
             self.conn.restoreFlags(memory_file, domain_xml, flags)
@@ -489,13 +471,7 @@ class Hypervisor:
             raise _wrap(exc, f"restore from {memory_file}") from exc
 
     def start(self, name: str) -> None:
-        if self.dry_run:
-            log.info("dry-run: would start %s", name)
-            return
-        try:
-            self._domain(name).create()
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"start {name}") from exc
+        self._change(name, "start", lambda dom: dom.create())
 
     def undefine(self, name: str) -> None:
         try:

@@ -51,11 +51,11 @@ class CommandNotFound(CommandError):
     """The executable does not exist or is not executable."""
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    # The child was started in its own session, so its pid is its process group id: this also
-    # reaches grandchildren a script may have forked.
+def kill_process_group(pgid: int) -> None:
+    """SIGKILL a child started in a session of its own (its pid is its process group id), and with it
+    the grandchildren a script may have forked."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
@@ -98,7 +98,7 @@ class Runner:
         try:
             stdout, stderr = proc.communicate(input=input_text, timeout=limit)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_process_group(proc.pid)
             stdout, stderr = proc.communicate()
             raise CommandTimeout(
                 argv, f"{argv[0]} killed after {limit}s timeout", proc.returncode, stderr or ""

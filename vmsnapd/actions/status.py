@@ -202,9 +202,9 @@ def check(ctx: Context) -> tuple[int, str]:
                 continue
             age = now - ps.newest_at
             if age > crit:
-                findings.append((CRITICAL, f"{entry.dataset}: newest {period} is {_age(age)} old"))
+                findings.append((CRITICAL, f"{entry.dataset}: newest {period} is {format_age(age)} old"))
             elif age > warn:
-                findings.append((WARNING, f"{entry.dataset}: newest {period} is {_age(age)} old"))
+                findings.append((WARNING, f"{entry.dataset}: newest {period} is {format_age(age)} old"))
     for pool, cap in status.pools.items():
         if cap >= POOL_CRIT:
             findings.append((CRITICAL, f"pool {pool} {cap}% full"))
@@ -228,7 +228,7 @@ def _limits(policy: DatasetPolicy, period: str) -> tuple[timedelta, timedelta]:
     return AGE_LIMITS[period]
 
 
-def _age(delta: timedelta) -> str:
+def format_age(delta: timedelta) -> str:
     minutes = int(delta.total_seconds() // 60)
     if minutes < 120:
         return f"{minutes} min"
