@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, lab, make_run_dir, median, ratio, remove_tree, vmsnapd, \
-    write_vmsnapd_config  # noqa: E402
+from _common import BenchError, check_ok, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
 
 MODES = [("overlay", True), ("overlay", False), ("pause", True), ("pause", False)]
 
@@ -43,7 +42,7 @@ def manifests(ram_dir: Path) -> dict[Path, dict]:
 
 
 def run_mode(root: Path, dataset: str, vm, method: str, live: bool, n: int) -> dict:
-    config = write_vmsnapd_config(root, {dataset: {"domain": vm.name, "method": method, "live": live,
+    config = lab.write_vmsnapd_config(root, {dataset: {"domain": vm.name, "method": method, "live": live,
                                                    "memory": True, "quiesce": "off", "hourly": 10}})
     ram_dir = root / "ram" / vm.name
     pauses, walls = [], []
@@ -77,7 +76,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     try:
         lab.check_lab()
-        root = make_run_dir("pause")
+        root = lab.make_run_dir("pause")
         pool = lab.create_pool("1G")
         ds = lab.create_dataset(pool, name="guest")
         t0 = time.monotonic()

@@ -27,8 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, lab, make_run_dir, median, ratio, remove_tree, vmsnapd, \
-    write_vmsnapd_config  # noqa: E402
+from _common import BenchError, check_ok, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
 
 POLICY = {"frequently": 0, "hourly": 10, "daily": 2, "weekly": 0, "monthly": 1, "yearly": 0}
 OLDEST_H, NEWEST_H = 40, 11
@@ -187,7 +186,7 @@ def run_tool(tool: str, argv: list[str], parent: str, bindir: Path, logbase: Pat
 
 def one_round(idx: int, n_datasets: int, sanoid: str, bindir: Path, sanoid_first: bool) -> dict[str, dict]:
     pools = []
-    root = make_run_dir("prune")
+    root = lab.make_run_dir("prune")
     try:
         for _ in range(2):
             pools.append(lab.create_pool("1G").name)
@@ -204,7 +203,7 @@ def one_round(idx: int, n_datasets: int, sanoid: str, bindir: Path, sanoid_first
         (confdir / "sanoid.conf").write_text(
             f"[{parents['sanoid']}]\n\tuse_template = bench\n\trecursive = yes\n\tprocess_children_only = yes\n\n"
             f"[template_bench]\n{tmpl}\n\tautosnap = yes\n\tautoprune = yes\n")
-        config = write_vmsnapd_config(
+        config = lab.write_vmsnapd_config(
             root, {parents["vmsnapd"]: {"use_template": "bench", "recursive": True, "process_children_only": True,
                                         "domain": "none"}},
             templates={"bench": {**POLICY, "autosnap": True, "autoprune": True}})

@@ -1,7 +1,6 @@
 """Fixtures for driving vmsnapd itself (through its CLI, as an admin would) against the lab."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -12,18 +11,6 @@ from pathlib import Path
 import pytest
 
 import lab as labmod  # tests/lab/lab.py, put on sys.path by tests/conftest.py
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(value)
 
 
 @dataclass
@@ -52,20 +39,7 @@ class VmsnapdEnv:
         return self.root / "ram"
 
     def write(self) -> Path:
-        daemon = {"state_dir": str(self.state_dir), "overlay_dir": str(self.overlay_dir),
-                  "ram_dir": str(self.ram_dir), **self.daemon}
-        lines = ["[daemon]"] + [f"{k} = {_toml_value(v)}" for k, v in daemon.items()]
-        for name, table in self.templates.items():
-            lines += ["", f"[templates.{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-        for name, table in self.datasets.items():
-            hooks = table.get("hooks")
-            lines += ["", f'[datasets."{name}"]'] + [
-                f"{k} = {_toml_value(v)}" for k, v in table.items() if k != "hooks"]
-            if hooks:
-                lines += ["", f'[datasets."{name}".hooks]'] + [f"{k} = {_toml_value(v)}" for k, v in hooks.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
-        self.config_path.chmod(0o600)
-        return self.config_path
+        return labmod.write_vmsnapd_config(self.root, self.datasets, self.templates, self.daemon)
 
     def run(self, *args: str, expect: int | None = 0, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
@@ -81,11 +55,6 @@ class VmsnapdEnv:
 
 @pytest.fixture
 def vmsnapd_env(lab) -> VmsnapdEnv:
-    # Not under pytest's 0700 tmp dir: QEMU runs as libvirt-qemu and must reach overlay_dir.
-    root = labmod.LAB_DIR / "runs" / labmod.unique_name("run")
-    root.mkdir(parents=True)
-    root.chmod(0o755)
-    (root / "overlay").mkdir(mode=0o711)
-    env = VmsnapdEnv(root=root)
+    env = VmsnapdEnv(root=labmod.make_run_dir("run"))
     yield env
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(env.root, ignore_errors=True)

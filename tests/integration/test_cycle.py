@@ -23,11 +23,6 @@ pytestmark = [pytest.mark.lab]
 ONE_HOURLY = {"hourly": 1, "daily": 0, "monthly": 0}
 
 
-def _snapshots(lab, dataset: str) -> list[str]:
-    out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset)
-    return [line.split("@", 1)[1] for line in out.split() if line.startswith(dataset + "@")]
-
-
 def _dumps(env, domain: str) -> tuple[list[Path], list[Path]]:
     folder = env.ram_dir / domain
     if not folder.exists():
@@ -66,11 +61,9 @@ def _restore_and_check(lab, vm, dataset: str, snapname: str, memfile: Path) -> N
         if raw != memfile:
             raw.unlink()
     lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
-    recs = vm.records()
-    rewritten = sorted(s for s, tok in recs.values() if tok == "restored" and s <= at_snapshot)
+    rewritten, first_new = lab.resume_evidence(vm, at_snapshot, "restored")
     assert not rewritten, f"RAM older than the disk: records {rewritten[:5]} rewritten after restore"
-    new = sorted(s for s, _ in recs.values() if s > at_snapshot)
-    assert new[0] == at_snapshot + 1, f"counter resumed at {new[0]}, snapshot max was {at_snapshot}"
+    assert first_new == at_snapshot + 1, f"counter resumed at {first_new}, snapshot max was {at_snapshot}"
 
 
 @pytest.mark.parametrize("method,live", [("overlay", True), ("overlay", False), ("pause", True), ("pause", False)])
@@ -82,7 +75,7 @@ def test_cycle_of_running_vm_is_consistent(lab, dataset, vmsnapd_env, method, li
 
     proc = env.run("snapshot", dataset.name)
 
-    snaps = _snapshots(lab, dataset.name)
+    snaps = lab.snapshot_names(dataset.name)
     assert len(snaps) == 1 and snaps[0].endswith("_hourly"), snaps
     assert "pause_ms=" in proc.stderr, proc.stderr
     _assert_vm_back_on_base(lab, vm, env)
@@ -112,7 +105,7 @@ def test_two_disk_vm_gets_one_name_on_both_datasets(lab, dataset_factory, vmsnap
 
     env.run("snapshot", vm.name)
 
-    snaps_a, snaps_b = _snapshots(lab, ds_a.name), _snapshots(lab, ds_b.name)
+    snaps_a, snaps_b = lab.snapshot_names(ds_a.name), lab.snapshot_names(ds_b.name)
     assert snaps_a == snaps_b and len(snaps_a) == 1
     # Taken while the guest was frozen: the disks agree. The guest writes each seq to vda, then vdb, so
     # the instant of the freeze may fall between the two writes: vda one ahead, never more, never behind.
@@ -128,7 +121,7 @@ def test_shut_off_vm_gets_a_plain_snapshot_and_no_dump(lab, dataset, vmsnapd_env
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
-    assert len(_snapshots(lab, dataset.name)) == 1
+    assert len(lab.snapshot_names(dataset.name)) == 1
     assert _dumps(env, vm.name) == ([], [])
     assert (dataset.mountpoint / ".vmsnapd" / f"{vm.name}.xml").exists()
 
@@ -144,7 +137,7 @@ def test_failed_zfs_snapshot_still_commits_the_overlay(lab, dataset, vmsnapd_env
     wrapper.chmod(0o755)
     proc = env.run("snapshot", dataset.name, expect=1, env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert "out of space" in proc.stdout + proc.stderr
-    assert _snapshots(lab, dataset.name) == []
+    assert lab.snapshot_names(dataset.name) == []
     _assert_vm_back_on_base(lab, vm, env)
     assert _dumps(env, vm.name) == ([], [])
     assert list((env.state_dir / "cycles").iterdir()) == []
@@ -197,7 +190,7 @@ def test_dry_run_of_a_vm_cycle_touches_nothing(lab, dataset, vmsnapd_env):
     xml_before = vm.dom.XMLDesc(0)
     proc = env.run("once", "--dry-run")
     assert "would" in proc.stdout and "dry-run:" in proc.stderr, proc.stdout + proc.stderr
-    assert _snapshots(lab, dataset.name) == []
+    assert lab.snapshot_names(dataset.name) == []
     assert not env.ram_dir.exists(), list(env.ram_dir.rglob("*"))
     assert list(env.overlay_dir.iterdir()) == []
     assert not (env.state_dir / "cycles").exists() or list((env.state_dir / "cycles").iterdir()) == []

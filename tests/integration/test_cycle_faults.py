@@ -24,11 +24,6 @@ URI = "qemu:///system"
 
 # -- helpers -------------------------------------------------------------------------------------------------
 
-def _snapshots(lab, dataset: str) -> list[str]:
-    out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset)
-    return [line.split("@", 1)[1] for line in out.split() if line.startswith(dataset + "@")]
-
-
 def _dumps(env, domain: str) -> tuple[list[Path], list[Path]]:
     folder = env.ram_dir / domain
     if not folder.is_dir():
@@ -99,7 +94,7 @@ def test_quiesce_required_with_agent_freezes_and_thaws(lab, dataset, vmsnapd_env
     assert re.search(r"cycle quiesced .*: [1-9]\d* file system\(s\) frozen", proc.stderr), proc.stderr
     assert re.search(r"cycle thawed .*: [1-9]\d* file system\(s\) thawed", proc.stderr), proc.stderr
     assert _agent(vm.dom, "guest-fsfreeze-status") == "thawed"
-    snaps = _snapshots(lab, dataset.name)
+    snaps = lab.snapshot_names(dataset.name)
     assert len(snaps) == 1
     dumps, manifests = _dumps(env, vm.name)
     assert len(dumps) == 1 and json.loads(manifests[0].read_text())["quiesced"] is True
@@ -123,7 +118,7 @@ def test_quiesce_required_without_agent_fails_cleanly(lab, dataset, vmsnapd_env)
     proc = env.run("snapshot", dataset.name, expect=1)
 
     assert "agent" in proc.stdout and "quiesce" in proc.stdout, proc.stdout
-    assert _snapshots(lab, dataset.name) == []
+    assert lab.snapshot_names(dataset.name) == []
     assert _dumps(env, vm.name) == ([], [])
     assert _journal(env) == []
     _assert_vm_back_on_base(lab, vm, env)
@@ -139,7 +134,7 @@ def test_quiesce_auto_without_agent_channel_snapshots_quietly(lab, dataset, vmsn
 
     assert "warning" not in proc.stdout, proc.stdout
     assert "no guest agent channel; not quiesced" in proc.stderr
-    assert len(_snapshots(lab, dataset.name)) == 1
+    assert len(lab.snapshot_names(dataset.name)) == 1
     dumps, manifests = _dumps(env, vm.name)
     assert len(dumps) == 1 and json.loads(manifests[0].read_text())["quiesced"] is False
     _assert_vm_back_on_base(lab, vm, env)
@@ -157,7 +152,7 @@ def test_quiesce_auto_with_a_silent_agent_warns_and_snapshots(lab, dataset, vmsn
     proc = env.run("snapshot", dataset.name)
 
     assert re.search(r"warning: .*agent.*not quiesced", proc.stdout), proc.stdout
-    assert len(_snapshots(lab, dataset.name)) == 1
+    assert len(lab.snapshot_names(dataset.name)) == 1
     dumps, manifests = _dumps(env, vm.name)
     assert len(dumps) == 1 and json.loads(manifests[0].read_text())["quiesced"] is False
     _assert_vm_back_on_base(lab, vm, env)
@@ -181,10 +176,10 @@ def test_unwritable_ram_dir(lab, dataset, vmsnapd_env, on_failure):
     proc = env.run("snapshot", dataset.name, expect=0 if on_failure == "disk-only" else 1)
 
     if on_failure == "disk-only":
-        assert len(_snapshots(lab, dataset.name)) == 1
+        assert len(lab.snapshot_names(dataset.name)) == 1
         assert re.search(r"warning: .*cannot write RAM dump.*disk-only", proc.stdout), proc.stdout
     else:
-        assert _snapshots(lab, dataset.name) == []
+        assert lab.snapshot_names(dataset.name) == []
         assert "on_memory_failure" in proc.stdout, proc.stdout
     assert blocker.read_text() == "in the way\n"
     assert not list(env.root.rglob("*.mem*")), "a RAM dump was written somewhere"
@@ -207,7 +202,7 @@ def test_ram_dump_that_cannot_be_stored_after_the_snapshot(lab, dataset, vmsnapd
     proc = env.run("snapshot", dataset.name, expect=0 if on_failure == "disk-only" else 1,
                    env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
 
-    assert len(_snapshots(lab, dataset.name)) == 1, proc.stdout  # taken before the dump was stored: it stays
+    assert len(lab.snapshot_names(dataset.name)) == 1, proc.stdout  # taken before the dump was stored: it stays
     assert "RAM dump could not be stored" in proc.stdout, proc.stdout
     assert ("warning:" in proc.stdout) == (on_failure == "disk-only")
     assert not list(env.root.rglob("*.mem*")), "a RAM file was left somewhere"
@@ -234,7 +229,7 @@ def test_failed_blockcommit_is_critical_and_recover_finishes_it(lab, dataset, vm
         assert f"still runs on overlay {env.overlay_dir}" in proc.stdout, proc.stdout
         assert "vmsnapd recover" in proc.stdout
         # The snapshot and its RAM dump are good restore points: kept, and reported.
-        snaps = _snapshots(lab, dataset.name)
+        snaps = lab.snapshot_names(dataset.name)
         assert len(snaps) == 1 and snaps[0] in proc.stdout, proc.stdout
         assert len(_dumps(env, vm.name)[0]) == 1
         # The VM is safe on its overlay and keeps writing.
@@ -268,7 +263,7 @@ def test_domain_destroyed_by_pre_snapshot_hook(lab, dataset, vmsnapd_env):
     proc = env.run("snapshot", dataset.name, expect=1)
 
     assert "no longer running" in proc.stdout, proc.stdout
-    assert _snapshots(lab, dataset.name) == []
+    assert lab.snapshot_names(dataset.name) == []
     assert _journal(env) == []
     assert _dumps(env, vm.name) == ([], [])
     _assert_vm_back_on_base(lab, vm, env, state=libvirt.VIR_DOMAIN_SHUTOFF)
@@ -285,7 +280,7 @@ def test_domain_destroyed_while_on_overlay(lab, dataset, vmsnapd_env, tmp_path):
     proc = env.run("snapshot", dataset.name, env=path_env)
 
     assert "shut off during the cycle" in proc.stdout, proc.stdout
-    snaps = _snapshots(lab, dataset.name)
+    snaps = lab.snapshot_names(dataset.name)
     assert len(snaps) == 1
     at_snapshot = lab.snapshot_max_counter(f"{dataset.name}@{snaps[0]}", vm.disks[0].relpath)
     # What the guest wrote into the overlay in its last 0.5 s is now in the base file.
@@ -323,7 +318,7 @@ def test_libvirt_connection_dropped_mid_cycle_reconnects(lab, dataset, vmsnapd_e
 
     assert log.exists() and log.read_text().strip(), "the wrapper found no connection of vmsnapd to drop"
     assert "reconnecting" in proc.stderr, proc.stderr
-    assert len(_snapshots(lab, dataset.name)) == 1
+    assert len(lab.snapshot_names(dataset.name)) == 1
     assert len(_dumps(env, vm.name)[0]) == 1
     assert _journal(env) == []
     _assert_vm_back_on_base(lab, vm, env)
@@ -350,7 +345,7 @@ def test_libvirtd_restart_mid_cycle(lab, dataset, vmsnapd_env, tmp_path):
     proc = env.run("snapshot", dataset.name, env=_wrapper(tmp_path, _RESTART_LIBVIRTD))
 
     assert "reconnecting" in proc.stderr, proc.stderr
-    assert len(_snapshots(lab, dataset.name)) == 1
+    assert len(lab.snapshot_names(dataset.name)) == 1
     assert _journal(env) == []
     _assert_vm_back_on_base(lab, vm, env)
 
@@ -365,7 +360,7 @@ def test_paused_vm_gets_ram_and_snapshot_and_stays_paused(lab, dataset, vmsnapd_
 
     env.run("snapshot", dataset.name)
 
-    assert len(_snapshots(lab, dataset.name)) == 1
+    assert len(lab.snapshot_names(dataset.name)) == 1
     dumps, manifests = _dumps(env, vm.name)
     assert len(dumps) == 1 and len(manifests) == 1
     assert json.loads(manifests[0].read_text())["method"] == "pause"
@@ -396,7 +391,7 @@ def test_max_parallel(lab, dataset_factory, vmsnapd_env, tmp_path, max_parallel)
     proc = env.run("once", "--take", env=path_env)
 
     for ds in (ds1, ds2, ds3):
-        assert len(_snapshots(lab, ds.name)) == 1, proc.stdout
+        assert len(lab.snapshot_names(ds.name)) == 1, proc.stdout
     assert proc.stderr.count(f"domain={vm1.name} ") and len(re.findall(
         rf"cycle done .*domain={vm1.name} ", proc.stderr)) == 1, proc.stderr
     assert len(re.findall(rf"cycle done .*domain={vm2.name} ", proc.stderr)) == 1
@@ -426,7 +421,7 @@ def test_two_disk_shut_off_vm_on_sibling_datasets_says_not_atomic(lab, dataset_f
 
     proc = env.run("snapshot", vm.name)
 
-    snaps_a, snaps_b = _snapshots(lab, ds_a.name), _snapshots(lab, ds_b.name)
+    snaps_a, snaps_b = lab.snapshot_names(ds_a.name), lab.snapshot_names(ds_b.name)
     assert snaps_a == snaps_b and len(snaps_a) == 1
     assert re.search(r"warning: .*not atomically", proc.stdout), proc.stdout
 
@@ -443,7 +438,7 @@ def test_two_disk_shut_off_vm_on_one_subtree_is_atomic(lab, dataset_factory, vms
 
     proc = env.run("snapshot", vm.name, env=path_env)
 
-    snaps_p, snaps_c = _snapshots(lab, parent.name), _snapshots(lab, child.name)
+    snaps_p, snaps_c = lab.snapshot_names(parent.name), lab.snapshot_names(child.name)
     assert snaps_p == snaps_c and len(snaps_p) == 1
     assert "not atomic" not in proc.stdout + proc.stderr, proc.stdout
     assert log.read_text().splitlines() == [f"snapshot -r {parent.name}@{snaps_p[0]}"]
@@ -457,6 +452,6 @@ def test_a_domain_that_does_not_exist_fails_alone(lab, dataset_factory, vmsnapd_
     env.datasets[plain_ds.name] = {**ONE_HOURLY, "domain": "none"}
     proc = env.run("once", expect=1)
     assert "vlab-no-such-domain" in proc.stdout and "does not exist" in proc.stdout, proc.stdout
-    assert _snapshots(lab, ghost_ds.name) == []
-    assert len(_snapshots(lab, plain_ds.name)) == 1
+    assert lab.snapshot_names(ghost_ds.name) == []
+    assert len(lab.snapshot_names(plain_ds.name)) == 1
     assert _journal(env) == []

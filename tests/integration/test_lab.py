@@ -111,12 +111,10 @@ def test_hand_made_cycle_restores_counter_exactly(lab, running_vm):
     assert vm.dom.isActive()
     assert str(disk.path) in vm.dom.XMLDesc(0)
     lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
-    recs = vm.records()
-    rewritten = sorted(s for s, tok in recs.values() if tok == "restored" and s <= at_snapshot)
+    rewritten, first_new = lab.resume_evidence(vm, at_snapshot, "restored")
     assert not rewritten, f"RAM older than the disk: records {rewritten[:5]} rewritten after restore"
-    new = sorted(s for s, _ in recs.values() if s > at_snapshot)
-    assert new[0] == at_snapshot + 1, f"counter resumed at {new[0]}, snapshot max was {at_snapshot}"
-    assert any(tok == "restored" for s, tok in recs.values() if s > at_snapshot)
+    assert first_new == at_snapshot + 1, f"counter resumed at {first_new}, snapshot max was {at_snapshot}"
+    assert any(tok == "restored" for s, tok in vm.records().values() if s > at_snapshot)
 
 
 def test_qcow2_disk_counter_readable_while_running(lab, vm_factory):

@@ -10,11 +10,6 @@ import pytest
 pytestmark = [pytest.mark.lab]
 
 
-def _snapshots(lab, dataset: str) -> list[str]:
-    out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset)
-    return sorted(line.split("@", 1)[1] for line in out.split() if line.startswith(dataset + "@"))
-
-
 def _dumps(env, domain: str) -> list[Path]:
     folder = env.ram_dir / domain
     return sorted(p for p in folder.iterdir() if ".mem" in p.name) if folder.exists() else []
@@ -30,7 +25,7 @@ def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, dataset, vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 1, "daily": 1, "monthly": 0, "domain": vm.name}
 
     env.run("once", "--take")
-    first = _snapshots(lab, dataset.name)
+    first = sorted(lab.snapshot_names(dataset.name))
     assert [n.rsplit("_", 1)[1] for n in first] == ["daily", "hourly"], first
     assert len({_stamp(n) for n in first}) == 1
     first_dump = _dumps(env, vm.name)
@@ -41,10 +36,10 @@ def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, dataset, vmsnapd_env
     dumps = _dumps(env, vm.name)
     assert len(dumps) == 2
     second_dump = [d for d in dumps if d != first_dump[0]][0]
-    second_hourly = [n for n in _snapshots(lab, dataset.name) if n not in first][0]
+    second_hourly = [n for n in sorted(lab.snapshot_names(dataset.name)) if n not in first][0]
 
     proc = env.run("once", "--prune")
-    left = _snapshots(lab, dataset.name)
+    left = sorted(lab.snapshot_names(dataset.name))
     assert left == sorted([first[0], second_hourly]), left  # first hourly gone, its daily stays
     assert _dumps(env, vm.name) == dumps, "the first dump went although its daily snapshot is alive"
     assert "RAM dumps" not in proc.stdout
@@ -54,7 +49,7 @@ def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, dataset, vmsnapd_env
     assert str(first_dump[0]) in dry.stdout and "would delete" in dry.stdout, dry.stdout
     assert _dumps(env, vm.name) == dumps
     env.run("once", "--prune")
-    assert _snapshots(lab, dataset.name) == [second_hourly]
+    assert sorted(lab.snapshot_names(dataset.name)) == [second_hourly]
     assert _dumps(env, vm.name) == [second_dump]
     assert not Path(str(first_dump[0]).rsplit(".mem", 1)[0] + ".json").exists()
 
@@ -68,7 +63,7 @@ def test_ram_keep_keeps_dumps_of_the_newest_cycles_only(lab, dataset, vmsnapd_en
         time.sleep(1.1)
     assert len(_dumps(env, vm.name)) == 3
     env.run("once", "--prune")
-    snaps = _snapshots(lab, dataset.name)
+    snaps = sorted(lab.snapshot_names(dataset.name))
     assert len(snaps) == 3
     dumps = _dumps(env, vm.name)
     assert len(dumps) == 1 and _stamp(snaps[-1]) in dumps[0].name
@@ -79,7 +74,7 @@ def test_orphan_dump_swept_and_foreign_files_untouched(lab, dataset, vmsnapd_env
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 5, "daily": 0, "monthly": 0, "domain": vm.name}
     env.run("snapshot", dataset.name)
-    (snap,) = _snapshots(lab, dataset.name)
+    (snap,) = sorted(lab.snapshot_names(dataset.name))
     foreign = env.ram_dir / vm.name / "notes.txt"
     foreign.write_text("admin's file")
     stray = env.ram_dir / "unrelated.mem"
@@ -133,7 +128,7 @@ def test_hooks_get_sanoid_environment_and_verbatim_argv(lab, dataset, vmsnapd_en
     pre, post = calls
     assert pre["argv"] == [str(out), tricky]
     assert not Path("/tmp/pwned").exists()
-    names = _snapshots(lab, dataset.name)
+    names = sorted(lab.snapshot_names(dataset.name))
     hourly = [n for n in names if n.endswith("_hourly")][0]
     daily = [n for n in names if n.endswith("_daily")][0]
     # sanoid's values: comma-separated, short names, types in the order of the names
@@ -160,7 +155,7 @@ def test_failing_pre_snapshot_hook_means_no_snapshot_and_no_overlay(lab, dataset
     }
     proc = env.run("once", "--take", expect=1)
     assert "pre_snapshot hook failed" in proc.stdout
-    assert _snapshots(lab, dataset.name) == []
+    assert sorted(lab.snapshot_names(dataset.name)) == []
     assert list(env.overlay_dir.iterdir()) == [] and _dumps(env, vm.name) == []
     assert str(env.overlay_dir) not in vm.dom.XMLDesc(0)
     (post,) = [json.loads(line) for line in out.read_text().splitlines()]
@@ -168,7 +163,7 @@ def test_failing_pre_snapshot_hook_means_no_snapshot_and_no_overlay(lab, dataset
 
     env.datasets[dataset.name]["pre_snapshot_failure"] = "continue"
     env.run("once", "--take")
-    assert len(_snapshots(lab, dataset.name)) == 1
+    assert len(sorted(lab.snapshot_names(dataset.name))) == 1
 
 
 def test_hook_past_its_timeout_is_killed_with_children_and_pass_goes_on(lab, dataset_factory, vmsnapd_env, tmp_path):
@@ -187,8 +182,8 @@ def test_hook_past_its_timeout_is_killed_with_children_and_pass_goes_on(lab, dat
     assert "timeout" in proc.stdout + proc.stderr
     child = int(pidfile.read_text())
     assert not _alive(child), f"the hook's child {child} survived the timeout"
-    assert _snapshots(lab, slow.name) == []
-    assert len(_snapshots(lab, other.name)) == 1
+    assert sorted(lab.snapshot_names(slow.name)) == []
+    assert len(sorted(lab.snapshot_names(other.name))) == 1
 
 
 def test_pre_prune_hook_keeps_its_snapshot_and_post_prune_gets_the_list(lab, dataset, vmsnapd_env, tmp_path):
@@ -205,7 +200,7 @@ def test_pre_prune_hook_keeps_its_snapshot_and_post_prune_gets_the_list(lab, dat
                                   "hooks": {"pre_prune": [str(keeper), "2026-01-02"],
                                             "post_prune": [str(hook), str(out)]}}
     env.run("once", "--prune")
-    assert _snapshots(lab, dataset.name) == ["autosnap_2026-01-02_00:00:00_hourly"]
+    assert sorted(lab.snapshot_names(dataset.name)) == ["autosnap_2026-01-02_00:00:00_hourly"]
     (post,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert post["env"]["VMSNAPD_DESTROYED"].split("\n") == [
         f"{dataset.name}@autosnap_2026-01-01_00:00:00_hourly", f"{dataset.name}@autosnap_2026-01-03_00:00:00_hourly"]

@@ -12,11 +12,6 @@ pytestmark = [pytest.mark.lab]
 ONE_HOURLY = {"hourly": 3, "daily": 0, "monthly": 0}
 
 
-def _snapshots(lab, dataset: str) -> list[str]:
-    out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset)
-    return sorted(line.split("@", 1)[1] for line in out.split() if line.startswith(dataset + "@"))
-
-
 def _snap_max(lab, vm, dataset, snap) -> int:
     return lab.snapshot_max_counter(f"{dataset.name}@{snap}", vm.disk.relpath)
 
@@ -28,7 +23,7 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     env.daemon["ram_compression"] = compression
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
-    (snap,) = _snapshots(lab, dataset.name)
+    (snap,) = sorted(lab.snapshot_names(dataset.name))
     (point,) = json.loads(env.run("list", vm.name, "--json").stdout)
     assert point["snapshot"] == snap and point["domain"] == vm.name and point["ram_dump"]
     assert "RAM" in env.run("list", dataset.name).stdout
@@ -36,7 +31,7 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     lab.wait_counter_advances(vm, by=20, start=at_snapshot)
     time.sleep(1.1)
     env.run("snapshot", dataset.name)  # a newer restore point, destroyed by the rollback
-    newer = [s for s in _snapshots(lab, dataset.name) if s != snap][0]
+    newer = [s for s in sorted(lab.snapshot_names(dataset.name)) if s != snap][0]
 
     refused = env.run("restore", vm.name, snap, expect=1)
     assert "--force-stop" in refused.stderr and vm.dom.isActive()
@@ -46,12 +41,10 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     lab.write_token(vm, "restored")
     proc = env.run("restore", vm.name, snap, "--force-stop", "--yes")
     assert "resumed" in proc.stdout, proc.stdout
-    assert _snapshots(lab, dataset.name) == [snap]
+    assert sorted(lab.snapshot_names(dataset.name)) == [snap]
     lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
-    recs = vm.records()
-    rewritten = sorted(s for s, tok in recs.values() if tok == "restored" and s <= at_snapshot)
+    rewritten, first_new = lab.resume_evidence(vm, at_snapshot, "restored")
     assert not rewritten, f"RAM older than the disk: records {rewritten[:5]} rewritten"
-    first_new = min(s for s, _ in recs.values() if s > at_snapshot)
     assert first_new == at_snapshot + 1, f"resumed at {first_new}, snapshot max was {at_snapshot}"
 
 
@@ -60,7 +53,7 @@ def test_restore_without_memory_boots_from_the_rolled_back_disk(lab, dataset, vm
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
-    (snap,) = _snapshots(lab, dataset.name)
+    (snap,) = sorted(lab.snapshot_names(dataset.name))
     at_snapshot = _snap_max(lab, vm, dataset, snap)
     lab.stop_vm(vm)
     proc = env.run("restore", dataset.name, snap, "--no-memory", "--yes")
@@ -75,7 +68,7 @@ def test_restore_as_a_clone_leaves_the_original_alone(lab, dataset, vmsnapd_env)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
-    (snap,) = _snapshots(lab, dataset.name)
+    (snap,) = sorted(lab.snapshot_names(dataset.name))
     clone = lab.unique_name("clone")
     lab.CREATED_VMS.append(clone)  # the lab's cleanup removes it with the others
     proc = env.run("restore", vm.name, snap, "--clone", clone, "--yes")
@@ -100,14 +93,14 @@ def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, dat
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 2, "daily": 2, "monthly": 2, "domain": vm.name}
     env.run("once")
-    cycle = _snapshots(lab, dataset.name)
+    cycle = sorted(lab.snapshot_names(dataset.name))
     assert len(cycle) == 3
     hourly = [s for s in cycle if s.endswith("_hourly")][0]
     time.sleep(1.1)
     env.run("snapshot", dataset.name)
-    later = [s for s in _snapshots(lab, dataset.name) if s not in cycle]
+    later = [s for s in sorted(lab.snapshot_names(dataset.name)) if s not in cycle]
     proc = env.run("restore", vm.name, hourly, "--yes")
-    assert _snapshots(lab, dataset.name) == cycle, proc.stdout  # only the later cycle went
+    assert sorted(lab.snapshot_names(dataset.name)) == cycle, proc.stdout  # only the later cycle went
     assert later[0] in proc.stdout
     lab.stop_vm(vm)
 
@@ -121,7 +114,7 @@ def test_restore_of_a_quiesced_dump_thaws_the_guest(lab, agent_vm, vmsnapd_env):
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "quiesce": "required",
                                   "exclude_disks": [vm.fs_disk.target]}  # the ext4 disk lives outside
     env.run("snapshot", dataset.name)
-    (snap,) = _snapshots(lab, dataset.name)
+    (snap,) = sorted(lab.snapshot_names(dataset.name))
     proc = env.run("restore", vm.name, snap, "--force-stop", "--yes")
     assert "thawed" in proc.stdout, proc.stdout
     status = libvirt_qemu.qemuAgentCommand(vm.dom, '{"execute":"guest-fsfreeze-status"}', 10, 0)

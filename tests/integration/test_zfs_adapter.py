@@ -44,8 +44,7 @@ def zfs(rec) -> Zfs:
 
 def snaps(lab, dataset: str) -> set[str]:
     """Short names of the snapshots of `dataset` itself (not its children)."""
-    out = lab.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", str(dataset))
-    return {line.split("@", 1)[1] for line in out.split("\n") if line.startswith(f"{dataset}@")}
+    return set(lab.snapshot_names(dataset))
 
 
 def test_dialect_is_zfs_fuse_and_detected_once(zfs, rec):

@@ -113,11 +113,7 @@ def demo() -> int:
     lab.write_token(vm, "restored")
     vmsnapd(config, "restore", vm.name, first, "--force-stop", "--yes")
     lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=30)
-    records = vm.records().values()
-    # A record rewritten with the new token at or below the snapshot's max would mean RAM older than the disk;
-    # a first new record past max + 1 would mean RAM newer than the disk.
-    rewritten = [seq for seq, token in records if token == "restored" and seq <= at_snapshot]
-    first_new = min(seq for seq, _ in records if seq > at_snapshot)
+    rewritten, first_new = lab.resume_evidence(vm, at_snapshot, "restored")
     consistent = not rewritten and first_new == at_snapshot + 1
     print(f"demo: after the restore the guest resumed from RAM and wrote {first_new} next "
           f"(snapshot max {at_snapshot} + 1 = {at_snapshot + 1}), rewrote nothing older: "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -323,6 +324,55 @@ def snapshot(dataset: str | Dataset, snapname: str | None = None) -> str:
     return snap
 
 
+def snapshot_names(dataset: str | Dataset) -> list[str]:
+    """Short names of the snapshots of `dataset` itself (not its children), in the order zfs lists them."""
+    out = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", str(dataset))
+    return [line.split("@", 1)[1] for line in out.splitlines() if line.startswith(f"{dataset}@")]
+
+
+# --------------------------------------------------------------------------------------------------- vmsnapd runs
+def make_run_dir(kind: str = "run") -> Path:
+    """A fresh directory for one vmsnapd config with its state/overlay/RAM dirs, under LAB_DIR/runs — not in
+    pytest's 0700 tmp dirs: QEMU runs as libvirt-qemu and must reach overlay/ (0711)."""
+    root = LAB_DIR / "runs" / unique_name(kind)
+    root.mkdir(parents=True)
+    root.chmod(0o755)
+    (root / "overlay").mkdir(mode=0o711)
+    (root / "overlay").chmod(0o711)
+    return root
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def write_vmsnapd_config(root: Path, datasets: dict[str, dict], templates: dict[str, dict] | None = None,
+                         daemon: dict | None = None) -> Path:
+    """`root`/vmsnapd.toml (0600) with state/overlay/RAM under `root`; a dataset's "hooks" dict becomes its
+    hooks table."""
+    settings = {"state_dir": str(root / "state"), "overlay_dir": str(root / "overlay"), "ram_dir": str(root / "ram"),
+                **(daemon or {})}
+    lines = ["[daemon]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
+    for name, table in (templates or {}).items():
+        lines += ["", f"[templates.{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    for name, table in datasets.items():
+        lines += ["", f'[datasets."{name}"]'] + [f"{k} = {toml_value(v)}" for k, v in table.items() if k != "hooks"]
+        if table.get("hooks"):
+            lines += ["", f'[datasets."{name}".hooks]'] + [f"{k} = {toml_value(v)}" for k, v in table["hooks"].items()]
+    path = root / "vmsnapd.toml"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
 # --------------------------------------------------------------------------------------------------- counter
 def parse_records(data: bytes) -> dict[int, tuple[int, str]]:
     """{sector: (seq, token)} of every counter record in the first RING sectors of a raw image."""
@@ -357,6 +407,15 @@ def read_max_counter(path: str | os.PathLike, fmt: str | None = None) -> int:
     """Highest seq on a counter disk image (0 when none written yet)."""
     recs = read_records(path, fmt)
     return max((s for s, _ in recs.values()), default=0)
+
+
+def resume_evidence(vm: "VM", at_snapshot: int, token: str) -> tuple[list[int], int]:
+    """After a restore with `token` newly written: (records at or below the snapshot's max rewritten with
+    `token` — RAM older than the disk when any, the first counter past the max — RAM newer than the disk
+    when it is not max + 1)."""
+    records = vm.records().values()
+    rewritten = sorted(seq for seq, tok in records if tok == token and seq <= at_snapshot)
+    return rewritten, min(seq for seq, _ in records if seq > at_snapshot)
 
 
 def read_snapshot_records(snap: str, relpath: str, fmt: str | None = None) -> dict[int, tuple[int, str]]:
