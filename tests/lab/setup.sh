@@ -90,6 +90,13 @@ if ! pgrep -x virtlogd >/dev/null; then
 else
     say "virtlogd running"
 fi
+# Without udev, /dev/kvm can be root-only: QEMU's capability probe (as root) then sees KVM while libvirtd's check
+# for the qemu user does not, and libvirtd re-probes QEMU on every driver call (seen: `virsh version` 40-60 s under
+# load). Give it Debian's udev permissions (group kvm, 0660); the lab's guests still run TCG (<domain type='qemu'>).
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+    say "/dev/kvm: group kvm, mode 0660 (as Debian's udev rule sets it)"
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
 if ! pgrep -x libvirtd >/dev/null; then
     say "starting libvirtd (log /var/log/vmsnapd-lab/libvirtd.log)"
     setsid libvirtd </dev/null >>/var/log/vmsnapd-lab/libvirtd.log 2>&1 &
