@@ -11,7 +11,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -371,17 +371,24 @@ def _from_text(text: str, source: str | os.PathLike[str], errors: list[str]) -> 
         raise ConfigError(source, errors + ["arrays or inline tables nested too deeply to parse"]) from None
     try:
         return _validate(raw, source, errors, _nul_messages(raw))
-    except ConfigError:
-        raise
     except (RecursionError, MemoryError):
         raise ConfigError(source, errors + ["values nested too deeply to validate"]) from None
+
+
+def _total(load: Callable[[], Config], source: str | os.PathLike[str]) -> Config:
+    """Run a load so that whatever goes wrong is a ConfigError: a config never causes a traceback (every CLI
+    command then exits 78, a reload keeps the running config)."""
+    try:
+        return load()
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 — any input gives a clear error; the type tells a bug report where
-        raise ConfigError(source, errors + [f"cannot be validated ({type(exc).__name__}: {exc})"]) from None
+        raise ConfigError(source, [f"cannot be loaded ({type(exc).__name__}: {exc})"]) from None
 
 
 def parse_config(text: str, source: str | os.PathLike[str] = "<string>") -> Config:
     """Validate policy TOML text; raise ConfigError listing every error."""
-    return _from_text(text, source, [])
+    return _total(lambda: _from_text(text, source, []), source)
 
 
 def _validate(raw: dict[str, Any], source: str | os.PathLike[str], errors: list[str],
@@ -448,6 +455,10 @@ def _read_policy_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_resu
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the policy file; refuse it when anyone but us (root) may write it: it holds the
     commands vmsnapd runs as root. Any problem, whatever the bytes, is a ConfigError."""
+    return _total(lambda: _load_file(path), path)
+
+
+def _load_file(path: str | os.PathLike[str]) -> Config:
     errors = []
     data, info = _read_policy_file(path)
     mode = info.st_mode
