@@ -300,7 +300,7 @@ def _pydantic_messages(error: ValidationError, raw: Mapping[str, Any]) -> list[s
         if item["type"] == "extra_forbidden":
             text = "unknown key"
             if len(loc) == 3 and loc[0] == "datasets" and isinstance(item["input"], dict):
-                text += f' (dataset names need quotes: [datasets."{loc[1]}/{loc[2]}"])'
+                text += f" (dataset names need quotes: [datasets.{_quoted(f'{loc[1]}/{loc[2]}')}])"
         elif item["type"] in ("model_type", "dict_type"):
             text = "must be a table"
         else:
