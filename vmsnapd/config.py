@@ -421,8 +421,8 @@ def _not_regular(mode: int) -> str | None:
     return f"not a regular file but {_FILE_KINDS.get(stat.S_IFMT(mode), 'a special file')}"
 
 
-def _read_policy_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
-    """The file's bytes and its fstat. Only a regular file of at most MAX_CONFIG_BYTES is read.
+def read_regular_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and its fstat; ConfigError unless it is a regular file of at most MAX_CONFIG_BYTES.
 
     stat() first, so a FIFO or a device is never opened (opening a tape rewinds it, a FIFO blocks); then the
     open is non-blocking and fstat() checks what was really opened, so a swap in between is refused too.
@@ -461,7 +461,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def _load_file(path: str | os.PathLike[str]) -> Config:
     errors = []
-    data, info = _read_policy_file(path)
+    data, info = read_regular_file(path)
     mode = info.st_mode
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         errors.append(

@@ -165,22 +165,28 @@ def test_documentation_reference_is_current():
 # -- no traceback, no hang, whatever the file is (issue 8, "What was seen" #5) ---------------------------------
 
 
-def _load_with_guard(path, seconds: float = 10.0):
-    """load_config in a thread: a regression that blocks (open of a FIFO) fails the test instead of hanging it."""
+def _load_with_guard(path, seconds: float = 10.0, load=load_config):
+    """`load(path)` in a thread: a regression that blocks (open of a FIFO) fails the test instead of hanging it;
+    a FIFO it blocks on is then opened for writing, which releases the reader."""
+    import os
     import threading
 
     outcome = {}
 
-    def load():
+    def run():
         try:
-            outcome["value"] = load_config(path)
+            outcome["value"] = load(path)
         except BaseException as exc:  # noqa: BLE001 — the test inspects whatever came out
             outcome["value"] = exc
 
-    thread = threading.Thread(target=load, daemon=True)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(seconds)
-    return thread.is_alive(), outcome.get("value")
+    hung = thread.is_alive()
+    if hung and Path(path).is_fifo():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(seconds)
+    return hung, outcome.get("value")
 
 
 def test_fifo_is_refused_without_blocking(tmp_path):
@@ -189,8 +195,6 @@ def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "vmsnapd.toml"
     os.mkfifo(fifo, 0o600)
     hung, value = _load_with_guard(fifo)
-    if hung:  # release the reader so the thread ends, then fail
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert not hung, "load_config blocked on a FIFO"
     assert isinstance(value, ConfigError) and "a FIFO" in str(value) and str(value).startswith(str(fifo))
 
@@ -380,7 +384,6 @@ def test_daemon_reload_with_a_bad_file_keeps_the_running_config(tmp_path, conten
 
 def test_daemon_reload_of_a_fifo_does_not_block(tmp_path):
     import os
-    import threading
 
     from vmsnapd.daemon import Daemon
 
@@ -389,12 +392,7 @@ def test_daemon_reload_of_a_fifo_does_not_block(tmp_path):
     daemon = Daemon(path, old)
     path.unlink()
     os.mkfifo(path, 0o600)
-    thread = threading.Thread(target=daemon.reload, daemon=True)
-    thread.start()
-    thread.join(10)
-    hung = thread.is_alive()
-    if hung:
-        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    hung, _ = _load_with_guard(path, load=lambda _path: daemon.reload())
     assert not hung, "reload blocked on a FIFO"
     assert daemon.config is old
 
@@ -407,3 +405,38 @@ def test_daemon_reload_takes_a_valid_new_config(tmp_path):
     path.write_text('[daemon]\nmetrics_listen = "[::1]:9810"\n')
     daemon.reload()
     assert daemon.config.daemon.metrics_listen == "[::1]:9810"
+
+
+# -- every CLI command: exit 78 with a message, whatever the file is -------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["config", "check"], ["status"], ["check"], ["once", "--dry-run"], ["list"],
+                                     ["recover"], ["snapshot", "x"], ["run"]])
+def test_every_command_exits_78_on_an_unloadable_config(tmp_path, capsys, command):
+    from vmsnapd.cli import EX_CONFIG, main
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[daemon]\nutc = " + "[" * 5000 + "]" * 5000 + "\n")
+    deep.chmod(0o600)
+    for path in ("/dev/zero", str(deep), str(tmp_path)):
+        assert main(["-c", path, *command]) == EX_CONFIG
+        error = capsys.readouterr().err
+        assert error.startswith(path) and "Traceback" not in error
+
+
+def test_import_sanoid_refuses_a_fifo_and_non_utf8(tmp_path, capsys):
+    import os
+
+    from vmsnapd.cli import EX_CONFIG, main
+
+    fifo = tmp_path / "sanoid.conf"
+    os.mkfifo(fifo, 0o600)
+    hung, code = _load_with_guard(fifo, load=lambda path: main(["import-sanoid", str(path)]))
+    assert not hung and code == EX_CONFIG  # at once: a FIFO is never opened
+    latin1 = tmp_path / "latin1.conf"
+    latin1.write_bytes(b"[tank/caf\xe9]\nhourly = 1\n")
+    assert main(["import-sanoid", str(latin1)]) == EX_CONFIG
+    no_section = tmp_path / "flat.conf"
+    no_section.write_text("hourly = 1\n")
+    assert main(["import-sanoid", str(no_section)]) == EX_CONFIG
+    assert "not a sanoid.conf" in capsys.readouterr().err

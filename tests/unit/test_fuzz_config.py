@@ -239,3 +239,27 @@ def test_structural_mutations_of_the_samples(table):
        }))
 def test_random_documents(table):
     assert_config_or_config_error(lambda: parse_config(document(table), "random.toml"))
+
+
+# -- import-sanoid: a sanoid.conf of any content --------------------------------------------------------------
+
+SANOID_LINES = ["[rpool/VM]", "[template_x]", "[template_default]", "[version]", "path = tank/x", "use_template = x",
+                "use_template = production,x", "hourly = 3", "hourly = -1", "hourly = abc", "hourly = \u0663",
+                "hourly = 99999999999999999999999", "recursive = yes", "recursive = zfs", "autosnap = no",
+                "process_children_only = yes", "pre_snapshot_script = /bin/x", "pre_snapshot_script = ",
+                "script_timeout = 5", "script_timeout = inf", "script_timeout = nan", "no_inconsistent_snapshot = yes",
+                "skip_children = yes", "frequent_period = 0", "daily_hour = 99", "=", "[", "]", "[template_]",
+                "[a b]", "[\0]", "x = \0", "# c", ""]
+
+
+@FUZZ
+@given(lines=st.lists(st.sampled_from(SANOID_LINES) | st.text(max_size=10), max_size=12))
+def test_import_sanoid_gives_toml_or_a_config_error(lines):
+    from vmsnapd.sanoid_import import sanoid_to_toml
+
+    try:
+        result = sanoid_to_toml("\n".join(lines))
+    except ConfigError as exc:
+        assert exc.errors and all("\n" not in error for error in exc.errors), exc.errors
+        return
+    assert isinstance(parse_config(result), Config)
