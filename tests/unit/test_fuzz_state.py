@@ -87,3 +87,21 @@ def test_manifest_of_any_content_is_none_or_a_manifest(directory, data):
     path.write_bytes(data)
     manifest = read_manifest(path)
     assert manifest is None or manifest.domain
+
+
+def test_a_garbled_lock_file_still_gives_lock_busy(tmp_path):
+    import fcntl
+    import os
+
+    from vmsnapd.lock import LockBusy, pass_lock
+
+    path = tmp_path / "vmsnapd.lock"
+    path.write_bytes(b"\xff\xfe pid \x00" * 100)
+    holder = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(LockBusy, match="another vmsnapd pass"):
+            with pass_lock(tmp_path, wait_s=0):
+                pass
+    finally:
+        os.close(holder)
