@@ -36,7 +36,7 @@ from vmsnapd.config import (
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "config" / "valid").glob("*.toml")) + [ROOT / "config" / "vmsnapd.toml"]
 SAMPLE_BYTES = [path.read_bytes() for path in SAMPLES]
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 KNOWN_KEYS = sorted({*POLICY_KEYS, *DaemonSettings.model_fields, *DatasetTable.model_fields, *Hooks.model_fields,
                      "daemon", "templates", "datasets", "hooks"})

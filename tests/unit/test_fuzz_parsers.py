@@ -18,7 +18,7 @@ from vmsnapd.hypervisor import HypervisorError, parse_backing
 from vmsnapd.runner import CommandResult, Runner
 from vmsnapd.zfs import ZfsError, ZfsListing, ZfsOutputError, Zfs, parse_capacity, parse_tree
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 NAMES = ["tank", "tank/vm", "tank/vm/a b", "tank/vm@autosnap_2026-11-29_01:00:00_hourly", "tank/vm@x",
          "tank/vm/web@y", "-r", "tank//x", "tank/x@", "@x", "tank/\ufffd", "", "tank/vm#bookmark", "a@b@c"]

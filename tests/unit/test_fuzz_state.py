@@ -20,7 +20,7 @@ from vmsnapd.actions.status import RESULTS_FILE, LastResult, _load_results, reco
 from vmsnapd.journal import Journal
 from vmsnapd.ramstore import read_manifest
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
