@@ -11,7 +11,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -384,7 +384,7 @@ def _total(load: Callable[[], Config], source: str | os.PathLike[str]) -> Config
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 — any input gives a clear error; the type tells a bug report where
-        raise ConfigError(source, [f"cannot be loaded ({type(exc).__name__}: {exc})"]) from None
+        raise ConfigError(source, [f"cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())})"]) from None
 
 
 def parse_config(text: str, source: str | os.PathLike[str] = "<string>") -> Config:
@@ -393,7 +393,7 @@ def parse_config(text: str, source: str | os.PathLike[str] = "<string>") -> Conf
 
 
 def _validate(raw: dict[str, Any], source: str | os.PathLike[str], errors: list[str],
-              nul_messages: list[str] = ()) -> Config:
+              nul_messages: Sequence[str] = ()) -> Config:
     config = None
     found = list(nul_messages)
     try:
@@ -431,7 +431,7 @@ def read_regular_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_resu
     try:
         kind = _not_regular(os.stat(path).st_mode)
         if kind:
-            raise ConfigError(path, [f"{kind}; the policy file must be a regular file"])
+            raise ConfigError(path, [f"{kind}; only a regular file is read"])
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigError(path, [f"cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
@@ -439,7 +439,7 @@ def read_regular_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_resu
         info = os.fstat(fd)
         kind = _not_regular(info.st_mode)
         if kind:
-            raise ConfigError(path, [f"{kind}; the policy file must be a regular file"])
+            raise ConfigError(path, [f"{kind}; only a regular file is read"])
         chunks, size = [], 0
         while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 65536)):
             chunks.append(chunk)
@@ -449,7 +449,7 @@ def read_regular_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_resu
     finally:
         os.close(fd)
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(path, [f"larger than {MAX_CONFIG_BYTES // 2**20} MiB: not a policy file"])
+        raise ConfigError(path, [f"larger than {MAX_CONFIG_BYTES // 2**20} MiB: too big for a policy file"])
     return b"".join(chunks), info
 
 

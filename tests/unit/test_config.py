@@ -440,3 +440,22 @@ def test_import_sanoid_refuses_a_fifo_and_non_utf8(tmp_path, capsys):
     no_section.write_text("hourly = 1\n")
     assert main(["import-sanoid", str(no_section)]) == EX_CONFIG
     assert "not a sanoid.conf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure", [KeyError("x"), RuntimeError("two\nlines"), MemoryError(), RecursionError()])
+def test_anything_unexpected_inside_the_loader_is_a_config_error_and_exit_78(tmp_path, monkeypatch, capsys,
+                                                                             failure):
+    import vmsnapd.config as config_module
+    from vmsnapd.cli import EX_CONFIG, main
+
+    path = private_copy(tmp_path, ROOT / "config" / "valid" / "minimal.toml")
+
+    def broken(_text):
+        raise failure
+
+    monkeypatch.setattr(config_module.tomllib, "loads", broken)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert len(caught.value.errors) == 1 and "\n" not in caught.value.errors[0]
+    assert main(["-c", str(path), "status"]) == EX_CONFIG
+    assert capsys.readouterr().err.startswith(str(path))
