@@ -110,8 +110,18 @@ class ZfsListing:
     # taken or destroyed on a guess) and reported by the pass.
     unreadable: dict[str, str] = field(default_factory=dict)
 
+    # Per-dataset index of `snapshots`, rebuilt when the list is replaced or grows: a pass asks once per dataset,
+    # and scanning every snapshot each time was quadratic on hosts with thousands of datasets.
+    _index: dict[str, list[Snapshot]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _indexed: tuple[list[Snapshot] | None, int] = field(default=(None, 0), init=False, repr=False, compare=False)
+
     def snapshots_of(self, dataset: str) -> list[Snapshot]:
-        return [s for s in self.snapshots if s.dataset == dataset]
+        if self._indexed[0] is not self.snapshots or self._indexed[1] != len(self.snapshots):
+            index: dict[str, list[Snapshot]] = {}
+            for snap in self.snapshots:
+                index.setdefault(snap.dataset, []).append(snap)
+            self._index, self._indexed = index, (self.snapshots, len(self.snapshots))
+        return list(self._index.get(dataset, ()))
 
 
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also accepts '²', which int() refuses

@@ -198,3 +198,28 @@ def test_runner_reads_output_that_is_not_utf8():
     result = Runner().run(["printf", "tank/\\377x\\tcreation\\t1\\n"], timeout=10)
     assert "\ufffd" in result.stdout
     assert parse_tree(result.stdout).unreadable  # the odd name fails that dataset, nothing else
+
+
+@FUZZ
+@given(first=st.lists(st.tuples(st.sampled_from(["tank/a", "tank/b", "tank/c"]), st.integers(0, 9)), max_size=12),
+       later=st.lists(st.tuples(st.sampled_from(["tank/a", "tank/b", "tank/d"]), st.integers(0, 9)), max_size=4),
+       replace=st.booleans())
+def test_snapshots_of_always_matches_a_plain_filter(first, later, replace):
+    """The per-dataset index follows the list when a pass replaces it (dry-run planning) or appends to it."""
+    import copy
+
+    from vmsnapd.policy import Snapshot
+
+    def snap(dataset, n):
+        return Snapshot(dataset=dataset, name=f"s{n}", creation=datetime.fromtimestamp(n, timezone.utc))
+
+    listing = ZfsListing(snapshots=[snap(d, n) for d, n in first])
+    for dataset in ("tank/a", "tank/d"):
+        assert listing.snapshots_of(dataset) == [s for s in listing.snapshots if s.dataset == dataset]
+    if replace:
+        listing = copy.copy(listing)
+        listing.snapshots = listing.snapshots + [snap(d, n) for d, n in later]
+    else:
+        listing.snapshots.extend(snap(d, n) for d, n in later)
+    for dataset in ("tank/a", "tank/b", "tank/c", "tank/d"):
+        assert listing.snapshots_of(dataset) == [s for s in listing.snapshots if s.dataset == dataset]
