@@ -459,3 +459,38 @@ def test_anything_unexpected_inside_the_loader_is_a_config_error_and_exit_78(tmp
     assert len(caught.value.errors) == 1 and "\n" not in caught.value.errors[0]
     assert main(["-c", str(path), "status"]) == EX_CONFIG
     assert capsys.readouterr().err.startswith(str(path))
+
+
+def test_sighup_with_a_deeply_nested_file_does_not_kill_the_daemon(tmp_path):
+    """The real signal path, lab-free: a config with no datasets makes a pass touch neither zfs nor libvirt."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "vmsnapd.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{tmp_path}/state"\nram_dir = "{tmp_path}/ram"\n'
+                    f'overlay_dir = "{tmp_path}/overlay"\n')
+    path.chmod(0o600)
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(path), "-v", "run"],
+                                stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "NOTIFY_SOCKET": ""})
+    try:
+        deadline = time.monotonic() + 60
+        while "running with" not in log_path.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        path.write_text("[daemon]\nutc = " + "[" * 5000 + "]" * 5000 + "\n")
+        proc.send_signal(signal.SIGHUP)
+        while "reload" not in log_path.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, log_path.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = log_path.read_text()
+    assert "reload rejected" in log and "nested too deeply" in log and "Traceback" not in log, log
