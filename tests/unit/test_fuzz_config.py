@@ -263,3 +263,34 @@ def test_import_sanoid_gives_toml_or_a_config_error(lines):
         assert exc.errors and all("\n" not in error for error in exc.errors), exc.errors
         return
     assert isinstance(parse_config(result), Config)
+
+
+# -- metrics_listen: one parser for the validator and the server -----------------------------------------------
+
+
+@FUZZ
+@given(value=st.text(max_size=30) | st.tuples(st.sampled_from(["[::1]", "[", "]", "::", "127.0.0.1", "host", ":"]),
+                                               st.text("[]:0123456789.abcdef%", max_size=12)).map("".join))
+def test_parse_listen_gives_host_and_port_or_value_error(value):
+    import ipaddress
+
+    from vmsnapd.config import parse_listen
+
+    try:
+        host, port = parse_listen(value)
+    except ValueError:
+        return
+    assert 1 <= port <= 65535 and host and "\0" not in host
+    written_host, _, written_port = value.rpartition(":")
+    assert written_host == (f"[{host}]" if ":" in host else host) and int(written_port) == port
+    if ":" in host:
+        ipaddress.IPv6Address(host)
+
+
+@FUZZ
+@given(host=st.ip_addresses(), port=st.integers(1, 65535))
+def test_parse_listen_reads_every_ip_address(host, port):
+    from vmsnapd.config import parse_listen
+
+    text = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+    assert parse_listen(text) == (str(host), port)
