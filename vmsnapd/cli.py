@@ -11,7 +11,7 @@ from pathlib import Path
 from vmsnapd import __version__
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.report import PassReport, TargetOutcome
-from vmsnapd.config import ConfigError, load_config, resolve
+from vmsnapd.config import ConfigError, load_config, read_regular_file, resolve
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import setup_logging
 from vmsnapd.names import InvalidName
@@ -175,11 +175,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_import_sanoid(args: argparse.Namespace) -> int:
     from vmsnapd.sanoid_import import sanoid_to_toml
 
+    data, _info = read_regular_file(args.file)  # a FIFO or a device is refused, not waited on
     try:
-        text = Path(args.file).read_text()
-    except OSError as exc:
-        print(f"vmsnapd: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EX_FAILED
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(args.file, [f"not UTF-8 text: {exc}"]) from None
     sys.stdout.write(sanoid_to_toml(text))
     return EX_OK
 

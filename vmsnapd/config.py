@@ -6,11 +6,12 @@ before raising one ConfigError; `resolve` turns the tables into one DatasetPolic
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vmsnapd.names import InvalidName, validate_dataset_name, validate_domain_name
 
-Seconds = Annotated[float, Field(gt=0)]
+# Finite: `inf` would mean a hook that is never killed; NaN compares false with everything.
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
 Minute = Annotated[int, Field(ge=0, le=59)]
 Hour = Annotated[int, Field(ge=0, le=23)]
@@ -48,9 +50,10 @@ class DaemonSettings(StrictModel):
         True, description="Snapshot names and schedules in UTC (true) or local time (false, see the DST section)."
     )
     max_parallel: int = Field(2, ge=1, description="VM cycles run at once.")
-    hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout says otherwise.")
+    hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout says otherwise (finite, more than 0).")
     metrics_listen: str = Field(
-        "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810"; empty: no endpoint.'
+        "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810" or "[::1]:9810" (IPv6 in '
+        "brackets); HOST an IP address or a host name; empty: no endpoint.",
     )
 
     @field_validator("state_dir", "overlay_dir", "ram_dir")
@@ -63,12 +66,43 @@ class DaemonSettings(StrictModel):
     @field_validator("metrics_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        if value == "":
-            return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f'must be "HOST:PORT" (e.g. "127.0.0.1:9810") or empty, got {value!r}')
+        if value != "":
+            parse_listen(value)
         return value
+
+
+_LISTEN = re.compile(r"\[(?P<v6>[^\[\]]+)\]:(?P<port6>[0-9]{1,5})|(?P<host>[^:\[\]]+):(?P<port>[0-9]{1,5})")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`metrics_listen` → (host, port): `HOST:PORT` with an IPv4 literal or a host name, or `[IPV6]:PORT`.
+
+    The one parser of the setting: the validator and the metrics server both use it, so a value that passes
+    `config check` is one the server can bind. The host comes back without brackets. Raises ValueError.
+    """
+    usage = f'must be "HOST:PORT" or "[IPV6]:PORT" (e.g. "127.0.0.1:9810", "[::1]:9810"), got {value!r}'
+    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(usage)
+    port = int(match["port6"] or match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1 to 65535, got {port} in {value!r}")
+    if match["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["v6"])
+        except ValueError:
+            raise ValueError(f"{match['v6']!r} in brackets is not an IPv6 address ({usage})") from None
+        return match["v6"], port
+    host = match["host"]
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address ({usage})") from None
+    elif len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name ({usage})")
+    return host, port
 
 
 def _argv(value: Any) -> Any:
@@ -99,8 +133,6 @@ class Hooks(StrictModel):
     def _usable_argv(cls, value: list[str]) -> list[str]:
         if value and not value[0]:
             raise ValueError("the program (first element) must not be empty")
-        if any("\0" in arg for arg in value):
-            raise ValueError("arguments must not contain NUL characters")
         return value
 
 
@@ -241,6 +273,12 @@ class ConfigError(Exception):
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def _quoted(key: str) -> str:
+    """A TOML basic string: a key with a control character (NUL, newline) is shown escaped, never raw."""
+    escaped = key.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(ch if ch.isprintable() else f"\\u{ord(ch):04X}" for ch in escaped) + '"'
+
+
 def key_path(parts: Iterable[str | int]) -> str:
     """`('datasets', 'rpool/VM', 'hourly')` → `datasets."rpool/VM".hourly` (TOML's own spelling)."""
     text = ""
@@ -250,7 +288,7 @@ def key_path(parts: Iterable[str | int]) -> str:
             continue
         # a dataset name is always quoted, as users write it: datasets."rpool".hourly
         is_dataset = index == 1 and text == "datasets"
-        key = part if _BARE_KEY.fullmatch(part) and not is_dataset else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        key = part if _BARE_KEY.fullmatch(part) and not is_dataset else _quoted(part)
         text += f".{key}" if text else key
     return text
 
@@ -263,7 +301,7 @@ def _pydantic_messages(error: ValidationError, raw: Mapping[str, Any]) -> list[s
         if item["type"] == "extra_forbidden":
             text = "unknown key"
             if len(loc) == 3 and loc[0] == "datasets" and isinstance(item["input"], dict):
-                text += f' (dataset names need quotes: [datasets."{loc[1]}/{loc[2]}"])'
+                text += f" (dataset names need quotes: [datasets.{_quoted(f'{loc[1]}/{loc[2]}')}])"
         elif item["type"] in ("model_type", "dict_type"):
             text = "must be a table"
         else:
@@ -306,38 +344,125 @@ def _semantic_messages(raw: Mapping[str, Any]) -> list[str]:
     return messages
 
 
-def parse_config(text: str, source: str | os.PathLike[str] = "<string>") -> Config:
-    """Validate policy TOML text; raise ConfigError listing every error."""
+def _nul_messages(raw: Mapping[str, Any]) -> list[str]:
+    """Every key and string value holding a NUL (TOML allows "\\u0000"): no path, URI or argv can carry one."""
+    messages = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), raw)]
+    while stack:  # iterative: a deeply nested array must not exhaust the Python stack here
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "\0" in key:
+                    messages.append(f"{key_path(path + (key,))}: a key must not contain NUL characters")
+                stack.append((path + (key,), item))
+        elif isinstance(value, list):
+            stack.extend((path + (index,), item) for index, item in enumerate(value))
+        elif isinstance(value, str) and "\0" in value:
+            messages.append(f"{key_path(path)}: must not contain NUL characters")
+    return sorted(messages)
+
+
+def _from_text(text: str, source: str | os.PathLike[str], errors: list[str]) -> Config:
+    """Parse and validate; whatever goes wrong becomes a ConfigError (a config never causes a traceback)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
-    return _validate(raw, source, [])
+        raise ConfigError(source, errors + [f"TOML syntax error: {exc}"]) from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(source, errors + ["arrays or inline tables nested too deeply to parse"]) from None
+    try:
+        return _validate(raw, source, errors, _nul_messages(raw))
+    except (RecursionError, MemoryError):
+        raise ConfigError(source, errors + ["values nested too deeply to validate"]) from None
 
 
-def _validate(raw: dict[str, Any], source: str | os.PathLike[str], errors: list[str]) -> Config:
+def _total(load: Callable[[], Config], source: str | os.PathLike[str]) -> Config:
+    """Run a load so that whatever goes wrong is a ConfigError: a config never causes a traceback (every CLI
+    command then exits 78, a reload keeps the running config)."""
+    try:
+        return load()
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — any input gives a clear error; the type tells a bug report where
+        raise ConfigError(source, [f"cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())})"]) from None
+
+
+def parse_config(text: str, source: str | os.PathLike[str] = "<string>") -> Config:
+    """Validate policy TOML text; raise ConfigError listing every error."""
+    return _total(lambda: _from_text(text, source, []), source)
+
+
+def _validate(raw: dict[str, Any], source: str | os.PathLike[str], errors: list[str],
+              nul_messages: Sequence[str] = ()) -> Config:
     config = None
+    found = list(nul_messages)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(_pydantic_messages(exc, raw))
-    errors.extend(_semantic_messages(raw))
+        found.extend(_pydantic_messages(exc, raw))
+    found.extend(_semantic_messages(raw))
+    # A key with a NUL gets that one message, not a second one from its own validator.
+    nul_paths = tuple(message.rpartition(": ")[0] + ": " for message in nul_messages)
+    errors = errors + [m for m in found if m in nul_messages or not m.startswith(nul_paths)]
     if errors or config is None:
         raise ConfigError(source, errors)
     return config
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the policy file; refuse it when anyone but us (root) may write it: it holds the
-    commands vmsnapd runs as root."""
-    errors = []
+# A policy file is a few KiB; anything this big is a wrong path (an image, a log), not a configuration.
+MAX_CONFIG_BYTES = 1 << 20
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return f"not a regular file but {_FILE_KINDS.get(stat.S_IFMT(mode), 'a special file')}"
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and its fstat; ConfigError unless it is a regular file of at most MAX_CONFIG_BYTES.
+
+    stat() first, so a FIFO or a device is never opened (opening a tape rewinds it, a FIFO blocks); then the
+    open is non-blocking and fstat() checks what was really opened, so a swap in between is refused too.
+    Symlinks are followed (a managed /etc often links the file); the owner and mode checks apply to the target.
+    """
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            mode = info.st_mode
-            data = handle.read()
+        kind = _not_regular(os.stat(path).st_mode)
+        if kind:
+            raise ConfigError(path, [f"{kind}; only a regular file is read"])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(path, [f"cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
+    try:
+        info = os.fstat(fd)
+        kind = _not_regular(info.st_mode)
+        if kind:
+            raise ConfigError(path, [f"{kind}; only a regular file is read"])
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(path, [f"larger than {MAX_CONFIG_BYTES // 2**20} MiB: too big for a policy file"])
+    return b"".join(chunks), info
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the policy file; refuse it when anyone but us (root) may write it: it holds the
+    commands vmsnapd runs as root. Any problem, whatever the bytes, is a ConfigError."""
+    return _total(lambda: _load_file(path), path)
+
+
+def _load_file(path: str | os.PathLike[str]) -> Config:
+    errors = []
+    data, info = read_regular_file(path)
+    mode = info.st_mode
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         errors.append(
             f"file mode {stat.S_IMODE(mode):04o} lets group or others write it; it holds commands run as root "
@@ -346,12 +471,25 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if info.st_uid not in (0, os.geteuid()):
         errors.append(f"owned by uid {info.st_uid}, who could change the commands run as root (chown root {path})")
     try:
-        raw = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, errors + [f"not UTF-8 text: {exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, errors + [f"TOML syntax error: {exc}"]) from None
-    return _validate(raw, path, errors)
+    return _from_text(text, path, errors)
+
+
+def config_roots(config: Config) -> list[str]:
+    """The configured table names with no other table above them: what one listing call must cover.
+
+    One set lookup per ancestor of each name: near-linear in the number of tables (thousands are common on
+    big hosts), where comparing every pair of names was quadratic.
+    """
+    names = set(config.datasets)
+    roots = []
+    for name in sorted(names):
+        parts = name.split("/")
+        if not any("/".join(parts[:depth]) in names for depth in range(1, len(parts))):
+            roots.append(name)
+    return roots
 
 
 def _recursive_ancestor(config: Config, dataset: str) -> str | None:

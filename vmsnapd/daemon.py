@@ -112,6 +112,10 @@ class Daemon:
             log.error("reload rejected, the running config stays in force:\n%s", exc)
             sd_notify("STATUS=reload rejected: invalid config (see the journal)")
             return
+        except Exception:  # noqa: BLE001 — a SIGHUP must never kill the daemon, whatever the file holds
+            log.exception("reload failed, the running config stays in force")
+            sd_notify("STATUS=reload failed (see the journal)")
+            return
         self.config = new
         log.warning("config reloaded from %s", self.config_path)
         sd_notify("READY=1\nSTATUS=config reloaded")

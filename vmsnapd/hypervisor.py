@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -114,6 +115,24 @@ def parse_disks(domain_xml: str) -> list[Disk]:
             device=el.get("device", "disk"),
         ))
     return disks
+
+
+def parse_backing(qemu_img_json: str, overlay_path: str) -> tuple[str, str]:
+    """(backing file, its format) from `qemu-img info --output=json`; HypervisorError on anything else."""
+    try:
+        info = json.loads(qemu_img_json)
+    except (ValueError, RecursionError) as exc:
+        raise HypervisorError(f"{overlay_path}: qemu-img info printed no readable JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise HypervisorError(f"{overlay_path}: qemu-img info printed {type(info).__name__}, not an object")
+    base = info.get("full-backing-filename") or info.get("backing-filename")
+    fmt = info.get("backing-filename-format") or "raw"
+    if not base:
+        raise HypervisorError(f"{overlay_path} has no backing file: not an overlay vmsnapd can commit")
+    if (not isinstance(base, str) or "\0" in base or not base.startswith("/")
+            or not isinstance(fmt, str) or not re.fullmatch(r"[a-z0-9_-]{1,32}", fmt)):
+        raise HypervisorError(f"{overlay_path}: qemu-img info gives an unusable backing file {base!r} ({fmt!r})")
+    return base, fmt
 
 
 def nvram_path(domain_xml: str) -> str | None:
@@ -501,11 +520,7 @@ class Hypervisor:
             out = self.runner.run([self.qemu_img, "info", "-U", "--output=json", overlay_path], timeout=60).stdout
         except CommandError as exc:
             raise HypervisorError(f"cannot read overlay {overlay_path}: {exc}") from exc
-        info = json.loads(out)
-        base = info.get("full-backing-filename") or info.get("backing-filename")
-        if not base:
-            raise HypervisorError(f"{overlay_path} has no backing file: not an overlay vmsnapd can commit")
-        return base, info.get("backing-filename-format") or "raw"
+        return parse_backing(out, overlay_path)
 
     def commit_overlay_file(self, overlay_path: str, timeout_s: float = 3600.0) -> str:
         """Merge an overlay no QEMU has open into its backing file (`qemu-img commit`); returns the base."""

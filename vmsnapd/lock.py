@@ -19,7 +19,7 @@ class LockBusy(Exception):
 
 def _holder(path: Path) -> str:
     try:
-        return path.read_text().strip() or "unknown pid"
+        return path.read_text(errors="replace").strip()[:80] or "unknown pid"
     except OSError:
         return "unknown pid"
 

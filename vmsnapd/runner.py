@@ -89,6 +89,7 @@ class Runner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                errors="replace",  # odd bytes in a name or a message must not crash the reader: parsers refuse U+FFFD
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,

@@ -10,7 +10,7 @@ import configparser
 import json
 from typing import Any
 
-from vmsnapd.config import POLICY_KEYS, Hooks, PolicySettings, key_path, parse_config, table_policy
+from vmsnapd.config import POLICY_KEYS, ConfigError, Hooks, PolicySettings, key_path, parse_config, table_policy
 
 _INT_KEYS = frozenset(
     ("frequently", "hourly", "daily", "weekly", "monthly", "yearly", "prune_defer", "frequent_period")
@@ -101,7 +101,10 @@ def _read_sections(text: str) -> configparser.ConfigParser:
         default_section="\0no default section\0",
     )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(text)
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:  # no section header, a line that is no `key = value`: a message, not a traceback
+        raise ConfigError("<sanoid.conf>", [f"not a sanoid.conf: {' '.join(str(exc).split())}"]) from None
     return parser
 
 

@@ -63,6 +63,11 @@ class ZfsUnavailable(ZfsError):
     """The zfs binary is missing or the ZFS daemon/module does not answer."""
 
 
+class ZfsOutputError(ZfsError):
+    """zfs/zpool printed something vmsnapd cannot read (`-` where a number belongs, a missing column, a name
+    ZFS would not allow): that dataset or pool fails with this message, the others go on."""
+
+
 _STDERR_CLASSES: list[tuple[re.Pattern[str], type[ZfsError]]] = [
     (re.compile(r"does not exist|no such pool|no such dataset"), DatasetNotFound),
     (re.compile(r"dataset is busy|pool is busy|device busy"), DatasetBusy),
@@ -101,13 +106,122 @@ class ZfsListing:
     datasets: dict[str, DatasetInfo] = field(default_factory=dict)
     snapshots: list[Snapshot] = field(default_factory=list)
     missing_roots: list[str] = field(default_factory=list)
+    # Datasets whose lines could not be read, with why: left out of `datasets` and `snapshots` (so nothing is
+    # taken or destroyed on a guess) and reported by the pass.
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    # Per-dataset index of `snapshots`, rebuilt when the list is replaced or grows: a pass asks once per dataset,
+    # and scanning every snapshot each time was quadratic on hosts with thousands of datasets.
+    _index: dict[str, list[Snapshot]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _indexed: tuple[list[Snapshot] | None, int] = field(default=(None, 0), init=False, repr=False, compare=False)
 
     def snapshots_of(self, dataset: str) -> list[Snapshot]:
-        return [s for s in self.snapshots if s.dataset == dataset]
+        if self._indexed[0] is not self.snapshots or self._indexed[1] != len(self.snapshots):
+            index: dict[str, list[Snapshot]] = {}
+            for snap in self.snapshots:
+                index.setdefault(snap.dataset, []).append(snap)
+            self._index, self._indexed = index, (self.snapshots, len(self.snapshots))
+        return list(self._index.get(dataset, ()))
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also accepts '²', which int() refuses
+
+
+def _count(value: str, what: str) -> int:
+    if not _DIGITS.fullmatch(value.strip()):
+        raise ZfsOutputError(f"{what}: expected a number, zfs printed {value!r}")
+    return int(value)
 
 
 def _epoch(value: str) -> datetime:
-    return datetime.fromtimestamp(int(value), tz=timezone.utc)
+    seconds = _count(value, "creation")
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise ZfsOutputError(f"creation: {value!r} is not a time") from None
+
+
+def parse_capacity(out: str, pool: str) -> int:
+    """`zpool list -H -o name,capacity POOL` → percent used; ZfsOutputError on anything else."""
+    fields = out.strip("\n").split("\t")
+    if len(fields) != 2 or fields[0] != pool:
+        raise ZfsOutputError(f"{pool}: unexpected zpool list output {out.strip()[:200]!r}", pool)
+    value = fields[1].strip().removesuffix("%")
+    try:
+        percent = _count(value, "capacity")
+    except ZfsOutputError as exc:
+        raise ZfsOutputError(f"{pool}: {exc}", pool) from None
+    if percent > 100:
+        raise ZfsOutputError(f"{pool}: capacity {fields[1]!r} is not a percentage", pool)
+    return percent
+
+
+def _split_property_lines(stdout: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """`name<TAB>property<TAB>value` lines → properties per name, and names whose lines were malformed."""
+    props: dict[str, dict[str, str]] = {}
+    bad: dict[str, str] = {}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("\t", 2)  # a value (a mountpoint) may itself hold a tab
+        if len(parts) != 3:
+            bad.setdefault(parts[0], f"unreadable zfs get line {line[:200]!r}")
+            continue
+        name, prop, value = parts
+        props.setdefault(name, {})[prop] = value
+    return props, bad
+
+
+def _parse_entry(name: str, p: dict[str, str]) -> DatasetInfo | Snapshot | None:
+    """One dataset or snapshot from its properties; None for a type vmsnapd ignores (bookmarks)."""
+    kind = p.get("type")
+    if kind == "snapshot":
+        dataset, _, snapname = name.partition("@")
+        validate_dataset_name(dataset)
+        validate_snapshot_name(snapname)
+        refs = p.get("userrefs", "-")
+        return Snapshot(dataset=dataset, name=snapname, creation=_epoch(p.get("creation", "")),
+                        userrefs=0 if refs.strip() in ("-", "") else _count(refs, "userrefs"))
+    if kind not in ("filesystem", "volume"):
+        if kind is None:
+            raise ZfsOutputError("zfs printed no type")
+        return None
+    validate_dataset_name(name)
+    creation = _epoch(p.get("creation", ""))
+    if kind == "volume":  # OpenZFS zvols hold VM disks too (/dev/zvol/NAME); never mounted
+        return DatasetInfo(name, None, creation)
+    mountpoint = p.get("mountpoint")
+    usable = p.get("mounted") == "yes" and mountpoint and mountpoint.startswith("/")
+    return DatasetInfo(name, mountpoint if usable else None, creation)
+
+
+def parse_tree(stdout: str) -> ZfsListing:
+    """The output of `zfs get -H -p -r -o name,property,value type,creation,userrefs,mountpoint,mounted`.
+
+    A dataset with any line vmsnapd cannot read (its own or one of its snapshots') is left out with the reason
+    in `unreadable`; the other datasets are listed as usual.
+    """
+    listing = ZfsListing()
+    props, bad = _split_property_lines(stdout)
+    unreadable = {name.partition("@")[0]: why for name, why in bad.items()}
+    for name, p in props.items():
+        try:
+            entry = _parse_entry(name, p)
+        except (ZfsOutputError, InvalidName) as exc:
+            unreadable.setdefault(name.partition("@")[0], f"{name}: {exc}")
+            continue
+        if isinstance(entry, Snapshot):
+            listing.snapshots.append(entry)
+        elif entry is not None:
+            listing.datasets[name] = entry
+    for dataset, why in unreadable.items():
+        log.error("zfs: leaving %s out of this pass: %s", dataset, why)
+        listing.datasets.pop(dataset, None)
+    listing.unreadable = dict(sorted(unreadable.items()))
+    # Stable sort: within one second, zfs lists snapshots in the order they were taken (txg order).
+    listing.snapshots = sorted((s for s in listing.snapshots if s.dataset not in unreadable),
+                               key=lambda s: (s.dataset, s.creation))
+    return listing
 
 
 def _snapshot_target(dataset: str, snapname: str) -> str:
@@ -186,9 +300,7 @@ class Zfs:
         """Percent of the pool in use, as `zpool list` reports it."""
         if "/" in validate_dataset_name(pool):
             raise InvalidName(f"{pool!r} is a dataset, not a pool")
-        out = self._read([self.zpool_bin, "list", "-H", "-o", "name,capacity", pool], pool)
-        name, cap = out.split("\t")[:2]
-        return int(cap.strip().rstrip("%"))
+        return parse_capacity(self._read([self.zpool_bin, "list", "-H", "-o", "name,capacity", pool], pool), pool)
 
     def list_tree(self, roots: Iterable[str]) -> ZfsListing:
         """Every filesystem and snapshot under `roots`, in one `zfs get -r` call.
@@ -196,15 +308,15 @@ class Zfs:
         Roots that do not exist are reported in `missing_roots` instead of failing the whole listing.
         """
         roots = sorted({validate_dataset_name(r) for r in roots})
-        listing = ZfsListing()
         if not roots:
-            return listing
+            return ZfsListing()
         argv = [self.zfs_bin, "get", "-H", "-p", "-r", "-o", "name,property,value",
                 "type,creation,userrefs,mountpoint,mounted", *roots]
         try:
             result = self.runner.run(argv, check=False, timeout=self.timeout)
         except CommandError as exc:  # timeout, zfs missing
             raise _classify(exc, ",".join(roots)) from exc
+        missing: list[str] = []
         if result.returncode != 0:
             missing = re.findall(r"cannot open '([^']+)': dataset does not exist", result.stderr)
             other = [line for line in result.stderr.splitlines()
@@ -212,32 +324,8 @@ class Zfs:
             if other or not missing:
                 raise _classify(CommandFailed(argv, "zfs get failed", result.returncode, result.stderr),
                                 ",".join(roots))
-            listing.missing_roots = sorted(missing)
-        props: dict[str, dict[str, str]] = {}
-        for line in result.stdout.splitlines():
-            parts = line.split("\t")
-            if len(parts) != 3:
-                continue
-            name, prop, value = parts
-            props.setdefault(name, {})[prop] = value
-        for name, p in props.items():
-            kind = p.get("type")
-            if kind == "snapshot":
-                dataset, snapname = name.split("@", 1)
-                refs = p.get("userrefs", "0")
-                listing.snapshots.append(
-                    Snapshot(dataset=dataset, name=snapname, creation=_epoch(p["creation"]),
-                             userrefs=int(refs) if refs.isdigit() else 0)
-                )
-            elif kind == "filesystem":
-                mountpoint = p.get("mountpoint")
-                mounted = p.get("mounted") == "yes"
-                usable = mounted and mountpoint and mountpoint.startswith("/")
-                listing.datasets[name] = DatasetInfo(name, mountpoint if usable else None, _epoch(p["creation"]))
-            elif kind == "volume":  # OpenZFS zvols hold VM disks too (/dev/zvol/NAME); never mounted
-                listing.datasets[name] = DatasetInfo(name, None, _epoch(p["creation"]))
-        # Stable sort: within one second, zfs lists snapshots in the order they were taken (txg order).
-        listing.snapshots.sort(key=lambda s: (s.dataset, s.creation))
+        listing = parse_tree(result.stdout)
+        listing.missing_roots = sorted(missing)
         return listing
 
     def get_property(self, target: str, prop: str) -> str:
@@ -328,7 +416,7 @@ class Zfs:
 
     def is_held(self, dataset: str, snapname: str) -> bool:
         value = self.get_property(f"{dataset}@{snapname}", "userrefs")
-        return value.isdigit() and int(value) > 0
+        return value not in ("-", "") and _count(value, f"{dataset}@{snapname} userrefs") > 0
 
     def hold(self, tag: str, dataset: str, snapname: str) -> None:
         target = _snapshot_target(dataset, snapname)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from vmsnapd.config import Config, DatasetPolicy, resolve
+from vmsnapd.config import Config, DatasetPolicy, config_roots, resolve
 from vmsnapd.hypervisor import Hypervisor
 from vmsnapd.journal import Journal
 from vmsnapd.runner import Runner
@@ -51,8 +51,7 @@ class Context:
 
     def config_roots(self) -> list[str]:
         """The configured table names with none below another: what one listing call must cover."""
-        names = sorted(self.config.datasets)
-        return [n for n in names if not any(n.startswith(other + "/") for other in names if other != n)]
+        return config_roots(self.config)
 
     def survey(self) -> "Survey":
         listing = self.zfs.list_tree(self.config_roots())

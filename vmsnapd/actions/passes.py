@@ -35,6 +35,8 @@ def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_d
     for missing in survey.listing.missing_roots:
         # A typo in the policy file would otherwise leave a VM unprotected without anyone noticing.
         report.errors.append(f"configured dataset {missing} does not exist")
+    for dataset, why in survey.listing.unreadable.items():  # left out of this pass; the others go on
+        report.errors.append(f"dataset {dataset} skipped: cannot read what zfs says about it: {why}")
     if take:
         taken = take_due(ctx, survey)
         report = report.merge(taken)

@@ -17,7 +17,7 @@ import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport
@@ -94,13 +94,18 @@ def record_results(ctx: Context, report: PassReport) -> None:
     write_file_atomically(path, json.dumps(results, indent=1, sort_keys=True).encode())
 
 
+_RESULTS = TypeAdapter(dict[str, dict[str, LastResult]])
+
+
 def _load_results(path: Path) -> dict[str, dict]:
+    """The remembered results, as JSON data; a damaged file (any content) is a warning and starts afresh."""
     try:
-        return json.loads(path.read_text())
+        return _RESULTS.dump_python(_RESULTS.validate_json(path.read_bytes()), mode="json")
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s); starting it afresh", path, exc)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError includes pydantic's ValidationError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("cannot read %s (%s); starting it afresh", path, reason)
         return {}
 
 
@@ -143,6 +148,8 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
         entry.last_take = LastResult(**last["take"]) if "take" in last else None
         entry.last_prune = LastResult(**last["prune"]) if "prune" in last else None
         status.datasets.append(entry)
+    status.problems += [f"dataset {name} unreadable in zfs output: {why}"
+                        for name, why in survey.listing.unreadable.items()]
     for pool in sorted({n.split("/", 1)[0] for n in survey.policies}):
         try:
             status.pools[pool] = ctx.zfs.pool_capacity(pool)
