@@ -50,7 +50,11 @@ class DaemonSettings(StrictModel):
     max_parallel: int = Field(2, ge=1, description="VM cycles run at once.")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout says otherwise.")
     metrics_listen: str = Field(
-        "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810"; empty: no endpoint.'
+        "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810" or "[::1]:9810"; empty: no endpoint.'
+    )
+    metrics_textfile: str = Field(
+        "", description="File `once` writes its metrics to (atomically), for node_exporter's textfile collector, "
+        'e.g. "/var/lib/node_exporter/textfile_collector/vmsnapd.prom"; empty: none.'
     )
 
     @field_validator("state_dir", "overlay_dir", "ram_dir")
@@ -65,9 +69,16 @@ class DaemonSettings(StrictModel):
     def _host_port(cls, value: str) -> str:
         if value == "":
             return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f'must be "HOST:PORT" (e.g. "127.0.0.1:9810") or empty, got {value!r}')
+        from vmsnapd.metrics import parse_listen
+
+        parse_listen(value)  # its ListenError is a ValueError with the reason
+        return value
+
+    @field_validator("metrics_textfile")
+    @classmethod
+    def _textfile(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/") or "\0" in value):
+            raise ValueError(f"must be an absolute file path or empty, got {value!r}")
         return value
 
 
