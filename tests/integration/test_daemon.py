@@ -102,6 +102,6 @@ def test_daemon_notifies_takes_snapshots_rejects_bad_reload_and_stops_cleanly(la
     assert "reload rejected" in log and "hourly" in log
     # Under systemd (JOURNAL_STREAM set) every line carries a syslog priority for journald.
     lines = [line for line in log.splitlines() if line.strip()]
-    assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") or line.startswith((" ", "\t", "datasets"))
+    assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<5>", "<6>", "<7>") or line.startswith((" ", "\t", "datasets"))
                          for line in lines), log[:2000]
     assert any(line.startswith("<3>") and "reload rejected" in line for line in lines)
