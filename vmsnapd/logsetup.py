@@ -37,6 +37,7 @@ import socket
 import struct
 import sys
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
@@ -55,8 +56,9 @@ _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
 }
 
+_NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 _context_fields: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("vmsnapd_log_fields",
-                                                                                      default={})
+                                                                                      default=_NO_FIELDS)
 
 
 def syslog_priority(levelno: int) -> int:
@@ -140,7 +142,7 @@ class JournalHandler(logging.Handler):
             entry[f"VMSNAPD_{name.upper()}"] = value
         return entry
 
-    def formatException(self, exc_info) -> str:  # noqa: N802 (logging's name)
+    def formatException(self, exc_info) -> str:
         return logging.Formatter().formatException(exc_info)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -148,7 +150,7 @@ class JournalHandler(logging.Handler):
             self.send(encode_entry(self.entry(record)))
         except OSError:
             self.fallback.handle(record)
-        except Exception:  # noqa: BLE001 — logging must never raise into the caller
+        except Exception:
             self.handleError(record)
 
     def send(self, data: bytes) -> None:

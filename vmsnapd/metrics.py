@@ -243,7 +243,7 @@ class MetricsServer:
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
                 return
             finally:
                 self._waiting.pop(writer, None)
@@ -252,7 +252,7 @@ class MetricsServer:
                      f"Content-Length: {len(body)}", "Connection: close", "", ""]
             writer.write("\r\n".join(lines).encode("latin-1") + body)
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             pass
         finally:
             writer.close()
