@@ -346,6 +346,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    """Plan (verify), show the plan, and only with --yes carry it out. With --json one document at the end:
+    `plan`, `carried_out`, and `done` (the steps done) or `error`."""
     from vmsnapd.actions.restore import RestoreFailed, execute_restore, plan_restore
 
     ctx = _build_context(args)
@@ -356,27 +358,26 @@ def cmd_restore(args: argparse.Namespace) -> int:
         except RestoreFailed as exc:
             print(f"vmsnapd: restore refused: {exc}", file=sys.stderr)
             return EX_FAILED
-        if args.json:
-            _print_json({"plan": plan.model_dump(mode="json"), "carried_out": bool(args.yes)})
-            if not args.yes:
-                return EX_PLAN_ONLY
-        else:
+        result: dict[str, object] = {"plan": plan.model_dump(mode="json"), "carried_out": False}
+        if not args.json:
             _print_plan(plan)
         if not args.yes:
             print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
-            return EX_PLAN_ONLY
-        try:
-            with progress_on_tty(ctx.config.daemon.libvirt_uri, [plan.domain, plan.clone]):
-                done = execute_restore(ctx, plan)
-        except RestoreFailed as exc:
-            print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
-            return EX_FAILED
+            code = EX_PLAN_ONLY
+        else:
+            try:
+                with progress_on_tty(ctx.config.daemon.libvirt_uri, [plan.domain, plan.clone]):
+                    result["done"] = execute_restore(ctx, plan)
+                result["carried_out"], code = True, EX_OK
+            except RestoreFailed as exc:
+                print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
+                result["error"], code = str(exc), EX_FAILED
     if args.json:
-        _print_json({"done": done})
-        return EX_OK
-    for line in done:
-        print(f"done: {line}")
-    return EX_OK
+        _print_json(result)
+    else:
+        for line in result.get("done", []):
+            print(f"done: {line}")
+    return code
 
 
 def _print_plan(plan) -> None:
