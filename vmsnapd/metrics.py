@@ -37,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vmsnapd import __version__
+from vmsnapd.logsetup import NOTICE
 
 if TYPE_CHECKING:
     from vmsnapd.actions.report import PassReport
@@ -209,7 +210,7 @@ class MetricsServer:
             raise
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"metrics {self.listen}", daemon=True)
         self._thread.start()
-        log.log(25, "metrics on http://%s/metrics", self.listen)
+        log.log(NOTICE, "metrics on http://%s/metrics", self.listen)
         return self
 
     @property

@@ -168,3 +168,10 @@ def test_log_level_default_is_notice_for_the_daemon_warning_for_commands():
     assert cli._log_level(parse("once")) == logging.WARNING
     assert cli._log_level(parse("once", "-v")) == logging.INFO
     assert cli._log_level(parse("run", "--debug")) == logging.DEBUG
+
+
+def test_the_unit_does_not_need_verbose():
+    """Normal life is NOTICE, which the daemon logs by default: the unit runs without -v/--verbose."""
+    unit = (ROOT / "systemd" / "vmsnapd.service").read_text()
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start.split()[-1] == "run" and "--verbose" not in exec_start and " -v" not in exec_start
