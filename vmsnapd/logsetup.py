@@ -2,7 +2,7 @@
 
 Where lines go (`VMSNAPD_LOG_TARGET` = `auto` (default) | `journal` | `stderr` overrides):
 
-- auto: the journal when its socket exists *and* our stderr is the journal stream systemd gave us
+- auto: the journal when a journald listens on its socket *and* our stderr is the journal stream systemd gave us
   (`JOURNAL_STREAM` names stderr's device:inode) — the rule systemd's own tools follow (`SYSTEMD_LOG_TARGET`
   auto). A service's lines then carry fields; a terminal, cron or a test capturing stderr keeps getting text.
 - journal: the native protocol (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/): one datagram per record to
@@ -199,10 +199,20 @@ class SyslogPrefixFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
+def journal_listening(address: str = JOURNAL_SOCKET) -> bool:
+    """A journald listens on the socket (the file alone outlives a stopped journald)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(address)
+        except OSError:
+            return False
+    return True
+
+
 def log_target() -> str:
     """"journal" or "stderr", following VMSNAPD_LOG_TARGET (auto|journal|stderr; see the module doc)."""
     wanted = os.environ.get("VMSNAPD_LOG_TARGET", "auto").strip().lower()
-    socket_there = os.path.exists(JOURNAL_SOCKET)
+    socket_there = journal_listening()
     if wanted == "journal" and socket_there:
         return "journal"
     if wanted == "auto" and socket_there and stderr_is_journal():

@@ -1,7 +1,7 @@
 """Logs in a real systemd-journald (standalone, as LAB-NOTES describe): a VM's cycle lines are found with
 `journalctl VMSNAPD_DOMAIN=<vm>`, with the native fields and the right priorities.
 
-journald is started only when no journal socket exists, and then stopped at the end of the module (only the
+journald is started only when none listens on the journal socket, and then stopped at the end of the module (only the
 process this module started); one already running is used and left alone.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,17 +23,27 @@ JOURNALD = "/lib/systemd/systemd-journald"
 ONE_HOURLY = {"hourly": 1, "daily": 0, "monthly": 0}
 
 
+def journal_listening() -> bool:
+    """The socket file outlives a stopped journald: only a connect tells whether one listens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(str(SOCKET))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def journald():
     started = None
-    if not SOCKET.exists():
+    if not journal_listening():
         if not os.path.exists(JOURNALD):
             pytest.fail(f"{JOURNALD} missing (tests/lab/setup.sh installs systemd)")
         SOCKET.parent.mkdir(parents=True, exist_ok=True)
         started = subprocess.Popen([JOURNALD], start_new_session=True, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while not SOCKET.exists():
+        while not journal_listening():
             if started.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"systemd-journald did not create {SOCKET} (exit {started.poll()})")
             time.sleep(0.1)

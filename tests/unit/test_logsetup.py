@@ -149,7 +149,7 @@ def test_unknown_field_names_are_refused():
 ])
 def test_log_target_rule(monkeypatch, wanted, socket_exists, stderr_is_journal, expected):
     monkeypatch.setenv("VMSNAPD_LOG_TARGET", wanted)
-    monkeypatch.setattr(logsetup.os.path, "exists", lambda p: socket_exists if p == logsetup.JOURNAL_SOCKET else False)
+    monkeypatch.setattr(logsetup, "journal_listening", lambda: socket_exists)
     monkeypatch.setattr(logsetup, "stderr_is_journal", lambda: stderr_is_journal)
     assert logsetup.log_target() == expected
 
@@ -173,3 +173,11 @@ def test_priorities_follow_syslog():
     assert [logsetup.syslog_priority(x) for x in (logging.DEBUG, logging.INFO, NOTICE, logging.WARNING,
                                                  logging.ERROR, logging.CRITICAL)] == [7, 6, 5, 4, 3, 2]
     assert logging.getLevelName(NOTICE) == "NOTICE"
+
+
+def test_a_socket_file_nobody_listens_on_is_no_journal(tmp_path):
+    path = tmp_path / "socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        assert logsetup.journal_listening(str(path))
+    assert path.exists() and not logsetup.journal_listening(str(path))  # as after journald stopped
