@@ -6,6 +6,7 @@ before raising one ConfigError; `resolve` turns the tables into one DatasetPolic
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -50,7 +51,8 @@ class DaemonSettings(StrictModel):
     max_parallel: int = Field(2, ge=1, description="VM cycles run at once.")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout says otherwise.")
     metrics_listen: str = Field(
-        "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810" or "[::1]:9810"; empty: no endpoint.'
+        "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810" or "[::1]:9810" (IPv6 in '
+        "brackets); HOST an IP address or a host name; empty: no endpoint.",
     )
     metrics_textfile: str = Field(
         "", description="File `once` writes its metrics to (atomically), for node_exporter's textfile collector, "
@@ -64,22 +66,53 @@ class DaemonSettings(StrictModel):
             raise ValueError(f"must be an absolute path, got {str(value)!r}")
         return value
 
-    @field_validator("metrics_listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        if value == "":
-            return value
-        from vmsnapd.metrics import parse_listen
-
-        parse_listen(value)  # its ListenError is a ValueError with the reason
-        return value
-
     @field_validator("metrics_textfile")
     @classmethod
     def _textfile(cls, value: str) -> str:
         if value and (not value.startswith("/") or value.endswith("/") or "\0" in value):
             raise ValueError(f"must be an absolute file path or empty, got {value!r}")
         return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value != "":
+            parse_listen(value)
+        return value
+
+
+_LISTEN = re.compile(r"\[(?P<v6>[^\[\]]+)\]:(?P<port6>[0-9]{1,5})|(?P<host>[^:\[\]]+):(?P<port>[0-9]{1,5})")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`metrics_listen` → (host, port): `HOST:PORT` with an IPv4 literal or a host name, or `[IPV6]:PORT`.
+
+    The one parser of the setting: the validator and the metrics server both use it, so a value that passes
+    `config check` is one the server can bind. The host comes back without brackets. Raises ValueError.
+    """
+    usage = f'must be "HOST:PORT" or "[IPV6]:PORT" (e.g. "127.0.0.1:9810", "[::1]:9810"), got {value!r}'
+    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(usage)
+    port = int(match["port6"] or match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1 to 65535, got {port} in {value!r}")
+    if match["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["v6"])
+        except ValueError:
+            raise ValueError(f"{match['v6']!r} in brackets is not an IPv6 address ({usage})") from None
+        return match["v6"], port
+    host = match["host"]
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address ({usage})") from None
+    elif len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name ({usage})")
+    return host, port
 
 
 def _argv(value: Any) -> Any:

@@ -37,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vmsnapd import __version__
+from vmsnapd.config import parse_listen
 from vmsnapd.logsetup import NOTICE
 
 if TYPE_CHECKING:
@@ -59,26 +60,6 @@ HOOKS_KILLED = Counter("vmsnapd_hooks_killed", "Hooks killed at their timeout, p
 
 def hook_killed(target: str) -> None:
     HOOKS_KILLED.labels(dataset=target).inc()
-
-
-class ListenError(ValueError):
-    pass
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT` → (host, port); an IPv6 address in brackets (`[::1]:9810`). Raises ListenError."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ListenError(f'must be "HOST:PORT" (e.g. "127.0.0.1:9810" or "[::1]:9810"), got {value!r}')
-    if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
-            raise ListenError(f"unbalanced brackets in {value!r}")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ListenError(f"an IPv6 address needs brackets: \"[{host}]:{port}\", got {value!r}")
-    if "\0" in host or any(c.isspace() for c in host):
-        raise ListenError(f"invalid host in {value!r}")
-    return host, int(port)
 
 
 class Metrics:
