@@ -36,7 +36,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 NOTICE = 25
@@ -69,12 +69,19 @@ def syslog_priority(levelno: int) -> int:
     return 7
 
 
-def _clean(values: Mapping[str, object]) -> dict[str, str]:
+def _clean(values: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
+    """Field name → its values: a list (the datasets of a VM, the names of a cycle) becomes one journal field
+    per item, so `journalctl VMSNAPD_DATASET=tank/VM/b` matches a cycle of tank/VM/a and tank/VM/b."""
     unknown = set(values) - set(FIELD_NAMES)
     if unknown:
         raise TypeError(f"unknown log field(s): {', '.join(sorted(unknown))}")
-    return {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-            for k, v in values.items() if v is not None and v != "" and v != []}
+    cleaned = {}
+    for key, value in values.items():
+        items = tuple(str(v) for v in (value if isinstance(value, (list, tuple)) else [value])
+                      if v is not None and v != "")
+        if items:
+            cleaned[key] = items
+    return cleaned
 
 
 @contextlib.contextmanager
@@ -87,12 +94,12 @@ def log_fields(**values: object) -> Iterator[None]:
         _context_fields.reset(token)
 
 
-def fields(**values: object) -> dict[str, dict[str, str]]:
+def fields(**values: object) -> dict[str, dict[str, tuple[str, ...]]]:
     """`extra=` for one log call: `log.info("…", extra=fields(pause_ms=85))`."""
     return {_EXTRA_KEY: _clean(values)}
 
 
-def record_fields(record: logging.LogRecord) -> dict[str, str]:
+def record_fields(record: logging.LogRecord) -> dict[str, tuple[str, ...]]:
     """The vmsnapd fields of a record: the block's, then the call's own."""
     return {**_context_fields.get(), **getattr(record, _EXTRA_KEY, {})}
 
@@ -108,8 +115,10 @@ def encode_field(name: str, value: str | bytes) -> bytes:
     return key + b"=" + data + b"\n"
 
 
-def encode_entry(entry: Mapping[str, str | bytes]) -> bytes:
-    return b"".join(encode_field(k, v) for k, v in entry.items())
+def encode_entry(entry: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]) -> bytes:
+    """A journal entry: a mapping, or (name, value) pairs where a name may repeat (a field with several values)."""
+    pairs = entry.items() if isinstance(entry, Mapping) else entry
+    return b"".join(encode_field(k, v) for k, v in pairs)
 
 
 class JournalHandler(logging.Handler):
@@ -123,7 +132,7 @@ class JournalHandler(logging.Handler):
         self.fallback = logging.StreamHandler(sys.stderr)
         self.fallback.setFormatter(SyslogPrefixFormatter("%(name)s: %(message)s"))
 
-    def entry(self, record: logging.LogRecord) -> dict[str, str]:
+    def entry(self, record: logging.LogRecord) -> list[tuple[str, str]]:
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
@@ -138,11 +147,12 @@ class JournalHandler(logging.Handler):
         }
         if record.threadName and record.threadName != "MainThread":
             entry["VMSNAPD_THREAD"] = record.threadName
-        for name, value in record_fields(record).items():
-            entry[f"VMSNAPD_{name.upper()}"] = value
-        return entry
+        pairs = list(entry.items())
+        for name, values in record_fields(record).items():
+            pairs += [(f"VMSNAPD_{name.upper()}", value) for value in values]
+        return pairs
 
-    def formatException(self, exc_info) -> str:
+    def formatException(self, exc_info) -> str:  # noqa: N802 (logging's name)
         return logging.Formatter().formatException(exc_info)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -150,7 +160,7 @@ class JournalHandler(logging.Handler):
             self.send(encode_entry(self.entry(record)))
         except OSError:
             self.fallback.handle(record)
-        except Exception:
+        except Exception:  # noqa: BLE001 — logging must never raise into the caller
             self.handleError(record)
 
     def send(self, data: bytes) -> None:
