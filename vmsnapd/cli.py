@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from vmsnapd.actions.context import Context
 from vmsnapd.actions.report import PassReport, TargetOutcome
 from vmsnapd.config import ConfigError, load_config, read_regular_file, resolve
 from vmsnapd.lock import LockBusy, pass_lock
-from vmsnapd.logsetup import setup_logging
+from vmsnapd.logsetup import NOTICE, setup_logging
+from vmsnapd.progress import progress_on_tty
 from vmsnapd.names import InvalidName
 from vmsnapd.runner import Runner
 from vmsnapd.hypervisor import HypervisorError
@@ -23,7 +25,18 @@ DEFAULT_CONFIG = "/etc/vmsnapd/vmsnapd.toml"
 EX_OK = 0
 EX_FAILED = 1
 EX_USAGE = 2
+EX_PLAN_ONLY = 10  # a plan was shown and nothing was done (restore without --yes)
 EX_CONFIG = 78
+EX_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+EXIT_CODES_HELP = f"""exit status:
+  {EX_OK}   done, all good (check: OK)
+  {EX_FAILED}   something failed (check: WARNING)
+  {EX_USAGE}   usage error (check: CRITICAL)
+  3   check: UNKNOWN
+  {EX_PLAN_ONLY}  plan shown, nothing done (restore without --yes)
+  {EX_CONFIG}  invalid configuration (EX_CONFIG); nothing on the host touched
+  {EX_BROKEN_PIPE} stdout closed early (e.g. piped into head); quiet
+  130 interrupted (Ctrl-C)"""
 LOCK_WAIT_S = 60.0  # default of --lock-wait: a pass waits this long for the one holding the lock
 
 log = logging.getLogger("vmsnapd")
@@ -39,50 +52,81 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The global options, on the top parser (with defaults) and on every subcommand (defaults SUPPRESSed, so a
+    value given after the subcommand wins and one given before it is not reset): `vmsnapd once -c F` works."""
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options (also accepted after the command)")
+    group.add_argument("-c", "--config", default=default(DEFAULT_CONFIG), metavar="PATH",
+                       help=f"policy file (default {DEFAULT_CONFIG})")
+    group.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                       help="log INFO lines too (each step, hook output, a pass with nothing due)")
+    group.add_argument("--debug", action="store_true", default=default(False),
+                       help="log DEBUG lines, including every command's argv")
+    group.add_argument("--lock-wait", type=_seconds, default=default(LOCK_WAIT_S), metavar="SECONDS",
+                       help=f"how long to wait for another pass to finish before giving up with exit 1 "
+                            f"(default {LOCK_WAIT_S:.0f})")
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmsnapd",
         description="Consistent snapshots of running libvirt VMs on ZFS, with sanoid-compatible names and retention.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vmsnapd {__version__}")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"policy file (default {DEFAULT_CONFIG})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO lines")
-    parser.add_argument("--debug", action="store_true", help="log DEBUG lines, including every command's argv")
-    parser.add_argument("--lock-wait", type=_seconds, default=LOCK_WAIT_S, metavar="SECONDS",
-                        help=f"how long to wait for another pass to finish before giving up with exit 1 "
-                             f"(default {LOCK_WAIT_S:.0f})")
+    _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    sub.add_parser("run", help="the daemon, in the foreground (systemd Type=notify)")
-    p = sub.add_parser("once", help="one pass like sanoid --cron: take what is due, then prune")
+    def command(name: str, help_text: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        _global_options(p, top=False)
+        return p
+
+    command("run", "the daemon, in the foreground (systemd Type=notify)")
+    p = command("once", "one pass like sanoid --cron: take what is due, then prune")
     p.add_argument("--take", action="store_true", help="only take snapshots that are due")
     p.add_argument("--prune", action="store_true", help="only prune")
     p.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
     p.add_argument("--force", action="store_true",
                    help="also delete RAM dumps that have no manifest (half-written or foreign-looking) when orphaned")
-    p = sub.add_parser("snapshot", help="take a cycle now for a dataset or a domain")
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("--period", default="hourly")
-    p.add_argument("--dry-run", action="store_true")
-    p = sub.add_parser("status", help="per dataset: domain, state, newest snapshots, RAM dumps, errors")
-    p.add_argument("--json", action="store_true")
-    sub.add_parser("check", help="monitoring, Nagios style (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
-    p = sub.add_parser("config", help="configuration commands")
+    _json_option(p)
+    p = command("snapshot", "take a cycle now for a dataset or a domain")
+    p.add_argument("target", metavar="TARGET", help="a managed dataset, or the libvirt domain of one")
+    p.add_argument("--period", default="hourly", metavar="PERIOD",
+                   help="period in the snapshot name, counted by its retention (default hourly)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+    _json_option(p)
+    p = command("status", "per dataset: domain, state, newest snapshots, RAM dumps, errors")
+    _json_option(p)
+    p = command("check", "monitoring, Nagios style (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
+    _json_option(p)
+    p = command("config", "configuration commands")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-    csub.add_parser("check", help="validate and print the resolved policy per dataset")
-    p = sub.add_parser("import-sanoid", help="print the TOML equivalent of a sanoid.conf")
-    p.add_argument("file", metavar="FILE")
-    p = sub.add_parser("list", help="restore points: snapshots, time, whether a RAM dump exists")
-    p.add_argument("target", metavar="TARGET", nargs="?")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("restore", help="roll back (or clone) and resume from the RAM dump")
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("snapshot", metavar="SNAPSHOT")
-    p.add_argument("--clone", metavar="NAME")
-    p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--force-stop", action="store_true")
-    p.add_argument("--yes", action="store_true")
-    sub.add_parser("recover", help="finish or undo any cycle a crash interrupted")
+    p = command("check", "validate and print the resolved policy per dataset", parent=csub)
+    _json_option(p)
+    p = command("import-sanoid", "print the TOML equivalent of a sanoid.conf")
+    p.add_argument("file", metavar="FILE", help="the sanoid.conf to translate")
+    p = command("list", "restore points: snapshots, time, whether a RAM dump exists")
+    p.add_argument("target", metavar="TARGET", nargs="?", help="a dataset or domain (default: all)")
+    _json_option(p)
+    p = command("restore", "roll back (or clone) and resume from the RAM dump; without --yes only shows the plan")
+    p.add_argument("target", metavar="TARGET", help="a managed dataset, or the libvirt domain of one")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot name (the part after @)")
+    p.add_argument("--clone", metavar="NAME", help="restore into a new VM NAME on clones, leaving the original alone")
+    p.add_argument("--no-memory", action="store_true", help="boot from the disks, ignoring the RAM dump")
+    p.add_argument("--force-stop", action="store_true", help="power the VM off if it does not shut down when asked")
+    p.add_argument("--yes", action="store_true",
+                   help=f"carry the plan out (without it: the plan is shown, nothing done, exit {EX_PLAN_ONLY})")
+    _json_option(p)
+    p = command("recover", "finish or undo any cycle a crash interrupted")
+    _json_option(p)
     return parser
 
 
@@ -125,11 +169,53 @@ def cmd_once(args: argparse.Namespace) -> int:
     from vmsnapd.actions.passes import run_pass
 
     ctx = _build_context(args, dry_run=args.dry_run)
-    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait), progress_on_tty(ctx.config.daemon.libvirt_uri,
+                                                                         _likely_domains(ctx)):
         report = run_pass(ctx, take=args.take or not args.prune, prune_too=args.prune or not args.take,
                           force_dumps=args.force)
-    _render_outcomes(report)
+    _write_textfile(ctx, report)
+    if args.json:
+        _print_json({**report.model_dump(mode="json"), "failed": report.failed})
+    else:
+        _render_outcomes(report)
     return EX_FAILED if report.failed else EX_OK
+
+
+def _likely_domains(ctx: Context) -> set[str]:
+    """Domains a pass may touch, for the progress line: configured ones, and the last component of each
+    configured dataset (domain = "auto"). Cheap; a domain missed here only shows no progress."""
+    names = set()
+    for dataset, table in ctx.config.datasets.items():
+        domain = getattr(table, "domain", None)
+        names.add(dataset.rsplit("/", 1)[-1] if domain in (None, "auto") else domain)
+    return names - {"none"}
+
+
+def _write_textfile(ctx: Context, report: PassReport) -> None:
+    """`metrics_textfile`: this run's metrics for node_exporter, written atomically; never in a dry run.
+    A failure to write it is logged, it does not fail the pass."""
+    import time
+
+    from vmsnapd.actions.status import host_status
+    from vmsnapd.metrics import Metrics
+
+    path = ctx.config.daemon.metrics_textfile
+    if not path or ctx.dry_run:
+        return
+    metrics = Metrics(process=False)
+    metrics.observe_report(report, time.time())
+    try:
+        metrics.set_status(host_status(ctx))
+    except (ZfsError, HypervisorError, OSError) as exc:
+        log.warning("metrics textfile: could not survey the host (%s); writing the pass's counters only", exc)
+    try:
+        metrics.write_textfile(Path(path))
+    except OSError as exc:
+        log.error("metrics textfile %s not written: %s", path, exc.strerror or exc)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -141,7 +227,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         print(f"vmsnapd: --period must be one of {', '.join(PERIODS)}", file=sys.stderr)
         return EX_USAGE
     ctx = _build_context(args, dry_run=args.dry_run)
-    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait), progress_on_tty(ctx.config.daemon.libvirt_uri,
+                                                                         [args.target, *_likely_domains(ctx)]):
         outcome = take_now(ctx, ctx.survey(), args.target, args.period)
         if outcome is not None:
             record_results(ctx, PassReport(outcomes=[outcome]))
@@ -149,7 +236,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         print(f"vmsnapd: {args.target} is neither a dataset managed by {args.config} nor the domain of one",
               file=sys.stderr)
         return EX_FAILED
-    print(_outcome_line(outcome))
+    if args.json:
+        _print_json(outcome.model_dump(mode="json"))
+    else:
+        print(_outcome_line(outcome))
     return EX_OK if outcome.ok else EX_FAILED
 
 
@@ -163,6 +253,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         existing = sorted(config.datasets)
         where = f"configured names only (cannot list datasets: {exc})"
     policies = resolve(config, existing)
+    if args.json:
+        _print_json({"config": args.config, "valid": True, "source": where,
+                     "datasets": {name: p.model_dump(mode="json", exclude={"name"}) for name, p in policies.items()}})
+        return EX_OK
     print(f"{args.config}: valid. Resolved policy for {len(policies)} dataset(s) ({where}):")
     for name, policy in policies.items():
         data = policy.model_dump(exclude={"name"})
@@ -208,6 +302,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     ctx = _build_context(args)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         report = recover(ctx)
+    if args.json:
+        _print_json({**report.model_dump(mode="json"), "failed": report.failed})
+        return EX_FAILED if report.failed else EX_OK
     for line in report.actions:
         print(line)
     for line in report.errors:
@@ -249,6 +346,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    """Plan (verify), show the plan, and only with --yes carry it out. With --json one document at the end:
+    `plan`, `carried_out`, and `done` (the steps done) or `error`."""
     from vmsnapd.actions.restore import RestoreFailed, execute_restore, plan_restore
 
     ctx = _build_context(args)
@@ -259,22 +358,34 @@ def cmd_restore(args: argparse.Namespace) -> int:
         except RestoreFailed as exc:
             print(f"vmsnapd: restore refused: {exc}", file=sys.stderr)
             return EX_FAILED
-        print(f"restore of {plan.domain} to {plan.snapshot}:")
-        for step in plan.steps:
-            print(f"  - {step}")
-        for name in plan.newer_snapshots_destroyed:
-            print(f"    destroyed by the rollback: {name}")
+        result: dict[str, object] = {"plan": plan.model_dump(mode="json"), "carried_out": False}
+        if not args.json:
+            _print_plan(plan)
         if not args.yes:
-            print("nothing done: add --yes to carry this out", file=sys.stderr)
-            return EX_USAGE
-        try:
-            done = execute_restore(ctx, plan)
-        except RestoreFailed as exc:
-            print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
-            return EX_FAILED
-    for line in done:
-        print(f"done: {line}")
-    return EX_OK
+            print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
+            code = EX_PLAN_ONLY
+        else:
+            try:
+                with progress_on_tty(ctx.config.daemon.libvirt_uri, [plan.domain, plan.clone]):
+                    result["done"] = execute_restore(ctx, plan)
+                result["carried_out"], code = True, EX_OK
+            except RestoreFailed as exc:
+                print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
+                result["error"], code = str(exc), EX_FAILED
+    if args.json:
+        _print_json(result)
+    else:
+        for line in result.get("done", []):
+            print(f"done: {line}")
+    return code
+
+
+def _print_plan(plan) -> None:
+    print(f"restore of {plan.domain} to {plan.snapshot}:")
+    for step in plan.steps:
+        print(f"  - {step}")
+    for name in plan.newer_snapshots_destroyed:
+        print(f"    destroyed by the rollback: {name}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -285,10 +396,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vmsnapd.actions.status import check
+    from vmsnapd.actions.status import STATE_WORDS, check
 
     code, line = check(_build_context(args))
-    print(line)
+    if args.json:
+        _print_json({"code": code, "state": STATE_WORDS.get(code, "UNKNOWN"), "line": line})
+    else:
+        print(line)
     return code
 
 
@@ -308,9 +422,42 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _closed_pipe()
+    except KeyboardInterrupt:
+        print("vmsnapd: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`vmsnapd status | head -1`): stop quietly, like a tool killed by SIGPIPE.
+    stdout is pointed at /dev/null so the interpreter's final flush cannot complain either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EX_BROKEN_PIPE
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """--debug, -v, else NOTICE for the daemon (start, stop, reload, what a pass did) and WARNING for commands
+    (whose results go to stdout)."""
+    if args.debug:
+        return logging.DEBUG
+    if args.verbose:
+        return logging.INFO
+    return NOTICE if args.command == "run" else logging.WARNING
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING)
+    setup_logging(_log_level(args))
     name = args.command if args.command != "config" else f"config {args.config_command}"
     try:
         return COMMANDS[name](args)
@@ -320,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidName as exc:
         print(f"vmsnapd: {exc}", file=sys.stderr)
         return EX_USAGE
+    except BrokenPipeError:
+        raise
     except OSError as exc:  # e.g. an unwritable state_dir: a message, not a traceback
         print(f"vmsnapd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EX_FAILED

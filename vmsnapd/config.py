@@ -55,12 +55,23 @@ class DaemonSettings(StrictModel):
         "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810" or "[::1]:9810" (IPv6 in '
         "brackets); HOST an IP address or a host name; empty: no endpoint.",
     )
+    metrics_textfile: str = Field(
+        "", description="File `once` writes its metrics to (atomically), for node_exporter's textfile collector, "
+        'e.g. "/var/lib/node_exporter/textfile_collector/vmsnapd.prom"; empty: none.'
+    )
 
     @field_validator("state_dir", "overlay_dir", "ram_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         if not value.is_absolute():
             raise ValueError(f"must be an absolute path, got {str(value)!r}")
+        return value
+
+    @field_validator("metrics_textfile")
+    @classmethod
+    def _textfile(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/") or "\0" in value):
+            raise ValueError(f"must be an absolute file path or empty, got {value!r}")
         return value
 
     @field_validator("metrics_listen")

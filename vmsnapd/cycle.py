@@ -24,6 +24,7 @@ from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFoun
                                 Hypervisor, HypervisorError, nvram_path)
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord, write_file_atomically
+from vmsnapd.logsetup import NOTICE, fields, log_fields
 from vmsnapd.names import STAMP_FORMAT, InvalidName
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
@@ -93,7 +94,7 @@ class Cycle:
     def _log(self, level: int, state: CycleState, event: str, extra: str = "") -> None:
         log.log(level, "%scycle %s dataset=%s domain=%s snapshot=%s elapsed_ms=%d%s", self.prefix, event,
                 ",".join(self.target.datasets), self.target.domain or "-", ",".join(self.names),
-                state.elapsed_ms(), f": {extra}" if extra else "")
+                state.elapsed_ms(), f": {extra}" if extra else "", extra=fields(pause_ms=state.record.pause_ms))
 
     def _enter(self, state: CycleState, name: str, **changes: object) -> None:
         if not self.env.dry_run:
@@ -105,6 +106,11 @@ class Cycle:
     # -- entry -----------------------------------------------------------------------------------------------
 
     def run(self) -> TargetOutcome:
+        with log_fields(dataset=self.target.datasets, domain=self.target.domain, snapshot=self.names,
+                        cycle=f"{self.target.domain or self.target.name}-{self.stamp.strftime(STAMP_FORMAT)}"):
+            return self._run()
+
+    def _run(self) -> TargetOutcome:
         outcome = TargetOutcome(action="take", target=self.target.name, domain=self.target.domain,
                                 datasets=list(self.target.datasets), dry_run=self.env.dry_run)
         stamp_text = self.stamp.strftime(STAMP_FORMAT)
@@ -174,9 +180,10 @@ class Cycle:
                 state.warnings.append(f"post_snapshot hook failed: {post.error}")
         outcome.warnings = state.warnings
         outcome.duration_ms = state.elapsed_ms()
+        outcome.pause_ms = state.record.pause_ms
         if outcome.ok:
             pause = state.record.pause_ms
-            self._log(logging.INFO, state, "done", f"method={method}"
+            self._log(NOTICE, state, "done", f"method={method}"
                       + (f" pause_ms={pause}" if pause is not None else ""))
         else:
             self._log(logging.ERROR, state, "failed", outcome.error or "")

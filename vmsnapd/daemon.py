@@ -6,8 +6,12 @@ sd_notify tie it to systemd.
   cheap: one `zfs get` listing when nothing is due.
 - SIGHUP re-reads the config; an invalid new config is logged and rejected, the old one keeps running.
 - SIGTERM/SIGINT: STOPPING=1, the running pass (if any) finishes, exit 0.
-- sd_notify: READY=1 once the scheduler runs (the first pass starts right then), STATUS= after each pass, WATCHDOG=1 every half
-  WatchdogSec from the scheduler (so a wedged scheduler stops the pings and systemd restarts us).
+- sd_notify: READY=1 once the scheduler runs (the first pass starts right then), STATUS= after each pass.
+- Watchdog: every half WatchdogSec the scheduler runs a liveness check that sends WATCHDOG=1 only while
+  no pass has been running longer than `pass_bound_s()` (see there); a wedged scheduler or a stuck pass
+  (a libvirt call that never returns, a hung zfs) stops the pings and systemd restarts us, after which
+  the start-up `recover` finishes whatever the stuck cycle left.
+- Metrics: a MetricsServer on `metrics_listen`; a reload that changes it moves the endpoint, no restart.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from vmsnapd.actions.context import Context
 from vmsnapd.actions.passes import run_pass
 from vmsnapd.config import Config, ConfigError, load_config
 from vmsnapd.lock import LockBusy, pass_lock
-from vmsnapd.metrics import Metrics, serve
+from vmsnapd.logsetup import NOTICE
+from vmsnapd.metrics import Metrics, MetricsServer
 from vmsnapd.runner import Runner
 from vmsnapd.zfs import Zfs
 
@@ -36,6 +41,18 @@ log = logging.getLogger(__name__)
 
 # A pass waits this long for a manual `once`/`snapshot` holding the lock, then skips this minute.
 PASS_LOCK_WAIT_S = 50.0
+# Worst case of one VM cycle besides its hooks: RAM save, zfs snapshot, 3 blockcommit attempts of up to
+# 300 s each (Hypervisor.block_job_timeout), the runner's 300 s timeout on zfs calls: generous on purpose.
+CYCLE_BOUND_S = 1800.0
+PASS_BASE_BOUND_S = 1800.0  # recover, surveys and pruning
+
+
+def pass_bound_s(config: Config) -> float:
+    """How long a pass may run before the watchdog calls it stuck: PASS_BASE_BOUND_S plus, per round of
+    `max_parallel` cycles over the configured dataset tables, CYCLE_BOUND_S and two hook timeouts
+    (pre and post). Slow is fine; only a pass that cannot be making progress stops the pings."""
+    rounds = -(-max(len(config.datasets), 1) // config.daemon.max_parallel)
+    return PASS_BASE_BOUND_S + rounds * (CYCLE_BOUND_S + 2 * config.daemon.hook_timeout)
 
 
 def sd_notify(message: str) -> bool:
@@ -64,14 +81,35 @@ class Daemon:
         self.passes = 0
         self.failed_passes = 0
         self.metrics = Metrics()
-        self.metrics_server = None
+        self.metrics_server: MetricsServer | None = None
+        self.pass_started: float | None = None  # monotonic time the running pass began
+        self.stuck_reported = False
 
     def context(self) -> Context:
         runner = Runner()
         return Context(config=self.config, config_path=self.config_path, runner=runner, zfs=Zfs(runner))
 
+    def watchdog_tick(self) -> bool:
+        """WATCHDOG=1 unless a pass has run past its bound; True when the ping was sent."""
+        started = self.pass_started
+        if started is not None and time.monotonic() - started > pass_bound_s(self.config):
+            if not self.stuck_reported:
+                self.stuck_reported = True
+                log.critical("pass running for %.0f s, beyond its bound of %.0f s: stuck; watchdog pings stop "
+                             "so systemd restarts vmsnapd", time.monotonic() - started, pass_bound_s(self.config))
+                sd_notify("STATUS=pass stuck, watchdog pings stopped")
+            return False
+        return sd_notify("WATCHDOG=1")
+
     def one_pass(self) -> None:
-        started = time.monotonic()
+        self.pass_started = time.monotonic()
+        try:
+            self._one_pass(self.pass_started)
+        finally:
+            self.pass_started = None
+            self.stuck_reported = False
+
+    def _one_pass(self, started: float) -> None:
         ctx = self.context()
         status = None
         try:
@@ -85,7 +123,8 @@ class Daemon:
         except Exception:  # noqa: BLE001 — the daemon outlives one broken pass; the next one retries
             log.exception("pass crashed")
             self.failed_passes += 1
-            self.metrics.record_pass(True, time.time(), None)
+            self.metrics.passes.inc()
+            self.metrics.pass_failures.inc()
             sd_notify("STATUS=last pass crashed, see the journal")
             return
         finally:
@@ -101,8 +140,10 @@ class Daemon:
         summary = (f"pass {self.passes}: {took} snapshot(s) taken, {destroyed} destroyed, "
                    f"{len(report.dumps_deleted)} RAM dump(s) deleted, {report.failed} failure(s) "
                    f"in {int((time.monotonic() - started) * 1000)} ms")
-        (log.warning if report.failed else log.info)(summary)
-        self.metrics.record_pass(bool(report.failed), time.time(), status)
+        log.log(logging.WARNING if report.failed else NOTICE if took or destroyed else logging.INFO, summary)
+        self.metrics.observe_report(report, time.time())
+        if status is not None:
+            self.metrics.set_status(status)
         sd_notify(f"STATUS={summary}")
 
     def reload(self) -> None:
@@ -116,9 +157,44 @@ class Daemon:
             log.exception("reload failed, the running config stays in force")
             sd_notify("STATUS=reload failed (see the journal)")
             return
-        self.config = new
-        log.warning("config reloaded from %s", self.config_path)
+        old_listen, self.config = self.config.daemon.metrics_listen, new
+        log.log(NOTICE, "config reloaded from %s", self.config_path)
+        if new.daemon.metrics_listen != old_listen:
+            self.move_metrics(new.daemon.metrics_listen)
         sd_notify("READY=1\nSTATUS=config reloaded")
+
+    def move_metrics(self, listen: str) -> None:
+        """Serve the metrics on `listen` (empty: nowhere), without a restart. The new endpoint is bound before
+        the old one closes; when that fails (the old one may hold the port under another spelling of the
+        address) the old one is closed and the new one tried again, and if that fails too, the old comes back."""
+        old = self.metrics_server
+        self.metrics_server = None
+        if old is not None and not listen:
+            old.close()
+            log.log(NOTICE, "metrics endpoint %s closed", old.listen)
+        if not listen:
+            return
+        try:
+            self.metrics_server = MetricsServer(self.metrics.registry, listen).start()
+        except OSError as exc:
+            if old is None:
+                log.error("metrics: cannot listen on %s: %s; no metrics endpoint", listen, exc)
+                return
+            old.close()
+            try:
+                self.metrics_server = MetricsServer(self.metrics.registry, listen).start()
+            except OSError as again:
+                log.error("metrics: cannot listen on %s: %s; staying on %s", listen, again, old.listen)
+                self._start_metrics(old.listen)
+            return
+        if old is not None:
+            old.close()
+
+    def _start_metrics(self, listen: str) -> None:
+        try:
+            self.metrics_server = MetricsServer(self.metrics.registry, listen).start()
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s: %s; no metrics endpoint", listen, exc)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
@@ -126,27 +202,27 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.reload_wanted.set())
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if watchdog_usec:
-            self.scheduler.add_job(lambda: sd_notify("WATCHDOG=1"), "interval",
-                                   seconds=max(watchdog_usec / 2e6, 0.5), id="watchdog")
+            self.scheduler.add_job(self.watchdog_tick, "interval", seconds=max(watchdog_usec / 2e6, 0.5),
+                                   id="watchdog", max_instances=1)
         # Every minute at second 0, and once right away (catch-up after downtime, as sanoid --cron).
         self.scheduler.add_job(self.one_pass, CronTrigger(second=0, timezone="UTC"), id="pass",
                                misfire_grace_time=50, next_run_time=None)
         if self.config.daemon.metrics_listen:
-            self.metrics_server = serve(self.metrics, self.config.daemon.metrics_listen)
+            self._start_metrics(self.config.daemon.metrics_listen)
         self.scheduler.start()
         self.scheduler.get_job("pass").modify(next_run_time=datetime.now(timezone.utc))
         sd_notify("READY=1\nSTATUS=running")
-        log.warning("vmsnapd running with %s (%d dataset table(s))", self.config_path, len(self.config.datasets))
+        log.log(NOTICE, "vmsnapd running with %s (%d dataset table(s))", self.config_path, len(self.config.datasets))
         while not self.stop.wait(0.5):
             if self.reload_wanted.is_set():
                 self.reload_wanted.clear()
                 self.reload()
         sd_notify("STOPPING=1")
-        log.warning("stopping: waiting for a running pass to finish")
+        log.log(NOTICE, "stopping: waiting for a running pass to finish")
         self.scheduler.shutdown(wait=True)
         if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-        log.warning("stopped after %d pass(es), %d with failures", self.passes, self.failed_passes)
+            self.metrics_server.close()
+        log.log(NOTICE, "stopped after %d pass(es), %d with failures", self.passes, self.failed_passes)
         return 0
 
 

@@ -50,6 +50,7 @@ from typing import Callable, Literal, Mapping
 
 from pydantic import BaseModel
 
+from vmsnapd.metrics import hook_killed
 from vmsnapd.runner import kill_process_group
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ def run_hook(
     if timed_out:
         message = f"killed after {timeout}s timeout (with its process group)"
         log.error("hook %s for %s %s", phase, log_context, message)
+        hook_killed(log_context)
         return HookResult(ok=False, returncode=returncode, timed_out=True, duration_ms=duration_ms, error=message)
     if returncode != 0:
         message = f"exit status {returncode}" if returncode > 0 else f"killed by signal {-returncode}"

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.lab]
 
@@ -82,8 +83,24 @@ def test_daemon_notifies_takes_snapshots_rejects_bad_reload_and_stops_cleanly(la
         assert len(snaps) == 1 and snaps[0].endswith("_hourly")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             metrics = response.read().decode()
-        assert f'vmsnapd_snapshots{{dataset="{dataset.name}",period="hourly"}} 1' in metrics, metrics
-        assert "vmsnapd_passes_total 1" in metrics and f'vmsnapd_last_cycle_ok{{dataset="{dataset.name}"}} 1' in metrics
+        parsed = {(s.name, s.labels.get("period")): s.value for f in text_string_to_metric_families(metrics)
+                  for s in f.samples if s.labels.get("dataset") in (None, dataset.name)}
+        assert parsed[("vmsnapd_snapshots", "hourly")] == 1, metrics
+        assert parsed[("vmsnapd_passes_total", None)] == 1 and parsed[("vmsnapd_last_cycle_ok", None)] == 1
+        assert parsed[("vmsnapd_snapshots_taken_total", None)] == 1 and ("process_cpu_seconds_total", None) in parsed
+
+        # A reload with another metrics_listen (IPv6 loopback) moves the endpoint without a restart.
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port6 = probe.getsockname()[1]
+        env.daemon["metrics_listen"] = f"[::1]:{port6}"
+        env.write()
+        proc.send_signal(signal.SIGHUP)
+        notes.wait_for("STATUS=config reloaded", 10)
+        with urllib.request.urlopen(f"http://[::1]:{port6}/metrics", timeout=10) as response:
+            assert "vmsnapd_build_info" in response.read().decode()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
 
         env.config_path.write_text(env.config_path.read_text() + "\n[datasets.\"" + dataset.name + "/x\"]\nhourly = \"many\"\n")
         proc.send_signal(signal.SIGHUP)
@@ -102,6 +119,6 @@ def test_daemon_notifies_takes_snapshots_rejects_bad_reload_and_stops_cleanly(la
     assert "reload rejected" in log and "hourly" in log
     # Under systemd (JOURNAL_STREAM set) every line carries a syslog priority for journald.
     lines = [line for line in log.splitlines() if line.strip()]
-    assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") or line.startswith((" ", "\t", "datasets"))
+    assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<5>", "<6>", "<7>") or line.startswith((" ", "\t", "datasets"))
                          for line in lines), log[:2000]
     assert any(line.startswith("<3>") and "reload rejected" in line for line in lines)

@@ -23,6 +23,7 @@ from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport, TargetOutcome
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hooks import HookEnv, run_hook
+from vmsnapd.logsetup import NOTICE, fields, log_fields
 from vmsnapd.names import InvalidName
 from vmsnapd.policy import Snapshot, prune_deferred, prune_set
 from vmsnapd.ramstore import plan_sweep
@@ -59,9 +60,10 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False)
                     log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
                              pool, capacity[pool], policy.prune_defer)
                     continue
-            outcome = _prune_dataset(ctx, policy, doomed)
+            with log_fields(dataset=dataset):
+                outcome = _prune_dataset(ctx, policy, doomed)
         except (ZfsError, InvalidName) as exc:
-            log.error("%sprune of %s failed: %s", prefix, dataset, exc)
+            log.error("%sprune of %s failed: %s", prefix, dataset, exc, extra=fields(dataset=dataset))
             outcome = TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run,
                                     kept=[s.full_name for s in doomed], error=str(exc))
         destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
@@ -117,8 +119,9 @@ def _prune_dataset(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot]) 
         outcome.error = f"{len(failed)} snapshot(s) could not be destroyed: " + "; ".join(
             str(e) for e in failed.values())
     outcome.duration_ms = int((time.monotonic() - started) * 1000)
-    log.info("%spruned dataset=%s domain=- destroyed=%d snapshot=%s duration_ms=%d", prefix, dataset,
-             len(outcome.snapshots), ",".join(s.split("@", 1)[1] for s in outcome.snapshots), outcome.duration_ms)
+    gone = [s.split("@", 1)[1] for s in outcome.snapshots]
+    log.log(NOTICE if gone else logging.INFO, "%spruned dataset=%s domain=- destroyed=%d snapshot=%s duration_ms=%d",
+            prefix, dataset, len(gone), ",".join(gone), outcome.duration_ms, extra=fields(snapshot=gone))
     return outcome
 
 

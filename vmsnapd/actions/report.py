@@ -17,6 +17,7 @@ class TargetOutcome(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     error: str | None = None
     duration_ms: int = 0
+    pause_ms: int | None = None  # how long the guest stood still in a VM cycle (libvirt lifecycle events)
     dry_run: bool = False
 
     @property
