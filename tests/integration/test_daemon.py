@@ -8,12 +8,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.lab]
-
 
 
 class Notifications:
