@@ -19,9 +19,10 @@ MANDIR ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 DOCDIR ?= $(PREFIX)/share/doc/vmsnapd
 SYSTEM_PYTHON ?= /usr/bin/python3
+BUILDDIR ?= $(CURDIR)/build
 INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" VENVDIR="$(VENVDIR)" SYSCONFDIR="$(SYSCONFDIR)" \
 	UNITDIR="$(UNITDIR)" MANDIR="$(MANDIR)" BASHCOMPDIR="$(BASHCOMPDIR)" DOCDIR="$(DOCDIR)" \
-	SYSTEM_PYTHON="$(SYSTEM_PYTHON)"
+	SYSTEM_PYTHON="$(SYSTEM_PYTHON)" BUILDDIR="$(BUILDDIR)"
 
 .PHONY: test demo lab lab-clean unit install uninstall deb deb-deps deb-test clean
 
