@@ -59,3 +59,29 @@ def test_install_stages_a_working_tree_keeps_an_existing_policy_and_uninstall_re
     left = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file() or p.is_symlink())
     assert left == ["etc/vmsnapd/vmsnapd.toml"], left
     assert state.is_dir()
+
+
+def test_install_in_place_runs_from_path_upgrades_and_uninstalls(tmp_path):
+    """Without DESTDIR (as on a host), into temporary locations: the CLI symlink runs, a second install upgrades
+    the same venv, uninstall removes it and keeps the policy."""
+    root = tmp_path / "host"
+    where = {"PREFIX": f"{root}/usr/local", "VENVDIR": f"{root}/opt/vmsnapd", "SYSCONFDIR": f"{root}/etc",
+             "BUILDDIR": str(tmp_path / "build")}
+    args = ["make", "-C", str(REPO), "install", *(f"{k}={v}" for k, v in where.items())]
+    for _ in range(2):
+        proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "upgrading the existing venv" in proc.stdout
+    cli = root / "usr/local/bin/vmsnapd"
+    proc = subprocess.run([cli, "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("vmsnapd "), proc.stderr
+    conf = root / "etc/vmsnapd/vmsnapd.toml"
+    proc = subprocess.run([cli, "-c", conf, "import-sanoid", REPO / "config/sanoid/vm-host.conf"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "[datasets." in proc.stdout, proc.stderr
+
+    proc = subprocess.run(["make", "-C", str(REPO), "uninstall", *(f"{k}={v}" for k, v in where.items())],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (root / "opt/vmsnapd").exists() and not cli.is_symlink()
+    assert conf.is_file()
