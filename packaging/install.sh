@@ -48,8 +48,9 @@ fi
 if [ -n "$DESTDIR" ]; then
     # Make the staged venv work at $VENVDIR: scripts' #! lines, activate scripts and pyvenv.cfg name the
     # staging directory until rewritten (the bin/python* symlinks point at the system python and stay).
-    find "$venv/bin" "$venv/pyvenv.cfg" -maxdepth 1 -type f -print0 \
-        | xargs -0 grep -lZF "$venv" | xargs -0 -r sed -i "s|$venv|$VENVDIR|g"
+    while IFS= read -r -d '' f; do
+        if grep -qF "$venv" "$f"; then sed -i "s|$venv|$VENVDIR|g" "$f"; fi
+    done < <(find "$venv/bin" "$venv/pyvenv.cfg" -maxdepth 1 -type f -print0)
     "$SYSTEM_PYTHON" -m compileall -q -f -j0 -s "$DESTDIR" -p / "$venv/lib" >/dev/null
 else
     "$venv/bin/python" -m compileall -q -j0 "$venv/lib" >/dev/null
