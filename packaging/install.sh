@@ -12,6 +12,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { echo "install: $*"; }
 die() { echo "install: ERROR: $*" >&2; exit 1; }
+# A relative DESTDIR would end up inside the venv's absolute paths half-rewritten: make it absolute.
+if [ -n "$DESTDIR" ]; then DESTDIR="$(realpath -m "$DESTDIR")"; fi
 
 [ "${VENVDIR:0:1}" = / ] && [ "${PREFIX:0:1}" = / ] || die "VENVDIR and PREFIX must be absolute paths"
 [ -x "$SYSTEM_PYTHON" ] || die "$SYSTEM_PYTHON not found (apt-get install python3 python3-venv)"
@@ -41,7 +43,7 @@ mkdir -p "$BUILDDIR"
 if ! "$venv/bin/python" -m pip install --no-compile --upgrade -c "$REPO/packaging/constraints.txt" "$REPO" \
         >"$BUILDDIR/pip.log" 2>&1; then
     tail -n 25 "$BUILDDIR/pip.log" >&2
-    grep -q "pkg-config\|libvirt" "$BUILDDIR/pip.log" \
+    grep -q "pkg-config\|Python.h\|libvirt.pc\|command .gcc. failed\|x86_64-linux-gnu-gcc" "$BUILDDIR/pip.log" \
         && echo "install: hint: building libvirt-python needs: apt-get install python3-dev libvirt-dev pkg-config gcc" >&2
     die "pip install failed"
 fi

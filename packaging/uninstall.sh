@@ -7,6 +7,8 @@ set -euo pipefail
 : "${BASHCOMPDIR:=$PREFIX/share/bash-completion/completions}" "${DOCDIR:=$PREFIX/share/doc/vmsnapd}"
 say() { echo "uninstall: $*"; }
 die() { echo "uninstall: ERROR: $*" >&2; exit 1; }
+# A relative DESTDIR would end up inside the venv's absolute paths half-rewritten: make it absolute.
+if [ -n "$DESTDIR" ]; then DESTDIR="$(realpath -m "$DESTDIR")"; fi
 
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && systemctl is-active --quiet vmsnapd.service; then
     die "vmsnapd.service is running: systemctl disable --now vmsnapd first"
