@@ -2,10 +2,29 @@
 #   make demo       set up the lab, start a counter guest on a throw-away pool, show it running
 #   make test       set up the lab, run the whole suite (lab tests must run: VMSNAPD_LAB_REQUIRED=1)
 #   make lab-clean  remove every lab pool, domain and mount (vlab* names)
+#   make install    install on this host (venv in /opt/vmsnapd, CLI, unit, man page, completion; see docs/install.md)
+#   make uninstall  remove what make install put there (never /etc/vmsnapd nor /var/lib/vmsnapd)
+#   make deb        build dist/vmsnapd_<version>_<arch>.deb (installs its build dependencies first)
+#   make deb-test   build the .deb and install it with apt in a fresh Debian 12 chroot (slow, needs network)
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo lab lab-clean unit
+# Install locations (override on the command line; DESTDIR stages the tree for a package).
+DESTDIR ?=
+PREFIX ?= /usr/local
+VENVDIR ?= /opt/vmsnapd
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+DOCDIR ?= $(PREFIX)/share/doc/vmsnapd
+SYSTEM_PYTHON ?= /usr/bin/python3
+BUILDDIR ?= $(CURDIR)/build
+INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" VENVDIR="$(VENVDIR)" SYSCONFDIR="$(SYSCONFDIR)" \
+	UNITDIR="$(UNITDIR)" MANDIR="$(MANDIR)" BASHCOMPDIR="$(BASHCOMPDIR)" DOCDIR="$(DOCDIR)" \
+	SYSTEM_PYTHON="$(SYSTEM_PYTHON)" BUILDDIR="$(BUILDDIR)"
+
+.PHONY: test demo lab lab-clean unit install uninstall deb deb-deps deb-test clean
 
 lab:
 	bash tests/lab/setup.sh
@@ -21,3 +40,21 @@ demo: lab
 
 lab-clean:
 	@if [ -x $(PYTHON) ]; then $(PYTHON) tests/lab/demo.py --clean; else echo "no .venv: nothing set up"; fi
+
+install:
+	$(INSTALL_VARS) bash packaging/install.sh
+
+uninstall:
+	$(INSTALL_VARS) bash packaging/uninstall.sh
+
+deb-deps:
+	bash packaging/build-deps.sh
+
+deb: deb-deps
+	bash packaging/build-deb.sh
+
+deb-test: deb
+	bash packaging/test-deb-chroot.sh dist/vmsnapd_*.deb
+
+clean:
+	rm -rf build dist
