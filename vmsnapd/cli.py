@@ -69,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="monitoring, Nagios style (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
     p = sub.add_parser("config", help="configuration commands")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-    csub.add_parser("check", help="validate and print the resolved policy per dataset")
+    p = csub.add_parser("check", help="validate and print the resolved policy per dataset")
+    p.add_argument("--json", action="store_true", help="the resolved policy per dataset as JSON")
     p = sub.add_parser("import-sanoid", help="print the TOML equivalent of a sanoid.conf")
     p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the TOML to FILE (atomically, mode 0644) instead of standard output")
     p = sub.add_parser("list", help="restore points: snapshots, time, whether a RAM dump exists")
     p.add_argument("target", metavar="TARGET", nargs="?")
     p.add_argument("--json", action="store_true")
@@ -163,6 +166,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         existing = sorted(config.datasets)
         where = f"configured names only (cannot list datasets: {exc})"
     policies = resolve(config, existing)
+    if not policies:
+        print(f"vmsnapd: warning: {args.config} manages no dataset ({where})", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"config": str(args.config), "datasets_from": where,
+                          "datasets": {name: policy.model_dump(mode="json", exclude={"name"})
+                                       for name, policy in policies.items()}}, indent=2))
+        return EX_OK
     print(f"{args.config}: valid. Resolved policy for {len(policies)} dataset(s) ({where}):")
     for name, policy in policies.items():
         data = policy.model_dump(exclude={"name"})
@@ -173,14 +183,27 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_import_sanoid(args: argparse.Namespace) -> int:
-    from vmsnapd.sanoid_import import sanoid_to_toml
+    from vmsnapd.sanoid_import import SanoidImportError, sanoid_import, write_atomically
 
     try:
-        text = Path(args.file).read_text()
+        text = Path(args.file).read_bytes().decode("utf-8")
+        result = sanoid_import(text)
     except OSError as exc:
         print(f"vmsnapd: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EX_FAILED
-    sys.stdout.write(sanoid_to_toml(text))
+    except UnicodeDecodeError as exc:
+        print(f"vmsnapd: {args.file}: not UTF-8 text ({exc.reason} at byte {exc.start}); nothing written",
+              file=sys.stderr)
+        return EX_FAILED
+    except SanoidImportError as exc:
+        print(f"vmsnapd: {args.file}: cannot import: {exc}; nothing written", file=sys.stderr)
+        return EX_FAILED
+    for warning in result.warnings:
+        print(f"vmsnapd: warning: {warning}", file=sys.stderr)
+    if args.output:
+        write_atomically(args.output, result.toml)
+    else:
+        sys.stdout.write(result.toml)
     return EX_OK
 
 
