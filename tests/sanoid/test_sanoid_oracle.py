@@ -67,3 +67,46 @@ def test_embedded_defaults_are_sanoids_installed_defaults():
         pytest.skip(f"{installed} is not installed")
     sections = {s.name: {k: v.text for k, v in s.keys.items()} for s in read_ini(installed.read_text(), known_keys=None)}
     assert sections["template_default"] == SANOID_DEFAULTS
+
+
+# ---- differential: random section arrangements, sanoid's resolution vs the import's -------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vmsnapd.sanoid_import import SanoidImportError  # noqa: E402
+
+TREE = ["tank", "tank/a", "tank/a/b", "tank/a/b/c", "tank/c", "tank/c/d", "tank/e"]
+_KEY_VALUES = {
+    "hourly": ["0", "3", "36"], "daily": ["1", "30"], "weekly": ["0", "4"], "autosnap": ["yes", "no", "off", "1"],
+    "autoprune": ["on", "false"], "recursive": ["yes", "no", "zfs", "1"], "use_template": ["x", "y", "x,y", "y, x"],
+    "process_children_only": ["yes", "no"], "skip_children": ["yes", "no"], "hourly_min": ["0", "30"],
+    "pre_snapshot_script": ["/x.sh -v", "/y.sh 'a b'"], "post_snapshot_script": ["/post.sh"],
+    "no_inconsistent_snapshot": ["yes", "no"], "hourly_warn": ["2h", "90"], "monitor": ["no", "yes"],
+    "prune_defer": ["0", "50", "100"], "script_timeout": ["0", "9"],
+}
+_TEMPLATE_KEYS = [k for k in _KEY_VALUES if k not in ("recursive", "use_template", "skip_children")]
+
+
+def _section(name):
+    keys = _TEMPLATE_KEYS if name.startswith("template_") else list(_KEY_VALUES)
+    pairs = st.lists(st.sampled_from(keys), max_size=4, unique=True).flatmap(
+        lambda chosen: st.tuples(*[st.tuples(st.just(k), st.sampled_from(_KEY_VALUES[k])) for k in chosen]))
+    return pairs.map(lambda kv: f"[{name}]\n" + "".join(f"\t{k} = {v}\n" for k, v in kv))
+
+
+_configs = st.lists(st.sampled_from(["tank", "tank/a", "tank/a/b", "tank/c", "template_x", "template_y",
+                                     "template_default"]), min_size=1, max_size=6, unique=True).flatmap(
+    lambda names: st.tuples(*[_section(n) for n in names])).map("".join)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_configs)
+def test_random_configs_resolve_as_sanoid_does(tmp_path, conf):
+    try:
+        translation = sanoid_import(conf)
+    except SanoidImportError:
+        return  # a clear refusal is allowed; a wrong policy is not
+    sanoid = oracle.sanoid_configs(conf, TREE, tmp_path)
+    vmsnapd = oracle.vmsnapd_policies(translation.toml, TREE, tmp_path)
+    assert oracle.compare(sanoid, vmsnapd, TREE) == [], conf
