@@ -27,8 +27,9 @@ AbsolutePath = Annotated[Path, Field(strict=False)]
 
 
 def _sanoid_age(value: int | str) -> int | str:
-    if isinstance(value, int) and value < 0 or isinstance(value, str) and not re.fullmatch(r"\d+[sSmMhHdDwWyY]", value):
-        raise ValueError(f'must be a whole number or a number with a unit s, m, h, d, w, y (as sanoid: "90m"), got {value!r}')
+    if isinstance(value, int) and value < 0 or isinstance(value, str) and not re.fullmatch(r"\d+[smhdwySMHDWY]", value):
+        raise ValueError(f'must be a whole number, or one with a unit s, m, h, d, w, y (as sanoid: "90m"), '
+                         f'got {value!r}')
     return value
 
 
@@ -327,13 +328,20 @@ def _semantic_messages(raw: Mapping[str, Any]) -> list[str]:
                     messages.append(
                         f"{key_path(['datasets', name, 'use_template'])}: unknown template {template!r}{hint}"
                     )
-        if table.get("skip_children") is True and table.get("recursive") is True:
-            messages.append(f"{key_path(['datasets', name, 'skip_children'])}: contradicts recursive = true")
-        if table.get("process_children_only") is True and table.get("recursive") is not True:
-            messages.append(
-                f"{key_path(['datasets', name, 'process_children_only'])}: needs recursive = true "
-                "(without it the table would manage nothing)"
-            )
+        messages.extend(_tree_flag_messages(name, table))
+    return messages
+
+
+def _tree_flag_messages(name: str, table: Mapping[str, Any]) -> list[str]:
+    """recursive, process_children_only and skip_children must agree."""
+    messages = []
+    if table.get("skip_children") is True and table.get("recursive") is True:
+        messages.append(f"{key_path(['datasets', name, 'skip_children'])}: contradicts recursive = true")
+    if table.get("process_children_only") is True and table.get("recursive") is not True:
+        messages.append(
+            f"{key_path(['datasets', name, 'process_children_only'])}: needs recursive = true "
+            "(without it the table would manage nothing)"
+        )
     return messages
 
 

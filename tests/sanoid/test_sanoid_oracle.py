@@ -7,7 +7,6 @@ For every config of the corpus: sanoid's `--debug` dump of each dataset must equ
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ from vmsnapd.sanoid_import import SANOID_DEFAULTS, read_ini, sanoid_import
 CORPUS = sorted((Path(__file__).resolve().parent / "corpus").glob("*.conf"))
 SHIPPED = Path("/usr/share/doc/sanoid/examples/sanoid.conf")
 
-pytestmark = pytest.mark.skipif(oracle.SANOID is None, reason="sanoid is not installed (tests/lab/setup.sh installs it)")
+pytestmark = pytest.mark.skipif(oracle.SANOID is None,
+                                reason="sanoid is not installed (tests/lab/setup.sh installs it)")
 
 
 def _datasets(conf: str) -> list[str]:
@@ -65,7 +65,8 @@ def test_embedded_defaults_are_sanoids_installed_defaults():
     installed = Path("/usr/share/sanoid/sanoid.defaults.conf")
     if not installed.exists():
         pytest.skip(f"{installed} is not installed")
-    sections = {s.name: {k: v.text for k, v in s.keys.items()} for s in read_ini(installed.read_text(), known_keys=None)}
+    sections = {s.name: {k: v.text for k, v in s.keys.items()}
+                for s in read_ini(installed.read_text(), known_keys=None)}
     assert sections["template_default"] == SANOID_DEFAULTS
 
 

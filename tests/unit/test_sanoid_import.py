@@ -54,7 +54,8 @@ def test_child_written_before_its_recursive_parent_is_overwritten_by_it():
 
 
 def test_child_written_after_its_parent_keeps_parent_settings_not_defaults():
-    text = "[tank/vm]\nrecursive = yes\nweekly = 4\npre_snapshot_script = /x.sh --domain db\n\n[tank/vm/a]\nhourly = 5\n"
+    text = ("[tank/vm]\nrecursive = yes\nweekly = 4\npre_snapshot_script = /x.sh --domain db\n\n"
+            "[tank/vm/a]\nhourly = 5\n")
     a = resolve(imported(text), ["tank/vm", "tank/vm/a"])["tank/vm/a"]
     assert (a.hourly, a.weekly) == (5, 4)
     assert a.hooks.pre_snapshot == ["/x.sh", "--domain", "db"]  # split as sanoid's system() does
@@ -119,7 +120,8 @@ def test_prune_defer_and_its_100():
 def test_monitoring_keys():
     text = "[tank]\nhourly_warn = 2h\ndaily_crit = 40\n[tank2]\nmonitor = no\n[tank3]\nmonitor_dont_warn = yes\n"
     policies = resolve(imported(text), ["tank", "tank2", "tank3"])
-    assert (policies["tank"].hourly_warn, policies["tank"].daily_crit, policies["tank"].monthly_crit) == ("2h", 40, "40d")
+    tank = policies["tank"]
+    assert (tank.hourly_warn, tank.daily_crit, tank.monthly_crit) == ("2h", 40, "40d")
     assert policies["tank2"].hourly_crit == 0 and policies["tank2"].monthly_warn == 0
     assert policies["tank3"].hourly_warn == 0 and policies["tank3"].hourly_crit == "360m"
     with pytest.raises(SanoidImportError, match="monitor_dont_crit"):
