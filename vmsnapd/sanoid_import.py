@@ -161,21 +161,19 @@ def _add_key(section: IniSection, key: str, value: Value, known_keys: Container[
 SanoidConfig = dict[str, dict[str, Value]]
 
 
+def _as_toggle(value: Value) -> Value:
+    """sanoid's normalisation: one of its true spellings becomes 1, a false one 0, anything else stays."""
+    if value.text in TRUE_SPELLINGS:
+        return Value("1", value.origin)
+    if value.text in FALSE_SPELLINGS:
+        return Value("0", value.origin)
+    return value
+
+
 def _normalise_toggles(config: dict[str, Value]) -> None:
     for toggle in TOGGLES:
-        value = config.get(toggle)
-        if value is not None and value.text in TRUE_SPELLINGS:
-            config[toggle] = Value("1", value.origin)
-        elif value is not None and value.text in FALSE_SPELLINGS:
-            config[toggle] = Value("0", value.origin)
-
-
-def _normalise_toggles_as(config: dict[str, Value], key: str) -> None:
-    value = config[key]
-    if value.text in TRUE_SPELLINGS:
-        config[key] = Value("1", value.origin)
-    elif value.text in FALSE_SPELLINGS:
-        config[key] = Value("0", value.origin)
+        if toggle in config:
+            config[toggle] = _as_toggle(config[toggle])
 
 
 def _initialise(config: dict[str, Value], user_default: dict[str, Value], warn: Callable[[str], None]) -> None:
@@ -341,9 +339,6 @@ def _threshold(key: str, value: Value) -> int | str:
                             "would treat it as 1 second and always alarm")
 
 
-HAS_THRESHOLDS = all(key in PolicySettings.model_fields for key in THRESHOLD_KEYS)
-
-
 @dataclass
 class Expected:
     """What sanoid does for one dataset, in vmsnapd's terms, plus the differences vmsnapd cannot avoid."""
@@ -353,14 +348,17 @@ class Expected:
     notes: list[str] = field(default_factory=list)
 
 
+def _bounds(key: str) -> tuple[int, int | None]:
+    """The range vmsnapd's PolicySettings accepts for an integer key."""
+    info = PolicySettings.model_fields[key].metadata
+    return next((m.ge for m in info if hasattr(m, "ge")), 0), next((m.le for m in info if hasattr(m, "le")), None)
+
+
 def expected_policy(config: dict[str, Value]) -> Expected:
     """Translate sanoid's resolved configuration of one dataset; SanoidImportError names any untranslatable key."""
     values: dict[str, Any] = {period: _integer(period, config[period]) for period in PERIODS}
     for key in SCHEDULE_KEYS:
-        info = PolicySettings.model_fields[key].metadata
-        low = next((m.ge for m in info if hasattr(m, "ge")), 0)
-        high = next((m.le for m in info if hasattr(m, "le")), None)
-        values[key] = _integer(key, config[key], low, high)
+        values[key] = _integer(key, config[key], *_bounds(key))
     values["autosnap"] = _toggle("autosnap", config["autosnap"])
     values["autoprune"] = _toggle("autoprune", config["autoprune"])
     notes: list[str] = []
@@ -426,12 +424,9 @@ def _expected_monitoring(config: dict[str, Value], values: dict[str, Any], notes
                      "the warning text with status OK")
     for key in ("capacity_warn", "capacity_crit"):
         if config[key].text.strip() != SANOID_DEFAULTS[key]:
-            notes.append(f"{key} = {config[key].text.strip()} is a pool-wide check: give it to `vmsnapd check` "
-                         "(-w/-c), not the policy")
-    if HAS_THRESHOLDS:
-        values.update(thresholds)
-    elif any(thresholds[key] != _threshold(key, Value(SANOID_DEFAULTS[key], "")) for key in THRESHOLD_KEYS):
-        notes.append("monitoring thresholds other than sanoid's defaults are not imported by this vmsnapd")
+            notes.append(f"{key} = {config[key].text.strip()} is not imported: a pool capacity limit is not part "
+                         "of vmsnapd's policy (see `vmsnapd check`)")
+    values.update(thresholds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -460,12 +455,8 @@ class Translation:
     warnings: list[str]
 
 
-_COMPARED_HOOKS = ("pre_snapshot", "post_snapshot", "pre_prune", "post_prune")
-
-
 def _flat(expected: Expected) -> dict[str, Any]:
-    flat = {**expected.values, **expected.hooks}
-    return flat
+    return {**expected.values, **expected.hooks}
 
 
 def _vmsnapd_view(policy: Any, like: dict[str, Any]) -> dict[str, Any]:
@@ -475,36 +466,42 @@ def _vmsnapd_view(policy: Any, like: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+def _layer_value(key: str, value: Value) -> tuple[str, Any] | None:
+    """One key of a section or template on its own, in vmsnapd's words; None for keys that only make sense
+    resolved (SanoidImportError for a bad value)."""
+    if key in PERIODS or key in SCHEDULE_KEYS:
+        return key, _integer(key, value, *_bounds(key)) if key in SCHEDULE_KEYS else _integer(key, value)
+    if key in ("autosnap", "autoprune"):
+        return key, _toggle(key, _as_toggle(value))
+    if key == "no_inconsistent_snapshot":
+        return "pre_snapshot_failure", "fail" if _toggle(key, _as_toggle(value)) else "continue"
+    if key in SCRIPT_HOOKS and value.text != "":
+        return SCRIPT_HOOKS[key], script_argv(key, value)
+    if key in THRESHOLD_KEYS:
+        return key, _threshold(key, value)
+    if key == "script_timeout" and _integer(key, value) > 0:
+        return "timeout", _integer(key, value)
+    if key == "prune_defer" and _integer(key, value, 0, 100) < 100:
+        return key, _integer(key, value)
+    if key == "frequent_period" and 60 % _integer(key, value, 1) == 0:
+        return key, _integer(key, value)
+    return None
+
+
 def _translate_layer(keys: dict[str, Value], table: Table) -> None:
     """A section's or template's own keys where they translate on their own (structure only: what counts is the
-    per-dataset comparison that follows)."""
+    per-dataset comparison that follows, which also reports a bad value where a dataset really uses it)."""
     for key, value in keys.items():
         try:
-            if key in PERIODS or key in ("autosnap", "autoprune") or key in SCHEDULE_KEYS:
-                probe = {**{k: Value(v, "") for k, v in SANOID_DEFAULTS.items()}, key: value}
-                _normalise_toggles(probe)
-                table.set(key, expected_policy(probe).values[key])
-            elif key in SCRIPT_HOOKS and value.text != "":
-                table.set(SCRIPT_HOOKS[key], script_argv(key, value))
-            elif key in THRESHOLD_KEYS and HAS_THRESHOLDS:
-                table.set(key, _threshold(key, value))
-            elif key == "script_timeout" and re.fullmatch(r"\s*\d+\s*", value.text) and int(value.text) > 0:
-                table.set("timeout", int(value.text))
-            elif key == "no_inconsistent_snapshot":
-                probe = {"v": value}
-                _normalise_toggles_as(probe, "v")
-                table.set("pre_snapshot_failure", "fail" if _toggle(key, probe["v"]) else "continue")
-            elif key == "prune_defer" and _integer(key, value, 0, 100) < 100:
-                table.set(key, _integer(key, value))
-            elif key == "frequent_period" and 60 % _integer(key, value, 1) == 0:
-                table.set(key, _integer(key, value))
+            translated = _layer_value(key, value)
         except SanoidImportError:
-            continue  # reported where a dataset really uses it
+            continue
+        if translated is not None:
+            table.set(*translated)
 
 
 class _Importer:
     def __init__(self, sections: list[IniSection]) -> None:
-        self.sections = sections
         self.warnings: list[str] = []
         self.datasets = [s for s in sections if not s.name.startswith(_TEMPLATE_PREFIX)]
         self.templates = [s for s in sections if s.name.startswith(_TEMPLATE_PREFIX)]
