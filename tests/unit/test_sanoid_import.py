@@ -184,7 +184,9 @@ def test_children_only_child_without_recursive_imports_as_sanoid_means_it():
 
 
 def test_dst_names_of_sanoid_are_ours():
-    assert parse_snapname("autosnap_2026-10-25_02:00:00dst_hourly").period == "hourly"
+    dst = parse_snapname("autosnap_2026-10-25_02:00:00dst_hourly")
+    assert dst.period == "hourly"
+    assert dst.stamp != parse_snapname("autosnap_2026-10-25_02:00:00_hourly").stamp  # another instant, another cycle
     assert parse_snapname("autosnap_2026-10-25_02:00:00dstx_hourly") is None
 
 
