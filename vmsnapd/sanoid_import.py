@@ -500,6 +500,14 @@ def _translate_layer(keys: dict[str, Value], table: Table) -> None:
             table.set(*translated)
 
 
+def _is_dataset_name(name: str) -> bool:
+    try:
+        validate_dataset_name(name)
+    except InvalidName:
+        return False
+    return True
+
+
 class _Importer:
     def __init__(self, sections: list[IniSection]) -> None:
         self.warnings: list[str] = []
@@ -508,7 +516,9 @@ class _Importer:
         if not self.datasets:
             raise SanoidImportError("no dataset section (only templates): there is nothing to import")
         self.paths = {s.name: self._path(s) for s in self.datasets}
-        self.tree = sorted({p for path in self.paths.values() for p in (path, f"{path}/{PROBE}")})
+        # A section label is a dataset name for sanoid's recursion even when `path` points elsewhere
+        labels = [s.name for s in self.datasets if _is_dataset_name(s.name)]
+        self.tree = sorted({p for path in [*self.paths.values(), *labels] for p in (path, f"{path}/{PROBE}")})
         self.zfs_roots: set[str] = set()
         self.sanoid = self._by_dataset(sanoid_resolve(sections, self._children, self.warnings.append))
 
@@ -645,8 +655,8 @@ class _Importer:
             if self.managed(dataset) != (dataset in policies):
                 raise SanoidImportError(
                     f"{shown}: sanoid {'manages' if self.managed(dataset) else 'does not manage'} it and the "
-                    "translated policy would not do the same (an arrangement of recursive, skip_children and "
-                    "process_children_only sections vmsnapd cannot express); simplify the sections above it")
+                    "translated policy would not do the same (an arrangement of recursive, skip_children, "
+                    "process_children_only or path keys vmsnapd cannot express); simplify the sections concerned")
             if dataset not in policies:
                 continue
             want = _flat(self.expected(dataset))

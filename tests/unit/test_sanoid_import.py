@@ -183,6 +183,20 @@ def test_children_only_child_without_recursive_imports_as_sanoid_means_it():
     assert 'tank/vm"' not in alone.toml and any("manages nothing" in w for w in alone.warnings)
 
 
+def test_an_arrangement_vmsnapd_cannot_express_is_refused_not_changed():
+    # sanoid: the recursion from [p] configures p/a, then the section labelled p/a repoints that entry to q,
+    # so p/a itself is not managed at all; vmsnapd has no way to leave p/a out of p's recursive policy
+    with pytest.raises(SanoidImportError, match="p/a: sanoid does not manage it"):
+        sanoid_import("[p]\nrecursive = yes\n[p/a]\npath = q\n")
+
+
+def test_path_names_the_dataset():
+    policies = resolve(imported("[vms]\npath = tank/vms\nhourly = 3\n"), ["tank/vms"])
+    assert policies["tank/vms"].hourly == 3
+    with pytest.raises(SanoidImportError, match="manage it twice"):
+        sanoid_import("[vms]\npath = tank/vms\n[tank/vms]\nhourly = 3\n")
+
+
 def test_dst_names_of_sanoid_are_ours():
     dst = parse_snapname("autosnap_2026-10-25_02:00:00dst_hourly")
     assert dst.period == "hourly"
