@@ -6,6 +6,7 @@ For every config of the corpus: sanoid's `--debug` dump of each dataset must equ
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -84,9 +85,9 @@ _KEY_VALUES = {
     "process_children_only": ["yes", "no"], "skip_children": ["yes", "no"], "hourly_min": ["0", "30"],
     "pre_snapshot_script": ["/x.sh -v", "/y.sh 'a b'"], "post_snapshot_script": ["/post.sh"],
     "no_inconsistent_snapshot": ["yes", "no"], "hourly_warn": ["2h", "90"], "monitor": ["no", "yes"],
-    "prune_defer": ["0", "50", "100"], "script_timeout": ["0", "9"],
+    "prune_defer": ["0", "50", "100"], "script_timeout": ["0", "9"], "path": ["tank/e", "tank/c/d"],
 }
-_TEMPLATE_KEYS = [k for k in _KEY_VALUES if k not in ("recursive", "use_template", "skip_children")]
+_TEMPLATE_KEYS = [k for k in _KEY_VALUES if k not in ("recursive", "use_template", "skip_children", "path")]
 
 
 def _section(name):
@@ -96,14 +97,12 @@ def _section(name):
     return pairs.map(lambda kv: f"[{name}]\n" + "".join(f"\t{k} = {v}\n" for k, v in kv))
 
 
-_configs = st.lists(st.sampled_from(["tank", "tank/a", "tank/a/b", "tank/c", "template_x", "template_y",
-                                     "template_default"]), min_size=1, max_size=6, unique=True).flatmap(
+_configs = st.lists(st.sampled_from(["tank", "tank/a", "tank/a/b", "tank/a/b/c", "tank/c", "template_x",
+                                     "template_y", "template_default"]), min_size=1, max_size=7, unique=True).flatmap(
     lambda names: st.tuples(*[_section(n) for n in names])).map("".join)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(_configs)
-def test_random_configs_resolve_as_sanoid_does(tmp_path, conf):
+def _differential(tmp_path, conf):
     try:
         translation = sanoid_import(conf)
     except SanoidImportError:
@@ -111,3 +110,19 @@ def test_random_configs_resolve_as_sanoid_does(tmp_path, conf):
     sanoid = oracle.sanoid_configs(conf, TREE, tmp_path)
     vmsnapd = oracle.vmsnapd_policies(translation.toml, TREE, tmp_path)
     assert oracle.compare(sanoid, vmsnapd, TREE) == [], conf
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_configs)
+def test_random_configs_resolve_as_sanoid_does(tmp_path, conf):
+    _differential(tmp_path, conf)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("VMSNAPD_ORACLE_EXAMPLES"),
+                    reason="a long run: VMSNAPD_ORACLE_EXAMPLES=400 for 400 random configs (~10 min)")
+@settings(max_examples=int(os.environ.get("VMSNAPD_ORACLE_EXAMPLES") or 1), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_configs)
+def test_many_random_configs_resolve_as_sanoid_does(tmp_path, conf):
+    _differential(tmp_path, conf)
