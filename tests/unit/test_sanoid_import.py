@@ -279,3 +279,15 @@ def test_arbitrary_text_never_gives_a_traceback(text):
         parse_config(sanoid_to_toml(text), "<hypothesis>")
     except SanoidImportError:
         pass
+
+
+def test_policy_keys_the_import_needs_are_validated():
+    from vmsnapd.config import ConfigError
+
+    for bad in ('hourly_warn = "soon"', "hourly_warn = -1", "hourly_warn = true", 'daily_crit = "1.5h"'):
+        with pytest.raises(ConfigError, match="hourly_warn|daily_crit"):
+            parse_config(f'[datasets."tank"]\n{bad}\n')
+    with pytest.raises(ConfigError, match="skip_children: contradicts recursive"):
+        parse_config('[datasets."tank"]\nrecursive = true\nskip_children = true\n')
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config("[templates.t]\nskip_children = true\n")
