@@ -626,9 +626,6 @@ class _Importer:
         expected = self.expected(target)
         policy = resolve(self._config(tables, templates), [target]).get(target)
         if policy is None:
-            tables[path].values.pop("skip_children", None)
-            policy = resolve(self._config(tables, templates), [target]).get(target)
-        if policy is None:
             return  # _verify reports it
         want = _flat(expected)
         have = _vmsnapd_view(policy, want)
@@ -641,7 +638,7 @@ class _Importer:
         for note in expected.notes:
             if note not in tables[path].comments:
                 tables[path].comments.append(note)
-                self.warnings.append(f"{target if target == path else path}: {note}")
+                self.warnings.append(f"{path}: {note}")
 
     def _zfs_autosnap(self, dataset: str, key: str) -> bool:
         settings = self.sanoid.get(dataset, {})
