@@ -500,6 +500,20 @@ def _translate_layer(keys: dict[str, Value], table: Table) -> None:
             table.set(*translated)
 
 
+def _check_tree_flags(own: dict[str, Value]) -> None:
+    """sanoid reads `recursive` and `skip_children` from the section itself, off unless one of its true spellings
+    (or, for recursive, anything containing "zfs"): a value that is neither is surely a mistake."""
+    for key in ("recursive", "skip_children"):
+        value = own.get(key)
+        if value is None or value.text in TRUE_SPELLINGS + FALSE_SPELLINGS + ("",):
+            continue
+        if key == "recursive" and re.search("zfs", value.text, re.IGNORECASE):
+            continue
+        raise SanoidImportError(f"{value.where(key)}: not one of sanoid's spellings; sanoid would read it as off, "
+                                "probably not what was meant: write yes or no" + (" (or zfs)" if key == "recursive"
+                                                                                  else ""))
+
+
 def _is_dataset_name(name: str) -> bool:
     try:
         validate_dataset_name(name)
@@ -574,6 +588,7 @@ class _Importer:
             self.warnings.append(f"[{section.name}]: process_children_only without a recursive policy over its "
                                  "children manages nothing in sanoid; not imported")
             return None
+        _check_tree_flags(own)
         names = [n.rstrip() for n in re.split(" *, *", own["use_template"].text)] if "use_template" in own else []
         wanted = [n for n in names if n in templates and n != "default"]
         if "default" in templates and not self._has_recursive_ancestor(path):

@@ -71,9 +71,11 @@ def test_every_boolean_spelling_sanoid_accepts(spelling, value):
 
 
 @pytest.mark.parametrize("spelling", ["y", "enabled", "no ", "nope"])
-def test_a_boolean_sanoid_would_misread_is_an_error_naming_it(spelling):
-    with pytest.raises(SanoidImportError, match="autosnap"):
-        sanoid_import(f"[tank]\nautosnap = {spelling}\n")
+@pytest.mark.parametrize("key", ["autosnap", "recursive", "skip_children", "no_inconsistent_snapshot"])
+def test_a_boolean_sanoid_would_misread_is_an_error_naming_it(spelling, key):
+    script = "pre_snapshot_script = /x.sh\n" if key == "no_inconsistent_snapshot" else ""
+    with pytest.raises(SanoidImportError, match=key):
+        sanoid_import(f"[tank]\n{script}{key} = {spelling}\n")
 
 
 def test_template_default_templates_in_order_and_booleans():
