@@ -94,15 +94,23 @@ class IniSection:
     keys: dict[str, Value] = field(default_factory=dict)
 
 
+# Keys Perl only uses as numbers (prune_defer is checked as /^\d+\z/ by sanoid, thresholds by a pattern)
+_NUMERIC_KEYS = frozenset(("frequently", "hourly", "daily", "weekly", "monthly", "yearly", "frequent_period",
+                           "script_timeout", "hourly_min", "daily_hour", "daily_min", "weekly_wday", "weekly_hour",
+                           "weekly_min", "monthly_mday", "monthly_hour", "monthly_min", "yearly_mon", "yearly_mday",
+                           "yearly_hour", "yearly_min"))
+_COMMENTED_NUMBER = re.compile(r"(\d+)\s+[#;].*")
 _SECTION = re.compile(r"\A\s*\[\s*(\S|\S.*\S)\s*\]\s*\Z")
 _PARAM = re.compile(r"\A\s*([^=]*?[^=\s])\s*=\s*(.*)\Z")
 _COMMENT = re.compile(r"\A\s*[#;]")
 _BLANK = re.compile(r"\A\s*\Z")
 
 
-def read_ini(text: str, known_keys: Container[str] | None = KNOWN_KEYS) -> list[IniSection]:
+def read_ini(text: str, known_keys: Container[str] | None = KNOWN_KEYS,
+             warnings: list[str] | None = None) -> list[IniSection]:
     """Sections in file order, as sanoid's Config::IniFiles reads them; SanoidImportError where sanoid refuses the
-    file or would read it differently from what it says."""
+    file or would read it differently from what it says. `warnings` gets what is read as sanoid reads it but
+    deserves a look (a number followed by an inline comment)."""
     lines = re.split(r"\r\n?|\n|\x15", text.removeprefix("\ufeff"))
     sections: dict[str, IniSection] = {}
     current: IniSection | None = None
@@ -116,34 +124,43 @@ def read_ini(text: str, known_keys: Container[str] | None = KNOWN_KEYS) -> list[
             # a section written twice is one section for Config::IniFiles, at its first place
             current = sections.setdefault(match[1], IniSection(match[1], number))
             continue
-        match = _PARAM.match(line)
-        if match is None:
-            raise SanoidImportError(
-                f"line {number}: {line.strip()!r} is neither a [section], a `key = value` nor a comment; sanoid "
-                "refuses such a file (continuation lines do not exist in sanoid.conf)")
-        if current is None:
-            raise SanoidImportError(
-                f"line {number}: `{match[1]} = …` before any [section] header; sanoid refuses such a file "
-                "(every key belongs to a [dataset] or [template_NAME] section)")
-        key, value = match[1], match[2]
+        key, value = _parameter(line, number, current)
+        assert current is not None  # _parameter refuses a key outside a section
         if value.startswith("<<"):
-            marker, body = value[2:], []
-            while index < len(lines) and lines[index] != marker:
-                body.append(lines[index])
-                index += 1
-            if index == len(lines) or len(body) != 1:
-                raise SanoidImportError(
-                    f"line {number}: [{current.name}] {key} = {value}: a multi-line value; sanoid reads it as a list, "
-                    "which no key accepts: write the value on one line")
-            index += 1
-            value = body[0]
-        _add_key(current, key, Value(value, f"line {number} [{current.name}]"), known_keys)
+            value, index = _here_document(lines, index, f"line {number} [{current.name}]: {key} = {value}")
+        _add_key(current, key, Value(value, f"line {number} [{current.name}]"), known_keys, warnings)
     if not any(section.keys for section in sections.values()):
         raise SanoidImportError("no `key = value` in any section: sanoid refuses an empty file")
     return list(sections.values())
 
 
-def _add_key(section: IniSection, key: str, value: Value, known_keys: Container[str] | None) -> None:
+def _parameter(line: str, number: int, current: IniSection | None) -> tuple[str, str]:
+    match = _PARAM.match(line)
+    if match is None:
+        raise SanoidImportError(
+            f"line {number}: {line.strip()!r} is neither a [section], a `key = value` nor a comment; sanoid "
+            "refuses such a file (continuation lines do not exist in sanoid.conf)")
+    if current is None:
+        raise SanoidImportError(
+            f"line {number}: `{match[1]} = …` before any [section] header; sanoid refuses such a file "
+            "(every key belongs to a [dataset] or [template_NAME] section)")
+    return match[1], match[2]
+
+
+def _here_document(lines: list[str], index: int, where: str) -> tuple[str, int]:
+    """A `key = <<EOT` value: Config::IniFiles reads the lines up to EOT; one line is a value, more a list."""
+    marker, body = where.rpartition("<<")[2], []
+    while index < len(lines) and lines[index] != marker:
+        body.append(lines[index])
+        index += 1
+    if index == len(lines) or len(body) != 1:
+        raise SanoidImportError(f"{where}: a multi-line value; sanoid reads it as a list, which no key accepts: "
+                                "write the value on one line")
+    return body[0], index + 1
+
+
+def _add_key(section: IniSection, key: str, value: Value, known_keys: Container[str] | None,
+             warnings: list[str] | None) -> None:
     if known_keys is not None and key not in known_keys:
         raise SanoidImportError(f"{value.origin}: unknown key {key!r}; sanoid refuses the file "
                                 "(\"I don't understand the setting\")")
@@ -151,6 +168,11 @@ def _add_key(section: IniSection, key: str, value: Value, known_keys: Container[
         raise SanoidImportError(
             f"{value.origin}: {key} is given a second time ({section.keys[key].origin}); sanoid 2.1 reads a repeated "
             "key as a list and then uses it as a huge number: keep only the value you mean")
+    if key in _NUMERIC_KEYS and (commented := _COMMENTED_NUMBER.fullmatch(value.text)):
+        if warnings is not None:
+            warnings.append(f"{value.origin}: {key} = {value.text!r}: sanoid.conf has no inline comments, sanoid "
+                            f"(Perl) reads the leading number {commented[1]} and ignores the rest; imported as such")
+        value = Value(commented[1], value.origin)
     section.keys[key] = value
 
 
@@ -369,6 +391,9 @@ def expected_policy(config: dict[str, Value]) -> Expected:
                                     "divisor of 60 (sanoid's uneven spacing within the hour is not supported)")
         period = 15
     values["frequent_period"] = period
+    if not re.fullmatch(r"\d+", config["prune_defer"].text):
+        raise SanoidImportError(f"{config['prune_defer'].where('prune_defer')}: sanoid stops pruning with "
+                                "\"invalid prune_defer limit\" unless it is digits only (no blanks, no comment)")
     defer = _integer("prune_defer", config["prune_defer"], 0, 100)
     if defer == 100:  # sanoid: prune only above 100 % use, i.e. never
         values["autoprune"], defer = False, 0
@@ -424,8 +449,8 @@ def _expected_monitoring(config: dict[str, Value], values: dict[str, Any], notes
                      "the warning text with status OK")
     for key in ("capacity_warn", "capacity_crit"):
         if config[key].text.strip() != SANOID_DEFAULTS[key]:
-            notes.append(f"{key} = {config[key].text.strip()} is not imported: a pool capacity limit is not part "
-                         "of vmsnapd's policy (see `vmsnapd check`)")
+            notes.append(f"{config[key].where(key)} is not imported: a pool capacity limit is not part of "
+                         "vmsnapd's policy (see `vmsnapd check`)")
     values.update(thresholds)
 
 
@@ -653,7 +678,8 @@ class _Importer:
         for note in expected.notes:
             if note not in tables[path].comments:
                 tables[path].comments.append(note)
-                self.warnings.append(f"{path}: {note}")
+                # a note naming where its key was written is said once, not for every dataset inheriting it
+                self.warnings.append(note if note.startswith("line ") else f"{path}: {note}")
 
     def _zfs_autosnap(self, dataset: str, key: str) -> bool:
         settings = self.sanoid.get(dataset, {})
@@ -705,8 +731,11 @@ class _Importer:
 def sanoid_import(text: str) -> Translation:
     """The vmsnapd TOML equivalent of sanoid.conf `text`, and the warnings for stderr; SanoidImportError when
     it cannot be imported faithfully."""
+    warnings: list[str] = []
     try:
-        return _Importer(read_ini(text)).build()
+        importer = _Importer(read_ini(text, warnings=warnings))
+        importer.warnings[:0] = warnings
+        return importer.build()
     except ConfigError as exc:  # a bug of the import, never something it should write
         raise SanoidImportError(f"the translation is not a valid vmsnapd policy: {'; '.join(exc.errors)}") from None
 

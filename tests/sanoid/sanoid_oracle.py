@@ -126,8 +126,10 @@ def _perl_true(value: Any) -> bool:
 
 
 def _int(value: Any) -> int:
-    assert isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value), f"not a plain number: {value!r}"
-    return int(value)
+    """Perl's numeric value of a string that starts with digits (`24  # a day` is 24, as for sanoid)."""
+    match = re.match(r"\s*(\d+)", value) if isinstance(value, str) else None
+    assert match, f"not a number for Perl: {value!r}"
+    return int(match[1])
 
 
 def sanoid_view(settings: dict[str, Any], zfs_child: bool) -> dict[str, Any]:

@@ -168,12 +168,21 @@ def test_a_repeated_key_is_an_error_naming_both_lines():
     ("# only a comment\n", "empty file"),
     ("", "empty file"),
     ("[tank]\nhourly = <<EOT\n1\n2\nEOT\n", "multi-line"),
-    ("[tank]\nhourly = 36 # keep a day and a half\n", "whole number"),
+    ("[tank]\nautosnap = yes # on\n", "autosnap"),
+    ("[tank]\nhourly_warn = 90m # an hour and a half\n", "hourly_warn"),
+    ("[tank]\nprune_defer = 50 \n", "invalid prune_defer limit"),
     ("[tank]\nfrequently = 2\nfrequent_period = 45\n", "divisor of 60"),
 ])
 def test_broken_inputs_give_one_clear_error(text, message):
     with pytest.raises(SanoidImportError, match=message):
         sanoid_import(text)
+
+
+def test_a_number_with_an_inline_comment_is_read_as_sanoid_reads_it():
+    result = sanoid_import("[tank]\nhourly = 24    # one day\ndaily = 7 ; a week\n")
+    policy = resolve(parse_config(result.toml), ["tank"])["tank"]
+    assert (policy.hourly, policy.daily) == (24, 7)
+    assert any("inline comments" in w and "line 2" in w for w in result.warnings)
 
 
 def test_children_only_child_without_recursive_imports_as_sanoid_means_it():
