@@ -389,13 +389,17 @@ def expected_policy(config: dict[str, Value]) -> Expected:
         if values["frequently"]:
             raise SanoidImportError(f"{config['frequent_period'].where('frequent_period')}: vmsnapd needs a "
                                     "divisor of 60 (sanoid's uneven spacing within the hour is not supported)")
+        notes.append(f"{config['frequent_period'].where('frequent_period')}: not a divisor of 60, unused "
+                     "(frequently = 0): written as 15")
         period = 15
     values["frequent_period"] = period
     if not re.fullmatch(r"\d+", config["prune_defer"].text):
         raise SanoidImportError(f"{config['prune_defer'].where('prune_defer')}: sanoid stops pruning with "
                                 "\"invalid prune_defer limit\" unless it is digits only (no blanks, no comment)")
     defer = _integer("prune_defer", config["prune_defer"], 0, 100)
-    if defer == 100:  # sanoid: prune only above 100 % use, i.e. never
+    if defer == 100 and values["autoprune"]:  # sanoid: prune only above 100 % use, i.e. never
+        notes.append(f"{config['prune_defer'].where('prune_defer')}: sanoid never prunes then: autoprune = false")
+    if defer == 100:
         values["autoprune"], defer = False, 0
     values["prune_defer"] = defer
     hooks = _expected_hooks(config, values, notes)
