@@ -192,12 +192,12 @@ def cmd_import_sanoid(args: argparse.Namespace) -> int:
         print(f"vmsnapd: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EX_FAILED
     except UnicodeDecodeError as exc:
-        print(f"vmsnapd: {args.file}: not UTF-8 text ({exc.reason} at byte {exc.start}); nothing written",
-              file=sys.stderr)
-        return EX_FAILED
-    except SanoidImportError as exc:
+        print(f"vmsnapd: {args.file}: cannot import: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+              "nothing written", file=sys.stderr)
+        return EX_CONFIG
+    except SanoidImportError as exc:  # an invalid input config: exit 78 as for every config
         print(f"vmsnapd: {args.file}: cannot import: {exc}; nothing written", file=sys.stderr)
-        return EX_FAILED
+        return EX_CONFIG
     for warning in result.warnings:
         print(f"vmsnapd: warning: {warning}", file=sys.stderr)
     if args.output:

@@ -34,8 +34,14 @@ from vmsnapd.config import Config, ConfigError, Hooks, PolicySettings, key_path,
 from vmsnapd.names import PERIODS, InvalidName, validate_dataset_name
 
 
-class SanoidImportError(Exception):
-    """The sanoid.conf cannot be imported; the message names the line, section and key."""
+class SanoidImportError(ConfigError):
+    """The sanoid.conf cannot be imported; the one-line message names the line, section and key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("<sanoid.conf>", [message])
+
+    def __str__(self) -> str:
+        return self.errors[0]
 
 
 # /usr/share/sanoid/sanoid.defaults.conf of sanoid 2.1 ([template_default], version 2): sanoid's defaults and the list
@@ -130,7 +136,7 @@ def read_ini(text: str, known_keys: Container[str] | None = KNOWN_KEYS,
             value, index = _here_document(lines, index, f"line {number} [{current.name}]: {key} = {value}")
         _add_key(current, key, Value(value, f"line {number} [{current.name}]"), known_keys, warnings)
     if not any(section.keys for section in sections.values()):
-        raise SanoidImportError("no `key = value` in any section: sanoid refuses an empty file")
+        raise SanoidImportError("not a sanoid.conf: no `key = value` in any section (sanoid refuses an empty file)")
     return list(sections.values())
 
 
@@ -138,12 +144,12 @@ def _parameter(line: str, number: int, current: IniSection | None) -> tuple[str,
     match = _PARAM.match(line)
     if match is None:
         raise SanoidImportError(
-            f"line {number}: {line.strip()!r} is neither a [section], a `key = value` nor a comment; sanoid "
-            "refuses such a file (continuation lines do not exist in sanoid.conf)")
+            f"not a sanoid.conf: line {number}: {line.strip()!r} is neither a [section], a `key = value` nor a "
+            "comment; sanoid refuses such a file (continuation lines do not exist in sanoid.conf)")
     if current is None:
         raise SanoidImportError(
-            f"line {number}: `{match[1]} = …` before any [section] header; sanoid refuses such a file "
-            "(every key belongs to a [dataset] or [template_NAME] section)")
+            f"not a sanoid.conf: line {number}: `{match[1]} = …` before any [section] header; sanoid refuses such "
+            "a file (every key belongs to a [dataset] or [template_NAME] section)")
     return match[1], match[2]
 
 
@@ -740,6 +746,8 @@ def sanoid_import(text: str) -> Translation:
         importer = _Importer(read_ini(text, warnings=warnings))
         importer.warnings[:0] = warnings
         return importer.build()
+    except SanoidImportError:
+        raise
     except ConfigError as exc:  # a bug of the import, never something it should write
         raise SanoidImportError(f"the translation is not a valid vmsnapd policy: {'; '.join(exc.errors)}") from None
 

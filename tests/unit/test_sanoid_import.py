@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmsnapd.cli import main
-from vmsnapd.config import load_config, parse_config, resolve
+from vmsnapd.config import ConfigError, load_config, parse_config, resolve
 from vmsnapd.names import parse_snapname
 from vmsnapd.sanoid_import import SanoidImportError, sanoid_import, sanoid_to_toml, script_argv, Value
 
@@ -159,14 +159,14 @@ def test_a_repeated_key_is_an_error_naming_both_lines():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("hourly = 5\n[tank]\n", "before any \\[section\\]"),
+    ("hourly = 5\n[tank]\n", "not a sanoid.conf: line 1: .*before any \\[section\\]"),
     ("[tank/\U0001F600]\nhourly = 5\n", "not a dataset name"),
     ("[tank]\nhourly = 5\n  and a continuation line\n", "neither a \\[section\\]"),
     ("[tank]\npre_snapshot_script = /x.sh \\\n  --more\n", "neither a \\[section\\]"),
     ("[tank]\nhourly = 5\n[version]\nversion = 2\n", "unknown key 'version'"),
     ("[template_x]\nhourly = 5\n", "no dataset section"),
-    ("# only a comment\n", "empty file"),
-    ("", "empty file"),
+    ("# only a comment\n", "not a sanoid.conf.*empty file"),
+    ("", "not a sanoid.conf.*empty file"),
     ("[tank]\nhourly = <<EOT\n1\n2\nEOT\n", "multi-line"),
     ("[tank]\nautosnap = yes # on\n", "autosnap"),
     ("[tank]\nhourly_warn = 90m # an hour and a half\n", "hourly_warn"),
@@ -237,7 +237,7 @@ def test_cli_failure_writes_nothing_and_keeps_the_old_file(tmp_path, capsys, tex
     source.write_text(text)
     out = tmp_path / "vmsnapd.toml"
     out.write_text("# the previous policy\n")
-    assert main(["import-sanoid", str(source), "-o", str(out)]) == 1
+    assert main(["import-sanoid", str(source), "-o", str(out)]) == 78  # EX_CONFIG, as for any invalid config
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot import" in err and "nothing written" in err
     assert out.read_text() == "# the previous policy\n"
@@ -249,7 +249,7 @@ def test_cli_stdout_has_nothing_on_failure(tmp_path):
     source.write_text("[tank]\nhourly = 5\nhourly = 6\n")
     result = subprocess.run([sys.executable, "-m", "vmsnapd", "import-sanoid", str(source)], capture_output=True,
                             text=True, check=False)
-    assert result.returncode == 1 and result.stdout == "" and "hourly" in result.stderr
+    assert result.returncode == 78 and result.stdout == "" and "hourly" in result.stderr
 
 
 def test_config_check_json_and_zero_datasets_warning(tmp_path, capsys):
@@ -274,11 +274,12 @@ _names = st.sampled_from(["tank", "tank/a", "tank/a/b", "tank/c", "template_a", 
 @given(st.lists(st.tuples(_names, st.lists(st.tuples(_keys, _values), max_size=4, unique_by=lambda kv: kv[0])),
                 min_size=1, max_size=6, unique_by=lambda section: section[0]))
 def test_any_input_gives_a_valid_policy_or_a_clear_error(sections):
+    # SanoidImportError is a ConfigError with one single-line error, like every invalid config
     text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys) for name, keys in sections)
     try:
         result = sanoid_import(text)
     except SanoidImportError as exc:
-        assert str(exc)
+        assert isinstance(exc, ConfigError) and len(exc.errors) == 1 and str(exc) and "\n" not in str(exc)
         return
     parse_config(result.toml, "<hypothesis>")
 
@@ -293,8 +294,6 @@ def test_arbitrary_text_never_gives_a_traceback(text):
 
 
 def test_policy_keys_the_import_needs_are_validated():
-    from vmsnapd.config import ConfigError
-
     for bad in ('hourly_warn = "soon"', "hourly_warn = -1", "hourly_warn = true", 'daily_crit = "1.5h"'):
         with pytest.raises(ConfigError, match="hourly_warn|daily_crit"):
             parse_config(f'[datasets."tank"]\n{bad}\n')
