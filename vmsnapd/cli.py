@@ -169,7 +169,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if not policies:
         print(f"vmsnapd: warning: {args.config} manages no dataset ({where})", file=sys.stderr)
     if getattr(args, "json", False):
-        print(json.dumps({"config": str(args.config), "datasets_from": where,
+        # the same document as main's `config check --json` (observe helper): config, valid, source, datasets
+        print(json.dumps({"config": str(args.config), "valid": True, "source": where,
                           "datasets": {name: policy.model_dump(mode="json", exclude={"name"})
                                        for name, policy in policies.items()}}, indent=2))
         return EX_OK

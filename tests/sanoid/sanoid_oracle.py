@@ -117,7 +117,7 @@ def vmsnapd_policies(toml_text: str, datasets: list[str], workdir: Path) -> dict
     if result.returncode != 0:
         raise AssertionError(f"vmsnapd config check failed ({result.returncode}): {result.stderr}")
     report = json.loads(result.stdout)
-    assert report["datasets_from"] == "datasets that exist now", report["datasets_from"]
+    assert report["source"] == "datasets that exist now", report["source"]  # the fake zfs answered
     return report["datasets"]
 
 
