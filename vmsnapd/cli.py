@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(p)
     p = command("import-sanoid", "print the TOML equivalent of a sanoid.conf")
     p.add_argument("file", metavar="FILE", help="the sanoid.conf to translate")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the TOML to FILE (atomically, mode 0644) instead of standard output; "
+                        "nothing is written when the import fails")
     p = command("list", "restore points: snapshots, time, whether a RAM dump exists")
     p.add_argument("target", metavar="TARGET", nargs="?", help="a dataset or domain (default: all)")
     _json_option(p)
@@ -253,6 +256,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         existing = sorted(config.datasets)
         where = f"configured names only (cannot list datasets: {exc})"
     policies = resolve(config, existing)
+    if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
+        print(f"vmsnapd: warning: {args.config} has no [datasets.\"…\"] table: it manages no dataset",
+              file=sys.stderr)
     if args.json:
         _print_json({"config": args.config, "valid": True, "source": where,
                      "datasets": {name: p.model_dump(mode="json", exclude={"name"}) for name, p in policies.items()}})
@@ -267,14 +273,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_import_sanoid(args: argparse.Namespace) -> int:
-    from vmsnapd.sanoid_import import sanoid_to_toml
+    from vmsnapd.sanoid_import import SanoidImportError, sanoid_import, write_atomically
 
     data, _info = read_regular_file(args.file)  # a FIFO or a device is refused, not waited on
     try:
         text = data.decode("utf-8")
+        result = sanoid_import(text)
     except UnicodeDecodeError as exc:
-        raise ConfigError(args.file, [f"not UTF-8 text: {exc}"]) from None
-    sys.stdout.write(sanoid_to_toml(text))
+        print(f"vmsnapd: {args.file}: cannot import: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+              "nothing written", file=sys.stderr)
+        return EX_CONFIG
+    except SanoidImportError as exc:  # an invalid input config: exit 78 as for every config
+        print(f"vmsnapd: {args.file}: cannot import: {exc}; nothing written", file=sys.stderr)
+        return EX_CONFIG
+    for warning in result.warnings:
+        print(f"vmsnapd: warning: {warning}", file=sys.stderr)
+    if args.output:
+        write_atomically(args.output, result.toml)
+    else:
+        sys.stdout.write(result.toml)
     return EX_OK
 
 

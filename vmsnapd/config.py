@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vmsnapd.names import InvalidName, validate_dataset_name, validate_domain_name
 
@@ -26,6 +26,16 @@ Minute = Annotated[int, Field(ge=0, le=59)]
 Hour = Annotated[int, Field(ge=0, le=23)]
 DayOfMonth = Annotated[int, Field(ge=1, le=31)]
 AbsolutePath = Annotated[Path, Field(strict=False)]
+
+
+def _sanoid_age(value: int | str) -> int | str:
+    if isinstance(value, int) and value < 0 or isinstance(value, str) and not re.fullmatch(r"\d+[smhdwySMHDWY]", value):
+        raise ValueError(f'must be a whole number, or one with a unit s, m, h, d, w, y (as sanoid: "90m"), '
+                         f'got {value!r}')
+    return value
+
+
+Threshold = Annotated[int | str, AfterValidator(_sanoid_age)]
 
 
 class StrictModel(BaseModel):
@@ -205,6 +215,22 @@ class PolicySettings(StrictModel):
         "fail", description='A failing pre_snapshot hook fails the cycle ("fail") or the snapshot is taken anyway.'
     )
     hooks: Hooks = Field(default_factory=Hooks, description="Hook commands, see the hooks table.")
+    # Monitoring thresholds as sanoid writes them (names, units and defaults of sanoid.defaults.conf): the age of a
+    # period's newest snapshot above which `check` warns / is critical. A bare number counts units of the next
+    # shorter period (frequently: seconds, hourly: minutes, daily: hours, weekly: days, monthly: weeks, yearly:
+    # 31-day months); a suffix s, m, h, d, w or y (y = 365 × 31 days, as sanoid) gives the unit; 0 turns it off.
+    frequently_warn: Threshold = Field(0, description="Age threshold for WARNING on frequent snapshots (sanoid's).")
+    frequently_crit: Threshold = Field(0, description="Age threshold for CRITICAL on frequent snapshots (sanoid's).")
+    hourly_warn: Threshold = Field("90m", description="WARNING above this age of the newest hourly (sanoid's).")
+    hourly_crit: Threshold = Field("360m", description="CRITICAL above this age of the newest hourly (sanoid's).")
+    daily_warn: Threshold = Field("28h", description="WARNING above this age of the newest daily (sanoid's).")
+    daily_crit: Threshold = Field("32h", description="CRITICAL above this age of the newest daily (sanoid's).")
+    weekly_warn: Threshold = Field(0, description="WARNING above this age of the newest weekly (sanoid's).")
+    weekly_crit: Threshold = Field(0, description="CRITICAL above this age of the newest weekly (sanoid's).")
+    monthly_warn: Threshold = Field("32d", description="WARNING above this age of the newest monthly (sanoid's).")
+    monthly_crit: Threshold = Field("40d", description="CRITICAL above this age of the newest monthly (sanoid's).")
+    yearly_warn: Threshold = Field(0, description="WARNING above this age of the newest yearly (sanoid's).")
+    yearly_crit: Threshold = Field(0, description="CRITICAL above this age of the newest yearly (sanoid's).")
 
     @field_validator("frequent_period")
     @classmethod
@@ -245,6 +271,10 @@ class DatasetTable(PolicySettings):
     recursive: bool = Field(False, description="Descendant datasets without their own table get this policy.")
     process_children_only: bool = Field(
         False, description="Manage the descendants only, not this dataset itself (needs recursive = true)."
+    )
+    skip_children: bool = Field(
+        False, description="Descendants without a table of their own are not managed, and tables below start from "
+        "the defaults (sanoid's skip_children); not with recursive = true."
     )
 
     @field_validator("use_template", mode="before")
@@ -347,11 +377,20 @@ def _semantic_messages(raw: Mapping[str, Any]) -> list[str]:
                     messages.append(
                         f"{key_path(['datasets', name, 'use_template'])}: unknown template {template!r}{hint}"
                     )
-        if table.get("process_children_only") is True and table.get("recursive") is not True:
-            messages.append(
-                f"{key_path(['datasets', name, 'process_children_only'])}: needs recursive = true "
-                "(without it the table would manage nothing)"
-            )
+        messages.extend(_tree_flag_messages(name, table))
+    return messages
+
+
+def _tree_flag_messages(name: str, table: Mapping[str, Any]) -> list[str]:
+    """recursive, process_children_only and skip_children must agree."""
+    messages = []
+    if table.get("skip_children") is True and table.get("recursive") is True:
+        messages.append(f"{key_path(['datasets', name, 'skip_children'])}: contradicts recursive = true")
+    if table.get("process_children_only") is True and table.get("recursive") is not True:
+        messages.append(
+            f"{key_path(['datasets', name, 'process_children_only'])}: needs recursive = true "
+            "(without it the table would manage nothing)"
+        )
     return messages
 
 
@@ -511,6 +550,8 @@ def _recursive_ancestor(config: Config, dataset: str) -> str | None:
         table = config.datasets.get(candidate)
         if table is not None and table.recursive:
             return candidate
+        if table is not None and table.skip_children:
+            return None
     return None
 
 

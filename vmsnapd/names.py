@@ -22,7 +22,8 @@ _COMPONENT_WITH_SPACE = re.compile(r"[A-Za-z0-9_.: -]+")
 # Pool names ZFS reserves for vdev types; `zpool create` refuses them.
 _RESERVED_POOL_NAMES = ("mirror", "raidz", "draid", "spare", "log")
 _SNAPNAME = re.compile(
-    r"autosnap_(?P<stamp>\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2})_(?P<period>" + "|".join(PERIODS) + r")"
+    # sanoid names the second snapshot of the hour repeated when DST ends `…_01:00:00dst_hourly`: ours too
+    r"autosnap_(?P<stamp>\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2})(?P<dst>dst)?_(?P<period>" + "|".join(PERIODS) + r")"
 )
 
 
@@ -112,4 +113,6 @@ def parse_snapname(name: str) -> ParsedName | None:
         datetime.strptime(match["stamp"], STAMP_FORMAT)
     except ValueError:
         return None
-    return ParsedName(stamp=match["stamp"], period=match["period"])
+    # a dst name is another instant than the same wall time without it: its stamp keeps the suffix, so it is never
+    # taken for the same cycle (restore) or matched to a RAM dump
+    return ParsedName(stamp=match["stamp"] + (match["dst"] or ""), period=match["period"])

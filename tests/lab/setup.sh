@@ -9,7 +9,7 @@ FAKETIME_FILE="$LAB_DIR/faketime"
 FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 URI=qemu:///system
 PACKAGES=(zfs-fuse qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-          busybox-static cpio dnsmasq-base zstd faketime qemu-guest-agent e2fsprogs python3-venv python3-dev gcc xz-utils
+          busybox-static cpio dnsmasq-base zstd faketime qemu-guest-agent e2fsprogs python3-venv python3-dev gcc xz-utils sanoid
           systemd debootstrap dpkg-dev
           ${VMSNAPD_LAB_EXTRA_PACKAGES:-})  # extra: for testing the error path
 t0=$(date +%s.%N)
