@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmsnapd: {exc}", file=sys.stderr)
         return EX_USAGE
     except OSError as exc:  # e.g. an unwritable state_dir: a message, not a traceback
-        print(f"vmsnapd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vmsnapd: {where}{exc.strerror or exc}", file=sys.stderr)
         return EX_FAILED
     except (LockBusy, ZfsError, HypervisorError) as exc:
         print(f"vmsnapd: {exc}", file=sys.stderr)
