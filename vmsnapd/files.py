@@ -62,11 +62,11 @@ def check_folder(path: Path) -> None:
     _check_chain(Path(os.path.abspath(path)), leaf_may_be_link=False, depth=0)
 
 
-def _check_chain(path: Path, *, leaf_may_be_link: bool, depth: int) -> None:
+def _check_chain(path: Path, *, leaf_may_be_link: bool, depth: int, is_leaf: bool = True) -> None:
+    """Check `path` and every parent up to `/`; `is_leaf`: `path` is the folder written in (else a parent)."""
     if depth > 40:
         raise UnsafePath(f"{path}: too many levels of symbolic links")
     current = path
-    is_leaf = True
     while True:
         st = os.lstat(current)
         if stat.S_ISLNK(st.st_mode):
@@ -74,7 +74,7 @@ def _check_chain(path: Path, *, leaf_may_be_link: bool, depth: int) -> None:
                 raise UnsafePath(f"{current} is a symbolic link: vmsnapd does not write through links")
             if not _trusted(st.st_uid):
                 raise UnsafePath(f"{current} is a symbolic link owned by {_owner_name(st.st_uid)}, not root")
-            _check_chain(Path(os.path.realpath(current)), leaf_may_be_link=False, depth=depth + 1)
+            _check_chain(Path(os.path.realpath(current)), leaf_may_be_link=False, depth=depth + 1, is_leaf=is_leaf)
         else:
             _check_directory_stat(current, st, is_leaf=is_leaf)
         if current.parent == current:
@@ -93,7 +93,7 @@ def ensure_folder(path: Path, mode: int = 0o700, *, set_mode: bool = True) -> No
     while not os.path.lexists(existing):
         missing.append(existing)
         existing = existing.parent
-    _check_chain(existing, leaf_may_be_link=existing != path, depth=0)
+    _check_chain(existing, leaf_may_be_link=existing != path, depth=0, is_leaf=existing == path)
     for folder in reversed(missing):
         try:
             os.mkdir(folder, mode)
