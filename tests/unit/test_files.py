@@ -7,6 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vmsnapd.files import (
     UnsafePath,
@@ -19,6 +21,7 @@ from vmsnapd.files import (
 )
 from vmsnapd.journal import CycleRecord, Journal, made_by_vmsnapd, memory_file_name
 from vmsnapd.lock import pass_lock
+from vmsnapd.names import encode_name
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing a folder's owner needs root")
@@ -234,3 +237,13 @@ def test_files_vmsnapd_never_makes(path: str, domain: str | None) -> None:
 def test_check_folder_of_a_missing_path(root: Path) -> None:
     with pytest.raises(FileNotFoundError):
         check_folder(root / "missing")
+
+
+@given(st.text(min_size=1, max_size=40).filter(lambda n: "/" not in n and "\n" not in n and "\x00" not in n),
+       st.text(max_size=80))
+def test_made_by_vmsnapd_only_ever_accepts_a_file_directly_in_overlay_dir(domain: str, path: str) -> None:
+    for candidate in (path, f"{OVERLAY_DIR}/{path}", f"{OVERLAY_DIR}/{encode_name(domain)}_{path}"):
+        if made_by_vmsnapd(candidate, domain, OVERLAY_DIR):
+            assert Path(candidate).parent == OVERLAY_DIR and ".." not in Path(candidate).parts
+            assert Path(candidate).name.startswith(encode_name(domain) + "_")
+    assert made_by_vmsnapd(str(OVERLAY_DIR / memory_file_name(domain, "2026-11-29_01:00:00")), domain, OVERLAY_DIR)
