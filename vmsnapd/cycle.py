@@ -157,7 +157,7 @@ class Cycle:
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             outcome.error = str(exc) or type(exc).__name__
             outcome.snapshots = list(state.taken)  # a failure after the snapshot: it exists, say so
-            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError, InvalidName, RamStoreError)):
+            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError, InvalidName, RamStoreError, UnsafePath)):
                 log.exception("unexpected error in cycle of %s", self.target.name)
             try:
                 self._enter(state, "failed", error=outcome.error)
