@@ -273,7 +273,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_import_sanoid(args: argparse.Namespace) -> int:
-    from vmsnapd.sanoid_import import SanoidImportError, sanoid_import, write_atomically
+    from vmsnapd.files import write_file_atomically
+    from vmsnapd.sanoid_import import SanoidImportError, sanoid_import
 
     data, _info = read_regular_file(args.file)  # a FIFO or a device is refused, not waited on
     try:
@@ -289,7 +290,8 @@ def cmd_import_sanoid(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"vmsnapd: warning: {warning}", file=sys.stderr)
     if args.output:
-        write_atomically(args.output, result.toml)
+        # all or nothing, never through a link; 0644: the loader refuses a policy others may write
+        write_file_atomically(Path(args.output), result.toml.encode(), 0o644)
     else:
         sys.stdout.write(result.toml)
     return EX_OK
@@ -487,7 +489,8 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         raise
     except OSError as exc:  # e.g. an unwritable state_dir: a message, not a traceback
-        print(f"vmsnapd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vmsnapd: {where}{exc.strerror or exc}", file=sys.stderr)
         return EX_FAILED
     except (LockBusy, ZfsError, HypervisorError) as exc:
         print(f"vmsnapd: {exc}", file=sys.stderr)

@@ -23,9 +23,11 @@ from vmsnapd.actions.report import TargetOutcome
 from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFound,
                                 Hypervisor, HypervisorError, nvram_path)
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
-from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord, write_file_atomically
+from vmsnapd.files import (UnsafePath, copy_file_atomically, create_private_file, ensure_folder,
+                           ensure_private_directory, write_file_atomically)
+from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord, memory_file_name
 from vmsnapd.logsetup import NOTICE, fields, log_fields
-from vmsnapd.names import STAMP_FORMAT, InvalidName
+from vmsnapd.names import STAMP_FORMAT, InvalidName, encode_name
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
 from vmsnapd.targets import Target, dataset_of_path
@@ -161,7 +163,7 @@ class Cycle:
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             outcome.error = str(exc) or type(exc).__name__
             outcome.snapshots = list(state.taken)  # a failure after the snapshot: it exists, say so
-            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError, InvalidName, RamStoreError)):
+            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError, InvalidName, RamStoreError, UnsafePath)):
                 log.exception("unexpected error in cycle of %s", self.target.name)
             try:
                 self._enter(state, "failed", error=outcome.error)
@@ -276,12 +278,13 @@ class Cycle:
     def _memory_file(self, state: CycleState) -> str | None:
         """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
         domain = self.target.domain
-        path = self.env.overlay_dir / f"{domain}_{state.record.stamp}.mem"
+        path = self.env.overlay_dir / memory_file_name(domain, state.record.stamp)
         problem = None
         try:
             if not self.env.dry_run:  # a dry run creates no directory and writes no probe
-                self.env.overlay_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-                _check_writable(self.env.ram_store.ram_dir / domain)
+                # 0711: QEMU (libvirt-qemu) must reach the overlays in it, but not list them.
+                ensure_folder(self.env.overlay_dir, 0o711, set_mode=False)
+                _check_writable(self.env.ram_store.ram_dir / encode_name(domain))
             memory = self.env.hypervisor.memory_bytes(domain)
             for where in (self.env.overlay_dir, self.env.ram_store.ram_dir):
                 free = shutil.disk_usage(_existing(where)).free
@@ -344,7 +347,7 @@ class Cycle:
         if state.record.method == "overlay":
             overlays = [OverlayRecord(target=d.target, base_path=d.source,
                                       overlay_path=str(self.env.overlay_dir /
-                                                       f"{domain}_{d.target}_{state.record.stamp}.qcow2"))
+                                                       f"{encode_name(domain)}_{d.target}_{state.record.stamp}.qcow2"))
                         for d in self.target.disks]
             self._enter(state, "freezing", overlays=overlays, ram_file=memory_file)
             freeze = lambda: hv.snapshot_external(domain, {o.target: o.overlay_path for o in overlays},  # noqa: E731
@@ -474,13 +477,20 @@ class Cycle:
             log.info("dry-run: would save the domain XML of %s into %s", self.target.domain, info.mountpoint)
             return
         folder = Path(info.mountpoint) / XML_DIR
-        folder.mkdir(mode=0o700, exist_ok=True)
-        xml = self.env.hypervisor.xml(self.target.domain, inactive=True)
-        write_file_atomically(folder / f"{self.target.domain}.xml", xml.encode())
-        nvram = nvram_path(xml)
-        if nvram and os.path.exists(nvram) and not nvram.startswith(info.mountpoint.rstrip("/") + "/"):
-            shutil.copyfile(nvram, folder / f"{self.target.domain}.nvram")
-            os.chmod(folder / f"{self.target.domain}.nvram", 0o600)
+        xml = self.env.hypervisor.xml(self.target.domain, inactive=True)  # with secrets: root's eyes only
+        name = encode_name(self.target.domain)
+        try:
+            ensure_private_directory(folder)
+            write_file_atomically(folder / f"{name}.xml", xml.encode())
+            nvram = nvram_path(xml)
+            if nvram and os.path.exists(nvram) and not nvram.startswith(info.mountpoint.rstrip("/") + "/"):
+                copy_file_atomically(Path(nvram), folder / f"{name}.nvram")
+        except UnsafePath as exc:
+            # The snapshot is still worth taking; the admin is told every cycle until the folder is fixed.
+            problem = f"domain XML not saved: {exc}"
+            state.warnings.append(problem)
+            self._log(logging.WARNING, state, "xml", problem)
+            return
         self._enter(state, "xml_saved")
 
     def _snapshot_datasets(self, state: CycleState, *, atomic_needed: bool) -> None:
@@ -564,9 +574,17 @@ def _existing(path: Path) -> Path:
 
 
 def _check_writable(folder: Path) -> None:
-    """Raise OSError unless a file can be created in `folder` (made 0700 if missing)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Raise OSError (UnsafePath for a folder someone else controls) unless a file can be created in
+    `folder` (made 0700 if missing)."""
+    ensure_private_directory(folder)
     probe = folder / f".probe-{os.getpid()}"
-    with open(probe, "wb") as handle:
-        handle.write(b"x")
+    try:
+        os.unlink(probe)  # a leftover of a crash
+    except FileNotFoundError:
+        pass
+    fd = create_private_file(probe)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
     probe.unlink()

@@ -31,6 +31,7 @@ from apscheduler.triggers.cron import CronTrigger
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.passes import run_pass
 from vmsnapd.config import Config, ConfigError, load_config
+from vmsnapd.files import UnsafePath
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE
 from vmsnapd.metrics import Metrics, MetricsServer
@@ -120,8 +121,11 @@ class Daemon:
         except LockBusy as exc:
             log.warning("pass skipped: %s", exc)
             return
-        except Exception:  # noqa: BLE001 — the daemon outlives one broken pass; the next one retries
-            log.exception("pass crashed")
+        except Exception as exc:  # noqa: BLE001 — the daemon outlives one broken pass; the next one retries
+            if isinstance(exc, UnsafePath):  # e.g. state_dir owned by someone else: a message, no traceback
+                log.error("pass refused: %s", exc)
+            else:
+                log.exception("pass crashed")
             self.failed_passes += 1
             self.metrics.passes.inc()
             self.metrics.pass_failures.inc()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -22,11 +23,19 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field, ValidationError
 
+from vmsnapd.files import (
+    check_folder,
+    ensure_private_directory,
+    fsync_directory,
+    temp_path_for,
+    write_file_atomically,
+)
+from vmsnapd.names import encode_name
+
 log = logging.getLogger(__name__)
 
 CYCLES_SUBDIR = "cycles"
 RECORD_SUFFIX = ".json"
-TEMP_SUFFIX = ".tmp"
 # Stay well below NAME_MAX (255) even after the suffixes are added.
 MAX_FILE_STEM = 200
 
@@ -35,47 +44,6 @@ CycleMethod = Literal["overlay", "pause", "plain"]
 
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in `directory` durable: the entry lives in the directory's own data."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_private_directory(directory: Path) -> None:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkdir's mode is filtered by the umask and ignored for an existing directory; say it explicitly.
-    os.chmod(directory, 0o700)
-
-
-def temp_path_for(path: Path) -> Path:
-    """The hidden sibling through which `path` is written (never matches a record or dump name)."""
-    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` (mode 0600) so that a crash leaves either the old or the new content.
-
-    The temp file must be in the same directory (rename is only atomic within one file system).
-    A leftover temp file from a crash is simply truncated and reused by the next write.
-    """
-    temp = temp_path_for(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    fsync_directory(path.parent)
 
 
 class OverlayRecord(BaseModel):
@@ -138,6 +106,27 @@ def cycle_file_name(cycle_id: str) -> str:
     return stem + RECORD_SUFFIX
 
 
+_STAMP = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
+
+
+def memory_file_name(domain: str, stamp: str) -> str:
+    """The fresh RAM file a cycle asks libvirt to write in overlay_dir."""
+    return f"{encode_name(domain)}_{stamp}.mem"
+
+
+def made_by_vmsnapd(path: str, domain: str | None, overlay_dir: Path) -> bool:
+    """Whether `path`, read from a journal record of `domain`'s cycle, names a file vmsnapd itself makes
+    in overlay_dir (a fresh RAM file or a disk overlay of that domain). Recovery deletes nothing else: a
+    forged or damaged record must not make root delete an arbitrary file. Pure: looks at the text only."""
+    if not domain or not isinstance(path, str) or "\x00" in path or os.path.normpath(path) != path:
+        return False
+    candidate = Path(path)
+    if candidate.parent != Path(os.path.normpath(overlay_dir)):
+        return False
+    name = re.escape(encode_name(domain))
+    return re.fullmatch(rf"{name}_({_STAMP}\.mem|[A-Za-z0-9_.-]+_{_STAMP}\.qcow2)", candidate.name) is not None
+
+
 class Journal:
     """Records of cycles in flight in `state_dir/cycles/<cycle_id>.json` (0700 directory, 0600 files)."""
 
@@ -190,11 +179,20 @@ class Journal:
         """Every record on disk, and apart from them every file that could not be read as one."""
         records: list[CycleRecord] = []
         unreadable: list[UnreadableRecord] = []
-        if not self.directory.is_dir():
+        if not os.path.lexists(self.directory):
             return JournalScan(records=records, unreadable=unreadable)
+        try:
+            # Records in a folder someone else may write could be forged: none of them is trusted.
+            check_folder(self.directory)
+        except OSError as exc:
+            log.warning("journal: not reading %s: %s", self.directory, exc)
+            return JournalScan(records=records, unreadable=[UnreadableRecord(path=self.directory, reason=str(exc))])
         for path in sorted(self.directory.iterdir()):
             # Temp files are a write cut short by a crash: the record beside them is the valid version.
             if path.name.startswith(".") or not path.name.endswith(RECORD_SUFFIX):
+                continue
+            if path.is_symlink() or not path.is_file():
+                unreadable.append(UnreadableRecord(path=path, reason="not a regular file (a link?): not trusted"))
                 continue
             try:
                 records.append(CycleRecord.model_validate_json(path.read_bytes()))

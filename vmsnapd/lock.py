@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from vmsnapd.files import ensure_private_directory, open_private_file
+
 log = logging.getLogger(__name__)
 
 
@@ -26,9 +28,11 @@ def _holder(path: Path) -> str:
 
 @contextmanager
 def pass_lock(state_dir: Path, wait_s: float) -> Iterator[None]:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A lock file in a folder someone else controls could be a link to any file root would then truncate:
+    # both raise UnsafePath (an OSError) with the reason.
+    ensure_private_directory(state_dir)
     path = state_dir / "vmsnapd.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private_file(path)
     try:
         deadline = time.monotonic() + wait_s
         waiting = False

@@ -6,6 +6,7 @@ or one containing a newline must never reach `zfs`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,19 +74,77 @@ def validate_snapshot_name(short_name: str) -> str:
 
 
 def validate_domain_name(name: str) -> str:
-    """Return a libvirt domain name unchanged when it is safe to use in paths and argv, else raise InvalidName."""
+    """Return a libvirt domain name unchanged when libvirt could know it, else raise InvalidName.
+
+    Any name libvirt 9 accepts is valid (`-web`, `..x`, `db 1`, `vm$(x)`, a tab, unicode): a domain name
+    only ever reaches libvirt's API as one string, never an argv, and becomes a file name only through
+    `encode_name`. Refused is only what libvirt itself refuses: empty, '/', a newline or NUL, `.`, `..`.
+    """
     if not isinstance(name, str) or not name:
         raise InvalidName("a domain name must be a non-empty string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidName(f"domain name longer than {MAX_NAME_LENGTH} characters")
     if "/" in name:
-        raise InvalidName(f"{name!r}: a domain name must not contain '/' (it names a directory under ram_dir)")
-    if name.startswith("-"):
-        raise InvalidName(f"{name!r}: a domain name must not start with '-'")
+        raise InvalidName(f"{name!r}: libvirt domain names cannot contain '/'")
+    if "\n" in name or "\x00" in name:
+        raise InvalidName(f"{name!r}: libvirt domain names cannot contain a newline or NUL")
     if name in (".", ".."):
-        raise InvalidName(f"{name!r} is not a usable domain name")
-    if not name.isprintable():
-        raise InvalidName(f"{name!r}: control characters are not allowed in a domain name")
+        raise InvalidName(f"{name!r} cannot be a libvirt domain name")
+    return name
+
+
+# -- names as file names --------------------------------------------------------------------------------
+
+# Kept as they are in a file name: printable ASCII except '/' (a path separator), '%' (the escape) and
+# '~' (marks a shortened name). A space or `$(…)` is harmless: vmsnapd never passes a path through a shell.
+_KEPT_IN_FILE_NAMES = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"/", "%", "~"}
+# Never first: '-' (an option to a command), '.' ('.', '..' and hidden/temp files).
+_NEVER_FIRST = ("-", ".")
+# ram_dir/<name>/<name>_<stamp>.mem.zst and overlay names add at most ~45 characters: stay below NAME_MAX.
+MAX_ENCODED_NAME = 200
+_DIGEST_LENGTH = 16
+_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+
+
+def encode_name(name: str) -> str:
+    """The one way a domain name becomes (part of) a file name: safe, readable, injective.
+
+    Each character outside printable ASCII, and '/', '%', '~', a leading '-' or '.', becomes `%XX` per
+    UTF-8 byte (upper-case hex). The result has no '/', NUL or control character and never starts with
+    '-' or '.'. A usual name (`web`, `win2k16 (test)`) is its own encoding, so files named before the
+    encoding existed are found unchanged. `decode_name` gives the name back — except for an encoding
+    longer than MAX_ENCODED_NAME, which is cut and ends in `~` and a digest of the name (the only raw
+    '~' an encoding can hold); the manifest beside a dump keeps such a name in full.
+    """
+    out = []
+    for index, char in enumerate(name):
+        if char in _KEPT_IN_FILE_NAMES and not (index == 0 and char in _NEVER_FIRST):
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    encoded = "".join(out)
+    if len(encoded) <= MAX_ENCODED_NAME:
+        return encoded
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_LENGTH]
+    head = encoded[: MAX_ENCODED_NAME - _DIGEST_LENGTH - 1]
+    head = head[: head.rfind("%")] if "%" in head[-2:] else head  # never cut an escape in half
+    return f"{head}~{digest}"
+
+
+def decode_name(encoded: str) -> str:
+    """The name `encode_name` made `encoded` from; InvalidName when `encoded` is not such an encoding
+    (or a shortened one, whose name only its manifest knows)."""
+    raw = bytearray()
+    position = 0
+    for match in _ESCAPE.finditer(encoded):
+        raw += encoded[position:match.start()].encode("utf-8", "surrogatepass")
+        raw.append(int(match[1], 16))
+        position = match.end()
+    raw += encoded[position:].encode("utf-8", "surrogatepass")
+    try:
+        name = raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise InvalidName(f"{encoded!r} is not an encoded name: {exc}") from None
+    if not name or encode_name(name) != encoded:
+        raise InvalidName(f"{encoded!r} is not an encoded name")
     return name
 
 

@@ -1,7 +1,9 @@
 """RAM dumps kept in `ram_dir`: which cycle owns which dump, and when a dump may go.
 
 Layout: `ram_dir/<domain>/` (0700) holds per cycle one dump `<domain>_<stamp>.mem` (or `.mem.zst`) and
-its manifest `<domain>_<stamp>.json` (both 0600), `<stamp>` being the cycle's `YYYY-MM-DD_HH:MM:SS`.
+its manifest `<domain>_<stamp>.json` (both 0600), `<stamp>` being the cycle's `YYYY-MM-DD_HH:MM:SS` and
+`<domain>` the domain name as `names.encode_name` writes it in a file name (`web` stays `web`, `-web`
+becomes `%2Dweb`). Folders and files are made as `vmsnapd.files` says: root's, never through a link.
 
 The manifest is written last, atomically: a dump file without a manifest is half-written (a crash
 while it was stored) and is never deleted by a sweep unless forced; recovery lists them with
@@ -29,7 +31,9 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from vmsnapd import __version__
-from vmsnapd.journal import ensure_private_directory, fsync_directory, write_file_atomically
+from vmsnapd.files import (create_private_file, ensure_private_directory, fsync_directory,
+                           write_file_atomically)
+from vmsnapd.names import InvalidName, decode_name, encode_name, validate_domain_name
 from vmsnapd.runner import CommandError, Runner
 
 log = logging.getLogger(__name__)
@@ -44,13 +48,6 @@ COPY_CHUNK = 4 * 1024 * 1024
 
 class RamStoreError(Exception):
     """A RAM dump could not be stored or read back."""
-
-
-def check_domain_name(domain: str) -> str:
-    # The domain name becomes a directory name: it must not climb out of ram_dir or hide itself.
-    if not domain or "/" in domain or "\x00" in domain or domain.startswith("."):
-        raise ValueError(f"domain name {domain!r} cannot be used as a directory name")
-    return domain
 
 
 class DumpDisk(BaseModel):
@@ -75,8 +72,9 @@ class RamDumpInfo(BaseModel):
 
     @field_validator("domain")
     @classmethod
-    def _domain_is_a_directory_name(cls, domain: str) -> str:
-        return check_domain_name(domain)
+    def _domain_is_a_domain_name(cls, domain: str) -> str:
+        # Any name libvirt accepts: it becomes a file name only through encode_name.
+        return validate_domain_name(domain)
 
     def snapshots(self) -> set[tuple[str, str]]:
         """(dataset, short name) of every snapshot of the cycle: one name set on every dataset."""
@@ -168,10 +166,10 @@ class RamStore:
         On failure the partial dump is removed and the fresh file is left where it was, so the
         cycle can still decide (`on_memory_failure`) what to do with it.
         """
-        domain_dir = self.ram_dir / info.domain
+        domain_dir = self.ram_dir / encode_name(info.domain)
         ensure_private_directory(self.ram_dir)
         ensure_private_directory(domain_dir)
-        stem = f"{info.domain}_{info.stamp}"
+        stem = f"{encode_name(info.domain)}_{info.stamp}"
         dump_path = domain_dir / (f"{stem}.mem.zst" if compression == "zstd" else f"{stem}.mem")
         manifest_path = domain_dir / f"{stem}{MANIFEST_SUFFIX}"
         if manifest_path.exists() or any(domain_dir.glob(f"{glob.escape(stem)}.mem*")):
@@ -224,7 +222,7 @@ class RamStore:
             timeout=self.zstd_timeout_s,
         )
         # zstd copies the source's mode; the 0700 directory kept it private meanwhile.
-        os.chmod(target, 0o600)
+        _chmod_private(target)
         # Decode the whole frame once so a dump that cannot be restored is noticed now, not at restore.
         self.runner.run([self.zstd_bin, "-q", "-t", "--", str(target)], timeout=self.zstd_timeout_s)
 
@@ -237,7 +235,7 @@ class RamStore:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             return copy_hashing(source, target)
-        os.chmod(target, 0o600)
+        _chmod_private(target)
         return hash_and_sync(target)
 
     # -- reading -------------------------------------------------------------------------------
@@ -255,13 +253,14 @@ class RamStore:
                     continue
                 stem = path.name.split(".mem", 1)[0]
                 manifest_path = domain_dir / f"{stem}{MANIFEST_SUFFIX}"
+                manifest = read_manifest(manifest_path)
                 found.append(
                     RamDump(
-                        domain=match["domain"],
+                        domain=domain_of_folder(domain_dir.name, manifest),
                         stamp=match["stamp"],
                         path=path,
                         manifest_path=manifest_path,
-                        manifest=read_manifest(manifest_path),
+                        manifest=manifest,
                         size=path.stat().st_size,
                     )
                 )
@@ -305,7 +304,7 @@ class RamStore:
             self.runner.run(
                 [self.zstd_bin, "-q", "-d", "-o", str(temp), "--", str(dump.path)], timeout=self.zstd_timeout_s
             )
-            os.chmod(temp, 0o600)
+            _chmod_private(temp)
             yield temp
         finally:
             try:
@@ -342,6 +341,27 @@ class RamStore:
         return freed
 
 
+def domain_of_folder(folder_name: str, manifest: RamManifest | None) -> str:
+    """The domain whose dumps `ram_dir/<folder_name>` holds: the manifest's name when it matches the
+    folder (also a shortened encoding, or a folder named raw before the encoding existed), else the
+    decoded folder name, else the folder name itself (an old raw name that is no valid encoding)."""
+    if manifest is not None and folder_name in (encode_name(manifest.domain), manifest.domain):
+        return manifest.domain
+    try:
+        return decode_name(folder_name)
+    except InvalidName:
+        return folder_name
+
+
+def _chmod_private(path: Path) -> None:
+    """chmod 0600 a file just made in a checked folder, without following a link put in its place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def read_manifest(path: Path) -> RamManifest | None:
     try:
         return RamManifest.model_validate_json(path.read_bytes())
@@ -366,7 +386,7 @@ def hash_file(path: Path) -> tuple[int, str]:
 def hash_and_sync(path: Path) -> tuple[int, str]:
     """Checksum a file just written by someone else (zstd, a hard link) and make it durable."""
     size, sha256 = hash_file(path)
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -378,9 +398,8 @@ def copy_hashing(source: Path, target: Path) -> tuple[int, str]:
     """Copy in chunks (a RAM file can be larger than our memory), hashing on the way; fsync."""
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = create_private_file(target)
     try:
-        os.fchmod(fd, 0o600)
         with open(source, "rb") as stream:
             while chunk := stream.read(COPY_CHUNK):
                 digest.update(chunk)

@@ -20,10 +20,8 @@ Three steps, each checkable on its own:
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import tempfile
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -758,28 +756,3 @@ def sanoid_import(text: str) -> Translation:
 def sanoid_to_toml(text: str) -> str:
     """Only the TOML text of `sanoid_import`."""
     return sanoid_import(text).toml
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write `text` to `path` all or nothing: a temporary file beside it (0644: not group/other-writable, as the
-    policy loader demands), fsync, rename, fsync of the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".import-sanoid-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -243,10 +243,60 @@ def test_delete_and_dry_run(store: RamStore, tmp_path: Path, caplog: pytest.LogC
     assert not dump.path.exists() and not dump.manifest_path.exists()
 
 
-@pytest.mark.parametrize("domain", ["", "..", ".hidden", "a/b", "../etc"])
-def test_hostile_domain_names_are_refused(domain: str) -> None:
+@pytest.mark.parametrize("domain", ["", "..", "a/b", "../etc"])
+def test_names_libvirt_refuses_are_refused(domain: str) -> None:
     with pytest.raises(ValueError):
         make_info(domain=domain)
+
+
+@pytest.mark.parametrize(("domain", "folder"), [
+    ("-odd vm$(touch x)", "%2Dodd vm$(touch x)"), ("..x", "%2E.x"), (".hidden", "%2Ehidden"), ("é/", None),
+])
+def test_any_libvirt_name_is_stored_under_its_encoding(store: RamStore, tmp_path: Path, domain: str,
+                                                        folder: str | None) -> None:
+    if folder is None:
+        with pytest.raises(ValueError):
+            make_info(domain=domain)
+        return
+    fresh, _content = fresh_ram_file(tmp_path / "overlays")
+    dump = store.keep(fresh, make_info(domain=domain), compression="none")
+    assert dump.path == store.ram_dir / folder / f"{folder}_{STAMP1}.mem"
+    assert sorted(p.name for p in store.ram_dir.iterdir()) == [folder]  # nothing else, nothing outside
+    assert store.find(domain, STAMP1).path == dump.path
+    assert store.dumps()[0].domain == domain
+
+
+def test_dumps_named_before_the_encoding_are_found(store: RamStore, tmp_path: Path) -> None:
+    # An older vmsnapd named the folder after the raw name ("50%" was allowed then): its manifest tells.
+    fresh, _content = fresh_ram_file(tmp_path / "overlays")
+    dump = store.keep(fresh, make_info(domain="50%"), compression="none")
+    legacy = store.ram_dir / "50%"
+    dump.path.parent.rename(legacy)
+    for path in legacy.iterdir():
+        path.rename(legacy / path.name.replace("50%25", "50%"))
+    [found] = store.dumps()
+    assert found.domain == "50%" and found.path == legacy / f"50%_{STAMP1}.mem" and found.manifest is not None
+
+
+def test_a_link_in_place_of_the_domain_folder_is_refused(store: RamStore, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    store.ram_dir.mkdir(mode=0o700)
+    (store.ram_dir / "win").symlink_to(elsewhere)
+    fresh, _content = fresh_ram_file(tmp_path / "overlays")
+    with pytest.raises(OSError, match="symbolic link"):
+        store.keep(fresh, make_info(), compression="none")
+    assert list(elsewhere.iterdir()) == [] and mode_of(elsewhere) == 0o755
+    assert fresh.exists()
+
+
+def test_a_ram_dir_others_may_write_is_refused(store: RamStore, tmp_path: Path) -> None:
+    store.ram_dir.mkdir(mode=0o777)
+    store.ram_dir.chmod(0o777)
+    fresh, _content = fresh_ram_file(tmp_path / "overlays")
+    with pytest.raises(OSError, match="may be written by group or others"):
+        store.keep(fresh, make_info(), compression="none")
+    assert list(store.ram_dir.iterdir()) == []
 
 
 def test_stamp_must_be_a_cycle_stamp() -> None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context
 from vmsnapd.hypervisor import PAUSED, RUNNING, DomainNotFound, HypervisorError, parse_disks
+from vmsnapd.journal import made_by_vmsnapd
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ def recover(ctx: Context) -> RecoverReport:
             in_use = _sources_in_use(ctx, record.domain, problems)
         overlays = [o.overlay_path for o in record.overlays] if not problems else []
         for path in [record.ram_file] + overlays:
+            if path and not made_by_vmsnapd(path, record.domain, overlay_dir):
+                report.errors.append(f"journal record {record.cycle_id} names {path}, not a file vmsnapd makes "
+                                     f"in {overlay_dir}: left alone (inspect the record)")
+                continue
             if path and path not in in_use and Path(path).exists():
                 if not ctx.dry_run:
                     Path(path).unlink(missing_ok=True)

@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field, TypeAdapter
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport
 from vmsnapd.config import DatasetPolicy
+from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hypervisor import HypervisorError
-from vmsnapd.journal import write_file_atomically
 from vmsnapd.names import PERIODS, parse_snapname
 from vmsnapd.policy import due_periods, next_scheduled, retention, schedule_zone
 from vmsnapd.targets import wanted_domain
@@ -90,7 +90,7 @@ def record_results(ctx: Context, report: PassReport) -> None:
         for dataset in outcome.datasets:
             results.setdefault(dataset, {})[outcome.action] = LastResult(
                 action=outcome.action, ok=outcome.ok, at=now, error=outcome.error).model_dump(mode="json")
-    ctx.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_private_directory(ctx.state_dir)
     write_file_atomically(path, json.dumps(results, indent=1, sort_keys=True).encode())
 
 
