@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vmsnapd.names import InvalidName, validate_dataset_name, validate_domain_name
+from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 
 Seconds = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=0)]
@@ -59,6 +60,15 @@ class DaemonSettings(StrictModel):
         if not value.is_absolute():
             raise ValueError(f"must be an absolute path, got {str(value)!r}")
         return value
+
+    @model_validator(mode="after")
+    def _separate_folders(self) -> "DaemonSettings":
+        """The folders vmsnapd writes must not be `/`, the same or nested (vmsnapd.ownership; the host-aware part
+        of the rule runs in `config check` and before every pass: vmsnapd/actions/folders.py)."""
+        problems = folder_nesting_problems({key: str(getattr(self, key)) for key in FOLDER_KEYS})
+        if problems:
+            raise ValueError("; ".join(f"{key} = {getattr(self, key)}: {why}" for key, why in problems))
+        return self
 
     @field_validator("metrics_listen")
     @classmethod

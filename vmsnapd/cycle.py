@@ -25,6 +25,7 @@ from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFoun
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord, write_file_atomically
 from vmsnapd.names import STAMP_FORMAT, InvalidName
+from vmsnapd.overlaynames import memory_file_name, overlay_file_name
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
 from vmsnapd.targets import Target, dataset_of_path
@@ -269,7 +270,7 @@ class Cycle:
     def _memory_file(self, state: CycleState) -> str | None:
         """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
         domain = self.target.domain
-        path = self.env.overlay_dir / f"{domain}_{state.record.stamp}.mem"
+        path = self.env.overlay_dir / memory_file_name(domain, state.record.stamp)
         problem = None
         try:
             if not self.env.dry_run:  # a dry run creates no directory and writes no probe
@@ -337,7 +338,7 @@ class Cycle:
         if state.record.method == "overlay":
             overlays = [OverlayRecord(target=d.target, base_path=d.source,
                                       overlay_path=str(self.env.overlay_dir /
-                                                       f"{domain}_{d.target}_{state.record.stamp}.qcow2"))
+                                                       overlay_file_name(domain, d.target, state.record.stamp)))
                         for d in self.target.disks]
             self._enter(state, "freezing", overlays=overlays, ram_file=memory_file)
             freeze = lambda: hv.snapshot_external(domain, {o.target: o.overlay_path for o in overlays},  # noqa: E731
