@@ -36,13 +36,19 @@ class DaemonSettings(StrictModel):
     """The `[daemon]` table: host-wide settings."""
 
     libvirt_uri: str = Field("qemu:///system", description="libvirt connection URI.")
-    state_dir: AbsolutePath = Field(Path("/var/lib/vmsnapd"), description="Journal, lock and cache (absolute path).")
+    state_dir: AbsolutePath = Field(
+        Path("/var/lib/vmsnapd"),
+        description="Journal, lock and cache (absolute path). Folder rules: see \"The folders vmsnapd writes\".",
+    )
     overlay_dir: AbsolutePath = Field(
         Path("/var/lib/libvirt/snapshots"),
-        description="Temporary disk overlays and fresh RAM dumps; must never be inside a snapshotted dataset.",
+        description="Temporary disk overlays and fresh RAM dumps: a folder of vmsnapd's own, never the images "
+        "folder, a storage pool or a snapshotted dataset (see \"The folders vmsnapd writes\").",
     )
     ram_dir: AbsolutePath = Field(
-        Path("/var/lib/vmsnapd/ram"), description="Where RAM dumps are kept, one directory per domain."
+        Path("/var/lib/vmsnapd/ram"),
+        description="Where RAM dumps are kept, one directory per domain; may lie inside state_dir, not inside "
+        "another of vmsnapd's folders or a managed dataset.",
     )
     ram_compression: Literal["none", "zstd"] = Field("none", description='RAM dump compression: "none" or "zstd".')
     utc: bool = Field(
