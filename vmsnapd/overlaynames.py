@@ -24,7 +24,8 @@ LIBVIRT_SNAPSHOT_PREFIX = "vmsnapd-"
 _STAMP = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
 # A disk target as libvirt names it (vda, sdb, hdc, xvda): never an underscore, so the split below is unambiguous.
 _TARGET = r"[A-Za-z0-9.-]+"
-_OVERLAY = re.compile(rf"(?P<domain>.+)_(?P<target>{_TARGET})_(?P<stamp>{_STAMP}){re.escape(OVERLAY_SUFFIX)}", re.DOTALL)
+_OVERLAY = re.compile(rf"(?P<domain>.+)_(?P<target>{_TARGET})_(?P<stamp>{_STAMP}){re.escape(OVERLAY_SUFFIX)}",
+                      re.DOTALL)
 _MEMORY = re.compile(rf"(?P<domain>.+)_(?P<stamp>{_STAMP}){re.escape(MEMORY_SUFFIX)}", re.DOTALL)
 _LIBVIRT_SNAPSHOT = re.compile(rf"{re.escape(LIBVIRT_SNAPSHOT_PREFIX)}\d+")
 

@@ -1,4 +1,4 @@
-"""The ownership rules recovery and the folder check follow (vmsnapd.ownership, vmsnapd.overlaynames): pure, table-driven."""
+"""The ownership rules of recovery and the folder check (vmsnapd.ownership, vmsnapd.overlaynames): pure, table-driven."""
 from __future__ import annotations
 
 import pytest
@@ -46,7 +46,8 @@ def test_overlay_name_refuses_what_it_could_not_parse_back(target, stamp):
         overlay_file_name("web", target, stamp)
 
 
-@given(st.text(min_size=1).filter(lambda s: "/" not in s and "\0" not in s), st.from_regex(r"[a-z]{2,4}", fullmatch=True))
+@given(st.text(min_size=1).filter(lambda s: "/" not in s and "\0" not in s),
+       st.from_regex(r"[a-z]{2,4}", fullmatch=True))
 def test_overlay_name_round_trips_for_any_domain(domain, target):
     assert parse_overlay_file_name(overlay_file_name(domain, target, STAMP)).domain == domain
 
