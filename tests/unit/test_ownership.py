@@ -1,4 +1,4 @@
-"""The ownership rules of recovery and the folder check (vmsnapd.ownership, vmsnapd.overlaynames): pure, table-driven."""
+"""Ownership rules of recovery and the folder check (vmsnapd.ownership, vmsnapd.overlaynames): pure, table-driven."""
 from __future__ import annotations
 
 import pytest
