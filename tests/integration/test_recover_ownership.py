@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -214,3 +217,58 @@ def test_foreign_overlay_in_overlay_dir_is_refused_and_left_alone(lab, dataset, 
             break
         time.sleep(0.1)
     assert lab.read_max_counter(overlay, "qcow2") > first
+
+
+@pytest.mark.slow
+def test_daemon_refuses_passes_after_an_edit_that_slipped_through(lab, dataset, vmsnapd_env):
+    """The Must-hold literally: the daemon starts with a good config, the file is edited to point overlay_dir at
+    the linked clone's folder and reloaded (SIGHUP accepts it: only the host-aware check can see the problem);
+    the next pass is refused before recovery, the daemon keeps running, the clone and its base keep every byte."""
+    clone = _linked_clone(lab)
+    before = clone.hashes()
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": "none"}
+    env.write()
+    notify_path = env.root / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(1)
+    seen: list[str] = []
+
+    def wait_for(want: str, timeout: float, but_not: str | None = None) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hits = [m for m in seen if want in m and not (but_not and but_not in m)]
+            if hits:
+                return hits[-1]
+            try:
+                seen.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+        raise AssertionError(f"no {want!r} from the daemon within {timeout}s; got {seen[-10:]}")
+
+    log_path = env.root / "daemon.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(env.config_path), "-v", "run"],
+                                stdout=log_file, stderr=subprocess.STDOUT,
+                                env={**os.environ, "NOTIFY_SOCKET": str(notify_path)})
+    try:
+        assert "0 failure(s)" in wait_for("STATUS=pass 1:", 120)
+        env.daemon["overlay_dir"] = str(clone.folder)
+        env.write()
+        proc.send_signal(signal.SIGHUP)
+        wait_for("STATUS=config reloaded", 30)
+        # The first pass that starts after the reload (a pass already running keeps the config it began with).
+        wait_for("STATUS=pass", 150, but_not=" 0 failure(s)")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+    log = log_path.read_text()
+    assert "pass refused, nothing done" in log and str(clone.folder) in log, log[-3000:]
+    assert clone.hashes() == before
+    assert sorted(p.name for p in clone.folder.iterdir()) == ["base.qcow2", "clone.qcow2"]
