@@ -574,11 +574,6 @@ class Hypervisor:
             raise _wrap(exc, f"redefine {name} on {base}") from exc
         return base
 
-    def defined_on_overlay(self, name: str, overlay_dir: Path) -> list[Disk]:
-        """Disks of the persistent definition whose source is in overlay_dir (the next boot would use them)."""
-        base = str(overlay_dir.resolve()).rstrip("/") + "/"
-        return [d for d in parse_disks(self.xml(name, inactive=True)) if d.source.startswith(base)]
-
     # -- the whole host: what the folder check and recovery look at, whatever the domains' names -----------------
 
     def all_domain_disks(self) -> dict[str, list[tuple[str, str]]]:
