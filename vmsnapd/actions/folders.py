@@ -33,8 +33,15 @@ class FolderCheck:
 def check_folders(ctx: Context, survey: Survey | None) -> FolderCheck:
     """Gather what the rules need (zfs listing, libvirt's domains and pools) and apply them."""
     daemon = ctx.config.daemon
-    folders = {key: os.path.realpath(str(getattr(daemon, key))) for key in FOLDER_KEYS}
     result = FolderCheck()
+    folders = {}
+    for key in FOLDER_KEYS:
+        try:
+            folders[key] = os.path.realpath(str(getattr(daemon, key)))
+        except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop: a reason, not a traceback
+            result.problems.append(f"daemon.{key} = {getattr(daemon, key)!r}: unusable path ({exc})")
+    if result.problems:
+        return result
     mountpoints: dict[str, str] = {}
     holders: dict[str, str | None] = {}
     if survey is None:
@@ -56,7 +63,7 @@ def check_folders(ctx: Context, survey: Survey | None) -> FolderCheck:
     except HypervisorError as exc:
         result.notes.append(f"libvirt could not be asked ({exc}): folders not checked against domains' disks "
                             "and storage pools")
-    result.problems = host_folder_problems(HostFolders(folders=folders, managed_mountpoints=mountpoints,
+    result.problems += host_folder_problems(HostFolders(folders=folders, managed_mountpoints=mountpoints,
                                                        folder_datasets=holders, domain_disks=disks,
                                                        pool_paths=pools))
     # A host whose datasets all say domain = "none" need not run libvirtd: no need to shout about it then.
