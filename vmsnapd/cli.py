@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from vmsnapd import __version__
-from vmsnapd.actions.context import Context
+from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.folders import check_folders
 from vmsnapd.actions.report import PassReport, TargetOutcome
 from vmsnapd.config import ConfigError, load_config, read_regular_file, resolve
 from vmsnapd.lock import LockBusy, pass_lock
@@ -249,13 +250,21 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     ctx = _build_context(args)
     config = ctx.config
+    survey = None
     try:
-        existing = sorted(ctx.zfs.list_tree(ctx.config_roots()).datasets)
+        listing = ctx.zfs.list_tree(ctx.config_roots())
+        existing = sorted(listing.datasets)
         where = "datasets that exist now"
+        survey = Survey(listing=listing, policies=resolve(config, existing))
     except ZfsError as exc:
         existing = sorted(config.datasets)
         where = f"configured names only (cannot list datasets: {exc})"
     policies = resolve(config, existing)
+    folders = check_folders(ctx, survey)  # the host-aware folder rules: a reason per unsafe folder, exit 78
+    if not folders.ok:
+        raise ConfigError(args.config, folders.problems)
+    for note in folders.notes:  # on stderr: stdout stays the policy (or the JSON document)
+        print(f"vmsnapd: note: {note}", file=sys.stderr)
     if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
         print(f"vmsnapd: warning: {args.config} has no [datasets.\"…\"] table: it manages no dataset",
               file=sys.stderr)
@@ -326,9 +335,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
         return EX_FAILED if report.failed else EX_OK
     for line in report.actions:
         print(line)
+    for line in report.warnings:
+        print(f"WARNING {line}")
     for line in report.errors:
         print(f"ERROR {line}")
-    if not report.actions and not report.errors:
+    if not report.actions and not report.errors and not report.warnings:
         print("nothing to recover")
     return EX_FAILED if report.failed else EX_OK
 

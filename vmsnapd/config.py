@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vmsnapd.names import InvalidName, validate_dataset_name, validate_domain_name
+from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 
 # Finite: `inf` would mean a hook that is never killed; NaN compares false with everything.
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -47,13 +48,19 @@ class DaemonSettings(StrictModel):
     """The `[daemon]` table: host-wide settings."""
 
     libvirt_uri: str = Field("qemu:///system", description="libvirt connection URI.")
-    state_dir: AbsolutePath = Field(Path("/var/lib/vmsnapd"), description="Journal, lock and cache (absolute path).")
+    state_dir: AbsolutePath = Field(
+        Path("/var/lib/vmsnapd"),
+        description="Journal, lock and cache (absolute path). Folder rules: see \"The folders vmsnapd writes\".",
+    )
     overlay_dir: AbsolutePath = Field(
         Path("/var/lib/libvirt/snapshots"),
-        description="Temporary disk overlays and fresh RAM dumps; must never be inside a snapshotted dataset.",
+        description="Temporary disk overlays and fresh RAM dumps: a folder of vmsnapd's own, never the images "
+        "folder, a storage pool or a snapshotted dataset (see \"The folders vmsnapd writes\").",
     )
     ram_dir: AbsolutePath = Field(
-        Path("/var/lib/vmsnapd/ram"), description="Where RAM dumps are kept, one directory per domain."
+        Path("/var/lib/vmsnapd/ram"),
+        description="Where RAM dumps are kept, one directory per domain; may lie inside state_dir, not inside "
+        "another of vmsnapd's folders or a managed dataset.",
     )
     ram_compression: Literal["none", "zstd"] = Field("none", description='RAM dump compression: "none" or "zstd".')
     utc: bool = Field(
@@ -83,6 +90,15 @@ class DaemonSettings(StrictModel):
         if value and (not value.startswith("/") or value.endswith("/") or "\0" in value):
             raise ValueError(f"must be an absolute file path or empty, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _separate_folders(self) -> "DaemonSettings":
+        """The folders vmsnapd writes must not be `/`, the same or nested (vmsnapd.ownership; the host-aware part
+        of the rule runs in `config check` and before every pass: vmsnapd/actions/folders.py)."""
+        problems = folder_nesting_problems({key: str(getattr(self, key)) for key in FOLDER_KEYS})
+        if problems:
+            raise ValueError("; ".join(f"{key} = {getattr(self, key)}: {why}" for key, why in problems))
+        return self
 
     @field_validator("metrics_listen")
     @classmethod

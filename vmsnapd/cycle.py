@@ -25,9 +25,10 @@ from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFoun
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.files import (UnsafePath, copy_file_atomically, create_private_file, ensure_folder,
                            ensure_private_directory, write_file_atomically)
-from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord, memory_file_name
+from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord
 from vmsnapd.logsetup import NOTICE, fields, log_fields
 from vmsnapd.names import STAMP_FORMAT, InvalidName, encode_name
+from vmsnapd.overlaynames import memory_file_name, overlay_file_name
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
 from vmsnapd.targets import Target, dataset_of_path
@@ -347,7 +348,7 @@ class Cycle:
         if state.record.method == "overlay":
             overlays = [OverlayRecord(target=d.target, base_path=d.source,
                                       overlay_path=str(self.env.overlay_dir /
-                                                       f"{encode_name(domain)}_{d.target}_{state.record.stamp}.qcow2"))
+                                                       overlay_file_name(domain, d.target, state.record.stamp)))
                         for d in self.target.disks]
             self._enter(state, "freezing", overlays=overlays, ram_file=memory_file)
             freeze = lambda: hv.snapshot_external(domain, {o.target: o.overlay_path for o in overlays},  # noqa: E731

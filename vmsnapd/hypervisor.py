@@ -22,6 +22,8 @@ from xml.sax.saxutils import quoteattr
 import libvirt
 
 from vmsnapd.names import validate_domain_name
+from vmsnapd.overlaynames import libvirt_snapshot_name
+from vmsnapd.ownership import SnapshotRecord
 from vmsnapd.runner import CommandError, Runner
 
 log = logging.getLogger(__name__)
@@ -384,7 +386,7 @@ class Hypervisor:
         self._create_snapshot(name, memory_xml, disks_xml, flags)
 
     def _create_snapshot(self, name: str, memory_xml: str, disks_xml: str, flags: int) -> None:
-        snap_xml = (f"<domainsnapshot><name>vmsnapd-{int(time.time())}</name>"
+        snap_xml = (f"<domainsnapshot><name>{libvirt_snapshot_name(int(time.time()))}</name>"
                     f"{memory_xml}<disks>{disks_xml}</disks></domainsnapshot>")
         if self.dry_run:
             log.info("dry-run: would create libvirt snapshot of %s: %s", name, snap_xml)
@@ -401,19 +403,26 @@ class Hypervisor:
     def resume(self, name: str) -> None:
         self._change(name, "resume", lambda dom: dom.resume())
 
-    def delete_snapshot_metadata(self, name: str, only_ours_or_in: Path) -> list[str]:
-        """Remove libvirt snapshot records left by a crash: vmsnapd's own (`vmsnapd-*`) and those whose
-        files live in `only_ours_or_in` (overlay_dir, e.g. from hand-made scripts). Others are the admin's."""
-        base = str(only_ours_or_in.resolve()).rstrip("/") + "/"
-        removed = []
+    def snapshot_records(self, name: str) -> list[SnapshotRecord]:
+        """The libvirt snapshot records (metadata) of a domain and the files each names (disks, memory)."""
+        records = []
         try:
             for snap in self._domain(name).listAllSnapshots(0):
-                xml = snap.getXMLDesc(0)
-                if not (snap.getName().startswith("vmsnapd-") or f"'{base}" in xml or f'"{base}' in xml):
-                    continue
+                records.append(_snapshot_record(snap.getName(), snap.getXMLDesc(0)))
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"snapshot metadata of {name}") from exc
+        return records
+
+    def delete_snapshot_metadata(self, name: str, snapshots: list[str]) -> list[str]:
+        """Remove the records `snapshots` of domain `name` (metadata only: no file is touched). Which records
+        are vmsnapd's is decided by the caller (vmsnapd.ownership)."""
+        removed = []
+        try:
+            dom = self._domain(name)
+            for snapshot in snapshots:
                 if not self.dry_run:
-                    snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-                removed.append(snap.getName())
+                    dom.snapshotLookupByName(snapshot, 0).delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+                removed.append(snapshot)
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"snapshot metadata of {name}") from exc
         return removed
@@ -538,22 +547,33 @@ class Hypervisor:
         """A shut-off domain whose disk `target` is on `overlay_path`: merge the overlay into its base file and
         point the persistent definition back at the base. Returns the base path. The overlay file stays
         (now redundant) for the caller to delete."""
+        try:
+            if self._domain(name).isActive():
+                raise HypervisorError(f"{name} is running: its overlay must be committed live")
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, f"state of {name}") from exc
+        base, _fmt = self.backing_of(overlay_path)
+        self.commit_overlay_file(overlay_path)
+        self.repoint_definition(name, target, overlay_path)
+        return base
+
+    def repoint_definition(self, name: str, target: str, overlay_path: str) -> str | None:
+        """Point disk `target` of the persistent definition, when it names `overlay_path`, at the overlay's
+        backing file (with its format). Nothing is committed: the caller knows the base holds the data.
+        Returns the base, or None when the definition does not name the overlay."""
         dom = self._domain(name)
         try:
-            if dom.isActive():
-                raise HypervisorError(f"{name} is running: its overlay must be committed live")
             root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"definition of {name}") from exc
-        base, fmt = self.backing_of(overlay_path)
         disk = None
         for el in root.findall("./devices/disk"):
             tgt, src = el.find("target"), el.find("source")
             if tgt is not None and tgt.get("dev") == target and src is not None and src.get("file") == overlay_path:
                 disk = el
-        self.commit_overlay_file(overlay_path)
         if disk is None:  # the definition does not use the overlay (only the live XML did)
-            return base
+            return None
+        base, fmt = self.backing_of(overlay_path)
         disk.find("source").set("file", base)
         driver = disk.find("driver")
         if driver is not None:
@@ -561,7 +581,7 @@ class Hypervisor:
         for backing in disk.findall("backingStore"):
             disk.remove(backing)
         if self.dry_run:
-            log.info("dry-run: would point %s %s back at %s", name, target, base)
+            log.info("dry-run: would point the definition of %s %s back at %s", name, target, base)
             return base
         try:
             self.conn.defineXML(ET.tostring(root, encoding="unicode"))
@@ -569,7 +589,64 @@ class Hypervisor:
             raise _wrap(exc, f"redefine {name} on {base}") from exc
         return base
 
-    def defined_on_overlay(self, name: str, overlay_dir: Path) -> list[Disk]:
-        """Disks of the persistent definition whose source is in overlay_dir (the next boot would use them)."""
-        base = str(overlay_dir.resolve()).rstrip("/") + "/"
-        return [d for d in parse_disks(self.xml(name, inactive=True)) if d.source.startswith(base)]
+    # -- the whole host: what the folder check and recovery look at, whatever the domains' names -----------------
+
+    def all_domain_disks(self) -> dict[str, list[tuple[str, str]]]:
+        """Every defined domain -> (target, file) of every disk source and backing file its live and persistent
+        definitions name. Read straight from the listing: no name of a domain we do not manage is validated."""
+        result: dict[str, list[tuple[str, str]]] = {}
+        try:
+            domains = self.conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, "list domains") from exc
+        for dom in domains:
+            files: list[tuple[str, str]] = []
+            try:
+                name = dom.name()
+                for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
+                    files += disk_files(dom.XMLDesc(flags))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined since it was listed
+                raise _wrap(exc, "domain definitions") from exc
+            result[name] = list(dict.fromkeys(files))
+        return result
+
+    def storage_pool_paths(self) -> dict[str, str]:
+        """Every libvirt storage pool (active or not) -> its target path (empty for pools without one)."""
+        paths = {}
+        try:
+            for pool in self.conn.listAllStoragePools(0):
+                el = ET.fromstring(pool.XMLDesc(0)).find("./target/path")
+                paths[pool.name()] = el.text.strip() if el is not None and el.text else ""
+        except libvirt.libvirtError as exc:
+            raise _wrap(exc, "list storage pools") from exc
+        return paths
+
+
+def disk_files(domain_xml: str) -> list[tuple[str, str]]:
+    """(target, file) for every disk source of a domain definition and every backing file it names."""
+    files = []
+    for el in ET.fromstring(domain_xml).findall("./devices/disk"):
+        target = el.find("target")
+        dev = target.get("dev", "") if target is not None else ""
+        for source in el.iter("source"):
+            path = source.get("file") or source.get("dev") or ""
+            if path:
+                files.append((dev, path))
+    return files
+
+
+def _snapshot_record(name: str, snapshot_xml: str) -> SnapshotRecord:
+    """Only the snapshot's own <disks> and <memory>: the copy of the domain definition inside is not what
+    the snapshot made."""
+    root = ET.fromstring(snapshot_xml)
+    disks = []
+    for el in root.findall("./disks/disk"):
+        source = el.find("source")
+        path = (source.get("file") or source.get("dev") or "") if source is not None else ""
+        if path:
+            disks.append((el.get("name", ""), path))
+    memory = root.find("./memory")
+    memory_file = memory.get("file") if memory is not None else None
+    return SnapshotRecord(name=name, disks=tuple(disks), memory=memory_file or None)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -30,7 +29,6 @@ from vmsnapd.files import (
     temp_path_for,
     write_file_atomically,
 )
-from vmsnapd.names import encode_name
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +105,6 @@ def cycle_file_name(cycle_id: str) -> str:
 
 
 _STAMP = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
-
-
-def memory_file_name(domain: str, stamp: str) -> str:
-    """The fresh RAM file a cycle asks libvirt to write in overlay_dir."""
-    return f"{encode_name(domain)}_{stamp}.mem"
-
-
-def made_by_vmsnapd(path: str, domain: str | None, overlay_dir: Path) -> bool:
-    """Whether `path`, read from a journal record of `domain`'s cycle, names a file vmsnapd itself makes
-    in overlay_dir (a fresh RAM file or a disk overlay of that domain). Recovery deletes nothing else: a
-    forged or damaged record must not make root delete an arbitrary file. Pure: looks at the text only."""
-    if not domain or not isinstance(path, str) or "\x00" in path or os.path.normpath(path) != path:
-        return False
-    candidate = Path(path)
-    if candidate.parent != Path(os.path.normpath(overlay_dir)):
-        return False
-    name = re.escape(encode_name(domain))
-    return re.fullmatch(rf"{name}_({_STAMP}\.mem|[A-Za-z0-9_.-]+_{_STAMP}\.qcow2)", candidate.name) is not None
 
 
 class Journal:

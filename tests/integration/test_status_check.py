@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 import libvirt
 import pytest
 
+from vmsnapd.overlaynames import overlay_file_name
+
 pytestmark = [pytest.mark.lab]
 
 ONLY_HOURLY = {"hourly": 1, "daily": 0, "monthly": 0, "domain": "none"}
@@ -63,8 +65,9 @@ def test_check_critical_for_a_vm_left_on_an_overlay(lab, dataset, vmsnapd_env):
     env.datasets[dataset.name] = {**ONLY_HOURLY, "domain": vm.name}
     env.run("once")
     assert env.run("check").stdout.startswith("VMSNAPD OK")
-    # What a failed hand-written post-script leaves: the VM writing to an overlay forever.
-    overlay = env.overlay_dir / "handmade.qcow2"
+    # What a crashed older run leaves without a journal record: the VM writing to one of vmsnapd's overlays
+    # forever. (An overlay not named like vmsnapd's is never touched: test_recover_ownership.py.)
+    overlay = env.overlay_dir / overlay_file_name(vm.name, "vda", "2026-11-29_01:00:00")
     vm.dom.snapshotCreateXML(
         f"<domainsnapshot><name>handmade</name><memory snapshot='no'/><disks>"
         f"<disk name='vda' snapshot='external'><source file='{overlay}'/></disk>"

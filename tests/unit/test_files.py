@@ -19,7 +19,9 @@ from vmsnapd.files import (
     open_private_file,
     write_file_atomically,
 )
-from vmsnapd.journal import CycleRecord, Journal, made_by_vmsnapd, memory_file_name
+from vmsnapd.journal import CycleRecord, Journal
+from vmsnapd.overlaynames import memory_file_name
+from vmsnapd.ownership import deletable_leftover
 from vmsnapd.lock import pass_lock
 from vmsnapd.names import encode_name
 
@@ -216,7 +218,7 @@ OVERLAY_DIR = Path("/var/lib/libvirt/snapshots")
     (str(OVERLAY_DIR / memory_file_name("..x", "2026-11-29_01:00:00")), "..x"),
 ])
 def test_files_vmsnapd_makes(path: str, domain: str) -> None:
-    assert made_by_vmsnapd(path, domain, OVERLAY_DIR)
+    assert deletable_leftover(path, domain, str(OVERLAY_DIR))
 
 
 @pytest.mark.parametrize(("path", "domain"), [
@@ -231,7 +233,7 @@ def test_files_vmsnapd_makes(path: str, domain: str) -> None:
     ("/var/lib/libvirt/snapshots/-odd_2026-11-29_01:00:00.mem", "-odd"),  # raw, never made so
 ])
 def test_files_vmsnapd_never_makes(path: str, domain: str | None) -> None:
-    assert not made_by_vmsnapd(path, domain, OVERLAY_DIR)
+    assert not deletable_leftover(path, domain, str(OVERLAY_DIR))
 
 
 def test_check_folder_of_a_missing_path(root: Path) -> None:
@@ -241,9 +243,10 @@ def test_check_folder_of_a_missing_path(root: Path) -> None:
 
 @given(st.text(min_size=1, max_size=40).filter(lambda n: "/" not in n and "\n" not in n and "\x00" not in n),
        st.text(max_size=80))
-def test_made_by_vmsnapd_only_ever_accepts_a_file_directly_in_overlay_dir(domain: str, path: str) -> None:
+def test_deletable_leftover_only_ever_accepts_a_file_directly_in_overlay_dir(domain: str, path: str) -> None:
     for candidate in (path, f"{OVERLAY_DIR}/{path}", f"{OVERLAY_DIR}/{encode_name(domain)}_{path}"):
-        if made_by_vmsnapd(candidate, domain, OVERLAY_DIR):
+        if deletable_leftover(candidate, domain, str(OVERLAY_DIR)):
             assert Path(candidate).parent == OVERLAY_DIR and ".." not in Path(candidate).parts
             assert Path(candidate).name.startswith(encode_name(domain) + "_")
-    assert made_by_vmsnapd(str(OVERLAY_DIR / memory_file_name(domain, "2026-11-29_01:00:00")), domain, OVERLAY_DIR)
+    assert deletable_leftover(str(OVERLAY_DIR / memory_file_name(domain, "2026-11-29_01:00:00")), domain,
+                              str(OVERLAY_DIR))

@@ -1,4 +1,5 @@
-"""One pass like `sanoid --cron`: recover, take what is due, prune. Shared by `once` and the daemon.
+"""One pass like `sanoid --cron`: check the folders, recover, take what is due, prune. Shared by `once` and the
+daemon. A failed folder check (vmsnapd/actions/folders.py) refuses the whole pass before anything is touched.
 
 The caller holds the pass lock.
 """
@@ -11,6 +12,7 @@ import logging
 from datetime import datetime
 
 from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.folders import check_folders
 from vmsnapd.actions.prune import prune
 from vmsnapd.actions.recover import recover
 from vmsnapd.actions.report import PassReport
@@ -25,12 +27,20 @@ log = logging.getLogger(__name__)
 
 def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_dumps: bool = False) -> PassReport:
     report = PassReport(dry_run=ctx.dry_run)
-    recovered = recover(ctx)
-    report.errors += [f"recover: {e}" for e in recovered.errors]
+    survey_error = None
     try:
         survey = ctx.survey()
     except (ZfsError, HypervisorError) as exc:
-        report.errors.append(f"cannot survey the host: {exc}")
+        survey, survey_error = None, exc
+    # Before anything is touched: unsafe folders (e.g. a config edited after start) refuse the whole pass.
+    folders = check_folders(ctx, survey)
+    if not folders.ok:
+        report.errors += [f"pass refused, nothing done: {p}" for p in folders.problems]
+        return report
+    recovered = recover(ctx, survey, folders_checked=True)
+    report.errors += [f"recover: {e}" for e in recovered.errors]
+    if survey is None:
+        report.errors.append(f"cannot survey the host: {survey_error}")
         return report
     for missing in survey.listing.missing_roots:
         # A typo in the policy file would otherwise leave a VM unprotected without anyone noticing.

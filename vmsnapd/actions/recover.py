@@ -1,33 +1,48 @@
 """Finish or undo whatever a crash interrupted. Idempotent; runs at the start of `run`/`once` too.
 
-For every cycle record left in the journal, and for every domain with a disk in `overlay_dir`
-(also overlays made by a crashed older run or by hand-written sanoid scripts):
+Recovery touches ONLY what is provably vmsnapd's (rules: vmsnapd/ownership.py; docs/operations.md,
+"What vmsnapd will never touch"). It first refuses to run at all when the folders vmsnapd writes are
+unsafe on this host (vmsnapd/actions/folders.py). Then, for every cycle record left in the journal and for
+every managed domain:
 - a frozen guest file system is thawed;
-- a disk running on an overlay is committed back into its base file and pivoted, the overlay removed;
-  a domain that stopped while on an overlay gets it committed offline (`qemu-img commit`) and its
-  definition pointed back at the base file; an overlay is never deleted while a domain still uses it;
+- a disk running on one of vmsnapd's overlays is committed back into its base file and pivoted, the overlay
+  removed; a domain that stopped while on an overlay gets it committed offline (`qemu-img commit`) and its
+  definition pointed back at the base file; a running domain whose persistent definition alone still names
+  an overlay (the running disk is back on the base) gets its definition pointed back at the base; an overlay
+  is never deleted while a domain still uses it;
 - a guest the cycle paused is resumed;
-- libvirt snapshot metadata left by vmsnapd (or describing overlays in overlay_dir) is removed;
+- libvirt snapshot records that are vmsnapd's are removed (metadata only);
 - the RAM file of the interrupted cycle is deleted (its zfs snapshots, if any, stay as disk-only
   restore points: the dump cannot be vouched for, so it is not kept).
+Everything else met on the way (an unmanaged domain's disk in overlay_dir, an overlay whose name or backing
+file is not vmsnapd's, someone else's snapshot record) is reported as a warning and left alone.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from vmsnapd.actions.context import Context
+from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.folders import check_folders
 from vmsnapd.hypervisor import PAUSED, RUNNING, DomainNotFound, HypervisorError, parse_disks
-from vmsnapd.journal import made_by_vmsnapd
+from vmsnapd.journal import CycleRecord
+from vmsnapd.names import InvalidName
+from vmsnapd.ownership import (DomainFacts, OverlayFile, Ownership, RecoveryPlan, Step, StepKind,
+                               deletable_leftover, foreign_domain_warnings, inside, judge_overlay, norm,
+                               plan_domain)
+from vmsnapd.targets import dataset_of_path, wanted_domain
+from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
 
 
 class RecoverReport(BaseModel):
     actions: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # met and left alone: not vmsnapd's
     errors: list[str] = Field(default_factory=list)
 
     @property
@@ -35,67 +50,114 @@ class RecoverReport(BaseModel):
         return len(self.errors)
 
 
-def recover(ctx: Context) -> RecoverReport:
+def recover(ctx: Context, survey: Survey | None = None, *, folders_checked: bool = False) -> RecoverReport:
+    """`survey`: the pass's view of the host (listed here when not given). `folders_checked`: the caller
+    already ran the folder check (a pass does, before anything else)."""
     report = RecoverReport()
-    prefix = "dry-run: " if ctx.dry_run else ""
-    overlay_dir = Path(ctx.config.daemon.overlay_dir)
+    if survey is None:
+        survey = _survey_or_none(ctx, report)
+    if not folders_checked:
+        check = check_folders(ctx, survey)
+        if not check.ok:
+            report.errors += [f"refused, nothing recovered: {p}" for p in check.problems]
+            _log(report)
+            return report
+    owner = _ownership(ctx, survey, report)
     scan = ctx.journal.scan()
     for bad in scan.unreadable:
         report.errors.append(f"unreadable journal record {bad.path}: {bad.reason} (inspect and remove it)")
     handled_domains: set[str] = set()
     for record in scan.records:
-        problems: list[str] = []
-        in_use: set[str] = set()
         if record.domain:
             handled_domains.add(record.domain)
-            problems += _bring_back(ctx, record.domain, overlay_dir, report,
-                                    thaw=record.fs_frozen, resume=record.paused_by_us)
-            problems += _orphan_overlays(ctx, record, report)
-            in_use = _sources_in_use(ctx, record.domain, problems)
-        overlays = [o.overlay_path for o in record.overlays] if not problems else []
-        for path in [record.ram_file] + overlays:
-            if path and not made_by_vmsnapd(path, record.domain, overlay_dir):
-                report.errors.append(f"journal record {record.cycle_id} names {path}, not a file vmsnapd makes "
-                                     f"in {overlay_dir}: left alone (inspect the record)")
-                continue
-            if path and path not in in_use and Path(path).exists():
-                if not ctx.dry_run:
-                    Path(path).unlink(missing_ok=True)
-                report.actions.append(f"{prefix}deleted {path} left by interrupted cycle {record.cycle_id}")
-        if problems:
-            report.errors += problems
-            continue  # keep the record: the next recover tries again
-        if not ctx.dry_run:
-            ctx.journal.finish(record)
-        report.actions.append(f"{prefix}closed interrupted cycle {record.cycle_id} (was in state {record.state})")
-    _untracked_overlays(ctx, overlay_dir, handled_domains, report)
-    for line in report.actions:
-        log.warning("recover: %s", line)
-    for line in report.errors:
-        log.error("recover: %s", line)
+        _recover_record(ctx, record, owner, survey, report)
+    _untracked(ctx, owner, survey, handled_domains, report)
+    _log(report)
     return report
 
 
-def _untracked_overlays(ctx: Context, overlay_dir: Path, skip: set[str], report: RecoverReport) -> None:
-    """Bring back domains the journal does not know about that still run on an overlay in overlay_dir."""
+def _log(report: RecoverReport) -> None:
+    for line in report.actions:
+        log.warning("recover: %s", line)
+    for line in report.warnings:
+        log.warning("recover: %s", line)
+    for line in report.errors:
+        log.error("recover: %s", line)
+
+
+def _survey_or_none(ctx: Context, report: RecoverReport) -> Survey | None:
     try:
-        names = ctx.hypervisor.domain_names()
+        return ctx.survey()
+    except (ZfsError, HypervisorError) as exc:
+        report.warnings.append(f"cannot list the managed datasets ({exc}): only what the journal names is "
+                               "recovered")
+        return None
+
+
+def _ownership(ctx: Context, survey: Survey | None, report: RecoverReport) -> Ownership:
+    """overlay_dir and the managed domains (those some dataset's policy maps to)."""
+    overlay_dir = norm(str(ctx.config.daemon.overlay_dir))
+    if survey is None or not any(p.domain != "none" for p in survey.policies.values()):
+        return Ownership(overlay_dir=overlay_dir)
+    try:
+        domains = set(ctx.hypervisor.domain_names())
     except HypervisorError as exc:
-        if skip or ctx.journal.pending():
+        report.warnings.append(f"cannot list domains ({exc}): only what the journal names is recovered")
+        return Ownership(overlay_dir=overlay_dir)
+    managed = {wanted_domain(policy, domains) for policy in survey.policies.values()} - {None}
+    return Ownership(overlay_dir=overlay_dir, managed_domains=frozenset(managed))
+
+
+def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey: Survey | None,
+                    report: RecoverReport) -> None:
+    prefix = "dry-run: " if ctx.dry_run else ""
+    problems: list[str] = []
+    in_use: set[str] = set()
+    if record.domain:
+        journaled = {o.overlay_path: o.base_path for o in record.overlays}
+        problems += _bring_back(ctx, record.domain, owner, survey, report, thaw=record.fs_frozen,
+                                resume=record.paused_by_us, journaled=journaled)
+        problems += _orphan_overlays(ctx, record, report)
+        in_use = _sources_in_use(ctx, record.domain, problems)
+    overlays = [o.overlay_path for o in record.overlays] if not problems else []
+    for path in [record.ram_file] + overlays:
+        if not path or path in in_use or not Path(path).exists():
+            continue
+        if not deletable_leftover(path, record.domain, str(owner.overlay_dir)):
+            report.warnings.append(f"journal record {record.cycle_id} names {path}, which is not a file vmsnapd "
+                                   "makes: left alone")
+            continue
+        if not ctx.dry_run:
+            Path(path).unlink(missing_ok=True)
+        report.actions.append(f"{prefix}deleted {path} left by interrupted cycle {record.cycle_id}")
+    if problems:
+        report.errors += problems
+        return  # keep the record: the next recover tries again
+    if not ctx.dry_run:
+        ctx.journal.finish(record)
+    report.actions.append(f"{prefix}closed interrupted cycle {record.cycle_id} (was in state {record.state})")
+
+
+def _untracked(ctx: Context, owner: Ownership, survey: Survey | None, skip: set[str],
+               report: RecoverReport) -> None:
+    """Domains the journal does not know about: managed ones are brought back from vmsnapd's overlays (a crash
+    of an older version, or a record lost); any other domain's disk in overlay_dir is only reported."""
+    try:
+        every = ctx.hypervisor.all_domain_disks()
+    except HypervisorError as exc:
+        if skip or ctx.journal.pending() or owner.managed_domains:
             report.errors.append(f"cannot list domains: {exc}")
         return
-    for name in names:
+    for name, files in every.items():
         if name in skip:
             continue
-        try:
-            on_overlay = ctx.hypervisor.overlay_disks(name, overlay_dir)
-        except DomainNotFound:
-            continue  # undefined since it was listed: nothing of it can be on an overlay any more
-        except HypervisorError as exc:
-            report.errors.append(f"{name}: {exc}")
+        if name not in owner.managed_domains:
+            report.warnings += foreign_domain_warnings(name, files, owner)
             continue
-        if on_overlay:
-            report.errors += _bring_back(ctx, name, overlay_dir, report, thaw=False, resume=False)
+        try:
+            report.errors += _bring_back(ctx, name, owner, survey, report, thaw=False, resume=False, journaled={})
+        except InvalidName as exc:
+            report.errors.append(f"{name}: {exc}")
 
 
 def _sources_in_use(ctx: Context, domain: str, problems: list[str]) -> set[str]:
@@ -110,9 +172,10 @@ def _sources_in_use(ctx: Context, domain: str, problems: list[str]) -> set[str]:
         return set()
 
 
-def _orphan_overlays(ctx: Context, record, report: RecoverReport) -> list[str]:
+def _orphan_overlays(ctx: Context, record: CycleRecord, report: RecoverReport) -> list[str]:
     """The domain of an interrupted cycle no longer exists: merge its overlays into their base files so the
-    writes made since the snapshot are not lost with them."""
+    writes made since the snapshot are not lost with them — each only after its header proves it is the
+    overlay of the base the record names."""
     prefix = "dry-run: " if ctx.dry_run else ""
     try:
         if ctx.hypervisor.exists(record.domain):
@@ -123,6 +186,14 @@ def _orphan_overlays(ctx: Context, record, report: RecoverReport) -> list[str]:
     for overlay in record.overlays:
         if not Path(overlay.overlay_path).exists():
             continue
+        facts = OverlayFile(backing=_backing(ctx, overlay.overlay_path),
+                            journal_base=os.path.realpath(overlay.base_path))
+        verdict = judge_overlay(record.domain, overlay.target, overlay.overlay_path, facts,
+                                Ownership(overlay_dir=norm(str(ctx.config.daemon.overlay_dir))))
+        if not verdict.ours:
+            problems.append(f"overlay {overlay.overlay_path} of vanished domain {record.domain} not merged: "
+                            f"{verdict.reason}")
+            continue
         try:
             base = ctx.hypervisor.commit_overlay_file(overlay.overlay_path)
             report.actions.append(f"{prefix}merged overlay {overlay.overlay_path} of vanished domain "
@@ -132,15 +203,50 @@ def _orphan_overlays(ctx: Context, record, report: RecoverReport) -> list[str]:
     return problems
 
 
-def _bring_back(ctx: Context, domain: str, overlay_dir: Path, report: RecoverReport, *,
-                thaw: bool, resume: bool) -> list[str]:
+# -- one domain ---------------------------------------------------------------------------------------------------
+
+def _backing(ctx: Context, path: str) -> str | None:
+    """The backing file named in a qcow2 header (resolved), or None (missing, unreadable, no backing file)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        backing, _fmt = ctx.hypervisor.backing_of(path)
+    except (HypervisorError, ValueError) as exc:
+        log.debug("recover: %s: %s", path, exc)
+        return None
+    return os.path.realpath(backing)
+
+
+def _domain_facts(ctx: Context, domain: str, active: bool, owner: Ownership, survey: Survey | None,
+                  journaled: dict[str, str]) -> DomainFacts:
+    hv = ctx.hypervisor
+    live = tuple((d.target, d.source) for d in hv.disks(domain))
+    persistent = tuple((d.target, d.source) for d in parse_disks(hv.xml(domain, inactive=True)))
+    snapshots = tuple(hv.snapshot_records(domain))
+    named = [p for _t, p in live + persistent] + [p for s in snapshots for _t, p in s.disks] + list(journaled)
+    files = {}
+    for path in dict.fromkeys(named):
+        if not (inside(path, owner.overlay_dir) or path in journaled):
+            continue
+        backing = _backing(ctx, path)
+        dataset = dataset_of_path(backing, survey.listing) if backing and survey else None
+        files[path] = OverlayFile(
+            backing=backing,
+            backing_dataset=dataset if survey and dataset in survey.policies else None,
+            journal_base=os.path.realpath(journaled[path]) if path in journaled else None)
+    return DomainFacts(name=domain, active=active, live=live, persistent=persistent, files=files,
+                       snapshots=snapshots)
+
+
+def _bring_back(ctx: Context, domain: str, owner: Ownership, survey: Survey | None, report: RecoverReport, *,
+                thaw: bool, resume: bool, journaled: dict[str, str]) -> list[str]:
     hv = ctx.hypervisor
     prefix = "dry-run: " if ctx.dry_run else ""
-    problems: list[str] = []
     try:
         state = hv.state(domain)
     except DomainNotFound:
-        report.actions.append(f"domain {domain} no longer exists; nothing to bring back")
+        if journaled or thaw or resume:
+            report.actions.append(f"domain {domain} no longer exists; nothing to bring back")
         return []
     except HypervisorError as exc:
         return [f"{domain}: {exc}"]
@@ -151,30 +257,11 @@ def _bring_back(ctx: Context, domain: str, overlay_dir: Path, report: RecoverRep
         except HypervisorError as exc:
             report.actions.append(f"thaw of {domain} not possible ({exc}); assuming not frozen")
     try:
-        on_overlay = hv.overlay_disks(domain, overlay_dir)
-        if state not in (RUNNING, PAUSED):
-            on_overlay += [d for d in hv.defined_on_overlay(domain, overlay_dir) if d not in on_overlay]
+        plan = plan_domain(_domain_facts(ctx, domain, state in (RUNNING, PAUSED), owner, survey, journaled), owner)
     except HypervisorError as exc:
         return [f"{domain}: {exc}"]
-    for disk in on_overlay:
-        try:
-            if state in (RUNNING, PAUSED):
-                hv.commit_active(domain, disk.target)
-                how = "committed"
-            else:
-                base = hv.commit_offline(domain, disk.target, disk.source)
-                how = f"committed offline ({domain} is {state}) into {base},"
-        except HypervisorError as exc:
-            problems.append(f"{domain} disk {disk.target} still on overlay {disk.source}: {exc}")
-            continue
-        if not ctx.dry_run:
-            Path(disk.source).unlink(missing_ok=True)
-        report.actions.append(f"{prefix}{how} {domain} {disk.target} back from overlay {disk.source}")
-    try:
-        for name in hv.delete_snapshot_metadata(domain, only_ours_or_in=overlay_dir):
-            report.actions.append(f"{prefix}removed stale libvirt snapshot metadata {domain}/{name}")
-    except HypervisorError as exc:
-        problems.append(f"{domain}: {exc}")
+    report.warnings += plan.warnings
+    problems = _carry_out(ctx, domain, state, plan, report)
     if resume and hv.state(domain) == PAUSED:
         try:
             hv.resume(domain)
@@ -182,3 +269,40 @@ def _bring_back(ctx: Context, domain: str, overlay_dir: Path, report: RecoverRep
         except HypervisorError as exc:
             problems.append(f"{domain} stays paused: {exc}")
     return problems
+
+
+def _carry_out(ctx: Context, domain: str, state: str, plan: RecoveryPlan, report: RecoverReport) -> list[str]:
+    hv = ctx.hypervisor
+    prefix = "dry-run: " if ctx.dry_run else ""
+    problems: list[str] = []
+    for step in plan.steps:
+        if step.kind == StepKind.DROP_METADATA:
+            continue
+        try:
+            how = _overlay_step(ctx, domain, state, step)
+        except HypervisorError as exc:
+            problems.append(f"{domain} disk {step.target} still on overlay {step.overlay}: {exc}")
+            continue
+        if not ctx.dry_run:
+            Path(step.overlay).unlink(missing_ok=True)
+        report.actions.append(f"{prefix}{how} {domain} {step.target} back from overlay {step.overlay}")
+    drop = [s.snapshot for s in plan.steps if s.kind == StepKind.DROP_METADATA]
+    if drop:
+        try:
+            for name in hv.delete_snapshot_metadata(domain, drop):
+                report.actions.append(f"{prefix}removed stale libvirt snapshot metadata {domain}/{name}")
+        except HypervisorError as exc:
+            problems.append(f"{domain}: {exc}")
+    return problems
+
+
+def _overlay_step(ctx: Context, domain: str, state: str, step: Step) -> str:
+    hv = ctx.hypervisor
+    if step.kind == StepKind.COMMIT_LIVE:
+        hv.commit_active(domain, step.target)
+        return "committed"
+    if step.kind == StepKind.COMMIT_OFFLINE:
+        base = hv.commit_offline(domain, step.target, step.overlay)
+        return f"committed offline ({domain} is {state}) into {base},"
+    hv.repoint_definition(domain, step.target, step.overlay)
+    return f"pointed the persistent definition (next boot) at its base {step.base}, running on it already:"
