@@ -44,10 +44,11 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False)
     prefix = "dry-run: " if ctx.dry_run else ""
     capacity: dict[str, int] = {}
     destroyed: dict[str, list[Snapshot]] = {}
+    now = ctx.now()
     for dataset, policy in survey.policies.items():
         if not policy.autoprune:
             continue
-        doomed = prune_set(policy, survey.listing.snapshots_of(dataset))
+        doomed = prune_set(policy, survey.listing.snapshots_of(dataset), now)
         if not doomed:
             continue
         try:  # one dataset that cannot be pruned (pool unreadable, a name vmsnapd refuses) never stops the others
