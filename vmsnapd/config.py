@@ -24,6 +24,12 @@ Minute = Annotated[int, Field(ge=0, le=59)]
 Hour = Annotated[int, Field(ge=0, le=23)]
 DayOfMonth = Annotated[int, Field(ge=1, le=31)]
 AbsolutePath = Annotated[Path, Field(strict=False)]
+# sanoid's monitor thresholds: a number in units of one period down (frequently: seconds, hourly: minutes,
+# daily: hours, weekly: days, monthly: weeks, yearly: months of 31 days) or "N" + y/w/d/h/m/s; 0 turns it off.
+Threshold = Annotated[int | str, Field(union_mode="left_to_right")]
+
+
+_THRESHOLD = re.compile(r"\d+[yYwWdDhHmMsS]?")
 
 
 class StrictModel(BaseModel):
@@ -52,6 +58,9 @@ class DaemonSettings(StrictModel):
     metrics_listen: str = Field(
         "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810"; empty: no endpoint.'
     )
+    prune_guard: bool = Field(
+        True, description="The daemon does not prune a dataset whose changed policy would destroy more than half of "
+        "its snapshots until `vmsnapd once --prune --confirm` (docs/pruning.md).")
 
     @field_validator("state_dir", "overlay_dir", "ram_dir")
     @classmethod
@@ -134,6 +143,18 @@ class PolicySettings(StrictModel):
     yearly_mday: DayOfMonth = Field(1, description="Day of the month for yearly snapshots (clamped like monthly_mday).")
     yearly_hour: Hour = Field(0, description="Hour for yearly snapshots.")
     yearly_min: Minute = Field(0, description="Minute for yearly snapshots.")
+    frequently_warn: Threshold = Field(0, description="check: WARNING past this age of the newest frequent (s).")
+    frequently_crit: Threshold = Field(0, description="check: CRITICAL past this age of the newest frequent (s).")
+    hourly_warn: Threshold = Field("90m", description="check: WARNING age of the newest hourly (minutes).")
+    hourly_crit: Threshold = Field("360m", description="check: CRITICAL age of the newest hourly (minutes).")
+    daily_warn: Threshold = Field("28h", description="check: WARNING age of the newest daily (hours).")
+    daily_crit: Threshold = Field("32h", description="check: CRITICAL age of the newest daily (hours).")
+    weekly_warn: Threshold = Field(0, description="check: WARNING age of the newest weekly (days).")
+    weekly_crit: Threshold = Field(0, description="check: CRITICAL age of the newest weekly (days).")
+    monthly_warn: Threshold = Field("32d", description="check: WARNING age of the newest monthly (weeks).")
+    monthly_crit: Threshold = Field("40d", description="check: CRITICAL age of the newest monthly (weeks).")
+    yearly_warn: Threshold = Field(0, description="check: WARNING age of the newest yearly (months of 31 d).")
+    yearly_crit: Threshold = Field(0, description="check: CRITICAL age of the newest yearly (months of 31 d).")
     domain: str = Field(
         "auto",
         description='"auto": the libvirt domain named like the dataset\'s last component, if one exists, else plain '
@@ -168,6 +189,15 @@ class PolicySettings(StrictModel):
     def _divides_hour(cls, value: int) -> int:
         if 60 % value:
             raise ValueError(f"must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60), got {value}")
+        return value
+
+    @field_validator("frequently_warn", "frequently_crit", "hourly_warn", "hourly_crit", "daily_warn", "daily_crit",
+                     "weekly_warn", "weekly_crit", "monthly_warn", "monthly_crit", "yearly_warn", "yearly_crit",
+                     mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if not (type(value) is int and value >= 0 or isinstance(value, str) and _THRESHOLD.fullmatch(value)):
+            raise ValueError(f'must be 0 (off), a number or a number with y/w/d/h/m/s such as "90m", got {value!r}')
         return value
 
     @field_validator("domain")
