@@ -39,6 +39,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _override(text: str) -> tuple[str, int | str]:
+    from vmsnapd.monitoring import parse_override
+
+    try:
+        return parse_override(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmsnapd",
@@ -66,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p = sub.add_parser("status", help="per dataset: domain, state, newest snapshots, RAM dumps, errors")
     p.add_argument("--json", action="store_true")
-    sub.add_parser("check", help="monitoring, Nagios style (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
+    p = sub.add_parser("check", help="monitoring, Nagios style (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
+    p.add_argument("-w", "--warning", action="append", default=[], type=_override, metavar="PERIOD=AGE",
+                   help="WARNING threshold for every dataset, e.g. hourly=2h (sanoid's syntax; 0: off) or "
+                        "capacity=85; repeatable; wins over the policy's <period>_warn")
+    p.add_argument("-c", "--critical", action="append", default=[], type=_override, metavar="PERIOD=AGE",
+                   help="CRITICAL threshold, as -w (the policy's <period>_crit)")
+    p.add_argument("--json", action="store_true", help="the verdict, findings and performance data as JSON")
     p = sub.add_parser("config", help="configuration commands")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     csub.add_parser("check", help="validate and print the resolved policy per dataset")
@@ -286,10 +301,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from vmsnapd.actions.status import check
+    from vmsnapd.monitoring import Overrides
 
-    code, line = check(_build_context(args))
-    print(line)
-    return code
+    result = check(_build_context(args), Overrides(warn=dict(args.warning), crit=dict(args.critical)))
+    print(result.model_dump_json(indent=2) if args.json else result.nagios())
+    return int(result.state)
 
 
 
