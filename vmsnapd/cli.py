@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
     p.add_argument("--force", action="store_true",
                    help="also delete RAM dumps that have no manifest (half-written or foreign-looking) when orphaned")
+    p.add_argument("--confirm", action="store_true",
+                   help="prune what the daemon's prune guard holds back and record each dataset's policy as "
+                        "confirmed (docs/pruning.md)")
     p = sub.add_parser("snapshot", help="take a cycle now for a dataset or a domain")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--period", default="hourly")
@@ -138,11 +141,13 @@ def _outcome_line(o: TargetOutcome) -> str:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from vmsnapd.actions.passes import run_pass
+    from vmsnapd.actions.prune import PruneGuard
 
     ctx = _build_context(args, dry_run=args.dry_run)
+    guard = PruneGuard(ctx.state_dir, active=False, confirm=True, dry_run=args.dry_run) if args.confirm else None
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         report = run_pass(ctx, take=args.take or not args.prune, prune_too=args.prune or not args.take,
-                          force_dumps=args.force)
+                          force_dumps=args.force, guard=guard)
     _render_outcomes(report)
     return EX_FAILED if report.failed else EX_OK
 

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import calendar
+import hashlib
+import json
 import os
 from collections.abc import Collection, Iterable
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -216,6 +218,21 @@ def prune_set(policy: DatasetPolicy, snapshots: Iterable[Snapshot], now: datetim
             if snapshot.userrefs == 0:
                 doomed.append(snapshot)
     return sorted(doomed, key=lambda snapshot: (snapshot.creation, snapshot.name))
+
+
+RETENTION_KEYS = (*PERIODS, "frequent_period", "autoprune")
+
+
+def retention_hash(policy: DatasetPolicy) -> str:
+    """A fingerprint of what decides a dataset's prune set: the counts, frequent_period, autoprune."""
+    keys = {key: getattr(policy, key) for key in RETENTION_KEYS}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prune_guard_holds(doomed: int, ours: int, policy_hash: str, confirmed_hash: str | None) -> bool:
+    """The first-pass guard: a policy not yet confirmed for this dataset that would destroy more than half of
+    its snapshots (ours, every period) is held back (a typo such as `hourly = 3` for 36)."""
+    return policy_hash != confirmed_hash and 2 * doomed > ours
 
 
 def prune_deferred(policy: DatasetPolicy, pool_used_percent: float) -> bool:
