@@ -36,6 +36,25 @@ class PluginOutput:
     perfdata: list[Perf]
 
 
+def _perf_item(label: str, data: str) -> Perf:
+    fields = data.split(";")
+    if len(fields) > 5:
+        raise ValueError(f"{label}: more than 5 fields")
+    fields += [""] * (5 - len(fields))
+    value = VALUE.fullmatch(fields[0])
+    if not value or value.group(2) not in UOMS or (value.group(1) == "U" and value.group(2)):
+        raise ValueError(f"{label}: bad value/unit {fields[0]!r}")
+    for limit in fields[1:3]:
+        if not RANGE.fullmatch(limit):
+            raise ValueError(f"{label}: bad threshold range {limit!r}")
+    for bound in fields[3:5]:
+        if bound and not re.fullmatch(NUMBER, bound):
+            raise ValueError(f"{label}: bad min/max {bound!r}")
+    return Perf(label, None if value.group(1) == "U" else float(value.group(1)), value.group(2),
+                fields[1], fields[2], float(fields[3]) if fields[3] else None,
+                float(fields[4]) if fields[4] else None)
+
+
 def _perf_items(text: str) -> list[Perf]:
     items, pos = [], 0
     text = text.strip()
@@ -46,22 +65,7 @@ def _perf_items(text: str) -> list[Perf]:
         label = match.group(1).replace("''", "'") if match.group(1) is not None else match.group(2)
         end = text.find(" ", match.end())
         end = len(text) if end < 0 else end
-        fields = text[match.end() + 1:end].split(";")
-        if len(fields) > 5:
-            raise ValueError(f"{label}: more than 5 fields")
-        fields += [""] * (5 - len(fields))
-        value = VALUE.fullmatch(fields[0])
-        if not value or value.group(2) not in UOMS or (value.group(1) == "U" and value.group(2)):
-            raise ValueError(f"{label}: bad value/unit {fields[0]!r}")
-        for limit in fields[1:3]:
-            if not RANGE.fullmatch(limit):
-                raise ValueError(f"{label}: bad threshold range {limit!r}")
-        for bound in fields[3:5]:
-            if bound and not re.fullmatch(NUMBER, bound):
-                raise ValueError(f"{label}: bad min/max {bound!r}")
-        items.append(Perf(label, None if value.group(1) == "U" else float(value.group(1)), value.group(2),
-                          fields[1], fields[2], float(fields[3]) if fields[3] else None,
-                          float(fields[4]) if fields[4] else None))
+        items.append(_perf_item(label, text[match.end() + 1:end]))
         pos = end + 1
         while pos < len(text) and text[pos] == " ":
             pos += 1

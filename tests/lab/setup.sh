@@ -10,7 +10,7 @@ FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 URI=qemu:///system
 PACKAGES=(zfs-fuse qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
           busybox-static cpio dnsmasq-base zstd faketime qemu-guest-agent e2fsprogs python3-venv python3-dev gcc xz-utils
-          systemd
+          systemd sanoid
           ${VMSNAPD_LAB_EXTRA_PACKAGES:-})  # extra: for testing the error path
 t0=$(date +%s.%N)
 say() { echo "lab-setup: $*"; }

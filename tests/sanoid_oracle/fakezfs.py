@@ -95,6 +95,24 @@ def props_of(state: dict, name: str) -> dict[str, str]:
             "mountpoint": info.get("mountpoint", "none"), "mounted": "no"}
 
 
+def _get_targets(state: dict, targets: list[str], recursive: bool) -> tuple[list[str], list[str]]:
+    """What `zfs get [-r] … TARGETS` reports on (every pool without targets), and the targets that do not exist."""
+    names: list[str] = []
+    missing = []
+    for target in targets or sorted({d.split("/")[0] for d in state["datasets"]}):
+        if "@" in target:
+            (names if snap_index(state, target) is not None else missing).append(target)
+            continue
+        if target not in state["datasets"]:
+            missing.append(target)
+            continue
+        for dataset in subtree(state, target) if recursive else [target]:
+            names.append(dataset)
+            if recursive:
+                names += [s["name"] for s in state["snapshots"] if s["name"].split("@")[0] == dataset]
+    return names, missing
+
+
 def cmd_get(state: dict, args: list[str]) -> None:
     opts, operands = getopt.getopt(args, "Hrpo:t:d:s:")
     flags = dict(opts)
@@ -103,25 +121,7 @@ def cmd_get(state: dict, args: list[str]) -> None:
     properties = operands[0].split(",")
     fields = flags.get("-o", "name,property,value,source").split(",")
     types = flags.get("-t", "all").split(",")
-    targets = operands[1:]
-    names: list[str] = []
-    missing = []
-    if not targets:
-        targets = sorted({d.split("/")[0] for d in state["datasets"]})
-    for target in targets:
-        if "@" in target:
-            if snap_index(state, target) is None:
-                missing.append(target)
-            else:
-                names.append(target)
-            continue
-        if target not in state["datasets"]:
-            missing.append(target)
-            continue
-        for dataset in subtree(state, target) if "-r" in flags else [target]:
-            names.append(dataset)
-            if "-r" in flags:
-                names += [s["name"] for s in state["snapshots"] if s["name"].split("@")[0] == dataset]
+    names, missing = _get_targets(state, operands[1:], recursive="-r" in flags)
     out = []
     for name in names:
         values = props_of(state, name)
@@ -163,7 +163,7 @@ def cmd_destroy(state: dict, args: list[str]) -> None:
     for full in fulls:
         index = snap_index(state, full)
         if index is None:
-            fail(f"could not find any snapshots to destroy; check snapshot names.")
+            fail("could not find any snapshots to destroy; check snapshot names.")
         if state["snapshots"][index].get("holds"):
             fail(f"cannot destroy snapshot {full}: dataset is busy")
     state["snapshots"] = [s for s in state["snapshots"] if s["name"] not in fulls]

@@ -119,25 +119,49 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False,
             continue
         if not doomed:
             continue
-        try:  # one dataset that cannot be pruned (pool unreadable, a name vmsnapd refuses) never stops the others
-            if policy.prune_defer:
-                pool = dataset.split("/", 1)[0]
-                if pool not in capacity:
-                    capacity[pool] = ctx.zfs.pool_capacity(pool)
-                if prune_deferred(policy, capacity[pool]):
-                    log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
-                             pool, capacity[pool], policy.prune_defer)
-                    continue
-            outcome = _prune_dataset(ctx, policy, doomed)
-        except (ZfsError, InvalidName) as exc:
-            log.error("%sprune of %s failed: %s", prefix, dataset, exc)
-            outcome = TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run,
-                                    kept=[s.full_name for s in doomed], error=str(exc))
-        destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
-        report.outcomes.append(outcome)
+        outcome = _prune_one(ctx, policy, doomed, capacity)
+        if outcome is not None:
+            destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
+            report.outcomes.append(outcome)
 
     sweep = sweep_dumps(ctx, survey, destroyed, force=force_dumps)
     report.errors += sweep.errors
+    _post_prune_hooks(ctx, survey, report, sweep)
+    if sweep.deleted:
+        log.info("%sRAM dumps deleted: %d, %d MiB freed", prefix, len(sweep.deleted), sweep.bytes_freed >> 20)
+    report.dumps_deleted = sweep.deleted
+    report.dump_bytes_freed = sweep.bytes_freed
+    if guard is not None:
+        try:
+            guard.save()
+        except OSError as exc:
+            report.errors.append(f"cannot record confirmed policies in {guard.path}: {exc}")
+    return report
+
+
+def _prune_one(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot],
+               capacity: dict[str, int]) -> TargetOutcome | None:
+    """Destroy one dataset's prune set, unless prune_defer waits (None). Errors end in the outcome: one dataset
+    that cannot be pruned (pool unreadable, a name vmsnapd refuses) never stops the others."""
+    dataset = policy.name
+    prefix = "dry-run: " if ctx.dry_run else ""
+    try:
+        if policy.prune_defer:
+            pool = dataset.split("/", 1)[0]
+            if pool not in capacity:
+                capacity[pool] = ctx.zfs.pool_capacity(pool)
+            if prune_deferred(policy, capacity[pool]):
+                log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
+                         pool, capacity[pool], policy.prune_defer)
+                return None
+        return _prune_dataset(ctx, policy, doomed)
+    except (ZfsError, InvalidName) as exc:
+        log.error("%sprune of %s failed: %s", prefix, dataset, exc)
+        return TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run,
+                             kept=[s.full_name for s in doomed], error=str(exc))
+
+
+def _post_prune_hooks(ctx: Context, survey: Survey, report: PassReport, sweep: DumpSweep) -> None:
     for outcome in report.outcomes:
         dataset = outcome.target
         policy = survey.policies[dataset]
@@ -149,16 +173,6 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False,
             result = run_hook(policy.hooks.post_prune, env, _hook_timeout(ctx, policy), ctx.dry_run, dataset)
             if not result.ok:
                 outcome.warnings.append(f"post_prune hook failed: {result.error}")
-    if sweep.deleted:
-        log.info("%sRAM dumps deleted: %d, %d MiB freed", prefix, len(sweep.deleted), sweep.bytes_freed >> 20)
-    report.dumps_deleted = sweep.deleted
-    report.dump_bytes_freed = sweep.bytes_freed
-    if guard is not None:
-        try:
-            guard.save()
-        except OSError as exc:
-            report.errors.append(f"cannot record confirmed policies in {guard.path}: {exc}")
-    return report
 
 
 def _hook_timeout(ctx: Context, policy: DatasetPolicy) -> float:
