@@ -9,7 +9,7 @@ of 31 days); with a suffix y/w/d/h/m/s (case-insensitive) it is that unit. Devia
 (sanoid 2.1 multiplies it by 31 × 365).
 
 Beyond sanoid: CRITICAL for a configured dataset that does not exist, a VM left on an overlay and a
-failed last cycle; pool capacity WARNING/CRITICAL at 80 % / 95 % (sanoid's `capacity_*` defaults);
+failed last cycle; WARNING while the prune guard holds a dataset back; pool capacity WARNING/CRITICAL at 80 % / 95 % (sanoid's `capacity_*` defaults);
 UNKNOWN when nothing is configured or a part of the host does not answer.
 """
 
@@ -56,6 +56,7 @@ class DatasetFacts(BaseModel):
     domain: str | None = None
     overlays: list[str] = Field(default_factory=list)
     last_cycle_error: str | None = None  # set when the last take of this dataset failed
+    prune_held_back: bool = False  # the daemon's prune guard waits for `vmsnapd once --prune --confirm`
 
 
 class CheckFacts(BaseModel):
@@ -155,6 +156,9 @@ def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = N
         if dataset.last_cycle_error is not None:
             findings.append(Finding(state=State.CRITICAL, text=f"{dataset.policy.name}: last cycle failed: "
                                                                f"{dataset.last_cycle_error}"))
+        if dataset.prune_held_back:
+            findings.append(Finding(state=State.WARNING, text=f"{dataset.policy.name}: pruning held back by the "
+                                                              "prune guard (vmsnapd once --prune --confirm)"))
         findings += _age_findings(dataset, now, overrides, perf)
     cap_warn = int(overrides.warn.get("capacity", CAPACITY_WARN))
     cap_crit = int(overrides.crit.get("capacity", CAPACITY_CRIT))

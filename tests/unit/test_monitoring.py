@@ -148,3 +148,9 @@ def test_the_parser_is_strict():
             parse(bad, 0)
     with pytest.raises(ValueError):
         parse("OK\n", 4)
+
+
+def test_a_dataset_held_back_by_the_prune_guard_is_a_warning():
+    ok = fresh(policy(daily=0), hourly=timedelta(minutes=5))
+    result = plan_check(facts(ok.model_copy(update={"prune_held_back": True})), NOW)
+    assert result.state == State.WARNING and "once --prune --confirm" in result.summary

@@ -90,6 +90,9 @@ def test_a_typo_is_held_back_until_confirmed(world, caplog):
     assert len(world.snapshots()) == 37
     assert len([r for r in caplog.records if r.levelno == logging.WARNING and "prune guard" in r.getMessage()]) == 1
 
+    check = world.cli("check")
+    assert check.returncode == 1 and "held back by the prune guard" in check.stdout, check.stdout
+
     dry = world.cli("once", "--prune", "--dry-run")
     assert dry.returncode == 0 and "would destroy" in dry.stdout and dry.stdout.count("_hourly") == 33
     assert len(world.snapshots()) == 37
@@ -102,6 +105,7 @@ def test_a_typo_is_held_back_until_confirmed(world, caplog):
 
     world.daemon_pass(hourly=3)  # confirmed: the daemon prunes by it from now on (nothing left to go)
     assert len(world.snapshots()) == 4
+    assert "held back" not in world.cli("check").stdout
 
 
 def test_a_small_change_goes_ahead_and_a_new_dataset_is_guarded(world):

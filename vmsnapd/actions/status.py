@@ -17,13 +17,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.prune import PruneGuard
 from vmsnapd.actions.report import PassReport
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hypervisor import HypervisorError
 from vmsnapd.journal import write_file_atomically
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS, parse_snapname
-from vmsnapd.policy import due_periods, next_scheduled, retention, schedule_zone
+from vmsnapd.policy import due_periods, next_scheduled, retention, retention_hash, schedule_zone
 from vmsnapd.targets import wanted_domain
 from vmsnapd.zfs import ZfsError
 
@@ -163,7 +164,7 @@ def _periods(policy: DatasetPolicy, survey: Survey, now: datetime, tz) -> dict[s
 
 
 def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
-    """Gather the facts (zfs, libvirt, results.json) and let monitoring.plan_check judge them."""
+    """Gather the facts (zfs, libvirt, results.json, prune-guard.json) and let monitoring.plan_check judge them."""
     if not ctx.config.datasets:
         return plan_check(CheckFacts(), ctx.now(), overrides)
     try:
@@ -173,12 +174,16 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
         return CheckResult(state=State.UNKNOWN, summary=f"cannot survey the host: {exc}")
     facts = CheckFacts(configured_tables=len(ctx.config.datasets), pools=status.pools, problems=status.problems,
                        missing=sorted(name for name in ctx.config.datasets if name not in survey.listing.datasets))
+    guard = PruneGuard(ctx.state_dir, active=False).data
     for entry in status.datasets:
         last = entry.last_take
+        policy = survey.policies[entry.dataset]
+        digest = retention_hash(policy)
         facts.datasets.append(DatasetFacts(
-            policy=survey.policies[entry.dataset], domain=entry.domain, overlays=entry.overlays,
+            policy=policy, domain=entry.domain, overlays=entry.overlays,
             newest={period: ps.newest_at for period, ps in entry.periods.items() if ps.newest_at is not None},
-            last_cycle_error=(last.error or "failed") if last and not last.ok else None))
+            last_cycle_error=(last.error or "failed") if last and not last.ok else None,
+            prune_held_back=guard["announced"].get(policy.name) == digest != guard["confirmed"].get(policy.name)))
     return plan_check(facts, ctx.now(), overrides)
 
 
