@@ -127,7 +127,7 @@ def test_a_wrong_retention_rule_is_caught(tmp_path):
 def test_two_weeks_at_15_minute_steps_with_outage_and_bursts(tmp_path, tz, start):
     oracle = tree_oracle(tmp_path, tz=tz, hourly=6, db_hourly=8, daily=4, weekly=2, frequently=4)
     bursts = [(start + timedelta(days=day, hours=9, minutes=m), "tank/VM/web", "hourly")
-              for day in (1, 9) for m in (1, 2, 3, 7, 11)]
+              for day in (1, 8) for m in (1, 2, 3, 7, 11)]
     bursts += [(start + timedelta(days=2, hours=13, minutes=5), "tank/data", "daily")]
-    outage = (start + timedelta(days=4, hours=6), start + timedelta(days=7, hours=6))  # 3 days down
+    outage = (start + timedelta(days=10, hours=6), start + timedelta(days=13, hours=6))  # 3 days down, after DST
     oracle.run(start, start + timedelta(days=14), MIN15, manual=bursts, outages=[outage])
