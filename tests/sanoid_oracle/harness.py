@@ -165,6 +165,19 @@ class Oracle:
                 self._zfs(self.sanoid_state, at, "snapshot", full)
         self.compare(at)
 
+    def hold(self, at: datetime, dataset: str, index: int = 0) -> str:
+        """`zfs hold` the index-th oldest autosnap snapshot of `dataset`, the same one in both worlds."""
+        state = json.loads(self.vmsnapd_state.read_text())
+        mine = [s for s in state["snapshots"] if s["name"].startswith(f"{dataset}@autosnap")]
+        full = sorted(mine, key=lambda s: s["creation"])[index]["name"]
+        creation = sorted(mine, key=lambda s: s["creation"])[index]["creation"]
+        twin = [s["name"] for s in json.loads(self.sanoid_state.read_text())["snapshots"]
+                if s["name"].split("@")[0] == dataset and s["creation"] == creation
+                and SANOID_TYPE.match(s["name"].split("@")[1]).group(1) == SANOID_TYPE.match(full.split("@")[1]).group(1)]
+        self._zfs(self.vmsnapd_state, at, "hold", "keep", full)
+        self._zfs(self.sanoid_state, at, "hold", "keep", twin[0])
+        return full
+
     def run(self, start: datetime, end: datetime, every: timedelta, *, outages=(), manual=()) -> None:
         """Steps from start to end (inclusive); no step inside an outage (start, end); manual cycles
         (at, target, period) run before the step at or after their instant."""

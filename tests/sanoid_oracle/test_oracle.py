@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.sanoid_oracle.harness import Mismatch, Oracle, missing_tools
+from tests.sanoid_oracle.harness import Mismatch, Oracle, missing_tools, snapshot_names
 
 pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=str(missing_tools()))
 slow = pytest.mark.skipif(os.environ.get("VMSNAPD_SLOW") != "1", reason="long oracle scenario: VMSNAPD_SLOW=1")
@@ -91,6 +91,16 @@ def test_tree_burst_outage_and_catch_up(tmp_path):
     oracle.run(start, start + timedelta(hours=32), HOUR, manual=burst,
                outages=[(start + timedelta(hours=7), start + timedelta(hours=29))])
     assert oracle.steps == 11
+
+
+def test_a_held_snapshot_is_never_destroyed_and_counts_as_sanoid_counts_it(tmp_path):
+    """sanoid chooses a held snapshot like any other (its destroy then fails); vmsnapd does not even try."""
+    oracle = tree_oracle(tmp_path, hourly=2, db_hourly=2)
+    start = utc(2026, 5, 4, 10)
+    oracle.run(start, start + timedelta(hours=2), HOUR)
+    held = oracle.hold(start + timedelta(hours=2, minutes=1), "tank/VM/web")
+    oracle.run(start + timedelta(hours=3), start + timedelta(hours=5), HOUR)
+    assert held in snapshot_names(oracle.vmsnapd_state)
 
 
 @pytest.mark.parametrize("tz,start", [
