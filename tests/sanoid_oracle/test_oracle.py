@@ -1,7 +1,7 @@
 """vmsnapd's retention (and schedule) against Debian's sanoid 2.1 over simulated time: see harness.py.
 
 Short scenarios run in the default suite (a few dozen steps in all); the two-week ones at 15-minute
-steps are `slow` and run only with VMSNAPD_SLOW=1 (about half an hour each on the lab machine):
+steps are `slow` and run only with VMSNAPD_SLOW=1 (20–40 minutes each on the lab machine):
 
     VMSNAPD_SLOW=1 .venv/bin/python -m pytest tests/sanoid_oracle -m slow
 """
