@@ -53,14 +53,16 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+def _global_options(parser: argparse.ArgumentParser, top: bool, short_config: bool = True) -> None:
     """The global options, on the top parser (with defaults) and on every subcommand (defaults SUPPRESSed, so a
     value given after the subcommand wins and one given before it is not reset): `vmsnapd once -c F` works."""
     def default(value: object) -> object:
         return value if top else argparse.SUPPRESS
 
     group = parser.add_argument_group("global options (also accepted after the command)")
-    group.add_argument("-c", "--config", default=default(DEFAULT_CONFIG), metavar="PATH",
+    # `check` keeps -c for its CRITICAL threshold (Nagios' -w/-c): there only --config names the policy file.
+    group.add_argument(*(("-c", "--config") if short_config else ("--config",)), default=default(DEFAULT_CONFIG),
+                       metavar="PATH",
                        help=f"policy file (default {DEFAULT_CONFIG})")
     group.add_argument("-v", "--verbose", action="store_true", default=default(False),
                        help="log INFO lines too (each step, hook output, a pass with nothing due)")
@@ -75,6 +77,15 @@ def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
+def _override(text: str) -> tuple[str, int | str]:
+    from vmsnapd.monitoring import parse_override
+
+    try:
+        return parse_override(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmsnapd",
@@ -85,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str, parent=sub) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, parent=sub, short_config: bool = True) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
-        _global_options(p, top=False)
+        _global_options(p, top=False, short_config=short_config)
         return p
 
     command("run", "the daemon, in the foreground (systemd Type=notify)")
@@ -97,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
     p.add_argument("--force", action="store_true",
                    help="also delete RAM dumps that have no manifest (half-written or foreign-looking) when orphaned")
+    p.add_argument("--confirm", action="store_true",
+                   help="prune what the daemon's prune guard holds back and record each dataset's policy as "
+                        "confirmed (docs/pruning.md)")
     _json_option(p)
     p = command("snapshot", "take a cycle now for a dataset or a domain")
     p.add_argument("target", metavar="TARGET", help="a managed dataset, or the libvirt domain of one")
@@ -106,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(p)
     p = command("status", "per dataset: domain, state, newest snapshots, RAM dumps, errors")
     _json_option(p)
-    p = command("check", "monitoring, Nagios style (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
-    _json_option(p)
+    p = command("check", "monitoring, Nagios style (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)", short_config=False)
+    p.add_argument("-w", "--warning", action="append", default=[], type=_override, metavar="PERIOD=AGE",
+                   help="WARNING threshold for every dataset, e.g. hourly=2h (sanoid's syntax; 0: off) or "
+                        "capacity=85; repeatable; wins over the policy's <period>_warn")
+    p.add_argument("-c", "--critical", action="append", default=[], type=_override, metavar="PERIOD=AGE",
+                   help="CRITICAL threshold, as -w (the policy's <period>_crit); the policy file: --config")
+    p.add_argument("--json", action="store_true", help="the verdict, findings and performance data as JSON")
     p = command("config", "configuration commands")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     p = command("check", "validate and print the resolved policy per dataset", parent=csub)
@@ -171,12 +190,14 @@ def _outcome_line(o: TargetOutcome) -> str:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from vmsnapd.actions.passes import run_pass
+    from vmsnapd.actions.prune import PruneGuard
 
     ctx = _build_context(args, dry_run=args.dry_run)
+    guard = PruneGuard(ctx.state_dir, active=False, confirm=True, dry_run=args.dry_run) if args.confirm else None
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait), progress_on_tty(ctx.config.daemon.libvirt_uri,
                                                                          _likely_domains(ctx)):
         report = run_pass(ctx, take=args.take or not args.prune, prune_too=args.prune or not args.take,
-                          force_dumps=args.force)
+                          force_dumps=args.force, guard=guard)
     _write_textfile(ctx, report)
     if args.json:
         _print_json({**report.model_dump(mode="json"), "failed": report.failed})
@@ -426,14 +447,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vmsnapd.actions.status import STATE_WORDS, check
+    from vmsnapd.actions.status import check
+    from vmsnapd.monitoring import Overrides
 
-    code, line = check(_build_context(args))
-    if args.json:
-        _print_json({"code": code, "state": STATE_WORDS.get(code, "UNKNOWN"), "line": line})
-    else:
-        print(line)
-    return code
+    result = check(_build_context(args), Overrides(warn=dict(args.warning), crit=dict(args.critical)))
+    print(result.model_dump_json(indent=2) if args.json else result.nagios())
+    return int(result.state)
 
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vmsnapd.names import InvalidName, validate_dataset_name, validate_domain_name
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
@@ -27,16 +27,14 @@ Minute = Annotated[int, Field(ge=0, le=59)]
 Hour = Annotated[int, Field(ge=0, le=23)]
 DayOfMonth = Annotated[int, Field(ge=1, le=31)]
 AbsolutePath = Annotated[Path, Field(strict=False)]
+# sanoid's monitor thresholds: a number in units of one period down (frequently: seconds, hourly: minutes,
+# daily: hours, weekly: days, monthly: weeks, yearly: months of 31 days) or "N" + y/w/d/h/m/s; 0 turns it off.
+Threshold = Annotated[int | str, Field(union_mode="left_to_right")]
 
 
-def _sanoid_age(value: int | str) -> int | str:
-    if isinstance(value, int) and value < 0 or isinstance(value, str) and not re.fullmatch(r"\d+[smhdwySMHDWY]", value):
-        raise ValueError(f'must be a whole number, or one with a unit s, m, h, d, w, y (as sanoid: "90m"), '
-                         f'got {value!r}')
-    return value
+_THRESHOLD = re.compile(r"\d+[yYwWdDhHmMsS]?")
 
 
-Threshold = Annotated[int | str, AfterValidator(_sanoid_age)]
 
 
 class StrictModel(BaseModel):
@@ -76,6 +74,9 @@ class DaemonSettings(StrictModel):
         "", description="File `once` writes its metrics to (atomically), for node_exporter's textfile collector, "
         'e.g. "/var/lib/node_exporter/textfile_collector/vmsnapd.prom"; empty: none.'
     )
+    prune_guard: bool = Field(
+        True, description="The daemon does not prune a dataset whose changed policy would destroy more than half of "
+        "its snapshots until `vmsnapd once --prune --confirm` (docs/pruning.md).")
 
     @field_validator("state_dir", "overlay_dir", "ram_dir")
     @classmethod
@@ -203,6 +204,18 @@ class PolicySettings(StrictModel):
     yearly_mday: DayOfMonth = Field(1, description="Day of the month for yearly snapshots (clamped like monthly_mday).")
     yearly_hour: Hour = Field(0, description="Hour for yearly snapshots.")
     yearly_min: Minute = Field(0, description="Minute for yearly snapshots.")
+    frequently_warn: Threshold = Field(0, description="check: WARNING past this age of the newest frequent (s).")
+    frequently_crit: Threshold = Field(0, description="check: CRITICAL past this age of the newest frequent (s).")
+    hourly_warn: Threshold = Field("90m", description="check: WARNING age of the newest hourly (minutes).")
+    hourly_crit: Threshold = Field("360m", description="check: CRITICAL age of the newest hourly (minutes).")
+    daily_warn: Threshold = Field("28h", description="check: WARNING age of the newest daily (hours).")
+    daily_crit: Threshold = Field("32h", description="check: CRITICAL age of the newest daily (hours).")
+    weekly_warn: Threshold = Field(0, description="check: WARNING age of the newest weekly (days).")
+    weekly_crit: Threshold = Field(0, description="check: CRITICAL age of the newest weekly (days).")
+    monthly_warn: Threshold = Field("32d", description="check: WARNING age of the newest monthly (weeks).")
+    monthly_crit: Threshold = Field("40d", description="check: CRITICAL age of the newest monthly (weeks).")
+    yearly_warn: Threshold = Field(0, description="check: WARNING age of the newest yearly (months of 31 d).")
+    yearly_crit: Threshold = Field(0, description="check: CRITICAL age of the newest yearly (months of 31 d).")
     domain: str = Field(
         "auto",
         description='"auto": the libvirt domain named like the dataset\'s last component, if one exists, else plain '
@@ -231,28 +244,21 @@ class PolicySettings(StrictModel):
         "fail", description='A failing pre_snapshot hook fails the cycle ("fail") or the snapshot is taken anyway.'
     )
     hooks: Hooks = Field(default_factory=Hooks, description="Hook commands, see the hooks table.")
-    # Monitoring thresholds as sanoid writes them (names, units and defaults of sanoid.defaults.conf): the age of a
-    # period's newest snapshot above which `check` warns / is critical. A bare number counts units of the next
-    # shorter period (frequently: seconds, hourly: minutes, daily: hours, weekly: days, monthly: weeks, yearly:
-    # 31-day months); a suffix s, m, h, d, w or y (y = 365 × 31 days, as sanoid) gives the unit; 0 turns it off.
-    frequently_warn: Threshold = Field(0, description="Age threshold for WARNING on frequent snapshots (sanoid's).")
-    frequently_crit: Threshold = Field(0, description="Age threshold for CRITICAL on frequent snapshots (sanoid's).")
-    hourly_warn: Threshold = Field("90m", description="WARNING above this age of the newest hourly (sanoid's).")
-    hourly_crit: Threshold = Field("360m", description="CRITICAL above this age of the newest hourly (sanoid's).")
-    daily_warn: Threshold = Field("28h", description="WARNING above this age of the newest daily (sanoid's).")
-    daily_crit: Threshold = Field("32h", description="CRITICAL above this age of the newest daily (sanoid's).")
-    weekly_warn: Threshold = Field(0, description="WARNING above this age of the newest weekly (sanoid's).")
-    weekly_crit: Threshold = Field(0, description="CRITICAL above this age of the newest weekly (sanoid's).")
-    monthly_warn: Threshold = Field("32d", description="WARNING above this age of the newest monthly (sanoid's).")
-    monthly_crit: Threshold = Field("40d", description="CRITICAL above this age of the newest monthly (sanoid's).")
-    yearly_warn: Threshold = Field(0, description="WARNING above this age of the newest yearly (sanoid's).")
-    yearly_crit: Threshold = Field(0, description="CRITICAL above this age of the newest yearly (sanoid's).")
 
     @field_validator("frequent_period")
     @classmethod
     def _divides_hour(cls, value: int) -> int:
         if 60 % value:
             raise ValueError(f"must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60), got {value}")
+        return value
+
+    @field_validator("frequently_warn", "frequently_crit", "hourly_warn", "hourly_crit", "daily_warn", "daily_crit",
+                     "weekly_warn", "weekly_crit", "monthly_warn", "monthly_crit", "yearly_warn", "yearly_crit",
+                     mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if not (type(value) is int and value >= 0 or isinstance(value, str) and _THRESHOLD.fullmatch(value)):
+            raise ValueError(f'must be 0 (off), a number or a number with y/w/d/h/m/s such as "90m", got {value!r}')
         return value
 
     @field_validator("domain")

@@ -30,6 +30,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.passes import run_pass
+from vmsnapd.actions.prune import PruneGuard
 from vmsnapd.config import Config, ConfigError, load_config
 from vmsnapd.files import UnsafePath
 from vmsnapd.lock import LockBusy, pass_lock
@@ -115,7 +116,8 @@ class Daemon:
         status = None
         try:
             with pass_lock(ctx.state_dir, wait_s=PASS_LOCK_WAIT_S):
-                report = run_pass(ctx)
+                guard = PruneGuard(ctx.state_dir, active=self.config.daemon.prune_guard)
+                report = run_pass(ctx, guard=guard)
                 if self.config.daemon.metrics_listen:
                     status = _status_or_none(ctx)
         except LockBusy as exc:

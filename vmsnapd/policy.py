@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import calendar
+import hashlib
+import json
 import os
 from collections.abc import Collection, Iterable
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -179,16 +181,58 @@ def snapshot_names(stamp: datetime, periods: Iterable[str]) -> list[str]:
     return [format_snapname(stamp, period) for period in periods]
 
 
-def prune_set(policy: DatasetPolicy, snapshots: Iterable[Snapshot]) -> list[Snapshot]:
-    """Our snapshots beyond the newest N of each period, oldest first; never a held one, never another tool's."""
+# sanoid's period lengths for pruning (sanoid 2.1, prune_snapshots): a month is 31 days, a year 365.25 days.
+PERIOD_SECONDS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 31 * 86400,
+                  "yearly": 365.25 * 86400}
+
+
+def period_length(policy: DatasetPolicy, period: str) -> timedelta:
+    """How long one period lasts for retention, as sanoid counts it (frequently: frequent_period minutes)."""
+    if period == "frequently":
+        return timedelta(minutes=policy.frequent_period)
+    return timedelta(seconds=PERIOD_SECONDS[period])
+
+
+def prune_set(policy: DatasetPolicy, snapshots: Iterable[Snapshot], now: datetime) -> list[Snapshot]:
+    """sanoid's rule, per period with N kept: oldest first, a snapshot goes when its `creation` is older than
+    N periods before `now` (strictly) AND more than N of that period remain. Oldest first, like sanoid.
+
+    `now` is cut to whole seconds, as sanoid's time() (and zfs `creation`) are. A held snapshot counts and
+    may be chosen exactly as sanoid chooses it (sanoid then fails to destroy it), but it is never returned:
+    vmsnapd does not even try. Snapshots that are not ours (names) are neither counted nor returned.
+    """
     if not policy.autoprune:
         return []
     snapshots = list(snapshots)
+    cutoff_base = now.astimezone(UTC).replace(microsecond=0)
     doomed = []
     for period in PERIODS:
-        beyond = _ours(policy, snapshots, period)[retention(policy, period) :]
-        doomed.extend(snapshot for snapshot in beyond if snapshot.userrefs == 0)
+        keep = retention(policy, period)
+        cutoff = cutoff_base - keep * period_length(policy, period)
+        mine = _ours(policy, snapshots, period)[::-1]  # oldest first
+        remaining = len(mine)
+        for snapshot in mine:
+            if remaining <= keep or snapshot.creation >= cutoff:
+                break  # sorted by creation: every later one is younger still
+            remaining -= 1
+            if snapshot.userrefs == 0:
+                doomed.append(snapshot)
     return sorted(doomed, key=lambda snapshot: (snapshot.creation, snapshot.name))
+
+
+RETENTION_KEYS = (*PERIODS, "frequent_period", "autoprune")
+
+
+def retention_hash(policy: DatasetPolicy) -> str:
+    """A fingerprint of what decides a dataset's prune set: the counts, frequent_period, autoprune."""
+    keys = {key: getattr(policy, key) for key in RETENTION_KEYS}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prune_guard_holds(doomed: int, ours: int, policy_hash: str, confirmed_hash: str | None) -> bool:
+    """The first-pass guard: a policy not yet confirmed for this dataset that would destroy more than half of
+    its snapshots (ours, every period) is held back (a typo such as `hourly = 3` for 36)."""
+    return policy_hash != confirmed_hash and 2 * doomed > ours
 
 
 def prune_deferred(policy: DatasetPolicy, pool_used_percent: float) -> bool:

@@ -24,8 +24,12 @@ def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, dataset, vmsnapd_env
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 1, "daily": 1, "monthly": 0, "domain": vm.name}
 
-    env.run("once", "--take")
+    with lab.faketime("-2h"):  # the first cycle is older than one hour: sanoid's rule may prune its hourly
+        env.run("once", "--take")
     first = sorted(lab.snapshot_names(dataset.name))
+    created = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", f"{dataset.name}@{first[1]}"))
+    assert time.time() - created > 3700, ("the shared faketime file was reset during this test's window "
+                                          f"(faketime now {lab.get_faketime()}): rerun it alone")
     assert [n.rsplit("_", 1)[1] for n in first] == ["daily", "hourly"], first
     assert len({_stamp(n) for n in first}) == 1
     first_dump = _dumps(env, vm.name)
@@ -194,8 +198,9 @@ def test_pre_prune_hook_keeps_its_snapshot_and_post_prune_gets_the_list(lab, dat
     # hooks get a minimal environment (no KEEP from ours): the snapshot to keep comes as an argument
     keeper.write_text('#!/bin/sh\ncase "$SANOID_SNAPNAME" in *"$1"*) exit 1;; esac\nexit 0\n')
     keeper.chmod(0o755)
-    for i in range(3):
-        lab.snapshot(dataset, f"autosnap_2026-01-0{i + 1}_00:00:00_hourly")
+    with lab.faketime("-1h"):  # older than now, whatever second the prune runs in (hourly = 0: all of ours go)
+        for i in range(3):
+            lab.snapshot(dataset, f"autosnap_2026-01-0{i + 1}_00:00:00_hourly")
     env.datasets[dataset.name] = {"hourly": 0, "daily": 0, "monthly": 0, "domain": "none",
                                   "hooks": {"pre_prune": [str(keeper), "2026-01-02"],
                                             "post_prune": [str(hook), str(out)]}}

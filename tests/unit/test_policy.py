@@ -11,6 +11,7 @@ from vmsnapd.policy import (
     cycle_stamp,
     due_periods,
     last_scheduled,
+    period_length,
     prune_deferred,
     prune_set,
     snapshot_names,
@@ -33,7 +34,7 @@ def take(pol, snapshots, now, utc=True, tz=None):
     stamp = cycle_stamp(now, utc, taken=[s.name for s in snapshots], tz=tz)
     taken = [snap(name, now.replace(microsecond=0)) for name in snapshot_names(stamp, periods)]
     after = snapshots + taken
-    doomed = prune_set(pol, after)
+    doomed = prune_set(pol, after, now)
     return taken, doomed, [s for s in after if s not in doomed]
 
 
@@ -82,8 +83,9 @@ def test_names_not_ours_and_held_snapshots_survive_whatever_the_counts():
         snap("autosnap_2026-01-01_01:00:00_hourly", base + timedelta(hours=1)),
         snap("autosnap_2026-01-01_01:00:00_daily", base + timedelta(hours=1), dataset="rpool/other"),
     ]
-    assert prune_set(policy(hourly=0, daily=0, monthly=0), snaps) == [snaps[4]]
-    assert prune_set(policy(hourly=0, autoprune=False), snaps) == []
+    later = base + timedelta(hours=2)
+    assert prune_set(policy(hourly=0, daily=0, monthly=0), snaps, later) == [snaps[4]]
+    assert prune_set(policy(hourly=0, autoprune=False), snaps, later) == []
 
 
 def test_keeps_newest_by_creation_not_by_name():
@@ -91,7 +93,60 @@ def test_keeps_newest_by_creation_not_by_name():
     # a snapshot named in local time can sort differently from its creation
     early = snap("autosnap_2026-01-01_09:00:00_hourly", base)
     late = snap("autosnap_2026-01-01_08:00:00_hourly", base + timedelta(hours=1))
-    assert prune_set(policy(hourly=1), [early, late]) == [early]
+    assert prune_set(policy(hourly=1), [early, late], base + timedelta(hours=3)) == [early]
+
+
+def hourlies(*hours_old, now):
+    return [snap(f"autosnap_{now - timedelta(hours=h):%Y-%m-%d_%H:%M:%S}_hourly", now - timedelta(hours=h))
+            for h in hours_old]
+
+
+def test_sanoid_rule_older_than_n_periods_and_more_than_n_left():
+    now = datetime(2026, 5, 1, 12, 0, 30, tzinfo=UTC)
+    pol = policy(hourly=3, daily=0, monthly=0)
+    snaps = hourlies(5, 4, 3, 2, 1, now=now)
+    # 5 h and 4 h are older than 3 periods and more than 3 remain; 3 h old is exactly 3 periods: kept (strict).
+    assert [s.name for s in prune_set(pol, snaps, now)] == [s.name for s in snaps[:2]]
+    # fewer than N+1: nothing goes, however old
+    assert prune_set(pol, hourlies(100, 50, 20, now=now), now) == []
+    # the count condition stops the age condition: 4 snapshots, all old -> only the oldest goes
+    assert [s.name for s in prune_set(pol, hourlies(9, 8, 7, 6, now=now), now)] == [hourlies(9, now=now)[0].name]
+
+
+def test_extra_young_snapshots_never_shorten_how_far_back():
+    """A burst of manual cycles (or a catch-up) adds young snapshots: they never push out one younger than
+    N periods, where newest-N would destroy everything beyond the burst."""
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    pol = policy(hourly=3, daily=0, monthly=0)
+    regular = hourlies(3, 2, 1, now=now)
+    burst = [snap(f"autosnap_2026-05-01_11:{m:02d}:00_hourly", now - timedelta(minutes=60 - m)) for m in (10, 20, 30)]
+    assert prune_set(pol, regular + burst, now) == []
+    # an hour later the oldest regular one is past 3 h and more than 3 remain: it goes, the others stay
+    assert [s.name for s in prune_set(pol, regular + burst, now + timedelta(hours=1))] == [regular[0].name]
+
+
+def test_now_is_cut_to_whole_seconds_as_sanoids_time():
+    now = datetime(2026, 5, 1, 12, 0, 0, 900000, tzinfo=UTC)
+    pol = policy(hourly=1, daily=0, monthly=0)
+    snaps = hourlies(1, 0, now=now.replace(microsecond=0))
+    assert prune_set(pol, snaps, now) == []  # exactly one period old is not older than one period
+
+
+def test_period_lengths_are_sanoids():
+    from vmsnapd.policy import period_length
+
+    pol = policy(frequent_period=5)
+    assert [period_length(pol, p).total_seconds() for p in PERIODS] == [
+        300, 3600, 86400, 7 * 86400, 31 * 86400, 365.25 * 86400]
+
+
+def test_a_held_snapshot_counts_but_is_never_returned():
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    pol = policy(hourly=2, daily=0, monthly=0)
+    a, b, c, d = hourlies(9, 8, 1, 0, now=now)
+    a = snap(a.name, a.creation, userrefs=1)
+    # as sanoid: a and b are chosen (4 > 2, then 3 > 2); a cannot go (held), so only b is destroyed
+    assert prune_set(pol, [a, b, c, d], now) == [b]
 
 
 def test_repeated_local_hour_takes_hourlies_without_name_collision():
@@ -155,8 +210,12 @@ def test_passes_are_safe_and_idempotent(keys, history, now, utc):
         before = [s for s in history + taken if (p := parse_snapname(s.name)) and p.period == period]
         left = [s for s in after if (p := parse_snapname(s.name)) and p.period == period]
         assert len(left) >= min(keys[period], len(before)), "never fewer than retention allows"
-        unheld_left = [s for s in left if s.userrefs == 0]
-        assert len(unheld_left) <= keys[period] or not pol.autoprune
+        cutoff = now - keys[period] * period_length(pol, period)
+        assert all(s in left for s in before if s.creation >= cutoff), "nothing younger than N periods goes"
+        old_unheld = [s for s in left if s.creation < cutoff and s.userrefs == 0]
+        held_chosen = sum(1 for s in before if s.userrefs and s.creation < cutoff)
+        assert not old_unheld or len(left) <= keys[period] + held_chosen or not pol.autoprune, \
+            "an old snapshot stays only while N or fewer remain" 
     again = take(pol, after, now, utc=utc, tz=tz)
     assert again[:2] == ([], []), "a second pass right after the first changes nothing"
     back_taken, back_doomed, _ = take(pol, after, now - timedelta(hours=1), utc=utc, tz=tz)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
-from vmsnapd.actions.prune import prune
+from vmsnapd.actions.prune import PruneGuard, prune
 from vmsnapd.actions.recover import recover
 from vmsnapd.actions.report import PassReport
 from vmsnapd.actions.status import record_results
@@ -25,7 +25,8 @@ from vmsnapd.zfs import ZfsError
 log = logging.getLogger(__name__)
 
 
-def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_dumps: bool = False) -> PassReport:
+def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_dumps: bool = False,
+             guard: PruneGuard | None = None) -> PassReport:
     report = PassReport(dry_run=ctx.dry_run)
     survey_error = None
     try:
@@ -59,7 +60,7 @@ def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_d
                 return report
             if ctx.dry_run:  # nothing was taken: count what would have been, or the plan is not the pass
                 survey = _assume_taken(survey, taken, ctx.now())
-        report = report.merge(prune(ctx, survey, force_dumps=force_dumps))
+        report = report.merge(prune(ctx, survey, force_dumps=force_dumps, guard=guard))
     record_results(ctx, report)
     return report
 

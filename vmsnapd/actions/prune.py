@@ -14,8 +14,10 @@ the prune set (policy.prune_set).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -23,9 +25,10 @@ from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport, TargetOutcome
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hooks import HookEnv, run_hook
+from vmsnapd.files import write_file_atomically
 from vmsnapd.logsetup import NOTICE, fields, log_fields
-from vmsnapd.names import InvalidName
-from vmsnapd.policy import Snapshot, prune_deferred, prune_set
+from vmsnapd.names import InvalidName, parse_snapname
+from vmsnapd.policy import Snapshot, prune_deferred, prune_guard_holds, prune_set, retention_hash
 from vmsnapd.ramstore import plan_sweep
 from vmsnapd.zfs import ZfsError
 
@@ -39,38 +42,128 @@ class DumpSweep(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
-def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False) -> PassReport:
+GUARD_FILE = "prune-guard.json"
+
+
+class PruneGuard:
+    """The first-pass guard (docs/pruning.md): remembers, per dataset, the retention policy last confirmed
+    (`state_dir/prune-guard.json`, written atomically). A dataset whose policy is not the confirmed one and
+    would lose more than half of its snapshots is held back — logged once with the list at WARNING — until
+    `vmsnapd once --prune --confirm`. Any other pass confirms the policy it pruned with.
+
+    `active`: hold back (the daemon, with `[daemon] prune_guard = true`); `confirm`: never hold back and record
+    every dataset's policy as confirmed (`once --confirm`). Nothing is written in dry run.
+    """
+
+    def __init__(self, state_dir: Path, *, active: bool, confirm: bool = False, dry_run: bool = False):
+        self.path = Path(state_dir) / GUARD_FILE
+        self.active, self.confirm, self.dry_run = active, confirm, dry_run
+        self.changed = False
+        self.data: dict[str, dict[str, str]] = {"confirmed": {}, "announced": {}}
+        try:
+            loaded = json.loads(self.path.read_text())
+            self.data.update({k: dict(loaded.get(k, {})) for k in self.data})
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError, TypeError) as exc:  # unreadable: nothing counts as confirmed
+            log.warning("cannot read %s (%s): every dataset's policy counts as not yet confirmed", self.path, exc)
+
+    def admits(self, policy: DatasetPolicy, snapshots: list[Snapshot], doomed: list[Snapshot]) -> bool:
+        name, digest = policy.name, retention_hash(policy)
+        ours = sum(1 for s in snapshots if parse_snapname(s.name) is not None)
+        if self.active and not self.confirm and prune_guard_holds(len(doomed), ours, digest,
+                                                                  self.data["confirmed"].get(name)):
+            if self.data["announced"].get(name) != digest:
+                log.warning("prune guard: the policy of %s is new or changed and would destroy %d of its %d "
+                            "snapshots; not pruning it until `vmsnapd once --prune --confirm` (or [daemon] "
+                            "prune_guard = false). It would destroy: %s", name, len(doomed), ours,
+                            ", ".join(s.name for s in doomed))
+                self._set("announced", name, digest)
+            else:
+                log.info("prune guard: %s still held back (%d of %d snapshots would go)", name, len(doomed), ours)
+            return False
+        if self.data["confirmed"].get(name) != digest:
+            self._set("confirmed", name, digest)
+        return True
+
+    def _set(self, kind: str, name: str, digest: str) -> None:
+        self.data[kind][name] = digest
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed or self.dry_run:
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_file_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
+        self.changed = False
+
+
+def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False,
+          guard: PruneGuard | None = None) -> PassReport:
     survey = survey or ctx.survey()
     report = PassReport(dry_run=ctx.dry_run)
     prefix = "dry-run: " if ctx.dry_run else ""
     capacity: dict[str, int] = {}
     destroyed: dict[str, list[Snapshot]] = {}
+    now = ctx.now()
     for dataset, policy in survey.policies.items():
         if not policy.autoprune:
             continue
-        doomed = prune_set(policy, survey.listing.snapshots_of(dataset))
+        snapshots = survey.listing.snapshots_of(dataset)
+        doomed = prune_set(policy, snapshots, now)
+        if guard is not None and not guard.admits(policy, snapshots, doomed):
+            report.outcomes.append(TargetOutcome(
+                action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run,
+                kept=[s.full_name for s in doomed],
+                warnings=[f"held back by the prune guard: {len(doomed)} snapshot(s) would go; "
+                          "confirm with `vmsnapd once --prune --confirm`"]))
+            continue
         if not doomed:
             continue
-        try:  # one dataset that cannot be pruned (pool unreadable, a name vmsnapd refuses) never stops the others
-            if policy.prune_defer:
-                pool = dataset.split("/", 1)[0]
-                if pool not in capacity:
-                    capacity[pool] = ctx.zfs.pool_capacity(pool)
-                if prune_deferred(policy, capacity[pool]):
-                    log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
-                             pool, capacity[pool], policy.prune_defer)
-                    continue
-            with log_fields(dataset=dataset):
-                outcome = _prune_dataset(ctx, policy, doomed)
-        except (ZfsError, InvalidName) as exc:
-            log.error("%sprune of %s failed: %s", prefix, dataset, exc, extra=fields(dataset=dataset))
-            outcome = TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run,
-                                    kept=[s.full_name for s in doomed], error=str(exc))
-        destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
-        report.outcomes.append(outcome)
+        outcome = _prune_one(ctx, policy, doomed, capacity)
+        if outcome is not None:
+            destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
+            report.outcomes.append(outcome)
 
     sweep = sweep_dumps(ctx, survey, destroyed, force=force_dumps)
     report.errors += sweep.errors
+    _post_prune_hooks(ctx, survey, report, sweep)
+    if sweep.deleted:
+        log.info("%sRAM dumps deleted: %d, %d MiB freed", prefix, len(sweep.deleted), sweep.bytes_freed >> 20)
+    report.dumps_deleted = sweep.deleted
+    report.dump_bytes_freed = sweep.bytes_freed
+    if guard is not None:
+        try:
+            guard.save()
+        except OSError as exc:
+            report.errors.append(f"cannot record confirmed policies in {guard.path}: {exc}")
+    return report
+
+
+def _prune_one(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot],
+               capacity: dict[str, int]) -> TargetOutcome | None:
+    """Destroy one dataset's prune set, unless prune_defer waits (None). Errors end in the outcome: one dataset
+    that cannot be pruned (pool unreadable, a name vmsnapd refuses) never stops the others."""
+    dataset = policy.name
+    prefix = "dry-run: " if ctx.dry_run else ""
+    try:
+        if policy.prune_defer:
+            pool = dataset.split("/", 1)[0]
+            if pool not in capacity:
+                capacity[pool] = ctx.zfs.pool_capacity(pool)
+            if prune_deferred(policy, capacity[pool]):
+                log.info("%sprune of %s deferred: pool %s is %d%% used, prune_defer = %d", prefix, dataset,
+                         pool, capacity[pool], policy.prune_defer)
+                return None
+        with log_fields(dataset=dataset):
+            return _prune_dataset(ctx, policy, doomed)
+    except (ZfsError, InvalidName) as exc:
+        log.error("%sprune of %s failed: %s", prefix, dataset, exc, extra=fields(dataset=dataset))
+        return TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run,
+                             kept=[s.full_name for s in doomed], error=str(exc))
+
+
+def _post_prune_hooks(ctx: Context, survey: Survey, report: PassReport, sweep: DumpSweep) -> None:
     for outcome in report.outcomes:
         dataset = outcome.target
         policy = survey.policies[dataset]
@@ -82,11 +175,6 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False)
             result = run_hook(policy.hooks.post_prune, env, _hook_timeout(ctx, policy), ctx.dry_run, dataset)
             if not result.ok:
                 outcome.warnings.append(f"post_prune hook failed: {result.error}")
-    if sweep.deleted:
-        log.info("%sRAM dumps deleted: %d, %d MiB freed", prefix, len(sweep.deleted), sweep.bytes_freed >> 20)
-    report.dumps_deleted = sweep.deleted
-    report.dump_bytes_freed = sweep.bytes_freed
-    return report
 
 
 def _hook_timeout(ctx: Context, policy: DatasetPolicy) -> float:

@@ -3,11 +3,8 @@
 The result of each pass is remembered per dataset in `state_dir/results.json` (written by every
 take/prune pass) so `status` can show the last error and `check` can say that the last cycle failed.
 
-`check` thresholds on the age of the newest snapshot of each period (kept > 0, autosnap on) follow
-sanoid's monitor defaults: hourly WARNING past 90 min, CRITICAL past 6 h; daily 28 h / 32 h;
-weekly 8 d / 9 d; monthly 32 d / 40 d; yearly 370 d / 400 d; frequently 2× / 4× frequent_period.
-Any VM disk on an overlay, any failed last cycle: CRITICAL. Pool capacity: WARNING ≥ 80 %,
-CRITICAL ≥ 95 %.
+`check` gathers the facts here; the verdict is the pure `vmsnapd.monitoring.plan_check` (sanoid's
+monitor thresholds per dataset and period, see there).
 """
 
 from __future__ import annotations
@@ -20,28 +17,20 @@ from pathlib import Path
 from pydantic import BaseModel, Field, TypeAdapter
 
 from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.prune import PruneGuard
 from vmsnapd.actions.report import PassReport
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS, parse_snapname
-from vmsnapd.policy import due_periods, next_scheduled, retention, schedule_zone
+from vmsnapd.policy import due_periods, next_scheduled, retention, retention_hash, schedule_zone
 from vmsnapd.targets import wanted_domain
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-POOL_WARN, POOL_CRIT = 80, 95
-AGE_LIMITS = {  # period: (warning, critical)
-    "hourly": (timedelta(minutes=90), timedelta(hours=6)),
-    "daily": (timedelta(hours=28), timedelta(hours=32)),
-    "weekly": (timedelta(days=8), timedelta(days=9)),
-    "monthly": (timedelta(days=32), timedelta(days=40)),
-    "yearly": (timedelta(days=370), timedelta(days=400)),
-}
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-STATE_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
 
 class LastResult(BaseModel):
@@ -181,58 +170,28 @@ def _periods(policy: DatasetPolicy, survey: Survey, now: datetime, tz) -> dict[s
     return out
 
 
-def check(ctx: Context) -> tuple[int, str]:
-    """(Nagios exit status, one line)."""
+def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
+    """Gather the facts (zfs, libvirt, results.json, prune-guard.json) and let monitoring.plan_check judge them."""
+    if not ctx.config.datasets:
+        return plan_check(CheckFacts(), ctx.now(), overrides)
     try:
         survey = ctx.survey()
         status = host_status(ctx, survey)
     except (ZfsError, HypervisorError, OSError) as exc:
-        return UNKNOWN, f"VMSNAPD UNKNOWN - cannot survey the host: {exc}"
-    now = ctx.now()
-    findings: list[tuple[int, str]] = []
-    for problem in status.problems:
-        findings.append((UNKNOWN, problem))
+        return CheckResult(state=State.UNKNOWN, summary=f"cannot survey the host: {exc}")
+    facts = CheckFacts(configured_tables=len(ctx.config.datasets), pools=status.pools, problems=status.problems,
+                       missing=sorted(name for name in ctx.config.datasets if name not in survey.listing.datasets))
+    guard = PruneGuard(ctx.state_dir, active=False).data
     for entry in status.datasets:
+        last = entry.last_take
         policy = survey.policies[entry.dataset]
-        if entry.overlays:
-            findings.append((CRITICAL, f"{entry.domain} left on an overlay ({'; '.join(entry.overlays)})"))
-        if entry.last_take and not entry.last_take.ok:
-            findings.append((CRITICAL, f"{entry.dataset}: last cycle failed: {entry.last_take.error}"))
-        if not policy.autosnap:
-            continue
-        for period, ps in entry.periods.items():
-            if not ps.kept:
-                continue
-            warn, crit = _limits(policy, period)
-            if ps.newest_at is None:
-                findings.append((WARNING, f"{entry.dataset}: no {period} snapshot yet"))
-                continue
-            age = now - ps.newest_at
-            if age > crit:
-                findings.append((CRITICAL, f"{entry.dataset}: newest {period} is {format_age(age)} old"))
-            elif age > warn:
-                findings.append((WARNING, f"{entry.dataset}: newest {period} is {format_age(age)} old"))
-    for pool, cap in status.pools.items():
-        if cap >= POOL_CRIT:
-            findings.append((CRITICAL, f"pool {pool} {cap}% full"))
-        elif cap >= POOL_WARN:
-            findings.append((WARNING, f"pool {pool} {cap}% full"))
-    worst = max((level for level, _ in findings if level != UNKNOWN), default=OK)
-    if worst == OK and any(level == UNKNOWN for level, _ in findings):
-        worst = UNKNOWN
-    pools = ", ".join(f"{p} {c}%" for p, c in status.pools.items())
-    if not findings:
-        return OK, f"VMSNAPD OK - {len(status.datasets)} dataset(s) current; pools: {pools or 'none'}"
-    ordered = sorted(findings, key=lambda f: -f[0])
-    text = "; ".join(msg for _, msg in ordered[:5]) + (f"; and {len(ordered) - 5} more" if len(ordered) > 5 else "")
-    return worst, f"VMSNAPD {STATE_WORDS[worst]} - {text}"
-
-
-def _limits(policy: DatasetPolicy, period: str) -> tuple[timedelta, timedelta]:
-    if period == "frequently":
-        base = timedelta(minutes=policy.frequent_period)
-        return 2 * base, 4 * base
-    return AGE_LIMITS[period]
+        digest = retention_hash(policy)
+        facts.datasets.append(DatasetFacts(
+            policy=policy, domain=entry.domain, overlays=entry.overlays,
+            newest={period: ps.newest_at for period, ps in entry.periods.items() if ps.newest_at is not None},
+            last_cycle_error=(last.error or "failed") if last and not last.ok else None,
+            prune_held_back=guard["announced"].get(policy.name) == digest != guard["confirmed"].get(policy.name)))
+    return plan_check(facts, ctx.now(), overrides)
 
 
 def format_age(delta: timedelta) -> str:
