@@ -75,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="restore points: snapshots, time, whether a RAM dump exists")
     p.add_argument("target", metavar="TARGET", nargs="?")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("restore", help="roll back (or clone) and resume from the RAM dump")
+    p = sub.add_parser("restore", help="verify, set the current state aside, restore (or clone), resume from RAM")
     p.add_argument("target", metavar="TARGET")
-    p.add_argument("snapshot", metavar="SNAPSHOT")
+    p.add_argument("snapshot", metavar="SNAPSHOT", nargs="?")
+    p.add_argument("--undo", action="store_true", help="put back the state the last in-place restore set aside")
+    p.add_argument("--drop-aside", action="store_true", help="destroy the state the last in-place restore set aside")
     p.add_argument("--clone", metavar="NAME")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--force-stop", action="store_true")
@@ -243,6 +245,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"pool {pool}: {cap}% used")
     for path in status.leftover_overlay_files:
         print(f"leftover in overlay_dir: {path}")
+    for line in status.kept_aside:
+        print(f"kept aside by a restore: {line}")
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK
@@ -251,6 +255,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from vmsnapd.actions.restore import RestoreFailed, execute_restore, plan_restore
 
+    if args.undo or args.drop_aside:
+        return _cmd_restore_aside(args)
+    if args.snapshot is None:
+        print("vmsnapd: restore needs SNAPSHOT (or --undo / --drop-aside)", file=sys.stderr)
+        return EX_USAGE
     ctx = _build_context(args)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         try:
@@ -262,8 +271,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"restore of {plan.domain} to {plan.snapshot}:")
         for step in plan.steps:
             print(f"  - {step}")
-        for name in plan.newer_snapshots_destroyed:
-            print(f"    destroyed by the rollback: {name}")
+        for line in plan.verified:
+            print(f"  verified: {line}")
+        for name in plan.newer_snapshots_kept_aside:
+            print(f"    kept aside (newer): {name}")
         if not args.yes:
             print("nothing done: add --yes to carry this out", file=sys.stderr)
             return EX_USAGE
@@ -271,6 +282,37 @@ def cmd_restore(args: argparse.Namespace) -> int:
             done = execute_restore(ctx, plan)
         except RestoreFailed as exc:
             print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
+            return EX_FAILED
+    for line in done:
+        print(f"done: {line}")
+    return EX_OK
+
+
+def _cmd_restore_aside(args: argparse.Namespace) -> int:
+    """`restore --undo TARGET` / `restore --drop-aside TARGET`: the state an in-place restore set aside."""
+    from vmsnapd.actions.restore import RestoreFailed, execute_drop, execute_undo, plan_drop, plan_undo
+
+    if args.undo and args.drop_aside or args.snapshot or args.clone:
+        print("vmsnapd: --undo and --drop-aside take only TARGET, and not both", file=sys.stderr)
+        return EX_USAGE
+    what = "undo" if args.undo else "drop-aside"
+    ctx = _build_context(args)
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
+        try:
+            plan = plan_undo(ctx, args.target) if args.undo else plan_drop(ctx, args.target)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore --{what} refused: {exc}", file=sys.stderr)
+            return EX_FAILED
+        print(f"restore --{what} of {plan.domain} (restored to {plan.record.snapshot} at {plan.record.at:%Y-%m-%d %H:%M:%S}):")
+        for step in plan.steps:
+            print(f"  - {step}")
+        if not args.yes:
+            print("nothing done: add --yes to carry this out", file=sys.stderr)
+            return EX_USAGE
+        try:
+            done = execute_undo(ctx, plan) if args.undo else execute_drop(ctx, plan)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore --{what} FAILED: {exc}", file=sys.stderr)
             return EX_FAILED
     for line in done:
         print(f"done: {line}")

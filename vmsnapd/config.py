@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vmsnapd.names import InvalidName, validate_dataset_name, validate_domain_name
+from vmsnapd.names import InvalidName, is_aside, validate_dataset_name, validate_domain_name
 
 Seconds = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=0)]
@@ -394,10 +394,13 @@ def resolve(config: Config, existing_datasets: Iterable[str]) -> dict[str, Datas
     """One policy per existing dataset that some table manages, ordered by dataset name.
 
     A dataset is governed by the table naming it (unless that table has process_children_only), else by its
-    nearest recursive ancestor table. Tables naming datasets that do not exist are simply absent.
+    nearest recursive ancestor table. Tables naming datasets that do not exist are simply absent. Datasets an
+    in-place restore set aside (names.is_aside) are never managed, whatever table covers them.
     """
     policies: dict[str, DatasetPolicy] = {}
     for dataset in sorted(set(existing_datasets)):
+        if is_aside(dataset):  # a VM's state an in-place restore set aside: kept as it is, never pruned
+            continue
         table = config.datasets.get(dataset)
         if table is not None:
             if not table.process_children_only:
