@@ -394,7 +394,14 @@ class Zfs:
         validate_dataset_name(new_name)
         if "/" not in dataset or dataset.split("/", 1)[0] != new_name.split("/", 1)[0]:
             raise InvalidName(f"cannot rename {dataset!r} to {new_name!r}: not a non-root dataset of the same pool")
-        self._change([self.zfs_bin, "rename", dataset, new_name], dataset)
+        for attempt in range(BUSY_RETRIES):
+            try:
+                self._change([self.zfs_bin, "rename", dataset, new_name], dataset)
+                return
+            except DatasetBusy:  # the unmount of a file QEMU just closed lags behind (zfs-fuse)
+                if attempt == BUSY_RETRIES - 1:
+                    raise
+                time.sleep(BUSY_RETRY_DELAY_S)
 
     def promote(self, dataset: str) -> None:
         """`zfs promote`: the clone takes over its origin's snapshots up to the origin snapshot."""
