@@ -410,3 +410,15 @@ class Zfs:
     def inherit(self, dataset: str, prop: str) -> None:
         """`zfs inherit`: drop a locally set property, so the dataset inherits it again."""
         self._change([self.zfs_bin, "inherit", _property_name(prop), validate_dataset_name(dataset)], dataset)
+
+    def unmount(self, dataset: str) -> None:
+        """`zfs unmount`: needed before a rename on zfs-fuse, whose remount says "busy" while the kernel still
+        caches inodes of files used since the mount (any disk QEMU had open)."""
+        self._change([self.zfs_bin, "unmount", validate_dataset_name(dataset)], dataset)
+
+    def mount(self, dataset: str) -> None:
+        """`zfs mount`; a filesystem that is mounted already is left as it is."""
+        validate_dataset_name(dataset)
+        if self.get_property(dataset, "mounted") == "yes":
+            return
+        self._change([self.zfs_bin, "mount", dataset], dataset)

@@ -447,17 +447,39 @@ def run_step(ctx: Context, step: ZfsStep) -> None:
     """One zfs verb; the thin execution layer under the pure planners."""
     zfs = ctx.zfs
     if step.verb is Verb.RENAME:
-        zfs.rename(step.dataset, step.arg)
+        _unmounted(ctx, step.dataset, lambda: zfs.rename(step.dataset, step.arg), step.arg)
     elif step.verb is Verb.SET_MOUNTPOINT:
-        zfs.set_property(step.dataset, "mountpoint", step.arg)
+        _unmounted(ctx, step.dataset, lambda: zfs.set_property(step.dataset, "mountpoint", step.arg))
     elif step.verb is Verb.CLONE:
         source, snap = step.arg.split("@", 1)
         zfs.clone(source, snap, step.dataset, {"mountpoint": step.mountpoint} if step.mountpoint else None)
     elif step.verb is Verb.PROMOTE:
         zfs.promote(step.dataset)
     else:
-        zfs.destroy_dataset(step.dataset, recursive=True)
+        _unmounted(ctx, step.dataset, lambda: zfs.destroy_dataset(step.dataset, recursive=True), remount=False)
     log.info("restore: %s", step.text())
+
+
+def _unmounted(ctx: Context, dataset: str, change, renamed_to: str | None = None, remount: bool = True) -> None:
+    """Run `change` with `dataset` and its descendants unmounted (deepest first), then mount again what was
+    mounted (under the new name after a rename). OpenZFS does the same inside `zfs rename`; zfs-fuse's own
+    remount fails with "dataset is busy" once files were used there, e.g. the disk QEMU just closed."""
+    listing = ctx.zfs.list_tree([dataset])
+    mounted = sorted((n for n, info in listing.datasets.items() if info.mountpoint), key=lambda n: n.count("/"))
+    try:
+        for name in reversed(mounted):
+            ctx.zfs.unmount(name)
+        change()
+    except ZfsError:
+        for name in mounted:  # failed: mount back what was mounted, under the old names; the error says the rest
+            try:
+                ctx.zfs.mount(name)
+            except ZfsError as exc:
+                log.error("could not mount %s again: %s", name, exc)
+        raise
+    if remount:
+        for name in mounted:
+            ctx.zfs.mount(renamed_to + name[len(dataset):] if renamed_to else name)
 
 
 def execute_restore(ctx: Context, plan: RestorePlan) -> list[str]:
