@@ -183,3 +183,25 @@ def test_check_dump_finds_a_flipped_byte_and_bad_xml(tmp_path):
     assert check_dump(store, dump, full=False).problem is None  # --no-memory / clone: content not needed
     bad_xml = _dump(tmp_path, b"x", xml="<domain>")
     assert "does not parse" in check_dump(store, bad_xml, full=False).problem
+
+
+@pytest.mark.skipif(not Path("/usr/bin/zstd").exists(), reason="zstd binary not installed")
+def test_check_dump_decompresses_a_zstd_dump_whose_checksum_matches(tmp_path):
+    import hashlib
+    import subprocess
+
+    from vmsnapd.ramstore import RamStore
+
+    raw = tmp_path / "raw"
+    raw.write_bytes(bytes(range(256)) * 4000)
+    packed = tmp_path / "web_2026-11-29_01:00:00.mem.zst"
+    subprocess.run(["/usr/bin/zstd", "-q", "-o", str(packed), str(raw)], check=True)
+    dump = _dump(tmp_path, b"")
+    dump.path.unlink()
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2] ^= 0x01  # damaged, but the manifest was written for the damaged bytes
+    packed.write_bytes(bytes(data))
+    dump.path, dump.size = packed, len(data)
+    dump.manifest.size, dump.manifest.sha256 = len(data), hashlib.sha256(data).hexdigest()
+    check = check_dump(RamStore(tmp_path, Runner(), zstd_bin="/usr/bin/zstd"), dump, full=True)
+    assert check.compressed and "does not decompress" in check.problem

@@ -523,7 +523,7 @@ def _roll_back(ctx: Context, record: RestoreRecord, done: list[str], exc: Except
         put_back = _put_back(ctx, record)
         _update_record(ctx.state_dir, None, record.domain)
         state = "nothing was changed" if not put_back else f"undone: {'; '.join(put_back)}"
-        if record.was_running:
+        if record.was_running and ctx.hypervisor.state(record.domain) == SHUTOFF:
             ctx.hypervisor.start(record.domain)
             state += f"; {record.domain} booted again from its own disks (its RAM state was lost by the stop)"
         return f"{exc} — {state}"
