@@ -245,8 +245,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"pool {pool}: {cap}% used")
     for path in status.leftover_overlay_files:
         print(f"leftover in overlay_dir: {path}")
-    for line in status.kept_aside:
-        print(f"kept aside by a restore: {line}")
+    sys.stdout.write("".join(f"kept aside by a restore: {line}\n" for line in status.kept_aside))
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK
@@ -303,7 +302,8 @@ def _cmd_restore_aside(args: argparse.Namespace) -> int:
         except RestoreFailed as exc:
             print(f"vmsnapd: restore --{what} refused: {exc}", file=sys.stderr)
             return EX_FAILED
-        print(f"restore --{what} of {plan.domain} (restored to {plan.record.snapshot} at {plan.record.at:%Y-%m-%d %H:%M:%S}):")
+        when = f"{plan.record.at:%Y-%m-%d %H:%M:%S}"
+        print(f"restore --{what} of {plan.domain} (restored to {plan.record.snapshot} at {when}):")
         for step in plan.steps:
             print(f"  - {step}")
         if not args.yes:

@@ -31,14 +31,14 @@ STAMP = "20261130T010203"
 
 
 def facts(**kw) -> RestoreFacts:
-    base = dict(domain="web", datasets=[DS], vm_state="shutoff", snapshots={DS: [S1, S1D, S2]},
-                existing={"tank/VM", DS})
+    base = {"domain": "web", "datasets": [DS], "vm_state": "shutoff", "snapshots": {DS: [S1, S1D, S2]},
+            "existing": {"tank/VM", DS}}
     base.update(kw)
     return RestoreFacts(**base)
 
 
 def plan(f: RestoreFacts, snapshot=S1, **kw):
-    args = dict(clone=None, no_memory=False, force_stop=False, stamp=STAMP)
+    args = {"clone": None, "no_memory": False, "force_stop": False, "stamp": STAMP}
     args.update(kw)
     return decide(f, snapshot, **args)
 
@@ -135,7 +135,7 @@ def test_undo_of_an_interrupted_restore_only_puts_back_what_happened():
 def test_undo_refuses_what_is_not_provably_the_restores():
     with pytest.raises(RestoreFailed, match="not the clone"):
         undo_steps(ENTRY, UndoFacts(dataset_exists=True, aside_exists=True, dataset_origin="tank/other@x"))
-    mine = dict(dataset_exists=True, aside_exists=True, aside_origin=f"{DS}@{S1}")
+    mine = {"dataset_exists": True, "aside_exists": True, "aside_origin": f"{DS}@{S1}"}
     with pytest.raises(RestoreFailed, match="did not take"):
         undo_steps(ENTRY, UndoFacts(**mine, dataset_snapshots=(S1, "manual-before-upgrade")))
     with pytest.raises(RestoreFailed, match="child datasets"):

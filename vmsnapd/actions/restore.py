@@ -42,8 +42,13 @@ from pydantic import BaseModel, Field, ValidationError
 from vmsnapd.actions.context import Context
 from vmsnapd.hypervisor import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.journal import ensure_private_directory, write_file_atomically
-from vmsnapd.names import (ASIDE_MARK, aside_name, parse_snapname, validate_domain_name,
-                           validate_snapshot_name)
+from vmsnapd.names import (
+    ASIDE_MARK,
+    aside_name,
+    parse_snapname,
+    validate_domain_name,
+    validate_snapshot_name,
+)
 from vmsnapd.ramstore import RamDump, RamStore
 from vmsnapd.runner import CommandError
 from vmsnapd.targets import Target, plan_targets
