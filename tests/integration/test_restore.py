@@ -259,3 +259,44 @@ def test_undo_of_a_force_stopped_vm_boots_it_again_with_a_child_dataset(lab, dat
     # The put-back disk: records written before the restore (old token) beyond the snapshot are there again.
     assert any(seq >= pre_seen for seq, tok in vm.records().values() if tok == "t0")
     lab.wait_counter_advances(vm, by=3, start=pre_seen, timeout=60)  # and it booted from it
+
+
+
+def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
+    """`zfs promote` fails (a zfs wrapper first on PATH): the swap already made is undone, the VM boots again
+    from its own disks."""
+    import os
+    import shutil
+
+    bindir = lab.make_run_dir("zfsfail")
+    wrapper = bindir / "zfs"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = promote ]; then echo "injected failure" >&2; exit 1; fi\n'
+                       f'exec {shutil.which("zfs")} "$@"\n')
+    wrapper.chmod(0o755)
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = lab.snapshot_names(dataset.name)
+    at_snapshot = _snap_max(lab, vm, dataset, snap)
+    time.sleep(1.1)
+    env.run("snapshot", dataset.name)
+    _, pre_seen = lab.wait_counter_advances(vm, by=20, start=at_snapshot)
+    pre_guids = _guids(lab, dataset)
+    lab.write_token(vm, "after")  # records written from now on carry it
+    try:
+        proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=1,
+                       env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+    assert "injected failure" in proc.stderr and "undone" in proc.stderr and "booted again" in proc.stderr, \
+        proc.stderr
+    assert _guids(lab, dataset) == pre_guids and not _asides(lab, dataset)
+    assert lab.zfs("get", "-H", "-o", "value", "origin", dataset.name).strip() == "-"
+    assert "kept aside" not in env.run("status").stdout
+    # Booted from its own disk: it continues after what it wrote before the restore, not after the snapshot.
+    assert vm.dom.isActive()
+    lab.wait_counter_advances(vm, by=3, start=pre_seen, timeout=60)
+    records = vm.records().values()
+    assert any(tok == "t0" and seq >= pre_seen for seq, tok in records), "the pre-restore records are gone"
+    assert not any(tok == "after" and seq <= pre_seen for seq, tok in records), "booted from the snapshot's disk"

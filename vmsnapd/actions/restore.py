@@ -673,7 +673,7 @@ def execute_drop(ctx: Context, plan: AsidePlan) -> list[str]:
     try:
         for entry in plan.record.entries:
             try:
-                ctx.zfs.destroy_dataset(entry.aside, recursive=True)
+                run_step(ctx, ZfsStep(verb=Verb.DESTROY_TREE, dataset=entry.aside))
             except DatasetNotFound:
                 continue
             done.append(f"destroyed {entry.aside}")
