@@ -355,11 +355,13 @@ class Zfs:
             opts += ["-o", f"{key}={value}"]
         self._change([self.zfs_bin, "create", *opts, validate_dataset_name(dataset)], dataset)
 
-    def destroy_dataset(self, dataset: str, *, recursive: bool = False) -> None:
+    def destroy_dataset(self, dataset: str, *, recursive: bool = False, force: bool = False) -> None:
+        """`zfs destroy [-r] [-f]`; `force` unmounts even a busy mount (zfs-fuse keeps a dataset "busy" for good
+        when a QEMU that had a file open there was killed)."""
         validate_dataset_name(dataset)
         if "/" not in dataset:
             raise ValueError(f"refusing to destroy a pool's root dataset {dataset!r}")
-        argv = [self.zfs_bin, "destroy", *(["-r"] if recursive else []), dataset]
+        argv = [self.zfs_bin, "destroy", *(["-r"] if recursive else []), *(["-f"] if force else []), dataset]
         for attempt in range(BUSY_RETRIES):
             try:
                 self._change(argv, dataset)

@@ -52,7 +52,7 @@ from vmsnapd.names import (
 from vmsnapd.ramstore import RamDump, RamStore
 from vmsnapd.runner import CommandError
 from vmsnapd.targets import Target, plan_targets
-from vmsnapd.zfs import DatasetNotFound, ZfsError, ZfsListing
+from vmsnapd.zfs import DatasetBusy, DatasetNotFound, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
 
@@ -461,8 +461,18 @@ def run_step(ctx: Context, step: ZfsStep) -> None:
     elif step.verb is Verb.PROMOTE:
         zfs.promote(step.dataset)
     else:
-        _unmounted(ctx, step.dataset, lambda: zfs.destroy_dataset(step.dataset, recursive=True), remount=False)
+        _destroy_tree(ctx, step.dataset)
     log.info("restore: %s", step.text())
+
+
+def _destroy_tree(ctx: Context, dataset: str) -> None:
+    """Destroy a tree this restore provably made or set aside (the caller checked its origin and children).
+    Busy for good (zfs-fuse, after QEMU was killed with a disk open there): `-f`, the known way out."""
+    try:
+        _unmounted(ctx, dataset, lambda: ctx.zfs.destroy_dataset(dataset, recursive=True), remount=False)
+    except DatasetBusy as exc:
+        log.warning("%s stays busy (%s); destroying it with -f", dataset, exc)
+        ctx.zfs.destroy_dataset(dataset, recursive=True, force=True)
 
 
 def _unmounted(ctx: Context, dataset: str, change, renamed_to: str | None = None, remount: bool = True) -> None:
