@@ -52,7 +52,7 @@ from vmsnapd.names import (
 from vmsnapd.ramstore import RamDump, RamStore
 from vmsnapd.runner import CommandError
 from vmsnapd.targets import Target, plan_targets
-from vmsnapd.zfs import DatasetBusy, DatasetNotFound, ZfsError, ZfsListing
+from vmsnapd.zfs import ZFS_FUSE, DatasetBusy, DatasetNotFound, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
 
@@ -661,6 +661,10 @@ def plan_drop(ctx: Context, target_name: str) -> AsidePlan:
         raise RestoreFailed(f"the restore of {record.domain} was interrupted: put it back with "
                             f"`vmsnapd restore --undo {record.domain} --yes` instead")
     plan = AsidePlan(domain=record.domain, record=record)
+    if ctx.zfs.dialect == ZFS_FUSE and ctx.hypervisor.state(record.domain) in (RUNNING, PAUSED):
+        # Measured: zfs-fuse says "dataset is busy" when destroying a clone while a file of its origin is open.
+        raise RestoreFailed(f"zfs-fuse cannot destroy the set-aside datasets while {record.domain} uses the restored "
+                            "ones (their origin): shut it down, then drop; nothing was changed")
     for entry in record.entries:
         listing = ctx.zfs.list_tree([entry.aside])
         if entry.aside not in listing.datasets:
