@@ -139,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "restore points: snapshots, time, whether a RAM dump exists")
     p.add_argument("target", metavar="TARGET", nargs="?", help="a dataset or domain (default: all)")
     _json_option(p)
-    p = command("restore", "roll back (or clone) and resume from the RAM dump; without --yes only shows the plan")
+    p = command("restore", "verify, set the current state aside, restore (or clone), resume from RAM; without --yes only the plan")
     p.add_argument("target", metavar="TARGET", help="a managed dataset, or the libvirt domain of one")
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot name (the part after @)")
+    p.add_argument("snapshot", metavar="SNAPSHOT", nargs="?", help="the snapshot name (the part after @)")
+    p.add_argument("--undo", action="store_true",
+                   help="put back the state the last in-place restore of TARGET set aside (no SNAPSHOT)")
+    p.add_argument("--drop-aside", action="store_true",
+                   help="destroy the state the last in-place restore of TARGET set aside (no SNAPSHOT)")
     p.add_argument("--clone", metavar="NAME", help="restore into a new VM NAME on clones, leaving the original alone")
     p.add_argument("--no-memory", action="store_true", help="boot from the disks, ignoring the RAM dump")
     p.add_argument("--force-stop", action="store_true", help="power the VM off if it does not shut down when asked")
@@ -391,6 +395,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"pool {pool}: {cap}% used")
     for path in status.leftover_overlay_files:
         print(f"leftover in overlay_dir: {path}")
+    sys.stdout.write("".join(f"kept aside by a restore: {line}\n" for line in status.kept_aside))
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK
@@ -401,6 +406,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     `plan`, `carried_out`, and `done` (the steps done) or `error`."""
     from vmsnapd.actions.restore import RestoreFailed, execute_restore, plan_restore
 
+    if args.undo or args.drop_aside:
+        return _cmd_restore_aside(args)
+    if args.snapshot is None:
+        print("vmsnapd: restore needs SNAPSHOT (or --undo / --drop-aside)", file=sys.stderr)
+        return EX_USAGE
     ctx = _build_context(args)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         try:
@@ -435,8 +445,42 @@ def _print_plan(plan) -> None:
     print(f"restore of {plan.domain} to {plan.snapshot}:")
     for step in plan.steps:
         print(f"  - {step}")
-    for name in plan.newer_snapshots_destroyed:
-        print(f"    destroyed by the rollback: {name}")
+    for line in plan.verified:
+        print(f"  verified: {line}")
+    for name in plan.newer_snapshots_kept_aside:
+        print(f"    kept aside (newer): {name}")
+
+
+def _cmd_restore_aside(args: argparse.Namespace) -> int:
+    """`restore --undo TARGET` / `restore --drop-aside TARGET`: the state an in-place restore set aside."""
+    from vmsnapd.actions.restore import RestoreFailed, execute_drop, execute_undo, plan_drop, plan_undo
+
+    if args.undo and args.drop_aside or args.snapshot or args.clone:
+        print("vmsnapd: --undo and --drop-aside take only TARGET, and not both", file=sys.stderr)
+        return EX_USAGE
+    what = "undo" if args.undo else "drop-aside"
+    ctx = _build_context(args)
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
+        try:
+            plan = plan_undo(ctx, args.target) if args.undo else plan_drop(ctx, args.target)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore --{what} refused: {exc}", file=sys.stderr)
+            return EX_FAILED
+        when = f"{plan.record.at:%Y-%m-%d %H:%M:%S}"
+        print(f"restore --{what} of {plan.domain} (restored to {plan.record.snapshot} at {when}):")
+        for step in plan.steps:
+            print(f"  - {step}")
+        if not args.yes:
+            print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
+            return EX_PLAN_ONLY
+        try:
+            done = execute_undo(ctx, plan) if args.undo else execute_drop(ctx, plan)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore --{what} FAILED: {exc}", file=sys.stderr)
+            return EX_FAILED
+    for line in done:
+        print(f"done: {line}")
+    return EX_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:

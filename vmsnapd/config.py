@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vmsnapd.names import InvalidName, validate_dataset_name, validate_domain_name
+from vmsnapd.names import InvalidName, is_aside, validate_dataset_name, validate_domain_name
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 
 # Finite: `inf` would mean a hook that is never killed; NaN compares false with everything.
@@ -606,10 +606,13 @@ def resolve(config: Config, existing_datasets: Iterable[str]) -> dict[str, Datas
     """One policy per existing dataset that some table manages, ordered by dataset name.
 
     A dataset is governed by the table naming it (unless that table has process_children_only), else by its
-    nearest recursive ancestor table. Tables naming datasets that do not exist are simply absent.
+    nearest recursive ancestor table. Tables naming datasets that do not exist are simply absent. Datasets an
+    in-place restore set aside (names.is_aside) are never managed, whatever table covers them.
     """
     policies: dict[str, DatasetPolicy] = {}
     for dataset in sorted(set(existing_datasets)):
+        if is_aside(dataset):  # a VM's state an in-place restore set aside: kept as it is, never pruned
+            continue
         table = config.datasets.get(dataset)
         if table is not None:
             if not table.process_children_only:

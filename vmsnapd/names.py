@@ -175,3 +175,27 @@ def parse_snapname(name: str) -> ParsedName | None:
     # a dst name is another instant than the same wall time without it: its stamp keeps the suffix, so it is never
     # taken for the same cycle (restore) or matched to a RAM dump
     return ParsedName(stamp=match["stamp"] + (match["dst"] or ""), period=match["period"])
+
+
+# A dataset an in-place restore set aside (the VM's state before the restore, with its newer snapshots) is
+# renamed `<leaf>.vmsnapd-replaced-<YYYYMMDDTHHMMSS>` beside the original: recognisably vmsnapd's, valid for
+# ZFS, and never a managed dataset (config.resolve skips it and everything below it).
+ASIDE_MARK = ".vmsnapd-replaced-"
+_ASIDE_COMPONENT = re.compile(r"(?P<leaf>.+)\.vmsnapd-replaced-(?P<stamp>\d{8}T\d{6})")
+
+
+def aside_name(dataset: str, stamp: str) -> str:
+    """The name the dataset `dataset` is set aside under by a restore at `stamp` (`YYYYMMDDTHHMMSS`)."""
+    if not re.fullmatch(r"\d{8}T\d{6}", stamp):
+        raise ValueError(f"{stamp!r} is not a YYYYMMDDTHHMMSS stamp")
+    return validate_dataset_name(f"{dataset}{ASIDE_MARK}{stamp}")
+
+
+def is_aside(dataset: str) -> bool:
+    """True for a dataset a restore set aside, or anything below one."""
+    return any(_ASIDE_COMPONENT.fullmatch(part) for part in dataset.split("/"))
+
+
+def original_of_aside(dataset: str) -> str:
+    """The name `dataset` had before a restore set it (or its parent) aside; unchanged for other names."""
+    return "/".join((m["leaf"] if (m := _ASIDE_COMPONENT.fullmatch(part)) else part) for part in dataset.split("/"))

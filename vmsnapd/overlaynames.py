@@ -97,6 +97,18 @@ def parse_memory_file_name(name: str) -> MemoryName | None:
     return MemoryName(domain, match["stamp"]) if domain else None
 
 
+def is_file_of(name: str, domain: str) -> bool:
+    """Whether `name` is an overlay or RAM file name vmsnapd gives `domain`'s cycles. Compares the encoded
+    domain part, so it holds also for a name too long to decode (cut to a digest by names.encode_name)."""
+    prefix = f"{_domain_part(domain)}_"
+    if not name.startswith(prefix):
+        return False
+    rest = name[len(prefix):]
+    match = (re.fullmatch(rf"(?P<stamp>{_STAMP}){re.escape(MEMORY_SUFFIX)}", rest)
+             or re.fullmatch(rf"{_TARGET}_(?P<stamp>{_STAMP}){re.escape(OVERLAY_SUFFIX)}", rest))
+    return match is not None and _valid_stamp(match["stamp"])
+
+
 def libvirt_snapshot_name(epoch: int) -> str:
     return f"{LIBVIRT_SNAPSHOT_PREFIX}{epoch}"
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from vmsnapd.overlaynames import is_libvirt_snapshot_name, parse_memory_file_name, parse_overlay_file_name
+from vmsnapd.overlaynames import (is_file_of, is_libvirt_snapshot_name, parse_memory_file_name,
+                                  parse_overlay_file_name)
 
 # state_dir's own entry that must never be shared with ram_dir (journal records live there).
 JOURNAL_SUBDIR = "cycles"
@@ -239,11 +240,7 @@ def deletable_leftover(path: str, domain: str | None, overlay_dir: str) -> bool:
         return False
     if os.path.normpath(path) != path or os.path.dirname(path) != norm(overlay_dir):
         return False
-    base = os.path.basename(path)
-    overlay = parse_overlay_file_name(base)
-    memory = parse_memory_file_name(base)
-    named_for = overlay.domain if overlay else memory.domain if memory else None
-    return named_for == domain
+    return is_file_of(os.path.basename(path), domain)
 
 
 # -- the folders vmsnapd writes ----------------------------------------------------------------------------------

@@ -443,11 +443,13 @@ class Zfs:
             opts += ["-o", f"{key}={value}"]
         self._change([self.zfs_bin, "create", *opts, validate_dataset_name(dataset)], dataset)
 
-    def destroy_dataset(self, dataset: str, *, recursive: bool = False) -> None:
+    def destroy_dataset(self, dataset: str, *, recursive: bool = False, force: bool = False) -> None:
+        """`zfs destroy [-r] [-f]`; `force` unmounts even a busy mount (zfs-fuse keeps a dataset "busy" for good
+        when a QEMU that had a file open there was killed)."""
         validate_dataset_name(dataset)
         if "/" not in dataset:
             raise ValueError(f"refusing to destroy a pool's root dataset {dataset!r}")
-        argv = [self.zfs_bin, "destroy", *(["-r"] if recursive else []), dataset]
+        argv = [self.zfs_bin, "destroy", *(["-r"] if recursive else []), *(["-f"] if force else []), dataset]
         for attempt in range(BUSY_RETRIES):
             try:
                 self._change(argv, dataset)
@@ -463,3 +465,50 @@ class Zfs:
         if "\0" in value:
             raise InvalidName(f"{prop}: a property value must not contain NUL")
         self._change([self.zfs_bin, "set", f"{prop}={value}", dataset], dataset)
+
+    # -- restore: setting a dataset aside and back (verbs both dialects have) -------------------------
+
+    def property_source(self, dataset: str, prop: str) -> tuple[str, str]:
+        """(value, source) of a dataset's property; source is `local`, `default`, `inherited from X`, `-`."""
+        _property_name(prop)
+        validate_dataset_name(dataset)
+        out = self._read([self.zfs_bin, "get", "-H", "-p", "-o", "value,source", prop, dataset], dataset)
+        parts = out.rstrip("\n").split("\t")
+        if len(parts) != 2:
+            raise ZfsError(f"{dataset}: unexpected `zfs get {prop}` output {out[:80]!r}", dataset, out)
+        return parts[0], parts[1]
+
+    def rename(self, dataset: str, new_name: str) -> None:
+        """`zfs rename`: a filesystem (with its snapshots and children) to a new name in the same pool."""
+        validate_dataset_name(dataset)
+        validate_dataset_name(new_name)
+        if "/" not in dataset or dataset.split("/", 1)[0] != new_name.split("/", 1)[0]:
+            raise InvalidName(f"cannot rename {dataset!r} to {new_name!r}: not a non-root dataset of the same pool")
+        for attempt in range(BUSY_RETRIES):
+            try:
+                self._change([self.zfs_bin, "rename", dataset, new_name], dataset)
+                return
+            except DatasetBusy:  # the unmount of a file QEMU just closed lags behind (zfs-fuse)
+                if attempt == BUSY_RETRIES - 1:
+                    raise
+                time.sleep(BUSY_RETRY_DELAY_S)
+
+    def promote(self, dataset: str) -> None:
+        """`zfs promote`: the clone takes over its origin's snapshots up to the origin snapshot."""
+        self._change([self.zfs_bin, "promote", validate_dataset_name(dataset)], dataset)
+
+    def inherit(self, dataset: str, prop: str) -> None:
+        """`zfs inherit`: drop a locally set property, so the dataset inherits it again."""
+        self._change([self.zfs_bin, "inherit", _property_name(prop), validate_dataset_name(dataset)], dataset)
+
+    def unmount(self, dataset: str) -> None:
+        """`zfs unmount`: needed before a rename on zfs-fuse, whose remount says "busy" while the kernel still
+        caches inodes of files used since the mount (any disk QEMU had open)."""
+        self._change([self.zfs_bin, "unmount", validate_dataset_name(dataset)], dataset)
+
+    def mount(self, dataset: str) -> None:
+        """`zfs mount`; a filesystem that is mounted already is left as it is."""
+        validate_dataset_name(dataset)
+        if self.get_property(dataset, "mounted") == "yes":
+            return
+        self._change([self.zfs_bin, "mount", dataset], dataset)

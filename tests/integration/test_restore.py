@@ -1,8 +1,11 @@
-"""`vmsnapd restore`: rollback + resume from the RAM dump in one command, boot without memory, clone."""
+"""`vmsnapd restore`: verify first, set the replaced state aside, resume from the RAM dump in one command, boot
+without memory, clone; `--undo` puts the replaced state back, `--drop-aside` destroys it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -10,6 +13,24 @@ import pytest
 pytestmark = [pytest.mark.lab]
 
 ONE_HOURLY = {"hourly": 3, "daily": 0, "monthly": 0}
+ASIDE_MARK = ".vmsnapd-replaced-"
+
+
+def _asides(lab, dataset) -> list[str]:
+    parent = str(dataset).rsplit("/", 1)[0]
+    names = lab.zfs("list", "-H", "-o", "name", "-r", parent).split()
+    return [n for n in names if n.startswith(f"{dataset}{ASIDE_MARK}") and "/" not in n[len(str(dataset)):]]
+
+
+def _guids(lab, dataset) -> dict[str, str]:
+    """guid of the dataset and of each of its snapshots: a rename, rollback or re-creation would show."""
+    out = lab.zfs("get", "-H", "-p", "-r", "-o", "name,value", "guid", str(dataset))
+    return {name: value for name, value in (line.split("\t") for line in out.splitlines())
+            if name == str(dataset) or name.startswith(f"{dataset}@")}
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _snap_max(lab, vm, dataset, snap) -> int:
@@ -46,6 +67,13 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     rewritten, first_new = lab.resume_evidence(vm, at_snapshot, "restored")
     assert not rewritten, f"RAM older than the disk: records {rewritten[:5]} rewritten"
     assert first_new == at_snapshot + 1, f"resumed at {first_new}, snapshot max was {at_snapshot}"
+    (aside,) = _asides(lab, dataset)  # the replaced state and the newer snapshot are kept, not destroyed
+    assert newer in lab.snapshot_names(aside)
+    refused = env.run("restore", "--drop-aside", vm.name, "--yes", expect=1)  # zfs-fuse (the lab): origin in use
+    assert "shut it down" in refused.stderr and _asides(lab, dataset) == [aside]
+    lab.stop_vm(vm)
+    env.run("restore", "--drop-aside", vm.name, "--yes")
+    assert not _asides(lab, dataset) and "kept aside" not in env.run("status").stdout
 
 
 def test_restore_without_memory_boots_from_the_rolled_back_disk(lab, dataset, vmsnapd_env):
@@ -61,6 +89,8 @@ def test_restore_without_memory_boots_from_the_rolled_back_disk(lab, dataset, vm
     # A boot, not a resume: the guest's init scans the disk and continues after the snapshot's max.
     lab.wait_counter_advances(vm, by=5, start=at_snapshot, timeout=60)
     assert "seq" not in vm.console() or vm.dom.isActive()
+    lab.stop_vm(vm)
+    env.run("restore", "--drop-aside", vm.name, "--yes")
 
 
 def test_restore_as_a_clone_leaves_the_original_alone(lab, dataset, vmsnapd_env):
@@ -103,6 +133,7 @@ def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, dat
     assert sorted(lab.snapshot_names(dataset.name)) == cycle, proc.stdout  # only the later cycle went
     assert later[0] in proc.stdout
     lab.stop_vm(vm)
+    env.run("restore", "--drop-aside", vm.name, "--yes")
 
 
 def test_restore_of_a_quiesced_dump_thaws_the_guest(lab, agent_vm, vmsnapd_env):
@@ -120,3 +151,158 @@ def test_restore_of_a_quiesced_dump_thaws_the_guest(lab, agent_vm, vmsnapd_env):
     status = libvirt_qemu.qemuAgentCommand(vm.dom, '{"execute":"guest-fsfreeze-status"}', 10, 0)
     assert '"thawed"' in status, status
     lab.wait_counter_advances(vm, by=5, timeout=30)
+    lab.stop_vm(vm)
+    env.run("restore", "--drop-aside", vm.name, "--yes")
+
+
+def _damage(dump: Path, manifest_matches: bool) -> None:
+    """Flip one byte in the middle of the dump; with `manifest_matches`, make the manifest's checksum describe
+    the damaged file, so that only the decompression test can notice (zstd)."""
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+    if manifest_matches:
+        manifest = dump.with_name(dump.name.split(".mem", 1)[0] + ".json")
+        info = json.loads(manifest.read_text())
+        info["sha256"], info["size"] = hashlib.sha256(data).hexdigest(), len(data)
+        manifest.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("compression,manifest_matches", [("none", False), ("zstd", False), ("zstd", True)],
+                         ids=["plain", "zstd-checksum", "zstd-decompression"])
+def test_a_damaged_dump_is_refused_before_anything_changes(lab, dataset, vmsnapd_env, compression,
+                                                           manifest_matches):
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.daemon["ram_compression"] = compression
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = lab.snapshot_names(dataset.name)
+    time.sleep(1.1)
+    env.run("snapshot", dataset.name)
+    (point,) = [p for p in json.loads(env.run("list", vm.name, "--json").stdout) if p["snapshot"] == snap]
+    _damage(Path(point["ram_dump"]), manifest_matches)
+    before_guids, before_id = _guids(lab, dataset), vm.dom.ID()
+
+    proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=1)
+    assert "nothing was changed" in proc.stderr, proc.stderr
+    assert ("does not decompress" if manifest_matches else "checksum") in proc.stderr, proc.stderr
+    assert vm.dom.isActive() and vm.dom.ID() == before_id, "the VM was stopped or restarted"
+    assert _guids(lab, dataset) == before_guids, "a dataset or snapshot was changed"
+    assert not _asides(lab, dataset)
+    assert not (env.state_dir / "restore-asides.json").exists()
+    lab.wait_counter_advances(vm, by=5, timeout=30)  # still writing to the very same disk
+
+
+def test_undo_puts_back_the_exact_pre_restore_disks_and_newer_snapshots(lab, dataset, vmsnapd_env):
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = lab.snapshot_names(dataset.name)
+    at_snapshot = _snap_max(lab, vm, dataset, snap)
+    lab.wait_counter_advances(vm, by=20, start=at_snapshot)
+    time.sleep(1.1)
+    env.run("snapshot", dataset.name)
+    lab.wait_counter_advances(vm, by=20)
+    lab.stop_vm(vm)
+    pre_max, pre_sha = vm.max_counter(), _sha256(vm.disk.path)
+    pre_snaps = lab.snapshot_names(dataset.name)
+    pre_guids = {n.split("@", 1)[1]: g for n, g in _guids(lab, dataset).items() if "@" in n}
+    assert len(pre_snaps) == 2 and pre_max > at_snapshot + 20
+
+    proc = env.run("restore", vm.name, snap, "--yes")
+    assert "resumed" in proc.stdout, proc.stdout
+    lab.wait_counter_advances(vm, by=5, start=at_snapshot, timeout=30)
+    assert vm.max_counter() < pre_max  # the restored disk, not the replaced one
+    assert lab.snapshot_names(dataset.name) == [snap]
+    (aside,) = _asides(lab, dataset)
+    status = env.run("status").stdout
+    assert aside in status and f"restore --undo {vm.name} --yes" in status and "--drop-aside" in status
+    assert aside not in {d["dataset"] for d in json.loads(env.run("status", "--json").stdout)["datasets"]}
+    env.run("once", "--prune")  # pruning leaves the aside and the newer cycle's RAM dump alone
+    assert len(json.loads(env.run("list", vm.name, "--json").stdout)) == 1
+    assert len(list((env.ram_dir / vm.name).glob("*.mem"))) == 2
+
+    plan = env.run("restore", "--undo", vm.name, expect=None)
+    assert plan.returncode in (2, 10), plan  # plan only, nothing done (10: EX_PLAN_ONLY of the reworked CLI)
+    assert aside in plan.stdout and "add --yes" in plan.stderr and vm.dom.isActive()
+    proc = env.run("restore", "--undo", vm.name, "--yes")
+    assert f"put back {dataset.name}" in proc.stdout, proc.stdout
+    assert not vm.dom.isActive()  # it was off before the restore
+    assert _sha256(vm.disk.path) == pre_sha and vm.max_counter() == pre_max
+    assert lab.snapshot_names(dataset.name) == pre_snaps
+    assert {n.split("@", 1)[1]: g for n, g in _guids(lab, dataset).items() if "@" in n} == pre_guids
+    assert not _asides(lab, dataset)
+    assert lab.zfs("get", "-H", "-o", "value", "origin", dataset.name).strip() == "-"
+    assert "kept aside" not in env.run("status").stdout
+    env.run("restore", "--undo", vm.name, "--yes", expect=1)  # nothing left to undo
+    # The put-back disks boot and continue after the pre-restore counter.
+    lab.start_vm(vm)
+    lab.wait_counter_advances(vm, by=3, start=pre_max)
+
+
+def test_undo_of_a_force_stopped_vm_boots_it_again_with_a_child_dataset(lab, dataset, vmsnapd_env):
+    child = lab.create_dataset(dataset)  # not a VM disk: it stays in place with its content
+    (child.mountpoint / "keep").write_text("child data")
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = lab.snapshot_names(dataset.name)
+    at_snapshot = _snap_max(lab, vm, dataset, snap)
+    _, pre_seen = lab.wait_counter_advances(vm, by=20, start=at_snapshot)
+    lab.write_token(vm, "restored")  # every record written from here on carries it; the replaced disk has none
+    env.run("restore", vm.name, snap, "--force-stop", "--yes")
+    assert (child.mountpoint / "keep").read_text() == "child data"
+    assert lab.zfs("list", "-H", "-o", "name", child.name).strip() == child.name
+    lab.wait_counter_advances(vm, by=3, start=at_snapshot, timeout=30)
+    assert not any(seq >= pre_seen for seq, tok in vm.records().values() if tok == "t0")
+    proc = env.run("restore", "--undo", vm.name, "--yes")
+    assert f"booted {vm.name}" in proc.stdout, proc.stdout
+    assert (child.mountpoint / "keep").read_text() == "child data"
+    assert not _asides(lab, dataset)
+    # The put-back disk: records written before the restore (old token) beyond the snapshot are there again.
+    assert any(seq >= pre_seen for seq, tok in vm.records().values() if tok == "t0")
+    lab.wait_counter_advances(vm, by=3, start=pre_seen, timeout=60)  # and it booted from it
+
+
+
+def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
+    """`zfs promote` fails (a zfs wrapper first on PATH): the swap already made is undone, the VM boots again
+    from its own disks."""
+    import os
+    import shutil
+
+    bindir = lab.make_run_dir("zfsfail")
+    wrapper = bindir / "zfs"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = promote ]; then echo "injected failure" >&2; exit 1; fi\n'
+                       f'exec {shutil.which("zfs")} "$@"\n')
+    wrapper.chmod(0o755)
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = lab.snapshot_names(dataset.name)
+    at_snapshot = _snap_max(lab, vm, dataset, snap)
+    time.sleep(1.1)
+    env.run("snapshot", dataset.name)
+    _, pre_seen = lab.wait_counter_advances(vm, by=20, start=at_snapshot)
+    pre_guids = _guids(lab, dataset)
+    lab.write_token(vm, "after")  # records written from now on carry it
+    try:
+        proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=1,
+                       env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+    assert "injected failure" in proc.stderr and "undone" in proc.stderr and "booted again" in proc.stderr, \
+        proc.stderr
+    assert _guids(lab, dataset) == pre_guids and not _asides(lab, dataset)
+    assert lab.zfs("get", "-H", "-o", "value", "origin", dataset.name).strip() == "-"
+    assert "kept aside" not in env.run("status").stdout
+    # Booted from its own disk: it continues after what it wrote before the restore, not after the snapshot.
+    assert vm.dom.isActive()
+    lab.wait_counter_advances(vm, by=3, start=pre_seen, timeout=60)
+    records = vm.records().values()
+    assert any(tok == "t0" and seq >= pre_seen for seq, tok in records), "the pre-restore records are gone"
+    assert not any(tok == "after" and seq <= pre_seen for seq, tok in records), "booted from the snapshot's disk"

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.actions.restore import RestoreFailed, kept_aside_snapshots
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hooks import HookEnv, run_hook
 from vmsnapd.files import write_file_atomically
@@ -232,6 +233,12 @@ def sweep_dumps(ctx: Context, survey: Survey, destroyed: dict[str, list[Snapshot
             return result
         live = {(s.dataset, s.name) for s in after.snapshots}
         listed = set(after.datasets)
+    # Snapshots a restore set aside (with the state it replaced) keep their RAM dumps: `restore --undo` needs them.
+    try:
+        live |= kept_aside_snapshots(ctx, survey.listing if ctx.dry_run else after)
+    except (ZfsError, RestoreFailed) as exc:
+        result.errors.append(f"RAM dumps not swept: cannot tell which snapshots a restore set aside: {exc}")
+        return result
     ram_keep = {}
     for policy in survey.policies.values():
         if policy.ram_keep:

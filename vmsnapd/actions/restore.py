@@ -1,10 +1,21 @@
-"""`vmsnapd restore TARGET SNAPSHOT`: bring a VM back to a restore point in one command.
+"""`vmsnapd restore TARGET SNAPSHOT`: bring a VM back to a restore point in one command — verify, then act.
 
-In place (default): the VM must be off, or is stopped hard with `--force-stop` (its current state is
-discarded anyway); every dataset of the VM is rolled back to SNAPSHOT (`zfs rollback -r`: newer
-snapshots of those datasets are destroyed, and their RAM dumps go at the next prune); then the guest
-resumes from the cycle's RAM dump (checksum verified, decompressed to a temporary file when needed,
-file systems thawed when the cycle froze them), or boots when there is no dump or `--no-memory`.
+Everything that can be checked is checked before the VM is stopped or any dataset changes (`gather_facts`,
+then the pure `decide`): the snapshot exists on every dataset of the VM; the RAM dump of its cycle has a
+readable manifest whose domain XML parses, its checksum matches and, for zstd, the whole frame decodes
+(`zstd -t`); there is room for the decompressed image; no earlier restore of the VM is still kept aside;
+the names the replaced datasets will take are free. Any failure there: nothing was touched.
+
+In place (default): the VM must be off, or is stopped hard with `--force-stop`. Nothing is destroyed: each
+dataset of the VM (parents before children) is renamed aside to `<dataset>.vmsnapd-replaced-<stamp>` (with its
+snapshots), the chosen snapshot of the cycle is cloned back under the original name (same mountpoint, so the
+disk paths stay valid) and promoted, so the restored dataset owns the snapshots up to the restore point and the
+set-aside one keeps the state the restore replaced and every newer snapshot. Child datasets move back under
+the restored dataset. A record in `state_dir/restore-asides.json` (written atomically before the first change)
+says what was set aside: `restore --undo` puts it back exactly, `restore --drop-aside` destroys it, `status`
+lists it. A failing step undoes the datasets already swapped and boots the VM again if it was running. Then
+the guest resumes from the cycle's RAM dump (decompressed to a temporary file when needed, file systems
+thawed when the cycle froze them), or boots when there is no dump or `--no-memory`.
 
 `--clone NAME`: the datasets are cloned instead (`<parent>/<NAME>` for the VM's first dataset,
 `<parent>/<NAME>-<leaf>` for the others), a new domain NAME is defined from the XML saved in the
@@ -12,102 +23,326 @@ snapshot's manifest (or the current one) with a new UUID, fresh MAC addresses an
 clones, and booted. The original VM and its datasets are not touched. A clone always boots: a RAM
 state carries the original's identity (MAC, disks) and cannot be resumed under another.
 
-Nothing happens without `--yes`: the plan is printed instead.
+Nothing happens without `--yes`: the plan is printed instead (the checks run all the same).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
+from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from vmsnapd.actions.context import Context
 from vmsnapd.hypervisor import PAUSED, RUNNING, SHUTOFF, HypervisorError
-from vmsnapd.names import parse_snapname, validate_domain_name, validate_snapshot_name
+from vmsnapd.journal import ensure_private_directory, write_file_atomically
+from vmsnapd.names import (
+    ASIDE_MARK,
+    aside_name,
+    parse_snapname,
+    validate_domain_name,
+    validate_snapshot_name,
+)
+from vmsnapd.ramstore import RamDump, RamStore
+from vmsnapd.runner import CommandError
 from vmsnapd.targets import Target, plan_targets
-from vmsnapd.zfs import ZfsError
+from vmsnapd.zfs import ZFS_FUSE, DatasetBusy, DatasetNotFound, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
+
+ASIDE_RECORDS = "restore-asides.json"
+SPACE_MARGIN_BYTES = 64 * 2**20  # kept free beyond the decompressed image
 
 
 class RestoreFailed(Exception):
     pass
 
 
+# -- what is set aside, and the steps that do and undo it (pure) -------------------------------------------
+
+
+class Verb(str, Enum):
+    RENAME = "rename"
+    SET_MOUNTPOINT = "set-mountpoint"
+    CLONE = "clone"
+    PROMOTE = "promote"
+    DESTROY_TREE = "destroy-tree"
+
+
+class ZfsStep(BaseModel):
+    verb: Verb
+    dataset: str
+    arg: str = ""  # rename: the new name; set-mountpoint: the path; clone: the source `ds@snap`
+    mountpoint: str | None = None  # clone: the mountpoint to give the clone (when the original set its own)
+
+    def text(self) -> str:
+        return {
+            Verb.RENAME: f"rename {self.dataset} to {self.arg}",
+            Verb.SET_MOUNTPOINT: f"set mountpoint={self.arg} on {self.dataset}",
+            Verb.CLONE: f"clone {self.arg} as {self.dataset}",
+            Verb.PROMOTE: f"promote {self.dataset}",
+            Verb.DESTROY_TREE: f"destroy {self.dataset} with its snapshots (zfs destroy -r)",
+        }[self.verb]
+
+
+class AsideEntry(BaseModel):
+    """One dataset of a VM swapped by an in-place restore."""
+
+    dataset: str  # the original name, which the restored clone now carries
+    aside: str  # where the replaced dataset (and its newer snapshots) lives now
+    snapshot: str  # the snapshot the clone was made from (short name)
+    mountpoint_local: str | None = None  # the dataset's own `mountpoint` when set locally; None: inherited
+    aside_mountpoint: str | None = None  # the mountpoint given to the aside when the original set its own
+    children: list[str] = Field(default_factory=list)  # leaf names of child datasets, moved back under the clone
+
+    def forward_steps(self) -> list[ZfsStep]:
+        steps = [ZfsStep(verb=Verb.RENAME, dataset=self.dataset, arg=self.aside)]
+        if self.aside_mountpoint:
+            steps.append(ZfsStep(verb=Verb.SET_MOUNTPOINT, dataset=self.aside, arg=self.aside_mountpoint))
+        steps.append(ZfsStep(verb=Verb.CLONE, dataset=self.dataset, arg=f"{self.aside}@{self.snapshot}",
+                             mountpoint=self.mountpoint_local))
+        steps.append(ZfsStep(verb=Verb.PROMOTE, dataset=self.dataset))
+        steps += [ZfsStep(verb=Verb.RENAME, dataset=f"{self.aside}/{c}", arg=f"{self.dataset}/{c}")
+                  for c in self.children]
+        return steps
+
+
+class RestoreRecord(BaseModel):
+    """What an in-place restore set aside; written before its first change, `complete` once all datasets are
+    swapped."""
+
+    domain: str
+    snapshot: str
+    at: datetime
+    was_running: bool
+    complete: bool = False
+    entries: list[AsideEntry]
+
+
+class AsideRecords(BaseModel):
+    version: int = 1
+    records: dict[str, RestoreRecord] = Field(default_factory=dict)  # domain → its kept-aside state
+
+
+@dataclass(frozen=True)
+class UndoFacts:
+    """The live state of one entry's two datasets, read just before putting it back."""
+
+    dataset_exists: bool
+    aside_exists: bool
+    dataset_origin: str | None = None
+    aside_origin: str | None = None
+    dataset_children: tuple[str, ...] = ()  # leaf names of the child filesystems of `dataset` now
+    dataset_snapshots: tuple[str, ...] = ()  # in the order taken
+
+
+def undo_steps(entry: AsideEntry, facts: UndoFacts) -> list[ZfsStep]:
+    """The steps that put `entry`'s replaced dataset back, whatever point its restore reached (it may have
+    been interrupted). Refuses (RestoreFailed) to destroy anything that is not provably the restore's clone."""
+    if not facts.aside_exists:
+        if facts.dataset_exists:
+            return []  # never set aside, or already put back
+        raise RestoreFailed(f"neither {entry.dataset} nor {entry.aside} exists: nothing to put back")
+    steps: list[ZfsStep] = []
+    if facts.dataset_exists:
+        steps += _discard_clone_steps(entry, facts)
+    steps.append(ZfsStep(verb=Verb.RENAME, dataset=entry.aside, arg=entry.dataset))
+    if entry.aside_mountpoint and entry.mountpoint_local:
+        steps.append(ZfsStep(verb=Verb.SET_MOUNTPOINT, dataset=entry.dataset, arg=entry.mountpoint_local))
+    return steps
+
+
+def _discard_clone_steps(entry: AsideEntry, facts: UndoFacts) -> list[ZfsStep]:
+    steps: list[ZfsStep] = []
+    after: tuple[str, ...] = facts.dataset_snapshots  # what stays on the clone once the aside is promoted back
+    if facts.dataset_origin == f"{entry.aside}@{entry.snapshot}":
+        pass  # cloned, not yet promoted: the clone holds only snapshots taken since
+    elif facts.aside_origin == f"{entry.dataset}@{entry.snapshot}" and entry.snapshot in after:
+        steps.append(ZfsStep(verb=Verb.PROMOTE, dataset=entry.aside))
+        after = after[after.index(entry.snapshot) + 1:]
+    else:
+        raise RestoreFailed(f"{entry.dataset} is not the clone of {entry.aside}@{entry.snapshot} this restore "
+                            "made; left alone")
+    foreign = [n for n in after if parse_snapname(n) is None]
+    if foreign:
+        raise RestoreFailed(f"{entry.dataset} has snapshots vmsnapd did not take since the restore "
+                            f"({', '.join(foreign)}): destroy or move them first; nothing was changed")
+    extra = sorted(set(facts.dataset_children) - set(entry.children))
+    if extra:
+        raise RestoreFailed(f"{entry.dataset} has child datasets the restore did not find there "
+                            f"({', '.join(extra)}): move them first; nothing was changed")
+    steps += [ZfsStep(verb=Verb.RENAME, dataset=f"{entry.dataset}/{c}", arg=f"{entry.aside}/{c}")
+              for c in entry.children if c in facts.dataset_children]
+    steps.append(ZfsStep(verb=Verb.DESTROY_TREE, dataset=entry.dataset))
+    return steps
+
+
+def aside_mountpoint(mountpoint_local: str | None, stamp: str) -> str | None:
+    """Where a replaced dataset with a mountpoint of its own is mounted while aside (beside the original)."""
+    if not mountpoint_local or not mountpoint_local.startswith("/"):
+        return None  # inherited (follows the new name), or none/legacy (not mounted by ZFS)
+    return f"{mountpoint_local.rstrip('/')}{ASIDE_MARK}{stamp}"
+
+
+# -- facts and the plan ------------------------------------------------------------------------------------
+
+
+class DumpCheck(BaseModel):
+    """What verifying the cycle's RAM dump found (the checks that read it run before any plan is made)."""
+
+    path: str
+    problem: str | None = None  # None: checksum, decompression and saved XML all fine
+    compressed: bool = False
+    raw_size: int = 0
+    quiesced: bool = False
+
+
+@dataclass
+class RestoreFacts:
+    """Everything the plan depends on, gathered read-only."""
+
+    domain: str
+    datasets: list[str]
+    vm_state: str
+    snapshots: dict[str, list[str]]  # dataset → snapshot names in the order taken
+    existing: set[str]  # every filesystem listed
+    mountpoint_local: dict[str, str | None] = field(default_factory=dict)
+    dump: DumpCheck | None = None
+    free_bytes: int | None = None  # where a compressed dump is decompressed
+    aside_kept: bool = False  # an earlier in-place restore of this VM is still kept aside
+    domain_exists: dict[str, bool] = field(default_factory=dict)  # clone name → exists
+
+
 class RestorePlan(BaseModel):
     domain: str
     datasets: list[str]
     snapshot: str
-    newer_snapshots_destroyed: list[str] = Field(default_factory=list)
+    newer_snapshots_kept_aside: list[str] = Field(default_factory=list)
     ram_dump: str | None = None
     resume_from_memory: bool = False
+    quiesced: bool = False
     clone: str | None = None
     clone_datasets: dict[str, str] = Field(default_factory=dict)  # source dataset → clone dataset
     rollback_to: dict[str, str] = Field(default_factory=dict)  # dataset → snapshot (the cycle's last)
+    entries: list[AsideEntry] = Field(default_factory=list)  # in-place: what is set aside, parents first
+    stop_first: bool = False
+    verified: list[str] = Field(default_factory=list)
     steps: list[str] = Field(default_factory=list)
 
 
 def plan_restore(ctx: Context, target_name: str, snapshot: str, *, clone: str | None, no_memory: bool,
                  force_stop: bool) -> RestorePlan:
+    """Gather the facts (read-only, including the dump's checksum) and decide. Raises RestoreFailed."""
     snapshot = snapshot.split("@", 1)[1] if "@" in snapshot else snapshot
     validate_snapshot_name(snapshot)
     if clone:
         validate_domain_name(clone)
-    survey = ctx.survey()
-    target = _find_target(plan_targets(survey.policies, survey.listing, ctx.hypervisor), target_name)
-    if target.error:
-        raise RestoreFailed(target.error)
-    domain = target.domain
-    missing = [ds for ds in target.datasets
-               if not any(s.name == snapshot for s in survey.listing.snapshots_of(ds))]
+    facts = gather_facts(ctx, target_name, snapshot, clone=clone, use_memory=not no_memory and not clone)
+    return decide(facts, snapshot, clone=clone, no_memory=no_memory, force_stop=force_stop,
+                  stamp=ctx.now().strftime("%Y%m%dT%H%M%S"))
+
+
+def decide(facts: RestoreFacts, snapshot: str, *, clone: str | None, no_memory: bool, force_stop: bool,
+           stamp: str) -> RestorePlan:
+    """The restore plan, a pure function of the facts: refuses (RestoreFailed) before anything is touched."""
+    missing = [ds for ds in facts.datasets if snapshot not in facts.snapshots.get(ds, [])]
     if missing:
         raise RestoreFailed(f"snapshot {snapshot} does not exist on {', '.join(missing)}")
-    plan = RestorePlan(domain=domain, datasets=list(target.datasets), snapshot=snapshot, clone=clone)
-    parsed = parse_snapname(snapshot)
-    dump = ctx.ram_store.find(domain, parsed.stamp) if parsed else None
-    if dump is not None and dump.manifest is not None:
-        plan.ram_dump = str(dump.path)
-    plan.resume_from_memory = bool(plan.ram_dump) and not no_memory and not clone
-    state = ctx.hypervisor.state(domain)
+    plan = RestorePlan(domain=facts.domain, datasets=list(facts.datasets), snapshot=snapshot, clone=clone)
+    plan.verified.append(f"{snapshot} exists on {', '.join(facts.datasets)}")
     if clone:
-        parent = target.datasets[0].rsplit("/", 1)[0]
-        for i, ds in enumerate(target.datasets):
-            leaf = clone if i == 0 else f"{clone}-{ds.rsplit('/', 1)[-1]}"
-            plan.clone_datasets[ds] = f"{parent}/{leaf}"
-        taken = [c for c in plan.clone_datasets.values() if c in survey.listing.datasets]
-        if taken or ctx.hypervisor.exists(clone):
-            raise RestoreFailed(f"clone target exists already: {', '.join(taken) or 'domain ' + clone}")
-        plan.steps += [f"clone {ds}@{snapshot} as {c}" for ds, c in plan.clone_datasets.items()]
-        plan.steps.append(f"define domain {clone} (new UUID and MACs, disks on the clones) and boot it")
-        return plan
-    if state in (RUNNING, PAUSED):
-        if not force_stop:
-            raise RestoreFailed(f"{domain} is {state}: shut it down first, or pass --force-stop "
-                                "(its current state is discarded by the restore)")
-        plan.steps.append(f"stop {domain} hard (it is {state})")
-    elif state != SHUTOFF:
-        raise RestoreFailed(f"{domain} is {state}; cannot restore it now")
-    for ds in target.datasets:
-        names = [s.name for s in survey.listing.snapshots_of(ds)]  # in the order they were taken
-        # Every snapshot of one cycle holds the same disks: roll back to the cycle's last one, so the
-        # cycle's other periods (e.g. the daily beside the hourly) survive the rollback.
-        same_cycle = [i for i, n in enumerate(names)
-                      if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp]
-        last = max(same_cycle, default=names.index(snapshot))
-        plan.rollback_to[ds] = names[last]
-        newer = names[last + 1:]
-        plan.newer_snapshots_destroyed += [f"{ds}@{n}" for n in newer]
-        plan.steps.append(f"roll {ds} back to {names[last]}" + (f" (destroys {len(newer)} newer snapshot(s))"
-                                                                if newer else ""))
+        return _decide_clone(facts, plan, clone)
+    _decide_memory(facts, plan, no_memory)
+    _decide_vm_state(facts, plan, force_stop)
+    if facts.aside_kept:
+        raise RestoreFailed(f"an earlier restore of {facts.domain} is still kept aside: put it back with "
+                            f"`vmsnapd restore --undo {facts.domain} --yes` or drop it with "
+                            f"`vmsnapd restore --drop-aside {facts.domain} --yes` first")
+    for ds in sorted(facts.datasets):  # parents before children: a parent's swap moves its children
+        plan.entries.append(_decide_dataset(facts, plan, ds, snapshot, stamp))
+    for entry in plan.entries:
+        plan.steps += [step.text() for step in entry.forward_steps()]
     if plan.resume_from_memory:
-        plan.steps.append(f"resume {domain} from RAM dump {plan.ram_dump}")
+        plan.steps.append(f"resume {facts.domain} from RAM dump {plan.ram_dump}")
     else:
         why = "--no-memory" if no_memory and plan.ram_dump else "no RAM dump for this snapshot"
-        plan.steps.append(f"boot {domain} ({why})")
+        plan.steps.append(f"boot {facts.domain} ({why})")
     return plan
+
+
+def _decide_clone(facts: RestoreFacts, plan: RestorePlan, clone: str) -> RestorePlan:
+    if facts.dump is not None and facts.dump.problem and "XML" in facts.dump.problem:
+        raise RestoreFailed(facts.dump.problem)
+    parent = facts.datasets[0].rsplit("/", 1)[0]
+    for i, ds in enumerate(facts.datasets):
+        leaf = clone if i == 0 else f"{clone}-{ds.rsplit('/', 1)[-1]}"
+        plan.clone_datasets[ds] = f"{parent}/{leaf}"
+    taken = [c for c in plan.clone_datasets.values() if c in facts.existing]
+    if taken or facts.domain_exists.get(clone):
+        raise RestoreFailed(f"clone target exists already: {', '.join(taken) or 'domain ' + clone}")
+    if facts.dump is not None:
+        plan.ram_dump = facts.dump.path  # for its saved domain XML only: a clone boots
+    plan.steps += [f"clone {ds}@{plan.snapshot} as {c}" for ds, c in plan.clone_datasets.items()]
+    plan.steps.append(f"define domain {clone} (new UUID and MACs, disks on the clones) and boot it")
+    return plan
+
+
+def _decide_memory(facts: RestoreFacts, plan: RestorePlan, no_memory: bool) -> None:
+    if facts.dump is None or no_memory:
+        return
+    dump = facts.dump
+    if dump.problem:
+        raise RestoreFailed(f"{dump.problem}; nothing was changed (restore with --no-memory to boot from the "
+                            "disks instead)")
+    if dump.compressed and facts.free_bytes is not None and facts.free_bytes < dump.raw_size + SPACE_MARGIN_BYTES:
+        raise RestoreFailed(f"not enough space to decompress RAM dump {dump.path}: {dump.raw_size >> 20} MiB "
+                            f"(+{SPACE_MARGIN_BYTES >> 20} MiB margin) needed, {facts.free_bytes >> 20} MiB free; "
+                            "nothing was changed")
+    plan.ram_dump = dump.path
+    plan.resume_from_memory = True
+    plan.quiesced = dump.quiesced
+    plan.verified.append(f"RAM dump {dump.path}: checksum" + (", full decompression test and space to "
+                                                              "decompress it" if dump.compressed else "")
+                         + ", saved domain XML")
+
+
+def _decide_vm_state(facts: RestoreFacts, plan: RestorePlan, force_stop: bool) -> None:
+    if facts.vm_state in (RUNNING, PAUSED):
+        if not force_stop:
+            raise RestoreFailed(f"{facts.domain} is {facts.vm_state}: shut it down first, or pass --force-stop "
+                                "(its current disks are kept aside, its RAM state is lost)")
+        plan.stop_first = True
+        plan.steps.append(f"stop {facts.domain} hard (it is {facts.vm_state})")
+    elif facts.vm_state != SHUTOFF:
+        raise RestoreFailed(f"{facts.domain} is {facts.vm_state}; cannot restore it now")
+
+
+def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: str, stamp: str) -> AsideEntry:
+    if "/" not in ds:
+        raise RestoreFailed(f"{ds} is a pool's root dataset: it cannot be set aside; restore with --clone")
+    names = facts.snapshots[ds]
+    # Every snapshot of one cycle holds the same disks: clone the cycle's last one, so the cycle's other
+    # periods (e.g. the daily beside the hourly) come along with the promotion.
+    parsed = parse_snapname(snapshot)
+    same_cycle = [i for i, n in enumerate(names) if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp]
+    last = max(same_cycle, default=names.index(snapshot))
+    plan.rollback_to[ds] = names[last]
+    plan.newer_snapshots_kept_aside += [f"{ds}@{n}" for n in names[last + 1:]]
+    aside = aside_name(ds, stamp)
+    local = facts.mountpoint_local.get(ds)
+    entry = AsideEntry(dataset=ds, aside=aside, snapshot=names[last], mountpoint_local=local,
+                       aside_mountpoint=aside_mountpoint(local, stamp),
+                       children=sorted(c[len(ds) + 1:] for c in facts.existing
+                                       if c.startswith(ds + "/") and "/" not in c[len(ds) + 1:]))
+    if aside in facts.existing:
+        raise RestoreFailed(f"{aside} exists already; try again in a second")
+    return entry
 
 
 def _find_target(targets: list[Target], name: str) -> Target:
@@ -117,39 +352,379 @@ def _find_target(targets: list[Target], name: str) -> Target:
     raise RestoreFailed(f"{name} is not a managed VM (a domain, or a dataset whose policy maps to one)")
 
 
-def execute_restore(ctx: Context, plan: RestorePlan) -> list[str]:
-    """Carry the plan out; returns what was done. Raises RestoreFailed (with what was done so far)."""
-    hv, zfs = ctx.hypervisor, ctx.zfs
-    done: list[str] = []
+def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | None,
+                 use_memory: bool) -> RestoreFacts:
+    survey = ctx.survey()
+    target = _find_target(plan_targets(survey.policies, survey.listing, ctx.hypervisor), target_name)
+    if target.error:
+        raise RestoreFailed(target.error)
+    listing = survey.listing
+    facts = RestoreFacts(domain=target.domain, datasets=list(target.datasets), vm_state="",
+                         snapshots={ds: [s.name for s in listing.snapshots_of(ds)] for ds in target.datasets},
+                         existing=set(listing.datasets))
+    if clone:
+        facts.domain_exists[clone] = ctx.hypervisor.exists(clone)
+    else:
+        facts.vm_state = ctx.hypervisor.state(target.domain)
+        facts.aside_kept = target.domain in load_records(ctx.state_dir).records
+        for ds in target.datasets:
+            value, source = ctx.zfs.property_source(ds, "mountpoint")
+            facts.mountpoint_local[ds] = value if source == "local" else None
+    parsed = parse_snapname(snapshot)
+    dump = ctx.ram_store.find(target.domain, parsed.stamp) if parsed else None
+    if dump is not None:
+        facts.dump = check_dump(ctx.ram_store, dump, full=use_memory)
+        if facts.dump.compressed and use_memory:
+            facts.free_bytes = free_bytes(ctx.state_dir / "restore")
+    return facts
+
+
+def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:
+    """Read-only checks of a RAM dump: manifest, saved domain XML and (when `full`) checksum and, for zstd,
+    a decompression of the whole frame."""
+    check = DumpCheck(path=str(dump.path), compressed=dump.compressed)
+    if dump.manifest is None:
+        check.problem = f"RAM dump {dump.path} has no readable manifest"
+        return check
+    check.raw_size, check.quiesced = dump.manifest.raw_size, dump.manifest.quiesced
     try:
-        if plan.clone:
-            return _restore_clone(ctx, plan, done)
-        if hv.state(plan.domain) in (RUNNING, PAUSED):
+        ET.fromstring(dump.manifest.domain_xml)
+    except ET.ParseError as exc:
+        check.problem = f"the domain XML saved with RAM dump {dump.path} does not parse: {exc}"
+        return check
+    if not full:
+        return check
+    if not store.verify(dump):
+        check.problem = f"RAM dump {dump.path} fails its checksum (damaged)"
+    elif dump.compressed:
+        try:
+            store.runner.run([store.zstd_bin, "-q", "-t", "--", str(dump.path)], timeout=store.zstd_timeout_s)
+        except CommandError as exc:
+            check.problem = f"RAM dump {dump.path} does not decompress: {exc}"
+    return check
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Free bytes (as root sees them) on the file system that will hold `directory` (its nearest existing
+    ancestor when it does not exist yet); None when that cannot be read."""
+    path = directory
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+# -- the record of what is kept aside ----------------------------------------------------------------------
+
+
+def load_records(state_dir: Path) -> AsideRecords:
+    path = state_dir / ASIDE_RECORDS
+    try:
+        return AsideRecords.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return AsideRecords()
+    except (OSError, ValueError, ValidationError) as exc:
+        raise RestoreFailed(f"{path} is unreadable ({str(exc).splitlines()[0]}): it says which datasets a restore "
+                            "set aside; repair or move it") from exc
+
+
+def save_records(state_dir: Path, records: AsideRecords) -> None:
+    ensure_private_directory(state_dir)
+    write_file_atomically(state_dir / ASIDE_RECORDS, records.model_dump_json(indent=1).encode())
+
+
+def _update_record(state_dir: Path, record: RestoreRecord | None, domain: str) -> None:
+    records = load_records(state_dir)
+    if record is None:
+        records.records.pop(domain, None)
+    else:
+        records.records[domain] = record
+    save_records(state_dir, records)
+
+
+# -- carrying it out ---------------------------------------------------------------------------------------
+
+
+def run_step(ctx: Context, step: ZfsStep) -> None:
+    """One zfs verb; the thin execution layer under the pure planners."""
+    zfs = ctx.zfs
+    if step.verb is Verb.RENAME:
+        _unmounted(ctx, step.dataset, lambda: zfs.rename(step.dataset, step.arg), step.arg)
+    elif step.verb is Verb.SET_MOUNTPOINT:
+        _unmounted(ctx, step.dataset, lambda: zfs.set_property(step.dataset, "mountpoint", step.arg))
+    elif step.verb is Verb.CLONE:
+        source, snap = step.arg.split("@", 1)
+        zfs.clone(source, snap, step.dataset, {"mountpoint": step.mountpoint} if step.mountpoint else None)
+    elif step.verb is Verb.PROMOTE:
+        zfs.promote(step.dataset)
+    else:
+        _destroy_tree(ctx, step.dataset)
+    log.info("restore: %s", step.text())
+
+
+def _destroy_tree(ctx: Context, dataset: str) -> None:
+    """Destroy a tree this restore provably made or set aside (the caller checked its origin and children).
+    Busy for good (zfs-fuse, after QEMU was killed with a disk open there): `-f`, the known way out."""
+    try:
+        _unmounted(ctx, dataset, lambda: ctx.zfs.destroy_dataset(dataset, recursive=True), remount=False)
+    except DatasetBusy as exc:
+        log.warning("%s stays busy (%s); destroying it with -f", dataset, exc)
+        ctx.zfs.destroy_dataset(dataset, recursive=True, force=True)
+
+
+def _unmounted(ctx: Context, dataset: str, change, renamed_to: str | None = None, remount: bool = True) -> None:
+    """Run `change` with `dataset` and its descendants unmounted (deepest first), then mount again what was
+    mounted (under the new name after a rename). OpenZFS does the same inside `zfs rename`; zfs-fuse's own
+    remount fails with "dataset is busy" once files were used there, e.g. the disk QEMU just closed."""
+    listing = ctx.zfs.list_tree([dataset])
+    mounted = sorted((n for n, info in listing.datasets.items() if info.mountpoint), key=lambda n: n.count("/"))
+    try:
+        for name in reversed(mounted):
+            ctx.zfs.unmount(name)
+        change()
+    except ZfsError:
+        for name in mounted:  # failed: mount back what was mounted, under the old names; the error says the rest
+            try:
+                ctx.zfs.mount(name)
+            except ZfsError as exc:
+                log.error("could not mount %s again: %s", name, exc)
+        raise
+    if remount:
+        for name in mounted:
+            ctx.zfs.mount(renamed_to + name[len(dataset):] if renamed_to else name)
+
+
+def execute_restore(ctx: Context, plan: RestorePlan) -> list[str]:
+    """Carry the plan out; returns what was done. Raises RestoreFailed saying exactly where things stand."""
+    if plan.clone:
+        return _restore_clone(ctx, plan, [])
+    hv = ctx.hypervisor
+    done: list[str] = []
+    record = RestoreRecord(domain=plan.domain, snapshot=plan.snapshot, at=ctx.now(), was_running=plan.stop_first,
+                           entries=plan.entries)
+    _update_record(ctx.state_dir, record, plan.domain)  # durable before the first change
+    try:
+        if plan.stop_first:
             hv.destroy(plan.domain)
             done.append(f"stopped {plan.domain}")
-        for ds in plan.datasets:
-            zfs.rollback(ds, plan.rollback_to[ds], destroy_newer=True)
-            done.append(f"rolled {ds} back to {plan.rollback_to[ds]}")
-        if plan.resume_from_memory:
-            dump = next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
-            if not ctx.ram_store.verify(dump):
-                raise RestoreFailed(f"RAM dump {dump.path} fails its checksum; restore with --no-memory to boot")
-            with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
-                hv.restore_memory(str(memory_file), None, running=True)
-            done.append(f"resumed {plan.domain} from {dump.path}")
-            if dump.manifest.quiesced:
-                # The RAM was captured with the guest's file systems frozen by the agent: thaw them.
-                try:
-                    hv.fs_thaw(plan.domain)
-                    done.append(f"thawed the file systems of {plan.domain}")
-                except HypervisorError as exc:
-                    done.append(f"could not thaw {plan.domain} ({exc}); run `virsh domfsthaw {plan.domain}`")
-        else:
-            hv.start(plan.domain)
-            done.append(f"booted {plan.domain}")
+        _swap_datasets(ctx, plan, done)
     except (ZfsError, HypervisorError, OSError) as exc:
-        raise RestoreFailed(f"{exc} — done so far: {'; '.join(done) or 'nothing'}") from exc
+        raise RestoreFailed(_roll_back(ctx, record, done, exc)) from exc
+    record.complete = True
+    _update_record(ctx.state_dir, record, plan.domain)
+    done.append(f"kept aside: {', '.join(e.aside for e in plan.entries)} "
+                f"(`vmsnapd restore --undo {plan.domain} --yes` puts them back)")
+    try:
+        _start_restored(ctx, plan, done)
+    except (HypervisorError, OSError, CommandError) as exc:
+        raise RestoreFailed(f"{exc} — the datasets are restored but {plan.domain} did not start; done: "
+                            f"{'; '.join(done)}") from exc
     return done
+
+
+def _swap_datasets(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
+    for entry in plan.entries:
+        for step in entry.forward_steps():
+            run_step(ctx, step)
+        done.append(f"restored {entry.dataset} from {entry.snapshot}; the replaced one is {entry.aside}")
+
+
+def _roll_back(ctx: Context, record: RestoreRecord, done: list[str], exc: Exception) -> str:
+    """A step failed: put back the datasets already swapped, boot the VM if it ran. Returns the message."""
+    try:
+        put_back = _put_back(ctx, record)
+        _update_record(ctx.state_dir, None, record.domain)
+        state = "nothing was changed" if not put_back else f"undone: {'; '.join(put_back)}"
+        if record.was_running and ctx.hypervisor.state(record.domain) == SHUTOFF:
+            ctx.hypervisor.start(record.domain)
+            state += f"; {record.domain} booted again from its own disks (its RAM state was lost by the stop)"
+        return f"{exc} — {state}"
+    except (ZfsError, HypervisorError, OSError, RestoreFailed) as undo_exc:
+        return (f"{exc} — then putting things back failed too: {undo_exc}; done before: {'; '.join(done)}; "
+                f"the record in {ctx.state_dir / ASIDE_RECORDS} is kept: `vmsnapd restore --undo "
+                f"{record.domain} --yes` retries")
+
+
+def _start_restored(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
+    hv = ctx.hypervisor
+    if not plan.resume_from_memory:
+        hv.start(plan.domain)
+        done.append(f"booted {plan.domain}")
+        return
+    dump = next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
+    with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
+        hv.restore_memory(str(memory_file), None, running=True)
+    done.append(f"resumed {plan.domain} from {dump.path}")
+    if plan.quiesced:
+        # The RAM was captured with the guest's file systems frozen by the agent: thaw them.
+        try:
+            hv.fs_thaw(plan.domain)
+            done.append(f"thawed the file systems of {plan.domain}")
+        except HypervisorError as exc:
+            done.append(f"could not thaw {plan.domain} ({exc}); run `virsh domfsthaw {plan.domain}`")
+
+
+# -- undo and drop -----------------------------------------------------------------------------------------
+
+
+class AsidePlan(BaseModel):
+    """`--undo` (put the kept-aside state back) or `--drop-aside` (destroy it)."""
+
+    domain: str
+    record: RestoreRecord
+    stop_first: bool = False
+    steps: list[str] = Field(default_factory=list)
+
+
+def _find_record(ctx: Context, target_name: str) -> RestoreRecord:
+    records = load_records(ctx.state_dir).records
+    for domain, record in records.items():
+        if target_name == domain or any(target_name in (e.dataset, e.aside) for e in record.entries):
+            return record
+    raise RestoreFailed(f"no in-place restore of {target_name} is kept aside (nothing to undo or drop)")
+
+
+def plan_undo(ctx: Context, target_name: str) -> AsidePlan:
+    record = _find_record(ctx, target_name)
+    plan = AsidePlan(domain=record.domain, record=record)
+    state = ctx.hypervisor.state(record.domain)
+    if state in (RUNNING, PAUSED):
+        plan.stop_first = True
+        plan.steps.append(f"stop {record.domain} hard (it is {state}; what it did since the restore is discarded)")
+    elif state != SHUTOFF:
+        raise RestoreFailed(f"{record.domain} is {state}; cannot undo its restore now")
+    for entry in reversed(record.entries):  # children before parents
+        facts = undo_facts(ctx, entry)
+        plan.steps += [step.text() for step in undo_steps(entry, facts)]
+    if record.was_running:
+        plan.steps.append(f"boot {record.domain} (it was running before the restore)")
+    return plan
+
+
+def undo_facts(ctx: Context, entry: AsideEntry) -> UndoFacts:
+    listing = ctx.zfs.list_tree([entry.dataset, entry.aside])
+    ds_exists, aside_exists = entry.dataset in listing.datasets, entry.aside in listing.datasets
+    return UndoFacts(
+        dataset_exists=ds_exists, aside_exists=aside_exists,
+        dataset_origin=_origin(ctx, entry.dataset) if ds_exists else None,
+        aside_origin=_origin(ctx, entry.aside) if aside_exists else None,
+        dataset_children=tuple(_children(listing, entry.dataset)),
+        dataset_snapshots=tuple(s.name for s in listing.snapshots_of(entry.dataset)),
+    )
+
+
+def _origin(ctx: Context, dataset: str) -> str | None:
+    value = ctx.zfs.get_property(dataset, "origin")
+    return None if value in ("", "-") else value
+
+
+def _children(listing: ZfsListing, dataset: str) -> list[str]:
+    prefix = dataset + "/"
+    return sorted(n[len(prefix):] for n in listing.datasets if n.startswith(prefix) and "/" not in n[len(prefix):])
+
+
+def _put_back(ctx: Context, record: RestoreRecord) -> list[str]:
+    """Put every entry back, children first, each from fresh facts. Returns what was done."""
+    done = []
+    for entry in reversed(record.entries):
+        steps = undo_steps(entry, undo_facts(ctx, entry))
+        for step in steps:
+            run_step(ctx, step)
+        if steps:
+            done.append(f"put back {entry.dataset} from {entry.aside}")
+    return done
+
+
+def execute_undo(ctx: Context, plan: AsidePlan) -> list[str]:
+    done: list[str] = []
+    try:
+        if plan.stop_first:
+            ctx.hypervisor.destroy(plan.domain)
+            done.append(f"stopped {plan.domain}")
+        done += _put_back(ctx, plan.record)
+        _update_record(ctx.state_dir, None, plan.domain)
+        if plan.record.was_running:
+            ctx.hypervisor.start(plan.domain)
+            done.append(f"booted {plan.domain}")
+    except (ZfsError, HypervisorError, OSError, RestoreFailed) as exc:
+        raise RestoreFailed(f"{exc} — done so far: {'; '.join(done) or 'nothing'}; the record is kept, "
+                            "`vmsnapd restore --undo` retries") from exc
+    return done
+
+
+def plan_drop(ctx: Context, target_name: str) -> AsidePlan:
+    record = _find_record(ctx, target_name)
+    if not record.complete:
+        raise RestoreFailed(f"the restore of {record.domain} was interrupted: put it back with "
+                            f"`vmsnapd restore --undo {record.domain} --yes` instead")
+    plan = AsidePlan(domain=record.domain, record=record)
+    if ctx.zfs.dialect == ZFS_FUSE and ctx.hypervisor.state(record.domain) in (RUNNING, PAUSED):
+        # Measured: zfs-fuse says "dataset is busy" when destroying a clone while a file of its origin is open.
+        raise RestoreFailed(f"zfs-fuse cannot destroy the set-aside datasets while {record.domain} uses the restored "
+                            "ones (their origin): shut it down, then drop; nothing was changed")
+    for entry in record.entries:
+        listing = ctx.zfs.list_tree([entry.aside])
+        if entry.aside not in listing.datasets:
+            plan.steps.append(f"{entry.aside} is gone already")
+            continue
+        if _children(listing, entry.aside):
+            raise RestoreFailed(f"{entry.aside} has child datasets now ({', '.join(_children(listing, entry.aside))})"
+                                ": not destroying it")
+        if _origin(ctx, entry.aside) != f"{entry.dataset}@{entry.snapshot}":
+            raise RestoreFailed(f"{entry.aside} is not the clone of {entry.dataset}@{entry.snapshot} the restore "
+                                "left: not destroying it")
+        snaps = [s.name for s in listing.snapshots_of(entry.aside)]
+        plan.steps.append(f"destroy {entry.aside} (the state before the restore) and its "
+                          f"{len(snaps)} snapshot(s){': ' + ', '.join(snaps) if snaps else ''}")
+    return plan
+
+
+def execute_drop(ctx: Context, plan: AsidePlan) -> list[str]:
+    done: list[str] = []
+    try:
+        for entry in plan.record.entries:
+            try:
+                run_step(ctx, ZfsStep(verb=Verb.DESTROY_TREE, dataset=entry.aside))
+            except DatasetNotFound:
+                continue
+            done.append(f"destroyed {entry.aside}")
+        _update_record(ctx.state_dir, None, plan.domain)
+    except (ZfsError, OSError, RestoreFailed) as exc:
+        raise RestoreFailed(f"{exc} — done so far: {'; '.join(done) or 'nothing'}") from exc
+    done.append("their RAM dumps go at the next prune")
+    return done
+
+
+def kept_aside(ctx: Context) -> list[str]:
+    """One line per VM whose replaced state a restore keeps aside, with the commands for it (for `status`)."""
+    try:
+        records = load_records(ctx.state_dir).records
+    except RestoreFailed as exc:
+        return [str(exc)]
+    lines = []
+    for domain, record in records.items():
+        what = "restore INTERRUPTED" if not record.complete else f"restored to {record.snapshot}"
+        lines.append(f"{domain}: {what} at {record.at:%Y-%m-%d %H:%M:%S}; kept aside: "
+                     f"{', '.join(e.aside for e in record.entries)} — undo: `vmsnapd restore --undo {domain} --yes`"
+                     f", drop: `vmsnapd restore --drop-aside {domain} --yes`")
+    return lines
+
+
+def kept_aside_snapshots(ctx: Context, listing: ZfsListing) -> set[tuple[str, str]]:
+    """(original dataset, snapshot) of every snapshot a restore keeps aside: their RAM dumps must stay.
+    Raises RestoreFailed (unreadable record) or ZfsError: the caller then sweeps nothing."""
+    records = load_records(ctx.state_dir).records
+    entries = [e for record in records.values() for e in record.entries]
+    unlisted = [e.aside for e in entries if e.aside not in listing.datasets]
+    extra = ctx.zfs.list_tree(unlisted) if unlisted else ZfsListing()
+    kept = set()
+    for entry in entries:
+        for snap in listing.snapshots_of(entry.aside) + extra.snapshots_of(entry.aside):
+            kept.add((entry.dataset, snap.name))
+    return kept
 
 
 def _restore_clone(ctx: Context, plan: RestorePlan, done: list[str]) -> list[str]:

@@ -65,6 +65,7 @@ class HostStatus(BaseModel):
     datasets: list[DatasetStatus] = Field(default_factory=list)
     pools: dict[str, int] = Field(default_factory=dict)  # capacity percent
     leftover_overlay_files: list[str] = Field(default_factory=list)
+    kept_aside: list[str] = Field(default_factory=list)  # what in-place restores set aside, with undo/drop commands
     problems: list[str] = Field(default_factory=list)
 
 
@@ -144,6 +145,9 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             status.pools[pool] = ctx.zfs.pool_capacity(pool)
         except ZfsError as exc:
             status.problems.append(f"pool {pool}: {exc}")
+    from vmsnapd.actions.restore import kept_aside
+
+    status.kept_aside = kept_aside(ctx)
     if overlay_dir.exists():
         status.leftover_overlay_files = sorted(str(p) for p in overlay_dir.iterdir()
                                                if p.name.endswith((".qcow2", ".mem")))
