@@ -135,9 +135,9 @@ def count_calls(log: Path) -> tuple[int, dict[str, int]]:
     if not log.exists():
         return 0, {}
     kinds: dict[str, int] = {}
-    lines = [l for l in log.read_text().splitlines()]
-    for l in lines:
-        k = (l.split() or ["?"])[0]
+    lines = log.read_text().splitlines()
+    for line in lines:
+        k = (line.split() or ["?"])[0]
         kinds[k] = kinds.get(k, 0) + 1
     return len(lines), kinds
 
@@ -157,10 +157,10 @@ def run_tool(tool: str, argv: list[str], parent: str, bindir: Path, logbase: Pat
             proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         wall = time.monotonic() - t0
     if (tool == "vmsnapd" and proc.returncode == 1 and "ERROR vmsnapd.actions.recover" in proc.stderr
-            and not any(l.startswith(("FAIL", "ERROR  ")) for l in proc.stdout.splitlines())):
+            and not any(line.startswith(("FAIL", "ERROR  ")) for line in proc.stdout.splitlines())):
         # vmsnapd's automatic recover looks at every domain on the host; one of another session vanishing
         # mid-scan fails the pass (a vmsnapd bug, see docs/benchmarks.md): not this benchmark's subject.
-        err = [l for l in proc.stderr.splitlines() if "recover" in l][-1:]
+        err = [line for line in proc.stderr.splitlines() if "recover" in line][-1:]
         raise ClockDisturbed(f"vmsnapd once exited 1 because of recover, not its targets: {err}")
     check_ok(proc, f"{tool} {' '.join(argv)}")
     after = listing(parent)

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "restore points: snapshots, time, whether a RAM dump exists")
     p.add_argument("target", metavar="TARGET", nargs="?", help="a dataset or domain (default: all)")
     _json_option(p)
-    p = command("restore", "verify, set the current state aside, restore (or clone), resume from RAM; without --yes only the plan")
+    p = command("restore", "verify, set the current state aside, restore (or clone), resume from RAM; "
+                           "without --yes only the plan")
     p.add_argument("target", metavar="TARGET", help="a managed dataset, or the libvirt domain of one")
     p.add_argument("snapshot", metavar="SNAPSHOT", nargs="?", help="the snapshot name (the part after @)")
     p.add_argument("--undo", action="store_true",

@@ -65,7 +65,8 @@ class DaemonSettings(StrictModel):
         True, description="Snapshot names and schedules in UTC (true) or local time (false, see the DST section)."
     )
     max_parallel: int = Field(2, ge=1, description="VM cycles run at once.")
-    hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout says otherwise (finite, more than 0).")
+    hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout "
+                                  "says otherwise (finite, more than 0).")
     metrics_listen: str = Field(
         "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810" or "[::1]:9810" (IPv6 in '
         "brackets); HOST an IP address or a host name; empty: no endpoint.",

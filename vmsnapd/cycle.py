@@ -250,7 +250,8 @@ class Cycle:
                 problem = f"RAM dump could not be stored in {self.env.ram_store.ram_dir}: {exc}"
                 if self.target.policy.on_memory_failure == "fail":
                     # The snapshot is taken and stays (a valid disk-only restore point); the cycle reports failure.
-                    raise CycleFailed(f"{problem} (on_memory_failure = \"fail\"); the snapshot stays, disk only")
+                    raise CycleFailed(
+                        f"{problem} (on_memory_failure = \"fail\"); the snapshot stays, disk only") from exc
                 state.warnings.append(f"{problem}; the snapshot is disk-only")
                 self._log(logging.WARNING, state, "memory", f"{problem}; disk-only (on_memory_failure)")
         if unfreeze_error is not None:

@@ -246,7 +246,7 @@ class Hypervisor:
 
     @contextmanager
     def watch_pauses(self, domain: str) -> Iterator[PauseWatch]:
-        self.conn  # connect (and register the callback) before the pause can happen
+        _ = self.conn  # connect (and register the callback) before the pause can happen
         watch = PauseWatch(domain)
         self._watches.setdefault(domain, []).append(watch)
         try:

@@ -13,7 +13,8 @@ The HTTP endpoint is not prometheus_client's `start_http_server`: that one spend
 with no timeout, so half-open connections pile up threads forever. Here one asyncio thread holds every
 connection; each must send its request head within REQUEST_TIMEOUT_S and take the answer within the same
 bound, and when MAX_CONNECTIONS are waiting for their head a new one pushes out the one waiting longest
-(a real scrape sends its request at once, so half-open connections can never lock it out), and the body comes from the client's own
+(a real scrape sends its request at once, so half-open connections can never lock it out), and the body
+comes from the client's own
 `make_wsgi_app` (content negotiation, gzip, `name[]` filters) run on a pool of COLLECT_THREADS threads.
 IPv4 and IPv6 (`[::1]:9810`) both work.
 """

@@ -9,7 +9,8 @@ of 31 days); with a suffix y/w/d/h/m/s (case-insensitive) it is that unit. Devia
 (sanoid 2.1 multiplies it by 31 × 365).
 
 Beyond sanoid: CRITICAL for a configured dataset that does not exist, a VM left on an overlay and a
-failed last cycle; WARNING while the prune guard holds a dataset back; pool capacity WARNING/CRITICAL at 80 % / 95 % (sanoid's `capacity_*` defaults);
+failed last cycle; WARNING while the prune guard holds a dataset back; pool capacity WARNING/CRITICAL at
+80 % / 95 % (sanoid's `capacity_*` defaults);
 UNKNOWN when nothing is configured or a part of the host does not answer.
 """
 

@@ -44,7 +44,8 @@ def describe_block_job(domain: str, target: str, info: dict) -> str | None:
     """One line from `virDomainGetBlockJobInfo` (a blockcommit); None if no job on that disk."""
     if not info or not info.get("end"):
         return None
-    return f"{domain}: commit {target} {_size(info['cur'])} of {_size(info['end'])} ({100 * info['cur'] / info['end']:.0f}%)"
+    done = f"{_size(info['cur'])} of {_size(info['end'])} ({100 * info['cur'] / info['end']:.0f}%)"
+    return f"{domain}: commit {target} {done}"
 
 
 class _Poller(threading.Thread):

@@ -54,9 +54,8 @@ def dataset_of_path(path: str, listing: ZfsListing) -> str | None:
         if not info.mountpoint:
             continue
         mp = info.mountpoint.rstrip("/")
-        if resolved == mp or resolved.startswith(mp + "/"):
-            if best is None or len(mp) > best[0]:
-                best = (len(mp), info.name)
+        if (resolved == mp or resolved.startswith(mp + "/")) and (best is None or len(mp) > best[0]):
+            best = (len(mp), info.name)
     return best[1] if best else None
 
 

@@ -53,7 +53,7 @@ def make_old(lab, dataset, items: list[tuple[str, str]]) -> None:
     try:
         for offset, name in items:
             want = int(offset[:-1]) * _UNIT_S[offset[-1]]
-            for attempt in range(5):
+            for _attempt in range(5):
                 lab.set_faketime(offset)
                 lab.snapshot(dataset, name)
                 created = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", f"{dataset}@{name}").strip())

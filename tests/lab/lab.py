@@ -110,7 +110,7 @@ def check_lab() -> None:
     try:
         import libvirt  # noqa: F401
     except ImportError as e:
-        raise LabUnavailable(f"libvirt-python not importable ({e}): use .venv/bin/python (tests/lab/setup.sh)")
+        raise LabUnavailable(f"libvirt-python not importable ({e}): use .venv/bin/python (tests/lab/setup.sh)") from e
     p = subprocess.run(["zpool", "list"], capture_output=True, timeout=30)
     if p.returncode != 0:
         raise LabUnavailable(f"zfs-fuse does not answer (zpool list: {p.stderr.decode().strip()}): "
@@ -118,7 +118,7 @@ def check_lab() -> None:
     try:
         p = subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, timeout=30)
     except subprocess.TimeoutExpired:
-        raise LabUnavailable("libvirtd does not answer within 30 s")
+        raise LabUnavailable("libvirtd does not answer within 30 s") from None
     if p.returncode != 0:
         raise LabUnavailable(f"libvirtd does not answer ({p.stderr.decode().strip()}): run tests/lab/setup.sh")
     for f in ("vmlinuz", "initrd-counter.img", "initrd-agent.img"):
@@ -271,12 +271,12 @@ def destroy_pool(name: str | Pool) -> None:
 
 
 def list_pools() -> list[str]:
-    return [l for l in zpool("list", "-H", "-o", "name", check=False).splitlines() if l]
+    return [line for line in zpool("list", "-H", "-o", "name", check=False).splitlines() if line]
 
 
 def _list_datasets(root: str) -> list[str]:
-    return [l for l in zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem", root, check=False).splitlines()
-            if l]
+    return [line for line in zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem", root,
+                                 check=False).splitlines() if line]
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -666,7 +666,7 @@ def destroy_vm(vm: VM | str, remove_files: bool = True) -> None:
     except libvirt.libvirtError:
         dom = None
     if dom is not None:
-        for attempt in range(5):
+        for _attempt in range(5):
             try:
                 if dom.isActive():
                     dom.destroy()

@@ -101,7 +101,7 @@ def sanoid_configs(conf: str, datasets: list[str], workdir: Path) -> dict[str, d
         raise AssertionError(f"sanoid failed ({result.returncode}): {result.stderr}{result.stdout[-2000:]}")
     configs = parse_dumper(result.stdout)
     by_path: dict[str, dict[str, Any]] = {}
-    for label, settings in configs.items():
+    for _label, settings in configs.items():
         assert settings["path"] not in by_path, f"sanoid configures {settings['path']} twice"
         by_path[settings["path"]] = settings
     return by_path

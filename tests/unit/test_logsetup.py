@@ -164,7 +164,7 @@ def test_log_target_rule(monkeypatch, wanted, socket_exists, stderr_is_journal, 
 
 
 def test_stderr_is_journal_compares_device_and_inode(tmp_path, monkeypatch):
-    f = open(tmp_path / "stream", "w")
+    f = open(tmp_path / "stream", "w")  # noqa: SIM115 — closed in the finally below, after the fd checks
     try:
         st_ = os.fstat(f.fileno())
         monkeypatch.setattr(sys, "stderr", f)

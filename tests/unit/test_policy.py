@@ -215,7 +215,7 @@ def test_passes_are_safe_and_idempotent(keys, history, now, utc):
         old_unheld = [s for s in left if s.creation < cutoff and s.userrefs == 0]
         held_chosen = sum(1 for s in before if s.userrefs and s.creation < cutoff)
         assert not old_unheld or len(left) <= keys[period] + held_chosen or not pol.autoprune, \
-            "an old snapshot stays only while N or fewer remain" 
+            "an old snapshot stays only while N or fewer remain"
     again = take(pol, after, now, utc=utc, tz=tz)
     assert again[:2] == ([], []), "a second pass right after the first changes nothing"
     back_taken, back_doomed, _ = take(pol, after, now - timedelta(hours=1), utc=utc, tz=tz)
