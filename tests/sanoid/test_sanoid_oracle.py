@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import sanoid_oracle as oracle
+import sanoid_debug as oracle
 from vmsnapd.sanoid_import import SANOID_DEFAULTS, read_ini, sanoid_import
 
 CORPUS = sorted((Path(__file__).resolve().parent / "corpus").glob("*.conf"))
