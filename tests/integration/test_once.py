@@ -188,7 +188,9 @@ def test_retention_by_creation_and_catch_up_once(lab, unmounted, vmsnapd_env):
         "h4": ("-4h", sanoid_name(4 * h, "hourly")),
         "d3": ("-3d", sanoid_name(3 * d, "daily")),
         "h3": ("-3h", sanoid_name(3 * h, "hourly")),
-        "d2": ("-2d", sanoid_name(2 * d, "daily")),
+        # an hour past two days: sanoid's rule destroys it only when older than N = 2 days; exactly -2d would race
+        # the clock (created in the same second as the pass, it is not older)
+        "d2": ("-49h", sanoid_name(49 * h, "daily")),
         "h2": ("-2h", sanoid_name(2 * h, "hourly")),
         "d1": ("-1d", sanoid_name(1 * d, "daily")),
     }
@@ -223,7 +225,9 @@ def test_sanoid_snapshots_adopted_foreign_and_held_never_destroyed(lab, unmounte
         "h2": ("-2h", sanoid_name(2 * h, "hourly")),
         "f1": ("-1h", sanoid_name(1 * h, "frequently")),
         "d2": ("-2d", sanoid_name(2 * d, "daily")),
-        "d1": ("-1d", sanoid_name(1 * d, "daily")),
+        # older than one day by an hour: sanoid's rule destroys a daily only when it is older than N days, and
+        # exactly -1d would race the clock (created in the same second as the pass)
+        "d1": ("-25h", sanoid_name(25 * h, "daily")),
     }
     held = sanoid_name(1 * h + timedelta(minutes=5), "hourly")
     foreign = ["manual-1", "autosnap-foo", "autosnap_2026-01-01_00:00:00_hourly-extra",

@@ -308,13 +308,14 @@ def destroy_dataset(name: str | Dataset) -> None:
     def attempt():
         if not zfs("list", "-H", "-o", "name", name, check=False).strip():
             return
-        p = run("zfs", "destroy", "-r", name, check=False)
+        # -R: also the clones of its snapshots outside its subtree (a restore's set-aside dataset, clone restores)
+        p = run("zfs", "destroy", "-R", name, check=False)
         if p.returncode != 0:
-            raise LabError(f"zfs destroy -r {name}: {p.stderr.decode().strip()}")
+            raise LabError(f"zfs destroy -R {name}: {p.stderr.decode().strip()}")
     try:
         _retry(attempt, attempts=8)
     except LabError:
-        _retry(lambda: run("zfs", "destroy", "-r", "-f", name) if
+        _retry(lambda: run("zfs", "destroy", "-R", "-f", name) if
                zfs("list", "-H", "-o", "name", name, check=False).strip() else None, attempts=8)
 
 
