@@ -104,9 +104,6 @@ def cycle_file_name(cycle_id: str) -> str:
     return stem + RECORD_SUFFIX
 
 
-_STAMP = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
-
-
 class Journal:
     """Records of cycles in flight in `state_dir/cycles/<cycle_id>.json` (0700 directory, 0600 files)."""
 

@@ -22,9 +22,11 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_.:-]+")
 _COMPONENT_WITH_SPACE = re.compile(r"[A-Za-z0-9_.: -]+")
 # Pool names ZFS reserves for vdev types; `zpool create` refuses them.
 _RESERVED_POOL_NAMES = ("mirror", "raidz", "draid", "spare", "log")
+# A cycle's stamp as it appears in snapshot, RAM dump and overlay names (STAMP_FORMAT, as a pattern).
+STAMP_PATTERN = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
 _SNAPNAME = re.compile(
     # sanoid names the second snapshot of the hour repeated when DST ends `…_01:00:00dst_hourly`: ours too
-    r"autosnap_(?P<stamp>\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2})(?P<dst>dst)?_(?P<period>" + "|".join(PERIODS) + r")"
+    rf"autosnap_(?P<stamp>{STAMP_PATTERN})(?P<dst>dst)?_(?P<period>" + "|".join(PERIODS) + r")"
 )
 
 

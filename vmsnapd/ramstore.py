@@ -33,14 +33,13 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from vmsnapd import __version__
 from vmsnapd.files import (create_private_file, ensure_private_directory, fsync_directory,
                            write_file_atomically)
-from vmsnapd.names import InvalidName, decode_name, encode_name, validate_domain_name
+from vmsnapd.names import STAMP_PATTERN, InvalidName, decode_name, encode_name, validate_domain_name
 from vmsnapd.runner import CommandError, Runner
 
 log = logging.getLogger(__name__)
 
 Compression = Literal["none", "zstd"]
 
-STAMP_PATTERN = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
 DUMP_NAME = re.compile(rf"^(?P<domain>.+)_(?P<stamp>{STAMP_PATTERN})\.mem(?P<zst>\.zst)?$")
 MANIFEST_SUFFIX = ".json"
 COPY_CHUNK = 4 * 1024 * 1024
