@@ -279,13 +279,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     survey = None
     try:
         listing = ctx.zfs.list_tree(ctx.config_roots())
-        existing = sorted(listing.datasets)
         where = "datasets that exist now"
-        survey = Survey(listing=listing, policies=resolve(config, existing))
+        policies = resolve(config, sorted(listing.datasets))
+        survey = Survey(listing=listing, policies=policies)
     except ZfsError as exc:
-        existing = sorted(config.datasets)
         where = f"configured names only (cannot list datasets: {exc})"
-    policies = resolve(config, existing)
+        policies = resolve(config, sorted(config.datasets))
     folders = check_folders(ctx, survey)  # the host-aware folder rules: a reason per unsafe folder, exit 78
     if not folders.ok:
         raise ConfigError(args.config, folders.problems)
