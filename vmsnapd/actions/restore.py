@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +56,9 @@ from vmsnapd.targets import Target, plan_targets
 from vmsnapd.zfs import ZFS_FUSE, DatasetBusy, DatasetNotFound, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
+
+# How long a restore keeps asking a resumed guest's agent to thaw file systems the dump was taken frozen with.
+THAW_WAIT_S = 20.0
 
 ASIDE_RECORDS = "restore-asides.json"
 SPACE_MARGIN_BYTES = 64 * 2**20  # kept free beyond the decompressed image
@@ -559,12 +563,20 @@ def _start_restored(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
         hv.restore_memory(str(memory_file), None, running=True)
     done.append(f"resumed {plan.domain} from {dump.path}")
     if plan.quiesced:
-        # The RAM was captured with the guest's file systems frozen by the agent: thaw them.
-        try:
-            hv.fs_thaw(plan.domain)
-            done.append(f"thawed the file systems of {plan.domain}")
-        except HypervisorError as exc:
-            done.append(f"could not thaw {plan.domain} ({exc}); run `virsh domfsthaw {plan.domain}`")
+        # The RAM was captured with the guest's file systems frozen by the agent: thaw them. Right after the
+        # resume the agent's channel may not be connected yet ("QEMU guest agent is not connected", seen on
+        # the lab): retry for a bounded time rather than leave the guest frozen.
+        deadline = time.monotonic() + THAW_WAIT_S
+        while True:
+            try:
+                hv.fs_thaw(plan.domain)
+                done.append(f"thawed the file systems of {plan.domain}")
+                break
+            except HypervisorError as exc:
+                if time.monotonic() >= deadline:
+                    done.append(f"could not thaw {plan.domain} ({exc}); run `virsh domfsthaw {plan.domain}`")
+                    break
+                time.sleep(0.5)
 
 
 # -- undo and drop -----------------------------------------------------------------------------------------
