@@ -19,7 +19,7 @@ from vmsnapd.logsetup import NOTICE, setup_logging
 from vmsnapd.progress import progress_on_tty
 from vmsnapd.names import InvalidName
 from vmsnapd.runner import Runner
-from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.zfs import Zfs, ZfsError
 
 DEFAULT_CONFIG = "/etc/vmsnapd/vmsnapd.toml"

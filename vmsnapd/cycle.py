@@ -20,8 +20,9 @@ from datetime import datetime
 from pathlib import Path
 
 from vmsnapd.actions.report import TargetOutcome
-from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFound,
-                                Hypervisor, HypervisorError, nvram_path)
+from vmsnapd.domxml import nvram_path
+from vmsnapd.hvtypes import PAUSED, RUNNING, AgentUnavailable, DomainNotFound, HypervisorError
+from vmsnapd.ports import HypervisorPort as Hypervisor  # the Protocol: CycleEnv takes any hypervisor adapter
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.files import (UnsafePath, copy_file_atomically, create_private_file, ensure_folder,
                            ensure_private_directory, write_file_atomically)

@@ -134,8 +134,7 @@ class Daemon:
             sd_notify("STATUS=last pass crashed, see the journal")
             return
         finally:
-            if ctx._hypervisor is not None:
-                ctx._hypervisor.close()
+            ctx.close()
         self.passes += 1
         took = sum(len(o.snapshots) for o in report.outcomes if o.action == "take" and o.ok)
         destroyed = sum(len(o.snapshots) for o in report.outcomes if o.action == "prune")

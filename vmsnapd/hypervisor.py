@@ -1,72 +1,55 @@
-"""The libvirt adapter: one method per verb vmsnapd needs from the hypervisor.
+"""The libvirt adapter: the connection and one method per verb vmsnapd needs from the hypervisor.
 
-Everything goes through libvirt-python (no `virsh` output is parsed). libvirt errors are turned into
-typed exceptions. Lifecycle and block-job events come from libvirt's default event loop, run in one
-daemon thread per process (libvirt requires it to be registered before the first connection).
+Everything goes through libvirt-python (no `virsh` output is parsed). libvirt's state and error codes are
+turned into vmsnapd.hvtypes (DomainState, typed errors). Lifecycle and block-job events come from libvirt's
+default event loop, run in one daemon thread per process (libvirt requires it to be registered before the
+first connection). Everything that needs no libvirt lives elsewhere and is imported here: the domain XML
+(vmsnapd.domxml), overlay files (vmsnapd.qemuimg), pause bookkeeping (vmsnapd.pausewatch). Only this module,
+and nothing the planners or the unit tests import, needs libvirt-python (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
-from xml.sax.saxutils import quoteattr
+from pathlib import Path
+from typing import TypeVar
 
 import libvirt
 
+from vmsnapd import domxml
+from vmsnapd.domxml import Disk
+from vmsnapd.hvtypes import (AgentUnavailable, BlockJobFailed, DomainNotFound, DomainState, HypervisorError,
+                             HypervisorUnavailable)
 from vmsnapd.names import validate_domain_name
 from vmsnapd.overlaynames import libvirt_snapshot_name
 from vmsnapd.ownership import SnapshotRecord
-from vmsnapd.runner import CommandError, Runner
+from vmsnapd.pausewatch import PauseEvent, PauseWatch, PauseWatchers
+from vmsnapd.qemuimg import QemuImg
+from vmsnapd.runner import Runner
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Keep the usual prefix when a definition is rewritten (commit_offline); libvirt reads namespaces by URI anyway.
-ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
 
-RUNNING = "running"
-PAUSED = "paused"
-SHUTOFF = "shutoff"
-OTHER = "other"
-
-_STATE_NAMES = {
-    libvirt.VIR_DOMAIN_RUNNING: RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: RUNNING,
-    libvirt.VIR_DOMAIN_PAUSED: PAUSED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: PAUSED,
-    libvirt.VIR_DOMAIN_SHUTOFF: SHUTOFF,
-    libvirt.VIR_DOMAIN_SHUTDOWN: OTHER,
-    libvirt.VIR_DOMAIN_CRASHED: OTHER,
-    libvirt.VIR_DOMAIN_NOSTATE: OTHER,
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.OTHER,
+    libvirt.VIR_DOMAIN_CRASHED: DomainState.OTHER,
+    libvirt.VIR_DOMAIN_NOSTATE: DomainState.OTHER,
 }
 
-
-class HypervisorError(Exception):
-    pass
-
-
-class DomainNotFound(HypervisorError):
-    pass
-
-
-class HypervisorUnavailable(HypervisorError):
-    """libvirtd does not answer (not running, restarting)."""
-
-
-class AgentUnavailable(HypervisorError):
-    """The guest agent does not answer: no agent channel, agent not running, or it timed out."""
-
-
-class BlockJobFailed(HypervisorError):
-    pass
+_PAUSE_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: PauseEvent.SUSPENDED,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: PauseEvent.RESUMED,
+}
 
 
 def _wrap(exc: libvirt.libvirtError, what: str) -> HypervisorError:
@@ -79,67 +62,6 @@ def _wrap(exc: libvirt.libvirtError, what: str) -> HypervisorError:
                 libvirt.VIR_ERR_INTERNAL_ERROR) and "connect" in str(exc).lower():
         return HypervisorUnavailable(f"{what}: {exc}")
     return HypervisorError(f"{what}: {exc}")
-
-
-@dataclass(frozen=True)
-class Disk:
-    target: str  # vda
-    source: str  # file path or block device
-    kind: str  # "file" | "block"
-    driver_type: str  # raw | qcow2 | ...
-    readonly: bool
-    shareable: bool
-    device: str  # disk | cdrom | floppy | lun
-
-    @property
-    def snapshottable(self) -> bool:
-        """Disks a cycle must capture: writable, not shared with another VM, not removable media."""
-        return self.device in ("disk", "lun") and not self.readonly and not self.shareable and bool(self.source)
-
-
-def parse_disks(domain_xml: str) -> list[Disk]:
-    root = ET.fromstring(domain_xml)
-    disks = []
-    for el in root.findall("./devices/disk"):
-        target = el.find("target")
-        source = el.find("source")
-        driver = el.find("driver")
-        path = ""
-        if source is not None:
-            path = source.get("file") or source.get("dev") or ""
-        disks.append(Disk(
-            target=target.get("dev", "") if target is not None else "",
-            source=path,
-            kind=el.get("type", "file"),
-            driver_type=driver.get("type", "raw") if driver is not None else "raw",
-            readonly=el.find("readonly") is not None,
-            shareable=el.find("shareable") is not None,
-            device=el.get("device", "disk"),
-        ))
-    return disks
-
-
-def parse_backing(qemu_img_json: str, overlay_path: str) -> tuple[str, str]:
-    """(backing file, its format) from `qemu-img info --output=json`; HypervisorError on anything else."""
-    try:
-        info = json.loads(qemu_img_json)
-    except (ValueError, RecursionError) as exc:
-        raise HypervisorError(f"{overlay_path}: qemu-img info printed no readable JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise HypervisorError(f"{overlay_path}: qemu-img info printed {type(info).__name__}, not an object")
-    base = info.get("full-backing-filename") or info.get("backing-filename")
-    fmt = info.get("backing-filename-format") or "raw"
-    if not base:
-        raise HypervisorError(f"{overlay_path} has no backing file: not an overlay vmsnapd can commit")
-    if (not isinstance(base, str) or "\0" in base or not base.startswith("/")
-            or not isinstance(fmt, str) or not re.fullmatch(r"[a-z0-9_-]{1,32}", fmt)):
-        raise HypervisorError(f"{overlay_path}: qemu-img info gives an unusable backing file {base!r} ({fmt!r})")
-    return base, fmt
-
-
-def nvram_path(domain_xml: str) -> str | None:
-    el = ET.fromstring(domain_xml).find("./os/nvram")
-    return el.text.strip() if el is not None and el.text else None
 
 
 # -- event loop -------------------------------------------------------------------------------------------
@@ -166,40 +88,15 @@ def _ensure_event_loop() -> None:
         _event_loop_started = True
 
 
-@dataclass
-class PauseWatch:
-    """Collects SUSPENDED/RESUMED lifecycle events of one domain to measure how long the guest stood still."""
-
-    domain: str
-    events: list[tuple[float, str]] = field(default_factory=list)
-
-    def record(self, kind: str) -> None:
-        self.events.append((time.monotonic(), kind))
-
-    def paused_ms(self) -> int | None:
-        total = 0.0
-        since: float | None = None
-        for stamp, kind in self.events:
-            if kind == "suspended" and since is None:
-                since = stamp
-            elif kind == "resumed" and since is not None:
-                total += stamp - since
-                since = None
-        if since is not None:  # still paused (pause method before resume, or a paused VM)
-            total += time.monotonic() - since
-        return int(total * 1000) if self.events else None
-
-
 class Hypervisor:
     def __init__(self, uri: str, *, dry_run: bool = False, block_job_timeout: float = 300.0,
                  runner: Runner | None = None, qemu_img: str = "qemu-img"):
         self.uri = uri
         self.dry_run = dry_run
-        self.runner = runner or Runner()
-        self.qemu_img = qemu_img
+        self.qemuimg = QemuImg(runner or Runner(), binary=qemu_img, dry_run=dry_run)
         self.block_job_timeout = block_job_timeout
         self._conn: libvirt.virConnect | None = None
-        self._watches: dict[str, list[PauseWatch]] = {}
+        self._pauses = PauseWatchers()
         self._callback_id: int | None = None
         self._lock = threading.Lock()
 
@@ -236,25 +133,16 @@ class Hypervisor:
                 pass
             self._conn = None
 
-    def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:  # noqa: ANN001 (libvirt callback)
-        kind = {libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-                libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed"}.get(event)
-        if kind is None:
-            return
-        for watch in self._watches.get(dom.name(), []):
-            watch.record(kind)
+    def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:  # libvirt's callback signature
+        kind = _PAUSE_EVENTS.get(event)
+        if kind is not None:
+            self._pauses.record(dom.name(), kind)
 
     @contextmanager
     def watch_pauses(self, domain: str) -> Iterator[PauseWatch]:
         _ = self.conn  # connect (and register the callback) before the pause can happen
-        watch = PauseWatch(domain)
-        self._watches.setdefault(domain, []).append(watch)
-        try:
+        with self._pauses.watch(domain) as watch:
             yield watch
-        finally:
-            # Events are delivered asynchronously by the loop thread; give the last one a moment.
-            time.sleep(0.05)
-            self._watches[domain].remove(watch)
 
     # -- domains -----------------------------------------------------------------------------------------
 
@@ -308,12 +196,12 @@ class Hypervisor:
         except DomainNotFound:
             return False
 
-    def state(self, name: str) -> str:
+    def state(self, name: str) -> DomainState:
         try:
             code, _reason = self._domain(name).state()
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"state of {name}") from exc
-        return _STATE_NAMES.get(code, OTHER)
+        return _STATES.get(code, DomainState.OTHER)
 
     def xml(self, name: str, inactive: bool = False) -> str:
         flags = libvirt.VIR_DOMAIN_XML_SECURE | (libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
@@ -329,7 +217,7 @@ class Hypervisor:
             raise _wrap(exc, f"memory of {name}") from exc
 
     def disks(self, name: str) -> list[Disk]:
-        return parse_disks(self.xml(name))
+        return domxml.parse_disks(self.xml(name))
 
     # -- guest agent ---------------------------------------------------------------------------------------
 
@@ -342,8 +230,7 @@ class Hypervisor:
 
     def has_agent_channel(self, name: str) -> bool:
         """Whether the domain has a qemu-guest-agent channel at all (else there is nobody to ask)."""
-        root = ET.fromstring(self.xml(name))
-        return any(t.get("name") == "org.qemu.guest_agent.0" for t in root.findall("./devices/channel/target"))
+        return domxml.has_agent_channel(self.xml(name))
 
     def agent_answers(self, name: str, timeout_s: int = 2) -> bool:
         import libvirt_qemu
@@ -360,34 +247,24 @@ class Hypervisor:
                           live: bool, skip_disks: list[str]) -> None:
         """External snapshot: each disk in `overlays` (target -> overlay path) gets a fresh qcow2 overlay,
         the RAM goes to `memory_file` when given. No snapshot metadata is kept in libvirt."""
-        disks_xml = "".join(
-            f"<disk name={quoteattr(t)} snapshot='external' type='file'>"
-            f"<driver type='qcow2'/><source file={quoteattr(p)}/></disk>" for t, p in overlays.items()
-        ) + "".join(f"<disk name={quoteattr(t)} snapshot='no'/>" for t in skip_disks)
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
-        if memory_file:
-            memory_xml = f"<memory snapshot='external' file={quoteattr(memory_file)}/>"
-            if live:
-                flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
-        else:
-            memory_xml = "<memory snapshot='no'/>"
+        if not memory_file:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
-        self._create_snapshot(name, memory_xml, disks_xml, flags)
+        elif live:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
+        self._create_snapshot(name, domxml.external_snapshot_xml(_snapshot_name(), overlays, memory_file, skip_disks),
+                              flags)
 
     def snapshot_manual(self, name: str, targets: list[str], memory_file: str, *, live: bool,
                         skip_disks: list[str]) -> None:
         """libvirt's `snapshot=manual`: saves the RAM and leaves the guest paused for us to snapshot the disks."""
-        disks_xml = "".join(f"<disk name={quoteattr(t)} snapshot='manual'/>" for t in targets) + "".join(
-            f"<disk name={quoteattr(t)} snapshot='no'/>" for t in skip_disks)
-        memory_xml = f"<memory snapshot='external' file={quoteattr(memory_file)}/>"
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
         if live:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
-        self._create_snapshot(name, memory_xml, disks_xml, flags)
+        self._create_snapshot(name, domxml.manual_snapshot_xml(_snapshot_name(), targets, memory_file, skip_disks),
+                              flags)
 
-    def _create_snapshot(self, name: str, memory_xml: str, disks_xml: str, flags: int) -> None:
-        snap_xml = (f"<domainsnapshot><name>{libvirt_snapshot_name(int(time.time()))}</name>"
-                    f"{memory_xml}<disks>{disks_xml}</disks></domainsnapshot>")
+    def _create_snapshot(self, name: str, snap_xml: str, flags: int) -> None:
         if self.dry_run:
             log.info("dry-run: would create libvirt snapshot of %s: %s", name, snap_xml)
             return
@@ -408,7 +285,7 @@ class Hypervisor:
         records = []
         try:
             for snap in self._domain(name).listAllSnapshots(0):
-                records.append(_snapshot_record(snap.getName(), snap.getXMLDesc(0)))
+                records.append(domxml.snapshot_record(snap.getName(), snap.getXMLDesc(0)))
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"snapshot metadata of {name}") from exc
         return records
@@ -473,28 +350,13 @@ class Hypervisor:
     def destroy(self, name: str) -> None:
         self._change(name, "stop", lambda dom: dom.destroy() if dom.isActive() else None)
 
-    def shutdown(self, name: str, timeout_s: float) -> bool:
-        """Ask the guest to shut down; True when it went off within the timeout."""
-        dom = self._domain(name)
-        try:
-            if dom.isActive():
-                dom.shutdown()
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"shutdown {name}") from exc
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not dom.isActive():
-                return True
-            time.sleep(0.2)
-        return False
-
-    def restore_memory(self, memory_file: str, domain_xml: str | None, *, running: bool = True) -> None:
-        flags = libvirt.VIR_DOMAIN_SAVE_RUNNING if running else libvirt.VIR_DOMAIN_SAVE_PAUSED
+    def restore_memory(self, memory_file: str) -> None:
+        """Start a domain, running, from a memory file (its definition and disk paths are those inside)."""
         if self.dry_run:
             log.info("dry-run: would restore a domain from %s", memory_file)
             return
         try:
-            self.conn.restoreFlags(memory_file, domain_xml, flags)
+            self.conn.restoreFlags(memory_file, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"restore from {memory_file}") from exc
 
@@ -524,24 +386,12 @@ class Hypervisor:
     # -- offline: a domain that stopped while on an overlay ---------------------------------------------------
 
     def backing_of(self, overlay_path: str) -> tuple[str, str]:
-        """(backing file, its format) recorded in a qcow2 overlay's header."""
-        try:
-            out = self.runner.run([self.qemu_img, "info", "-U", "--output=json", overlay_path], timeout=60).stdout
-        except CommandError as exc:
-            raise HypervisorError(f"cannot read overlay {overlay_path}: {exc}") from exc
-        return parse_backing(out, overlay_path)
+        """(backing file, its format) recorded in a qcow2 overlay's header (vmsnapd.qemuimg)."""
+        return self.qemuimg.backing_of(overlay_path)
 
     def commit_overlay_file(self, overlay_path: str, timeout_s: float = 3600.0) -> str:
-        """Merge an overlay no QEMU has open into its backing file (`qemu-img commit`); returns the base."""
-        base, _fmt = self.backing_of(overlay_path)
-        if self.dry_run:
-            log.info("dry-run: would qemu-img commit %s into %s", overlay_path, base)
-            return base
-        try:
-            self.runner.run([self.qemu_img, "commit", "-q", "-d", "-f", "qcow2", overlay_path], timeout=timeout_s)
-        except CommandError as exc:
-            raise BlockJobFailed(f"qemu-img commit {overlay_path}: {exc}") from exc
-        return base
+        """Merge an overlay no QEMU has open into its backing file (vmsnapd.qemuimg); returns the base."""
+        return self.qemuimg.commit(overlay_path, timeout_s)
 
     def commit_offline(self, name: str, target: str, overlay_path: str) -> str:
         """A shut-off domain whose disk `target` is on `overlay_path`: merge the overlay into its base file and
@@ -552,8 +402,7 @@ class Hypervisor:
                 raise HypervisorError(f"{name} is running: its overlay must be committed live")
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"state of {name}") from exc
-        base, _fmt = self.backing_of(overlay_path)
-        self.commit_overlay_file(overlay_path)
+        base = self.commit_overlay_file(overlay_path)
         self.repoint_definition(name, target, overlay_path)
         return base
 
@@ -561,30 +410,15 @@ class Hypervisor:
         """Point disk `target` of the persistent definition, when it names `overlay_path`, at the overlay's
         backing file (with its format). Nothing is committed: the caller knows the base holds the data.
         Returns the base, or None when the definition does not name the overlay."""
-        dom = self._domain(name)
-        try:
-            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"definition of {name}") from exc
-        disk = None
-        for el in root.findall("./devices/disk"):
-            tgt, src = el.find("target"), el.find("source")
-            if tgt is not None and tgt.get("dev") == target and src is not None and src.get("file") == overlay_path:
-                disk = el
-        if disk is None:  # the definition does not use the overlay (only the live XML did)
-            return None
+        definition = self.xml(name, inactive=True)
+        if not domxml.disk_uses_file(definition, target, overlay_path):
+            return None  # the definition does not use the overlay (only the live XML did)
         base, fmt = self.backing_of(overlay_path)
-        disk.find("source").set("file", base)
-        driver = disk.find("driver")
-        if driver is not None:
-            driver.set("type", fmt)
-        for backing in disk.findall("backingStore"):
-            disk.remove(backing)
         if self.dry_run:
             log.info("dry-run: would point the definition of %s %s back at %s", name, target, base)
             return base
         try:
-            self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+            self.conn.defineXML(domxml.repoint_disk(definition, target, overlay_path, base, fmt))
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"redefine {name} on {base}") from exc
         return base
@@ -604,7 +438,7 @@ class Hypervisor:
             try:
                 name = dom.name()
                 for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
-                    files += disk_files(dom.XMLDesc(flags))
+                    files += domxml.disk_files(dom.XMLDesc(flags))
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined since it was listed
@@ -617,36 +451,11 @@ class Hypervisor:
         paths = {}
         try:
             for pool in self.conn.listAllStoragePools(0):
-                el = ET.fromstring(pool.XMLDesc(0)).find("./target/path")
-                paths[pool.name()] = el.text.strip() if el is not None and el.text else ""
+                paths[pool.name()] = domxml.storage_pool_path(pool.XMLDesc(0))
         except libvirt.libvirtError as exc:
             raise _wrap(exc, "list storage pools") from exc
         return paths
 
 
-def disk_files(domain_xml: str) -> list[tuple[str, str]]:
-    """(target, file) for every disk source of a domain definition and every backing file it names."""
-    files = []
-    for el in ET.fromstring(domain_xml).findall("./devices/disk"):
-        target = el.find("target")
-        dev = target.get("dev", "") if target is not None else ""
-        for source in el.iter("source"):
-            path = source.get("file") or source.get("dev") or ""
-            if path:
-                files.append((dev, path))
-    return files
-
-
-def _snapshot_record(name: str, snapshot_xml: str) -> SnapshotRecord:
-    """Only the snapshot's own <disks> and <memory>: the copy of the domain definition inside is not what
-    the snapshot made."""
-    root = ET.fromstring(snapshot_xml)
-    disks = []
-    for el in root.findall("./disks/disk"):
-        source = el.find("source")
-        path = (source.get("file") or source.get("dev") or "") if source is not None else ""
-        if path:
-            disks.append((el.get("name", ""), path))
-    memory = root.find("./memory")
-    memory_file = memory.get("file") if memory is not None else None
-    return SnapshotRecord(name=name, disks=tuple(disks), memory=memory_file or None)
+def _snapshot_name() -> str:
+    return libvirt_snapshot_name(int(time.time()))

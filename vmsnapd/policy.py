@@ -14,25 +14,9 @@ from collections.abc import Collection, Iterable
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-
 from vmsnapd.config import DatasetPolicy
+from vmsnapd.models import Snapshot
 from vmsnapd.names import PERIODS, STAMP_FORMAT, format_snapname, parse_snapname
-
-
-class Snapshot(BaseModel):
-    """One snapshot as `zfs list` reports it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    dataset: str
-    name: str = Field(description="The short name, after '@'.")
-    creation: AwareDatetime
-    userrefs: int = Field(0, ge=0, description="Number of holds; a held snapshot is never destroyed.")
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.dataset}@{self.name}"
 
 
 def schedule_zone(utc: bool) -> tzinfo:

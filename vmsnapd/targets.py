@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmsnapd.config import DatasetPolicy
-from vmsnapd.hypervisor import Disk, Hypervisor, HypervisorError
+from vmsnapd.domxml import Disk
+from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.ports import HypervisorPort
 from vmsnapd.zfs import ZfsListing
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def dataset_of_path(path: str, listing: ZfsListing) -> str | None:
 
 
 def plan_targets(policies: dict[str, DatasetPolicy], listing: ZfsListing,
-                 hypervisor: Hypervisor | None) -> list[Target]:
+                 hypervisor: HypervisorPort | None) -> list[Target]:
     needs_libvirt = any(p.domain != "none" for p in policies.values())
     domains: set[str] = set()
     if needs_libvirt and hypervisor is not None:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 from vmsnapd.names import InvalidName, validate_dataset_name, validate_snapshot_name
-from vmsnapd.policy import Snapshot
+from vmsnapd.models import Snapshot
 from vmsnapd.runner import CommandError, CommandFailed, Runner
 
 log = logging.getLogger(__name__)

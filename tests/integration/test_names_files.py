@@ -113,7 +113,7 @@ def test_odd_domain_names_anywhere_and_managed(lab, dataset_factory, vmsnapd_env
 
 
 def _disks(vm):
-    from vmsnapd.hypervisor import parse_disks
+    from vmsnapd.domxml import parse_disks
 
     return [d for d in parse_disks(vm.dom.XMLDesc(0)) if d.target == vm.disk.target]
 

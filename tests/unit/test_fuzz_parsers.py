@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmsnapd.hypervisor import HypervisorError, parse_backing
+from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.qemuimg import parse_backing
 from vmsnapd.runner import CommandResult, Runner
 from vmsnapd.zfs import ZfsError, ZfsListing, ZfsOutputError, Zfs, parse_capacity, parse_tree
 
@@ -208,7 +209,7 @@ def test_snapshots_of_always_matches_a_plain_filter(first, later, replace):
     """The per-dataset index follows the list when a pass replaces it (dry-run planning) or appends to it."""
     import copy
 
-    from vmsnapd.policy import Snapshot
+    from vmsnapd.models import Snapshot
 
     def snap(dataset, n):
         return Snapshot(dataset=dataset, name=f"s{n}", creation=datetime.fromtimestamp(n, timezone.utc))

@@ -8,7 +8,7 @@ from pathlib import Path
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.recover import recover
 from vmsnapd.config import parse_config, resolve
-from vmsnapd.hypervisor import PAUSED, RUNNING, SHUTOFF, DomainNotFound, HypervisorError
+from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, DomainNotFound, HypervisorError
 from vmsnapd.journal import CycleRecord, Journal, OverlayRecord
 from vmsnapd.ownership import SnapshotRecord
 from vmsnapd.overlaynames import overlay_file_name
@@ -49,7 +49,7 @@ class FakeHypervisor:
         return name in self.domains
 
     def disks(self, name):
-        from vmsnapd.hypervisor import parse_disks
+        from vmsnapd.domxml import parse_disks
         return parse_disks(_xml(self._get(name)["live"]))
 
     def xml(self, name, inactive=False):

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Callable
 
 from vmsnapd.config import Config, DatasetPolicy, config_roots, resolve
-from vmsnapd.hypervisor import Hypervisor
 from vmsnapd.journal import Journal
+from vmsnapd.ports import HypervisorPort, ZfsPort
 from vmsnapd.runner import Runner
-from vmsnapd.zfs import Zfs, ZfsListing
+from vmsnapd.zfs import ZfsListing
 
 
 def utc_now() -> datetime:
@@ -23,21 +23,29 @@ class Context:
     config: Config
     config_path: Path
     runner: Runner
-    zfs: Zfs
+    zfs: ZfsPort
     dry_run: bool = False
     now: Callable[[], datetime] = utc_now
-    _hypervisor: Hypervisor | None = None
+    _hypervisor: HypervisorPort | None = None  # given (a fake in tests) or made on first use
 
     @property
     def state_dir(self) -> Path:
         return Path(self.config.daemon.state_dir)
 
     @property
-    def hypervisor(self) -> Hypervisor:
-        """Connected on first use: a host with only `domain = "none"` datasets never needs libvirtd."""
+    def hypervisor(self) -> HypervisorPort:
+        """Connected on first use: a host with only `domain = "none"` datasets never needs libvirtd, and only
+        a context that talks to a hypervisor imports libvirt (the adapter is imported here, not at the top)."""
         if self._hypervisor is None:
-            self._hypervisor = Hypervisor(self.config.daemon.libvirt_uri, dry_run=self.dry_run)
+            from vmsnapd.hypervisor import Hypervisor
+
+            self._hypervisor = Hypervisor(self.config.daemon.libvirt_uri, dry_run=self.dry_run, runner=self.runner)
         return self._hypervisor
+
+    def close(self) -> None:
+        """Close the hypervisor's connection if one was opened (the daemon does after every pass)."""
+        if self._hypervisor is not None:
+            self._hypervisor.close()
 
     @property
     def journal(self) -> Journal:

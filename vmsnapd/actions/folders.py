@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.ownership import FOLDER_KEYS, HostFolders, host_folder_problems
 from vmsnapd.targets import dataset_of_path
 

@@ -18,8 +18,8 @@ from vmsnapd.actions.recover import recover
 from vmsnapd.actions.report import PassReport
 from vmsnapd.actions.status import record_results
 from vmsnapd.actions.take import take_due
-from vmsnapd.hypervisor import HypervisorError
-from vmsnapd.policy import Snapshot
+from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.models import Snapshot
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)

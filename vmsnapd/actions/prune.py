@@ -29,7 +29,8 @@ from vmsnapd.hooks import HookEnv, run_hook
 from vmsnapd.files import write_file_atomically
 from vmsnapd.logsetup import NOTICE, fields, log_fields
 from vmsnapd.names import InvalidName, parse_snapname
-from vmsnapd.policy import Snapshot, prune_deferred, prune_guard_holds, prune_set, retention_hash
+from vmsnapd.models import Snapshot
+from vmsnapd.policy import prune_deferred, prune_guard_holds, prune_set, retention_hash
 from vmsnapd.ramstore import plan_sweep
 from vmsnapd.zfs import ZfsError
 

@@ -28,7 +28,8 @@ from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
-from vmsnapd.hypervisor import PAUSED, RUNNING, DomainNotFound, HypervisorError, parse_disks
+from vmsnapd.domxml import parse_disks
+from vmsnapd.hvtypes import PAUSED, RUNNING, DomainNotFound, HypervisorError
 from vmsnapd.journal import CycleRecord
 from vmsnapd.names import InvalidName
 from vmsnapd.ownership import (DomainFacts, OverlayFile, Ownership, RecoveryPlan, Step, StepKind,

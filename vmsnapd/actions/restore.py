@@ -41,7 +41,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from vmsnapd.actions.context import Context
-from vmsnapd.hypervisor import PAUSED, RUNNING, SHUTOFF, HypervisorError
+from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.journal import ensure_private_directory, write_file_atomically
 from vmsnapd.names import (
     ASIDE_MARK,
@@ -560,7 +560,7 @@ def _start_restored(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
         return
     dump = next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
     with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
-        hv.restore_memory(str(memory_file), None, running=True)
+        hv.restore_memory(str(memory_file))
     done.append(f"resumed {plan.domain} from {dump.path}")
     if plan.quiesced:
         # The RAM was captured with the guest's file systems frozen by the agent: thaw them. Right after the

@@ -21,7 +21,7 @@ from vmsnapd.actions.prune import PruneGuard
 from vmsnapd.actions.report import PassReport
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
-from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS, parse_snapname
 from vmsnapd.policy import due_periods, next_scheduled, retention, retention_hash, schedule_zone

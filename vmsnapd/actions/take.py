@@ -15,7 +15,7 @@ from pathlib import Path
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport, TargetOutcome
 from vmsnapd.cycle import Cycle, CycleEnv
-from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
 from vmsnapd.targets import Target, plan_targets
 

@@ -1,0 +1,24 @@
+"""Plain data shared across layers: what the adapters report, for the planners to judge.
+
+No I/O and no policy here, so an adapter (vmsnapd.zfs) can build these without importing the rules
+(vmsnapd.policy) or the configuration that judge them.
+"""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class Snapshot(BaseModel):
+    """One snapshot as `zfs list` reports it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    name: str = Field(description="The short name, after '@'.")
+    creation: AwareDatetime
+    userrefs: int = Field(0, ge=0, description="Number of holds; a held snapshot is never destroyed.")
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.dataset}@{self.name}"
