@@ -114,3 +114,18 @@ def test_adapters_and_data_import_nothing_above_them(module):
     reached = _reach(_import_graph(), module)
     assert not reached & HIGH, f"{module} reaches {sorted(reached & HIGH)}"
     assert not {m for m in reached if m.startswith("vmsnapd.actions")}, f"{module} reaches {sorted(reached)}"
+
+
+def test_a_context_without_libvirt_answers_hypervisor_unavailable(tmp_path):
+    """Without libvirt-python the hypervisor is unavailable like a stopped libvirtd: a typed error every caller
+    handles (the folder check notes it, a VM's cycle fails, plain datasets go on), never a traceback."""
+    from vmsnapd.actions.context import Context
+    from vmsnapd.config import parse_config
+    from vmsnapd.hvtypes import HypervisorUnavailable
+    from vmsnapd.runner import Runner
+
+    config = parse_config(f'[daemon]\nstate_dir = "{tmp_path}/s"\noverlay_dir = "{tmp_path}/o"\nram_dir = "{tmp_path}/r"\n')
+    ctx = Context(config=config, config_path=tmp_path / "c.toml", runner=Runner(), zfs=None)
+    with pytest.raises(HypervisorUnavailable, match="libvirt-python cannot be imported"):
+        _ = ctx.hypervisor
+    ctx.close()  # nothing was opened: nothing to close

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from vmsnapd.config import Config, DatasetPolicy, config_roots, resolve
+from vmsnapd.hvtypes import HypervisorUnavailable
 from vmsnapd.journal import Journal
 from vmsnapd.ports import HypervisorPort, ZfsPort
 from vmsnapd.runner import Runner
@@ -37,8 +38,10 @@ class Context:
         """Connected on first use: a host with only `domain = "none"` datasets never needs libvirtd, and only
         a context that talks to a hypervisor imports libvirt (the adapter is imported here, not at the top)."""
         if self._hypervisor is None:
-            from vmsnapd.hypervisor import Hypervisor
-
+            try:
+                from vmsnapd.hypervisor import Hypervisor
+            except ImportError as exc:  # the same answer as a libvirtd that does not answer: every caller handles it
+                raise HypervisorUnavailable(f"libvirt-python cannot be imported ({exc})") from exc
             self._hypervisor = Hypervisor(self.config.daemon.libvirt_uri, dry_run=self.dry_run, runner=self.runner)
         return self._hypervisor
 
