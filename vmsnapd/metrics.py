@@ -195,10 +195,6 @@ class MetricsServer:
         log.log(NOTICE, "metrics on http://%s/metrics", self.listen)
         return self
 
-    @property
-    def addresses(self) -> list[tuple]:
-        return [s.getsockname() for s in self._server.sockets] if self._server else []
-
     def close(self) -> None:
         if self._thread is None:
             return
@@ -209,7 +205,7 @@ class MetricsServer:
 
         try:
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=REQUEST_TIMEOUT_S * 2)
-        except Exception:  # noqa: BLE001 — closing for good: the loop goes anyway
+        except Exception:  # closing for good: the loop goes anyway
             log.debug("metrics server on %s did not close cleanly", self.listen, exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=REQUEST_TIMEOUT_S * 2)

@@ -271,10 +271,6 @@ class RamStore:
                 return dump
         return None
 
-    def half_written(self) -> list[Path]:
-        """Dump files whose manifest was never written: a cycle crashed while storing them."""
-        return [dump.path for dump in self.dumps() if not dump.manifest_path.exists()]
-
     def verify(self, dump: RamDump) -> bool:
         if dump.manifest is None:
             log.warning("RAM dump %s has no readable manifest, cannot verify it", dump.path)
@@ -312,14 +308,6 @@ class RamStore:
                 pass
 
     # -- deleting ------------------------------------------------------------------------------
-
-    def sweep_plan(
-        self,
-        live_snapshots: set[tuple[str, str]],
-        ram_keep_by_domain: dict[str, int],
-        force: bool = False,
-    ) -> list[PlannedDeletion]:
-        return plan_sweep(self.dumps(), live_snapshots, ram_keep_by_domain, force)
 
     def delete(self, dump: RamDump, dry_run: bool, reason: str = "") -> int:
         """Delete a dump and its manifest; returns the bytes freed (or that would be, in dry run)."""

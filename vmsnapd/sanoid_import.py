@@ -751,8 +751,3 @@ def sanoid_import(text: str) -> Translation:
         raise
     except ConfigError as exc:  # a bug of the import, never something it should write
         raise SanoidImportError(f"the translation is not a valid vmsnapd policy: {'; '.join(exc.errors)}") from None
-
-
-def sanoid_to_toml(text: str) -> str:
-    """Only the TOML text of `sanoid_import`."""
-    return sanoid_import(text).toml

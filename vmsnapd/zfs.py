@@ -52,11 +52,7 @@ class SnapshotExists(ZfsError):
 
 
 class HasDependents(ZfsError):
-    """Newer snapshots (rollback) or dependent clones (destroy) stand in the way."""
-
-
-class PoolFull(ZfsError):
-    pass
+    """Dependent clones or children stand in the way of a destroy."""
 
 
 class ZfsUnavailable(ZfsError):
@@ -73,7 +69,6 @@ _STDERR_CLASSES: list[tuple[re.Pattern[str], type[ZfsError]]] = [
     (re.compile(r"dataset is busy|pool is busy|device busy"), DatasetBusy),
     (re.compile(r"already exists"), SnapshotExists),
     (re.compile(r"more recent snapshots|dependent clones|has children"), HasDependents),
-    (re.compile(r"out of space|no space left|quota exceeded"), PoolFull),
     (re.compile(r"failed to initialize ZFS library|connect.*zfs-fuse|/dev/zfs"), ZfsUnavailable),
 ]
 
@@ -292,10 +287,6 @@ class Zfs:
 
     # -- reading --------------------------------------------------------------------------------------
 
-    def list_pools(self) -> list[str]:
-        out = self._read([self.zpool_bin, "list", "-H", "-o", "name"], "zpool list")
-        return [line.strip() for line in out.splitlines() if line.strip()]
-
     def pool_capacity(self, pool: str) -> int:
         """Percent of the pool in use, as `zpool list` reports it."""
         if "/" in validate_dataset_name(pool):
@@ -418,30 +409,12 @@ class Zfs:
         value = self.get_property(f"{dataset}@{snapname}", "userrefs")
         return value not in ("-", "") and _count(value, f"{dataset}@{snapname} userrefs") > 0
 
-    def hold(self, tag: str, dataset: str, snapname: str) -> None:
-        target = _snapshot_target(dataset, snapname)
-        self._change([self.zfs_bin, "hold", validate_snapshot_name(tag), target], target)
-
-    def release(self, tag: str, dataset: str, snapname: str) -> None:
-        target = _snapshot_target(dataset, snapname)
-        self._change([self.zfs_bin, "release", validate_snapshot_name(tag), target], target)
-
-    def rollback(self, dataset: str, snapname: str, *, destroy_newer: bool = False) -> None:
-        target = _snapshot_target(dataset, snapname)
-        self._change([self.zfs_bin, "rollback", *(["-r"] if destroy_newer else []), target], target)
-
     def clone(self, dataset: str, snapname: str, new_dataset: str, properties: dict[str, str] | None = None) -> None:
         target = _snapshot_target(dataset, snapname)
         opts: list[str] = []
         for key, value in (properties or {}).items():
             opts += ["-o", f"{key}={value}"]
         self._change([self.zfs_bin, "clone", *opts, target, validate_dataset_name(new_dataset)], new_dataset)
-
-    def create(self, dataset: str, properties: dict[str, str] | None = None) -> None:
-        opts: list[str] = []
-        for key, value in (properties or {}).items():
-            opts += ["-o", f"{key}={value}"]
-        self._change([self.zfs_bin, "create", *opts, validate_dataset_name(dataset)], dataset)
 
     def destroy_dataset(self, dataset: str, *, recursive: bool = False, force: bool = False) -> None:
         """`zfs destroy [-r] [-f]`; `force` unmounts even a busy mount (zfs-fuse keeps a dataset "busy" for good
@@ -496,10 +469,6 @@ class Zfs:
     def promote(self, dataset: str) -> None:
         """`zfs promote`: the clone takes over its origin's snapshots up to the origin snapshot."""
         self._change([self.zfs_bin, "promote", validate_dataset_name(dataset)], dataset)
-
-    def inherit(self, dataset: str, prop: str) -> None:
-        """`zfs inherit`: drop a locally set property, so the dataset inherits it again."""
-        self._change([self.zfs_bin, "inherit", _property_name(prop), validate_dataset_name(dataset)], dataset)
 
     def unmount(self, dataset: str) -> None:
         """`zfs unmount`: needed before a rename on zfs-fuse, whose remount says "busy" while the kernel still

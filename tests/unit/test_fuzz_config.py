@@ -255,10 +255,10 @@ SANOID_LINES = ["[rpool/VM]", "[template_x]", "[template_default]", "[version]",
 @FUZZ
 @given(lines=st.lists(st.sampled_from(SANOID_LINES) | st.text(max_size=10), max_size=12))
 def test_import_sanoid_gives_toml_or_a_config_error(lines):
-    from vmsnapd.sanoid_import import sanoid_to_toml
+    from vmsnapd.sanoid_import import sanoid_import
 
     try:
-        result = sanoid_to_toml("\n".join(lines))
+        result = sanoid_import("\n".join(lines)).toml
     except ConfigError as exc:
         assert exc.errors and all("\n" not in error for error in exc.errors), exc.errors
         return

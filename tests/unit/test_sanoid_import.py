@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from vmsnapd.cli import main
 from vmsnapd.config import ConfigError, load_config, parse_config, resolve
 from vmsnapd.names import parse_snapname
-from vmsnapd.sanoid_import import SanoidImportError, sanoid_import, sanoid_to_toml, script_argv, Value
+from vmsnapd.sanoid_import import SanoidImportError, sanoid_import, script_argv, Value
 
 SAMPLES = Path(__file__).resolve().parents[2] / "config" / "sanoid"
 VM_HOST = (SAMPLES / "vm-host.conf").read_text()
 
 
 def imported(text):
-    return parse_config(sanoid_to_toml(text), "<imported>")
+    return parse_config(sanoid_import(text).toml, "<imported>")
 
 
 def test_typical_vm_host_resolves_to_sanoids_policy():
@@ -288,7 +288,7 @@ def test_any_input_gives_a_valid_policy_or_a_clear_error(sections):
 @given(st.text(max_size=200))
 def test_arbitrary_text_never_gives_a_traceback(text):
     try:
-        parse_config(sanoid_to_toml(text), "<hypothesis>")
+        parse_config(sanoid_import(text).toml, "<hypothesis>")
     except SanoidImportError:
         pass
 
