@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, lab, median, ratio, remove_tree, vmsnapd
 
 MODES = [("overlay", True), ("overlay", False), ("pause", True), ("pause", False)]
 

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, lab, median, ratio, remove_tree, vmsnapd
 
 POLICY = {"frequently": 0, "hourly": 10, "daily": 2, "weekly": 0, "monthly": 1, "yearly": 0}
 OLDEST_H, NEWEST_H = 40, 11

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
-import lab as labmod  # noqa: E402  (tests/lab/lab.py)
+import lab as labmod  # tests/lab/lab.py
 
 LAB_REQUIRED = os.environ.get("VMSNAPD_LAB_REQUIRED") == "1"
 _lab_state: dict = {}

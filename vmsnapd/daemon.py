@@ -123,7 +123,7 @@ class Daemon:
         except LockBusy as exc:
             log.warning("pass skipped: %s", exc)
             return
-        except Exception as exc:  # noqa: BLE001 — the daemon outlives one broken pass; the next one retries
+        except Exception as exc:  # the daemon outlives one broken pass; the next one retries
             if isinstance(exc, UnsafePath):  # e.g. state_dir owned by someone else: a message, no traceback
                 log.error("pass refused: %s", exc)
             else:
@@ -158,7 +158,7 @@ class Daemon:
             log.error("reload rejected, the running config stays in force:\n%s", exc)
             sd_notify("STATUS=reload rejected: invalid config (see the journal)")
             return
-        except Exception:  # noqa: BLE001 — a SIGHUP must never kill the daemon, whatever the file holds
+        except Exception:  # a SIGHUP must never kill the daemon, whatever the file holds
             log.exception("reload failed, the running config stays in force")
             sd_notify("STATUS=reload failed (see the journal)")
             return
@@ -237,6 +237,6 @@ def _status_or_none(ctx: Context):
 
     try:
         return host_status(ctx)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("metrics: could not survey the host; serving the previous figures")
         return None

@@ -152,7 +152,7 @@ class JournalHandler(logging.Handler):
             pairs += [(f"VMSNAPD_{name.upper()}", value) for value in values]
         return pairs
 
-    def formatException(self, exc_info) -> str:  # noqa: N802 (logging's name)
+    def formatException(self, exc_info) -> str:  # logging's name
         return logging.Formatter().formatException(exc_info)
 
     def emit(self, record: logging.LogRecord) -> None:

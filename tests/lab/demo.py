@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import lab  # noqa: E402
+import lab
 
 DEMO_STATE = lab.LAB_DIR / "demo.env"
 DEMO_DIR = lab.LAB_DIR / "demo"

@@ -483,7 +483,7 @@ class VM:
     def is_active(self) -> bool:
         try:
             return bool(self.dom.isActive())
-        except Exception:
+        except Exception:  # noqa: BLE001 — domain gone, libvirtd away: not active
             return False
 
     def console(self) -> str:
