@@ -319,21 +319,7 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise BlockJobFailed(f"blockcommit {name} {target}: {exc}") from exc
         deadline = time.monotonic() + self.block_job_timeout
-        while True:
-            try:
-                info = dom.blockJobInfo(target, 0)
-            except libvirt.libvirtError as exc:
-                raise BlockJobFailed(f"block job {name} {target}: {exc}") from exc
-            if not info:
-                raise BlockJobFailed(f"block job of {name} {target} vanished before pivot")
-            if info.get("end", 0) and info.get("cur") == info.get("end"):
-                try:
-                    dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-                    break
-                except libvirt.libvirtError as exc:
-                    # "not ready for pivot" until QEMU says the job is synchronised: try again shortly.
-                    if "not ready" not in str(exc).lower() and "pivot" not in str(exc).lower():
-                        raise BlockJobFailed(f"pivot {name} {target}: {exc}") from exc
+        while not self._pivot_if_ready(dom, name, target):
             if time.monotonic() > deadline:
                 raise BlockJobFailed(
                     f"blockcommit of {name} {target} not ready after {self.block_job_timeout:.0f}s; "
@@ -344,6 +330,26 @@ class Hypervisor:
             if time.monotonic() > deadline:
                 raise BlockJobFailed(f"pivot of {name} {target} did not complete")
             time.sleep(0.05)
+
+    @staticmethod
+    def _pivot_if_ready(dom: libvirt.virDomain, name: str, target: str) -> bool:
+        """Pivot `target` once its commit job has copied everything; False while it is not ready yet."""
+        try:
+            info = dom.blockJobInfo(target, 0)
+        except libvirt.libvirtError as exc:
+            raise BlockJobFailed(f"block job {name} {target}: {exc}") from exc
+        if not info:
+            raise BlockJobFailed(f"block job of {name} {target} vanished before pivot")
+        if not info.get("end", 0) or info.get("cur") != info.get("end"):
+            return False
+        try:
+            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            return True
+        except libvirt.libvirtError as exc:
+            # "not ready for pivot" until QEMU says the job is synchronised: try again shortly.
+            if "not ready" not in str(exc).lower() and "pivot" not in str(exc).lower():
+                raise BlockJobFailed(f"pivot {name} {target}: {exc}") from exc
+            return False
 
     # -- restore -------------------------------------------------------------------------------------------
 
