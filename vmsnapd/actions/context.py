@@ -10,7 +10,8 @@ from typing import Callable
 from vmsnapd.config import Config, DatasetPolicy, config_roots, resolve
 from vmsnapd.hvtypes import HypervisorUnavailable
 from vmsnapd.journal import Journal
-from vmsnapd.ports import HypervisorPort, ZfsPort
+from vmsnapd.ports import HypervisorPort, RamStorePort, ZfsPort
+from vmsnapd.ramstore import RamStore
 from vmsnapd.runner import Runner
 from vmsnapd.zfs import ZfsListing
 
@@ -55,9 +56,7 @@ class Context:
         return Journal(self.state_dir)
 
     @property
-    def ram_store(self):  # -> vmsnapd.ramstore.RamStore
-        from vmsnapd.ramstore import RamStore
-
+    def ram_store(self) -> RamStorePort:
         return RamStore(Path(self.config.daemon.ram_dir), runner=self.runner)
 
     def config_roots(self) -> list[str]:
