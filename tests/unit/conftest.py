@@ -39,13 +39,14 @@ def libvirt_unimportable() -> Iterator[None]:
             vmsnapd.hypervisor = adapter
 
 
-@pytest.hookimpl(wrapper=True)
+# Old-style wrappers: pyproject allows pytest 7.4, whose pluggy may predate `wrapper=True`.
+@pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     with libvirt_unimportable():
-        return (yield)
+        yield
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     with libvirt_unimportable():
-        return (yield)
+        yield
