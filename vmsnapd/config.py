@@ -65,6 +65,8 @@ class DaemonSettings(StrictModel):
         True, description="Snapshot names and schedules in UTC (true) or local time (false, see the DST section)."
     )
     max_parallel: int = Field(2, ge=1, description="VM cycles run at once.")
+    destroy_jobs: int = Field(4, ge=1, le=64, description="Datasets pruned at once (each one's snapshots oldest "
+                              "first); 1: one after the other, like sanoid (docs/pruning.md).")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout "
                                   "says otherwise (finite, more than 0).")
     metrics_listen: str = Field(
