@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -271,6 +272,7 @@ class Zfs:
         self.dry_run = dry_run
         self.timeout = timeout
         self._dialect: str | None = None
+        self._dialect_lock = threading.Lock()  # prune and take run datasets side by side: detect once, not per thread
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -292,6 +294,10 @@ class Zfs:
     @property
     def dialect(self) -> str:
         """`openzfs` or `zfs-fuse`, detected once: zfs-fuse's `zfs list` has no `-p`."""
+        with self._dialect_lock:
+            return self._detect_dialect()
+
+    def _detect_dialect(self) -> str:
         if self._dialect is None:
             argv = [self.zfs_bin, "list", "-H", "-p", "-o", "name", "-d", "0"]
             try:

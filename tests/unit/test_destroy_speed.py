@@ -1,5 +1,5 @@
 """Destroys at scale (issue 13): OpenZFS batches `ds@a,b,c`, zfs-fuse goes one per call, datasets are pruned side by
-side (`destroy_jobs`) with one failing dataset never stopping the others, each dataset's snapshots oldest first,
+side (`zfs_jobs`) with one failing dataset never stopping the others, each dataset's snapshots oldest first,
 dry run changing nothing. The zfs-fuse path is proven on the lab (tests/integration/test_prune_parallel.py);
 OpenZFS's batch path, which the lab cannot run, is kept tested here with a fake runner and canned answers."""
 
@@ -131,7 +131,7 @@ def _world(tmp_path: Path, runner: FakeRunner, jobs: int, n: int = 6, dry_run: b
     config = tmp_path / "vmsnapd.toml"
     config.write_text(
         f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nram_dir = "{tmp_path / "ram"}"\n'
-        f'overlay_dir = "{tmp_path / "ovl"}"\ndestroy_jobs = {jobs}\n'
+        f'overlay_dir = "{tmp_path / "ovl"}"\nzfs_jobs = {jobs}\n'
         '[datasets."tank/vm"]\nrecursive = true\nprocess_children_only = true\nhourly = 2\ndaily = 0\n'
         'monthly = 0\ndomain = "none"\n')
     config.chmod(0o600)

@@ -123,9 +123,9 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False,
             continue
         if doomed:
             work.append((policy, doomed))
-    # Datasets side by side, up to `destroy_jobs` (docs/pruning.md "Speed"); each one's snapshots oldest first.
+    # Datasets side by side, up to `zfs_jobs` (docs/pruning.md "Speed"); each one's snapshots oldest first.
     outcomes = ordered_map(lambda w: _prune_one(ctx, w[0], w[1], capacity), work,
-                           ctx.config.daemon.destroy_jobs, "prune")
+                           ctx.config.daemon.zfs_jobs, "prune")
     for (policy, doomed), outcome in zip(work, outcomes, strict=True):
         if outcome is not None:
             destroyed[policy.name] = [s for s in doomed if s.full_name in outcome.snapshots]
