@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prune_vs_sanoid as pvs  # noqa: E402
 from _common import BenchError, lab, median, remove_tree  # noqa: E402
-from _scale import table, write_results  # noqa: E402
+from _scale import destroy_pool_patiently, table, write_results  # noqa: E402
 
 NEWEST_H = 11
 
@@ -74,9 +74,9 @@ def one_round(idx: int, n_datasets: int, n_snaps: int, jobs: int | None, sanoid:
             "sanoid": lambda: pvs.run_tool("sanoid", [sanoid, "--cron", "--configdir", str(confdir),
                                                       "--cache-dir", str(root / "sanoid-cache"),
                                                       "--run-dir", str(root / "sanoid-run")],
-                                           parents["sanoid"], bindir, root / "calls-sanoid", None),
+                                           parents["sanoid"], bindir, root / "calls-sanoid", None, timeout=3600),
             "vmsnapd": lambda: pvs.run_tool("vmsnapd", ["once"], parents["vmsnapd"], bindir, root / "calls-vmsnapd",
-                                            config),
+                                            config, timeout=3600),
         }
         order = ["sanoid", "vmsnapd"] if sanoid_first else ["vmsnapd", "sanoid"]
         res = {}
@@ -91,10 +91,7 @@ def one_round(idx: int, n_datasets: int, n_snaps: int, jobs: int | None, sanoid:
     finally:
         t0 = time.monotonic()
         for p in pools:
-            try:
-                lab.destroy_pool(p)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not destroy pool {p}: {e}", file=sys.stderr)
+            destroy_pool_patiently(lab, p)
         print(f"  round {idx}: pools destroyed in {time.monotonic() - t0:.0f}s", flush=True)
         remove_tree(root)
 
