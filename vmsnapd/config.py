@@ -66,7 +66,7 @@ class DaemonSettings(StrictModel):
     )
     max_parallel: int = Field(2, ge=1, description="VM cycles run at once.")
     zfs_jobs: int = Field(8, ge=1, le=64, description="Datasets whose zfs work runs at once: snapshots of datasets "
-                          "with no running VM and prune's destroys (each dataset's oldest first); 1: one after the "
+                          "with no VM (domain = \"none\") and prune's destroys (each one's oldest first); 1: one after the "
                           "other, like sanoid (docs/pruning.md, Speed).")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout "
                                   "says otherwise (finite, more than 0).")
