@@ -34,13 +34,15 @@ NEWEST_H = 11
 
 
 def listing_calls(kinds_log: Path) -> int:
-    """`zfs list`/`zfs get` calls that read more than one name (`-r`/`-d`): the per-pass listings."""
+    """`zfs list`/`zfs get` calls that read a tree (`-r`, `-d N` with N > 0): the per-pass listings."""
     if not kinds_log.exists():
         return 0
     n = 0
     for line in kinds_log.read_text().splitlines():
         words = line.split()
-        if words[:1] in (["list"], ["get"]) and any(w.startswith("-") and ("r" in w or "d" in w) for w in words):
+        recursive = any(w.startswith("-") and "r" in w for w in words) or (
+            "-d" in words and words.index("-d") + 1 < len(words) and words[words.index("-d") + 1] != "0")
+        if words[:1] in (["list"], ["get"]) and recursive:  # not vmsnapd's dialect probe `list ... -d 0`
             n += 1
     return n
 
