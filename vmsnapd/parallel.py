@@ -1,4 +1,4 @@
-"""Bounded, ordered fan-out of independent per-dataset work (prune's destroys) over a few threads.
+"""Bounded, ordered fan-out of independent per-dataset work (prune's destroys, snapshots of VM-less datasets).
 
 The work items must not share state beyond what is safe under the GIL; every result comes back in the order of
 the items, and each item runs in a copy of the caller's logging context (vmsnapd.logsetup.log_fields).
