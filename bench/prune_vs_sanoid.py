@@ -142,8 +142,8 @@ def count_calls(log: Path) -> tuple[int, dict[str, int]]:
     return len(lines), kinds
 
 
-def run_tool(tool: str, argv: list[str], parent: str, bindir: Path, logbase: Path, config: Path | None
-             ) -> dict:
+def run_tool(tool: str, argv: list[str], parent: str, bindir: Path, logbase: Path, config: Path | None,
+             timeout: float = 300) -> dict:
     before = listing(parent)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
            "BENCH_CALL_LOG": str(logbase)}
@@ -152,9 +152,9 @@ def run_tool(tool: str, argv: list[str], parent: str, bindir: Path, logbase: Pat
     with lab.faketime("+0"):
         t0 = time.monotonic()
         if tool == "vmsnapd":
-            proc = vmsnapd(config, *argv, env=env)
+            proc = vmsnapd(config, *argv, env=env, timeout=timeout)
         else:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
         wall = time.monotonic() - t0
     if (tool == "vmsnapd" and proc.returncode == 1 and "ERROR vmsnapd.actions.recover" in proc.stderr
             and not any(line.startswith(("FAIL", "ERROR  ")) for line in proc.stdout.splitlines())):

@@ -65,6 +65,9 @@ class DaemonSettings(StrictModel):
         True, description="Snapshot names and schedules in UTC (true) or local time (false, see the DST section)."
     )
     max_parallel: int = Field(2, ge=1, description="VM cycles run at once.")
+    zfs_jobs: int = Field(8, ge=1, le=64, description="Datasets whose zfs work runs at once: snapshots of "
+                          "datasets with no VM (domain = \"none\") and prune's destroys (each one's oldest first); "
+                          "1: one after the other, like sanoid (docs/pruning.md, Speed).")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout "
                                   "says otherwise (finite, more than 0).")
     metrics_listen: str = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +29,9 @@ ZFS_FUSE = "zfs-fuse"
 # How often a destroy that hit "dataset is busy" is retried: zfs-fuse unmounts lag behind.
 BUSY_RETRIES = 5
 BUSY_RETRY_DELAY_S = 0.4
+
+# OpenZFS reads `ds@a,b,c` from one argv string; Linux allows 128 KiB per string. Batches stay well below.
+DESTROY_BATCH_MAX_CHARS = 16 * 1024
 
 
 class ZfsError(Exception):
@@ -219,6 +223,20 @@ def parse_tree(stdout: str) -> ZfsListing:
     return listing
 
 
+def destroy_batches(dataset: str, names: Sequence[str]) -> list[list[str]]:
+    """`names` (in their order) cut into runs whose `dataset@a,b,c` stays within DESTROY_BATCH_MAX_CHARS."""
+    batches: list[list[str]] = []
+    size = 0
+    for name in names:
+        if batches and size + 1 + len(name) <= DESTROY_BATCH_MAX_CHARS:
+            batches[-1].append(name)
+            size += 1 + len(name)
+        else:
+            batches.append([name])
+            size = len(dataset) + 1 + len(name)
+    return batches
+
+
 def _snapshot_target(dataset: str, snapname: str) -> str:
     return f"{validate_dataset_name(dataset)}@{validate_snapshot_name(snapname)}"
 
@@ -249,6 +267,7 @@ class Zfs:
         self.dry_run = dry_run
         self.timeout = timeout
         self._dialect: str | None = None
+        self._dialect_lock = threading.Lock()  # prune and take run datasets side by side: detect once, not per thread
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -270,6 +289,10 @@ class Zfs:
     @property
     def dialect(self) -> str:
         """`openzfs` or `zfs-fuse`, detected once: zfs-fuse's `zfs list` has no `-p`."""
+        with self._dialect_lock:
+            return self._detect_dialect()
+
+    def _detect_dialect(self) -> str:
         if self._dialect is None:
             argv = [self.zfs_bin, "list", "-H", "-p", "-o", "name", "-d", "0"]
             try:
@@ -389,12 +412,26 @@ class Zfs:
         if not names:
             return {}
         if self.dialect == OPENZFS and len(names) > 1:
-            target = f"{validate_dataset_name(dataset)}@{','.join(names)}"
+            return self._destroy_batched(dataset, names)
+        return self._destroy_one_by_one(dataset, names)
+
+    def _destroy_batched(self, dataset: str, names: list[str]) -> dict[str, ZfsError]:
+        """OpenZFS: `zfs destroy ds@a,b,c`, oldest first, in batches of at most DESTROY_BATCH_MAX_CHARS; a batch
+        that fails is retried one by one (OpenZFS destroys all of a batch or none)."""
+        failed: dict[str, ZfsError] = {}
+        for batch in destroy_batches(dataset, names):
+            if len(batch) == 1:
+                failed.update(self._destroy_one_by_one(dataset, batch))
+                continue
+            target = f"{dataset}@{','.join(batch)}"
             try:
                 self._change([self.zfs_bin, "destroy", target], target)
-                return {}
             except ZfsError as exc:
                 log.debug("batched destroy of %s failed (%s); going one by one", target, exc)
+                failed.update(self._destroy_one_by_one(dataset, batch))
+        return failed
+
+    def _destroy_one_by_one(self, dataset: str, names: list[str]) -> dict[str, ZfsError]:
         failed: dict[str, ZfsError] = {}
         for name in names:
             try:

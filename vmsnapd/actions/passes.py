@@ -52,7 +52,7 @@ def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_d
         taken = take_due(ctx, survey)
         report = report.merge(taken)
     if prune_too:
-        if take:
+        if take and taken.outcomes:  # a cycle ran: list again. Nothing due: the first listing still holds
             try:
                 survey = ctx.survey()  # what the take just added counts for retention
             except (ZfsError, HypervisorError) as exc:

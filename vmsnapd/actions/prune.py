@@ -30,6 +30,7 @@ from vmsnapd.files import write_file_atomically
 from vmsnapd.logsetup import NOTICE, fields, log_fields
 from vmsnapd.names import InvalidName, parse_snapname
 from vmsnapd.models import Snapshot
+from vmsnapd.parallel import ordered_map
 from vmsnapd.policy import prune_deferred, prune_guard_holds, prune_set, retention_hash
 from vmsnapd.ramstore import plan_sweep
 from vmsnapd.zfs import ZfsError
@@ -107,6 +108,7 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False,
     prefix = "dry-run: " if ctx.dry_run else ""
     capacity: dict[str, int] = {}
     destroyed: dict[str, list[Snapshot]] = {}
+    work: list[tuple[DatasetPolicy, list[Snapshot]]] = []
     now = ctx.now()
     for dataset, policy in survey.policies.items():
         if not policy.autoprune:
@@ -120,11 +122,14 @@ def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False,
                 warnings=[f"held back by the prune guard: {len(doomed)} snapshot(s) would go; "
                           "confirm with `vmsnapd once --prune --confirm`"]))
             continue
-        if not doomed:
-            continue
-        outcome = _prune_one(ctx, policy, doomed, capacity)
+        if doomed:
+            work.append((policy, doomed))
+    # Datasets side by side, up to `zfs_jobs` (docs/pruning.md "Speed"); each one's snapshots oldest first.
+    outcomes = ordered_map(lambda w: _prune_one(ctx, w[0], w[1], capacity), work,
+                           ctx.config.daemon.zfs_jobs, "prune")
+    for (policy, doomed), outcome in zip(work, outcomes, strict=True):
         if outcome is not None:
-            destroyed[dataset] = [s for s in doomed if s.full_name in outcome.snapshots]
+            destroyed[policy.name] = [s for s in doomed if s.full_name in outcome.snapshots]
             report.outcomes.append(outcome)
 
     sweep = sweep_dumps(ctx, survey, destroyed, force=force_dumps)

@@ -16,6 +16,7 @@ from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.report import PassReport, TargetOutcome
 from vmsnapd.cycle import Cycle, CycleEnv
 from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.parallel import ordered_map
 from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
 from vmsnapd.targets import Target, plan_targets
 
@@ -79,7 +80,7 @@ def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]
     cycles = [Cycle(env, target, periods, stamp) for target, periods in work]
     plain = [c for c in cycles if not c.target.domain]
     vms = [c for c in cycles if c.target.domain]
-    outcomes = [c.run() for c in plain]
+    outcomes = ordered_map(lambda c: c.run(), plain, ctx.config.daemon.zfs_jobs, "take")  # datasets side by side
     if vms:
         with ThreadPoolExecutor(max_workers=ctx.config.daemon.max_parallel, thread_name_prefix="cycle") as pool:
             outcomes += list(pool.map(lambda c: c.run(), vms))
