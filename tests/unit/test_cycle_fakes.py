@@ -439,3 +439,138 @@ def test_domain_lookup_failing_at_the_start_fails_alone(tmp_path):
     outcome = host.cycle()
 
     assert not outcome.ok and host.journal.states == [] and host.zfs.snapshots == []
+
+
+# -- journal files of earlier versions -----------------------------------------------------------------------------
+
+# Every state the cycle of vmsnapd ≤ this change wrote into its journal files (as plain strings).
+STATES_WRITTEN_BEFORE = ["started", "xml_saved", "quiescing", "quiesced", "freezing", "frozen", "snapshotted",
+                         "commit_failed", "committed", "resumed", "unfrozen", "dump_kept", "done", "failed"]
+
+OLD_RECORD = """{
+ "cycle_id": "web-2026-11-29_01:00:00",
+ "domain": "web",
+ "datasets": [
+  "tank/web"
+ ],
+ "snapshot_names": [
+  "autosnap_2026-11-29_01:00:00_hourly"
+ ],
+ "stamp": "2026-11-29_01:00:00",
+ "method": "overlay",
+ "state": "%(state)s",
+ "overlays": [
+  {
+   "target": "vda",
+   "overlay_path": "%(overlay)s",
+   "base_path": "%(base)s"
+  }
+ ],
+ "ram_file": "%(ram)s",
+ "fs_frozen": true,
+ "quiesced": false,
+ "paused_by_us": false,
+ "pause_ms": null,
+ "ram_dump": null,
+ "pid": 4242,
+ "started_at": "2026-11-29T01:00:00.000+00:00",
+ "updated_at": "2026-11-29T01:00:01.000+00:00",
+ "error": null
+}"""
+
+
+def test_the_state_enum_is_the_vocabulary_of_the_journal_files():
+    from vmsnapd.journal import CycleState
+
+    assert [s.value for s in CycleState] == STATES_WRITTEN_BEFORE
+
+
+@pytest.mark.parametrize("state", STATES_WRITTEN_BEFORE)
+def test_a_journal_file_written_before_the_state_enum_is_recovered(tmp_path, state):
+    """A record as the previous version wrote it (byte for byte, state a plain string), left by a crash with the
+    VM on its overlay and frozen: it loads, and `recover` brings the VM back and closes it."""
+    from vmsnapd.journal import cycle_file_name
+
+    host = make_host(tmp_path)
+    dom = host.hv.domains["web"]
+    base = dom.live["vda"]
+    host.overlay_dir.mkdir()
+    overlay = str(host.overlay_dir / host.overlay_name())
+    ram = str(host.overlay_dir / host.memory_name())
+    for path in (overlay, ram):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    host.hv.backing[overlay] = base
+    dom.live["vda"] = dom.persistent["vda"] = overlay
+    dom.fs_frozen = True
+    folder = tmp_path / "state" / "cycles"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / cycle_file_name("web-2026-11-29_01:00:00")).write_text(
+        OLD_RECORD % {"state": state, "overlay": overlay, "base": base, "ram": ram})
+
+    [record] = host.records()
+    assert record.state == state and record.overlays[0].overlay_path == overlay
+
+    report = host.recover()
+
+    assert report.errors == [], report.errors
+    assert any(f"was in state {state})" in a for a in report.actions), report.actions
+    assert host.hv.verbs("fs_thaw", "commit_active") == [("fs_thaw", "web"), ("commit_active", "web", "vda")]
+    assert host.records() == []
+    assert_safe(host)
+
+
+def test_journal_files_keep_writing_the_state_as_a_plain_string(tmp_path):
+    import json
+
+    host = make_host(tmp_path, journal_faults={"fail_states": ("snapshotted",)})
+    host.hv.fail("commit_active", *[BlockJobFailed("job failed")] * 3)
+    host.cycle()
+    [path] = (tmp_path / "state" / "cycles").iterdir()
+    assert json.loads(path.read_text())["state"] == "failed"
+
+
+# -- recover on what a cycle left ----------------------------------------------------------------------------------
+
+def test_recover_after_a_crash_while_paused_resumes_the_guest(tmp_path):
+    """vmsnapd killed while the pause method held the guest: the record says paused_by_us; recover resumes."""
+    host = make_host(tmp_path, policy={"method": "pause", "quiesce": "off"})
+
+    class Killed(BaseException):
+        pass
+
+    host.zfs.fail("snapshot", Killed())
+    with pytest.raises(Killed):
+        host.cycle()
+    [record] = host.records()
+    assert record.state == "frozen" and record.paused_by_us and record.ram_file
+    assert host.hv.domains["web"].state == PAUSED
+
+    report = host.recover()
+
+    assert report.errors == []
+    assert host.hv.verbs("resume") == [("resume", "web")]
+    assert host.records() == [] and host.overlay_files() == []
+    assert_safe(host)
+
+
+@pytest.mark.parametrize("gone", ["shut_off", "vanish"])
+def test_recover_after_a_crash_on_the_overlay_when_the_domain_went_away(tmp_path, gone):
+    host = make_host(tmp_path, policy={"quiesce": "off"})
+
+    class Killed(BaseException):
+        pass
+
+    host.zfs.fail("snapshot", Killed())
+    with pytest.raises(Killed):
+        host.cycle()
+    getattr(host.hv, gone)("web")
+
+    report = host.recover()
+
+    assert report.errors == [], report.errors
+    expected = "commit_offline" if gone == "shut_off" else "commit_overlay_file"
+    assert [c[0] for c in host.hv.verbs("commit_offline", "commit_overlay_file")] == [expected]
+    assert host.records() == [] and host.overlay_files() == []
+    if gone == "shut_off":
+        assert_safe(host, state=SHUTOFF)
