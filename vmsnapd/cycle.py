@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from vmsnapd.actions.report import TargetOutcome
 from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
@@ -238,18 +238,22 @@ class Cycle:
 
     def _hold_and_snapshot(self, plan: CyclePlan, rec: Recorder,
                            hold: HoldStill) -> tuple[Exception | None, Exception | None]:
-        """Quiesce, hold the disks still, thaw, snapshot, unfreeze: (the snapshot's error, the unfreeze's)."""
-        with self._quiesced(plan, rec):
-            hold.freeze_disks()
+        """Quiesce, hold the disks still, snapshot, unfreeze: (the snapshot's error, the unfreeze's). The file
+        systems are thawed as soon as the guest runs again: at once on its overlays; after the resume when it was
+        paused (libvirt refuses agent commands to a paused guest)."""
         snapshot_error = unfreeze_error = None
-        try:
-            self._snapshot_datasets(rec, atomic_needed=False)
-        except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
-            snapshot_error = exc
-        try:
-            hold.unfreeze_disks()
-        except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
-            unfreeze_error = exc
+        with self._quiesced(plan, rec) as thaw:
+            hold.freeze_disks()
+            if hold.guest_runs:
+                thaw()
+            try:
+                self._snapshot_datasets(rec, atomic_needed=False)
+            except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
+                snapshot_error = exc
+            try:
+                hold.unfreeze_disks()
+            except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
+                unfreeze_error = exc
         return snapshot_error, unfreeze_error
 
     def _unfreeze_message(self, rec: Recorder, exc: Exception) -> str:
@@ -286,15 +290,21 @@ class Cycle:
         return space_problem(free, memory, RAM_SPACE_FACTOR)
 
     @contextmanager
-    def _quiesced(self, plan: CyclePlan, rec: Recorder) -> Iterator[None]:
-        """The guest's file systems frozen through its agent (when the plan and the agent allow) for the body;
-        thawed right after it, whatever happens."""
-        frozen = self._quiesce(plan, rec)
-        try:
-            yield
-        finally:
-            if frozen:
+    def _quiesced(self, plan: CyclePlan, rec: Recorder) -> Iterator[Callable[[], None]]:
+        """The guest's file systems frozen through its agent (when the plan and the agent allow) for the body,
+        which may thaw them early with the function it is given; thawed at its end at the latest, whatever
+        happens."""
+        frozen = [self._quiesce(plan, rec)]
+
+        def thaw() -> None:
+            if frozen[0]:
+                frozen[0] = False
                 self._thaw(rec)
+
+        try:
+            yield thaw
+        finally:
+            thaw()
 
     def _quiesce(self, plan: CyclePlan, rec: Recorder) -> bool:
         domain = self.target.domain

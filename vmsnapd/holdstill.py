@@ -38,6 +38,8 @@ class StillOnOverlay(HypervisorError):
 class HoldStill:
     """The common part: the journal around the libvirt call, and the settling of a failed one."""
 
+    guest_runs = False  # whether the guest runs (and its agent answers) while its disks are held still
+
     def __init__(self, hv: Hypervisor, rec: Recorder, plan: CyclePlan, domain: str, memory_file: str | None, *,
                  live: bool, overlay_dir: Path):
         self.hv = hv
@@ -106,6 +108,8 @@ class HoldStill:
 class OverlayHold(HoldStill):
     """libvirt external snapshot: every disk onto a fresh overlay (atomic), the RAM to a file; the guest runs on."""
 
+    guest_runs = True
+
     def intent(self) -> dict:
         return {"overlays": list(self.plan.overlays), "ram_file": self.memory_file}
 
@@ -173,7 +177,7 @@ class PausingHold(HoldStill):
         try:
             self.hv.resume(self.domain)
         except HypervisorError:
-            if self.hv.exists(self.domain) and self.hv.state(self.domain) == PAUSED:
+            if state_or_gone(self.hv, self.domain) == PAUSED:
                 raise
             self.rec.warnings.append(f"{self.domain} stopped during the cycle: nothing to resume")
         self.rec.enter(CycleState.RESUMED, paused_by_us=False)

@@ -74,6 +74,21 @@ def test_pause_method(tmp_path, memory, first_state, hold, states):
     assert_safe(host, state=first_state)
 
 
+@pytest.mark.parametrize("memory, hold", [(True, "snapshot_manual"), (False, "suspend")])
+def test_pause_method_thaws_once_the_guest_runs_again(tmp_path, memory, hold):
+    """libvirt refuses the agent's thaw while the guest is paused (tests/integration/test_cycle_holds.py): the
+    file systems frozen before the pause are thawed after the resume, never left frozen."""
+    host = make_host(tmp_path, policy={"method": "pause", "memory": memory, "quiesce": "required"})
+
+    outcome = host.cycle()
+
+    assert outcome.ok and outcome.warnings == [], (outcome.error, outcome.warnings)
+    assert [c[0] for c in host.hv.verbs("fs_freeze", hold, "resume", "fs_thaw")] == [
+        "fs_freeze", hold, "resume", "fs_thaw"]
+    assert host.records() == []
+    assert_safe(host)
+
+
 def test_shut_off_vm_gets_a_plain_snapshot(tmp_path):
     host = make_host(tmp_path, state=SHUTOFF)
 
