@@ -504,3 +504,137 @@ def make_host(root: Path, *, state: str = RUNNING, agent: str = "answers", disks
                 journal=FlakyJournal(root / "state", **(journal_faults or {})),
                 ram_store=FlakyRamStore(root / "ram", Runner(), failures=ram_failures),
                 overlay_dir=overlay_dir, config_text=text)
+
+
+@dataclass
+class FakeDataset:
+    snapshots: list[str]  # short names, oldest first
+    origin: str | None = None  # "ds@snap" for a clone
+    mountpoint: str | None = None  # set locally; None: inherited (follows the name)
+    mounted: bool = True
+
+
+class TreeZfs(Faults):
+    """The zfs verbs a restore, its undo and its drop use, on a model of datasets with clones and promotion (what
+    real ZFS does to snapshots and origins on `clone`, `promote`, `rename`, `destroy -r`)."""
+
+    dialect = "openzfs"
+
+    def __init__(self, root: Path, datasets: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.root = root  # where inherited mountpoints live: root/<dataset name>
+        self.sets: dict[str, FakeDataset] = {name: FakeDataset(list(snaps)) for name, snaps in datasets.items()}
+        self.calls: list[tuple] = []
+        self.dry_run = False
+
+    def _call(self, verb: str, *args: object) -> None:
+        self.calls.append((verb, *args))
+        self.hit(verb)
+
+    def state(self) -> list[tuple]:
+        """Everything a restore may change, comparable before and after."""
+        return sorted((n, d.origin, tuple(d.snapshots), d.mountpoint, d.mounted) for n, d in self.sets.items())
+
+    def _get(self, name: str) -> FakeDataset:
+        from vmsnapd.zfs import DatasetNotFound
+
+        if name not in self.sets:
+            raise DatasetNotFound(f"cannot open '{name}': dataset does not exist", name)
+        return self.sets[name]
+
+    def _tree(self, name: str) -> list[str]:
+        return [n for n in self.sets if n == name or n.startswith(name + "/")]
+
+    def mountpoint_of(self, name: str) -> str:
+        return self.sets[name].mountpoint or str(self.root / name)
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def list_tree(self, roots) -> ZfsListing:
+        from vmsnapd.policy import Snapshot
+
+        roots = list(roots)
+        names = sorted({n for r in roots for n in self._tree(r)})
+        return ZfsListing(
+            datasets={n: DatasetInfo(n, self.mountpoint_of(n) if self.sets[n].mounted else None, NOW)
+                      for n in names},
+            snapshots=[Snapshot(dataset=n, name=s, creation=NOW) for n in names for s in self.sets[n].snapshots],
+            missing_roots=[r for r in roots if r not in self.sets])
+
+    def get_property(self, target: str, prop: str) -> str:
+        assert prop == "origin", prop
+        return self._get(target).origin or "-"
+
+    def property_source(self, dataset: str, prop: str) -> tuple[str, str]:
+        assert prop == "mountpoint", prop
+        ds = self._get(dataset)
+        return (ds.mountpoint, "local") if ds.mountpoint else (self.mountpoint_of(dataset), "inherited")
+
+    # -- changing ---------------------------------------------------------------------------------------------
+
+    def unmount(self, dataset: str) -> None:
+        self._call("unmount", dataset)
+        self._get(dataset).mounted = False
+
+    def mount(self, dataset: str) -> None:
+        self._call("mount", dataset)
+        self._get(dataset).mounted = True
+
+    def rename(self, dataset: str, new_name: str) -> None:
+        from vmsnapd.zfs import ZfsError
+
+        self._call("rename", dataset, new_name)
+        self._get(dataset)
+        if new_name in self.sets:
+            raise ZfsError(f"cannot rename to '{new_name}': dataset already exists", dataset)
+        moved = {n: new_name + n[len(dataset):] for n in self._tree(dataset)}
+        self.sets = {moved.get(n, n): d for n, d in self.sets.items()}
+        for d in self.sets.values():
+            if d.origin and d.origin.split("@")[0] in moved:
+                source, snap = d.origin.split("@")
+                d.origin = f"{moved[source]}@{snap}"
+
+    def set_property(self, dataset: str, prop: str, value: str) -> None:
+        self._call("set_property", dataset, prop, value)
+        assert prop == "mountpoint", prop
+        self._get(dataset).mountpoint = value
+
+    def clone(self, dataset: str, snapname: str, new_dataset: str, properties: dict | None = None) -> None:
+        from vmsnapd.zfs import ZfsError
+
+        self._call("clone", dataset, snapname, new_dataset)
+        if snapname not in self._get(dataset).snapshots or new_dataset in self.sets:
+            raise ZfsError(f"cannot clone {dataset}@{snapname} as {new_dataset}", new_dataset)
+        self.sets[new_dataset] = FakeDataset([], origin=f"{dataset}@{snapname}",
+                                             mountpoint=(properties or {}).get("mountpoint"))
+
+    def promote(self, dataset: str) -> None:
+        from vmsnapd.zfs import ZfsError
+
+        self._call("promote", dataset)
+        clone = self._get(dataset)
+        if not clone.origin:
+            raise ZfsError(f"cannot promote '{dataset}': not a cloned filesystem", dataset)
+        source_name, snap = clone.origin.split("@")
+        source = self.sets[source_name]
+        cut = source.snapshots.index(snap) + 1
+        taken, source.snapshots = source.snapshots[:cut], source.snapshots[cut:]
+        clone.snapshots = taken + clone.snapshots
+        clone.origin, source.origin = source.origin, f"{dataset}@{snap}"
+        for name, d in self.sets.items():
+            if name != source_name and d.origin and d.origin.split("@")[0] == source_name \
+                    and d.origin.split("@")[1] in taken:
+                d.origin = f"{dataset}@{d.origin.split('@')[1]}"
+
+    def destroy_dataset(self, dataset: str, *, recursive: bool = False, force: bool = False) -> None:
+        from vmsnapd.zfs import HasDependents
+
+        self._call("destroy_dataset", dataset, recursive)
+        self._get(dataset)
+        doomed = set(self._tree(dataset))
+        dependents = [n for n, d in self.sets.items()
+                      if n not in doomed and d.origin and d.origin.split("@")[0] in doomed]
+        if dependents:
+            raise HasDependents(f"cannot destroy '{dataset}': filesystem has dependent clones", dataset)
+        for name in doomed:
+            del self.sets[name]
