@@ -119,6 +119,13 @@ class FakeHypervisor(Faults):
             raise DomainNotFound(f"domain {name}: Domain not found")
         return self.domains[name]
 
+    def _active(self, name: str, what: str) -> FakeDomain:
+        """The domain, which must run (or be paused) for `what`: libvirt's "domain is not running" otherwise."""
+        dom = self._get(name)
+        if dom.state not in (RUNNING, PAUSED):
+            raise HypervisorError(f"{what} {name}: Requested operation is not valid: domain is not running")
+        return dom
+
     def _call(self, verb: str, *args: object) -> bool:
         """Record and apply faults; False in dry run (the verb must change nothing)."""
         self.calls.append((verb, *args))
@@ -187,7 +194,7 @@ class FakeHypervisor(Faults):
     def fs_freeze(self, name: str) -> int:
         if not self._call("fs_freeze", name):
             return 0
-        dom = self._get(name)
+        dom = self._active(name, "fsfreeze")
         if dom.agent != "answers":
             raise AgentUnavailable(f"fsfreeze {name}: Guest agent is not responding")
         dom.fs_frozen = True
@@ -216,7 +223,7 @@ class FakeHypervisor(Faults):
                           skip_disks: list[str]) -> None:
         if not self._call("snapshot_external", name, tuple(sorted(overlays.items())), memory_file, tuple(skip_disks)):
             return
-        dom = self._get(name)
+        dom = self._active(name, "snapshot of")
         for target in overlays:  # atomic: all or nothing, as with VIR_..._CREATE_ATOMIC
             if target not in dom.live:
                 raise HypervisorError(f"snapshot of {name}: no disk {target}")
@@ -232,7 +239,7 @@ class FakeHypervisor(Faults):
                         skip_disks: list[str]) -> None:
         if not self._call("snapshot_manual", name, tuple(targets), memory_file, tuple(skip_disks)):
             return
-        dom = self._get(name)
+        dom = self._active(name, "snapshot of")
         Path(memory_file).write_bytes(b"ram" * 100)
         dom.state = PAUSED
         self.done("snapshot_manual")
@@ -240,7 +247,7 @@ class FakeHypervisor(Faults):
     def suspend(self, name: str) -> None:
         if not self._call("suspend", name):
             return
-        self._get(name).state = PAUSED
+        self._active(name, "pause").state = PAUSED
         self.done("suspend")
 
     def resume(self, name: str) -> None:
@@ -357,6 +364,7 @@ class FlakyJournal(Journal):
         self.fail_states = set(fail_states)
         self.fail_finish = fail_finish
         self.states: list[str] = []  # every state written, in order
+        self.on_state: dict[str, Callable[[], object]] = {}  # state -> run once, right after it is written
 
     def begin(self, record):
         if self.fail_begin:
@@ -371,6 +379,9 @@ class FlakyJournal(Journal):
         updated = super().update(record, **changes)
         if not self.states or self.states[-1] != str(updated.state):
             self.states.append(str(updated.state))
+            effect = self.on_state.pop(str(updated.state), None)
+            if effect is not None:
+                effect()
         return updated
 
     def finish(self, record):

@@ -247,6 +247,28 @@ def test_paused_guest_gone_before_the_resume(tmp_path):
     assert host.records() == [] and host.overlay_files() == []
 
 
+PAUSE_FLOW = ["started", "xml_saved", "quiescing", "quiesced", "freezing", "frozen", "snapshotted", "resumed",
+              "unfrozen", "dump_kept", "done"]
+
+
+@pytest.mark.parametrize("how", ["shut_off", "vanish"])
+@pytest.mark.parametrize("method, state", [("overlay", s) for s in OVERLAY_FLOW[1:]]
+                         + [("pause", s) for s in PAUSE_FLOW[1:]])
+def test_domain_gone_right_after_any_state(tmp_path, method, state, how):
+    """Whenever the domain is shut off or undefined, the cycle ends (success or a clear failure) without leaving an
+    overlay or a record that `recover` cannot close; a domain still defined ends on its base files."""
+    host = make_host(tmp_path, policy={"method": method})
+    host.journal.on_state[state] = lambda: getattr(host.hv, how)("web")
+
+    outcome = host.cycle()
+
+    assert outcome.ok or outcome.error
+    assert host.recover().errors == []
+    assert host.records() == [] and host.overlay_files() == []
+    if how == "shut_off":
+        assert_safe(host, state=SHUTOFF)
+
+
 # -- the freeze fails half-way -------------------------------------------------------------------------------------
 
 def test_external_snapshot_that_failed_after_moving_a_disk_is_undone(tmp_path):
