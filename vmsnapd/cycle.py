@@ -146,7 +146,7 @@ class Cycle:
             rec.enter(CycleState.DONE)
             outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names]
             rec.finish()
-        except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
+        except Exception as exc:  # one target's failure must never stop the others
             self._failed(rec, outcome, exc)
 
     def _failed(self, rec: Recorder, outcome: TargetOutcome, exc: Exception) -> None:
@@ -160,7 +160,7 @@ class Cycle:
             rec.enter(CycleState.FAILED, error=outcome.error, ram_file=None)
             if rec.vm_safe:
                 rec.finish()  # otherwise `recover` needs the record
-        except Exception:  # noqa: BLE001 — the record stays for `recover`
+        except Exception:  # the record stays for `recover`
             log.exception("could not record the failure of %s", self.target.name)
 
     # -- hooks -----------------------------------------------------------------------------------------------
@@ -194,10 +194,14 @@ class Cycle:
         argv = getattr(hooks, phase)
         if not argv:
             return None
-        env = HookEnv(phase=phase, datasets=list(self.target.datasets), snapshot_names=self.names,
-                      domain=self.target.domain, ram_dump=rec.record.ram_dump, pre_failure=pre_failed)
-        timeout = hooks.timeout if hooks.timeout is not None else self.env.hook_timeout
-        return run_hook(argv, env, timeout, self.env.dry_run, log_context=self.target.name)
+        try:
+            env = HookEnv(phase=phase, datasets=list(self.target.datasets), snapshot_names=self.names,
+                          domain=self.target.domain, ram_dump=rec.record.ram_dump, pre_failure=pre_failed)
+            timeout = hooks.timeout if hooks.timeout is not None else self.env.hook_timeout
+            return run_hook(argv, env, timeout, self.env.dry_run, log_context=self.target.name)
+        except Exception as exc:  # run_hook reports a hook's own failure; anything else is ours
+            log.exception("hook %s for %s could not be run", phase, self.target.name)
+            return HookResult(ok=False, returncode=None, error=f"could not be run: {exc}")
 
     # -- plain: no running VM -----------------------------------------------------------------------------
 
@@ -225,8 +229,9 @@ class Cycle:
             snapshot_error, unfreeze_error = self._hold_and_snapshot(plan, rec, hold)
         rec.enter(CycleState.UNFROZEN if unfreeze_error is None else rec.state, pause_ms=pauses.paused_ms())
         if snapshot_error is not None:
-            rec.discard(rec.record.ram_file)
-            rec.note(ram_file=None)
+            if rec.record.ram_file:
+                rec.discard(rec.record.ram_file)
+                rec.note(ram_file=None)
             if unfreeze_error is not None:
                 raise CycleFailed(f"{snapshot_error}; and then: {self._unfreeze_message(rec, unfreeze_error)}")
             raise snapshot_error
@@ -248,11 +253,11 @@ class Cycle:
                 thaw()
             try:
                 self._snapshot_datasets(rec, atomic_needed=False)
-            except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
+            except Exception as exc:  # unfreeze first, then report
                 snapshot_error = exc
             try:
                 hold.unfreeze_disks()
-            except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
+            except Exception as exc:  # keep what the snapshot gave us, then report
                 unfreeze_error = exc
         return snapshot_error, unfreeze_error
 
