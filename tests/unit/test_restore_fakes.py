@@ -23,6 +23,12 @@ S2 = "autosnap_2026-11-29_02:00:00_hourly"
 NOW = datetime(2026, 11, 30, 1, 2, 3, tzinfo=timezone.utc)
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Durability is test_files.py's; here it only costs time on a busy disk."""
+    monkeypatch.setattr("os.fsync", lambda fd: None)
+
+
 class Killed(BaseException):
     """vmsnapd killed mid-step (kill -9): nothing of the restore's own error handling runs."""
 
