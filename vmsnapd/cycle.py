@@ -223,7 +223,7 @@ class Cycle:
     def _vm(self, plan: CyclePlan, rec: Recorder) -> None:
         self._save_domain_xml(rec)
         memory_file = self._memory_file(rec) if plan.memory else None
-        hold = hold_for(plan, memory_file, hv=self.env.hypervisor, rec=rec, domain=self.target.domain,
+        hold = hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
                         live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
         with self.env.hypervisor.watch_pauses(self.target.domain) as pauses:
             snapshot_error, unfreeze_error = self._hold_and_snapshot(plan, rec, hold)

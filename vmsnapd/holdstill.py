@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from vmsnapd.commitback import commit_back, state_or_gone
@@ -35,7 +36,7 @@ class StillOnOverlay(HypervisorError):
         super().__init__(str(last))
 
 
-class HoldStill:
+class HoldStill(ABC):
     """The common part: the journal around the libvirt call, and the settling of a failed one."""
 
     guest_runs = False  # whether the guest runs (and its agent answers) while its disks are held still
@@ -52,20 +53,21 @@ class HoldStill:
 
     # -- what each strategy says ------------------------------------------------------------------------------
 
+    @abstractmethod
     def intent(self) -> dict:
         """What the record must say before libvirt is asked (so `recover` can undo it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def hold(self) -> None:
         """The libvirt call."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unfreeze_disks(self) -> None:
-        raise NotImplementedError
+        """Commit the overlays back, or resume the guest the cycle paused; the record says what is left."""
 
+    @abstractmethod
     def undo(self, now: str) -> None:
         """After a failed freeze, with the domain still there (`now`): undo what libvirt did anyway."""
-        raise NotImplementedError
 
     # -- the steps --------------------------------------------------------------------------------------------
 
@@ -207,5 +209,8 @@ STRATEGIES: dict[Hold, type[HoldStill]] = {Hold.OVERLAY: OverlayHold, Hold.MANUA
                                            Hold.SUSPEND: SuspendHold, Hold.ALREADY_PAUSED: SuspendHold}
 
 
-def hold_for(plan: CyclePlan, memory_file: str | None, **kwargs) -> HoldStill:
-    return STRATEGIES[plan.hold(memory_file is not None)](plan=plan, memory_file=memory_file, **kwargs)
+def hold_for(hv: Hypervisor, rec: Recorder, plan: CyclePlan, domain: str, memory_file: str | None, *, live: bool,
+             overlay_dir: Path) -> HoldStill:
+    """The strategy the plan calls for, now that it is known whether the RAM can be written."""
+    strategy = STRATEGIES[plan.hold(memory_file is not None)]
+    return strategy(hv, rec, plan, domain, memory_file, live=live, overlay_dir=overlay_dir)
