@@ -150,6 +150,22 @@ def test_commit_failing_three_times_leaves_the_vm_on_its_overlay_and_recover_fin
     assert_safe(host)
 
 
+def test_every_disk_is_tried_and_only_the_one_still_on_its_overlay_is_recorded(tmp_path):
+    host = make_host(tmp_path, disks=("vda", "vdb"))
+    failing = BlockJobFailed("blockcommit web vda: job failed")
+    host.hv.fail("commit_active", failing, failing, failing)  # every attempt for vda; vdb (tried after) goes back
+
+    outcome = host.cycle()
+
+    assert not outcome.ok and "vda still runs on overlay" in outcome.error and "vdb" not in outcome.error
+    [record] = host.records()
+    assert [o.target for o in record.overlays] == ["vda"]
+    assert host.overlay_files() == [host.overlay_name("vda")]
+    assert host.recover().errors == []
+    assert host.records() == []
+    assert_safe(host)
+
+
 def test_recover_keeps_the_record_while_the_commit_still_fails(tmp_path):
     host = make_host(tmp_path)
     host.hv.fail("commit_active", *[BlockJobFailed("blockcommit web vda: job failed")] * 4)
