@@ -146,7 +146,7 @@ class Cycle:
             rec.enter(CycleState.DONE)
             outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names]
             rec.finish()
-        except Exception as exc:  # one target's failure must never stop the others
+        except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             self._failed(rec, outcome, exc)
 
     def _failed(self, rec: Recorder, outcome: TargetOutcome, exc: Exception) -> None:
@@ -253,11 +253,11 @@ class Cycle:
                 thaw()
             try:
                 self._snapshot_datasets(rec, atomic_needed=False)
-            except Exception as exc:  # unfreeze first, then report
+            except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
                 snapshot_error = exc
             try:
                 hold.unfreeze_disks()
-            except Exception as exc:  # keep what the snapshot gave us, then report
+            except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
                 unfreeze_error = exc
         return snapshot_error, unfreeze_error
 
