@@ -1,12 +1,15 @@
 """One snapshot cycle of one target, as an explicit state machine with a crash journal.
 
-    started → hooks_pre → xml_saved → [quiesced] → frozen → snapshotted → committed/resumed → dump_kept → done
-                                                                       ↘ failed (from any state)
+    started → xml_saved → [quiescing → quiesced] → freezing → frozen → snapshotted
+            → committed | resumed → unfrozen → [dump_kept] → done          ↘ failed (from any state)
 
-Before each step the journal records where the cycle is (atomic write + fsync), so `vmsnapd recover`
-can finish or undo whatever a crash interrupted. Whatever happens between `frozen` and the end, the
-`finally` blocks bring the VM back: overlays committed and pivoted, a guest we paused resumed, file
-systems thawed. A failed zfs snapshot never leaves the VM on an overlay.
+(vmsnapd.journal.CycleState; docs/how-it-works.md, "States".) What the cycle does is decided up front by
+vmsnapd.cycleplan.plan_cycle (pure); the hooks run around it (`_hooks`); the disks are held still by one of the
+strategies of vmsnapd/holdstill.py; every journal write, log line and dry-run decision goes through one
+vmsnapd.recorder.Recorder. Before each step the journal records where the cycle is (atomic write + fsync), so
+`vmsnapd recover` can finish or undo whatever a crash interrupted. Whatever happens once the disks are held still,
+the VM is brought back: overlays committed and pivoted, a guest we paused resumed, file systems thawed — also when a
+journal write fails. A failed zfs snapshot never leaves the VM on an overlay.
 """
 
 from __future__ import annotations
@@ -14,47 +17,42 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, Iterator
 
 from vmsnapd.actions.report import TargetOutcome
+from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
+                               plan_cycle, quiesce_verdict, space_problem, subtree_root)
 from vmsnapd.domxml import nvram_path
-from vmsnapd.hvtypes import PAUSED, RUNNING, AgentUnavailable, DomainNotFound, HypervisorError
-from vmsnapd.ports import HypervisorPort as Hypervisor  # the Protocol: CycleEnv takes any hypervisor adapter
+from vmsnapd.hvtypes import AgentUnavailable, HypervisorError
+from vmsnapd.holdstill import COMMIT_ATTEMPTS, CycleFailed, HoldStill, StillOnOverlay, hold_for
+from vmsnapd.commitback import state_or_gone
+from vmsnapd.ports import HypervisorPort
 from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.files import (UnsafePath, copy_file_atomically, create_private_file, ensure_folder,
                            ensure_private_directory, write_file_atomically)
-from vmsnapd.journal import CycleRecord, Journal, JournalError, OverlayRecord
-from vmsnapd.logsetup import NOTICE, fields, log_fields
+from vmsnapd.journal import CycleRecord, CycleState, Journal, JournalError
+from vmsnapd.logsetup import NOTICE, log_fields
 from vmsnapd.names import STAMP_FORMAT, InvalidName, encode_name
-from vmsnapd.overlaynames import memory_file_name, overlay_file_name
+from vmsnapd.overlaynames import memory_file_name
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
+from vmsnapd.recorder import Recorder
 from vmsnapd.targets import Target, dataset_of_path
 from vmsnapd.zfs import SnapshotExists, Zfs, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
 
-COMMIT_ATTEMPTS = 3
-COMMIT_RETRY_DELAY_S = 1.0
+__all__ = ["COMMIT_ATTEMPTS", "Cycle", "CycleEnv", "CycleFailed", "StillOnOverlay"]
+
 # Head-room asked of overlay_dir before a RAM dump: the guest's memory size times this.
 RAM_SPACE_FACTOR = 1.1
 XML_DIR = ".vmsnapd"
-
-
-class CycleFailed(Exception):
-    pass
-
-
-class StillOnOverlay(HypervisorError):
-    """Every commit attempt failed: the VM runs on (some of) its overlays, which is safe; `recover` finishes."""
-
-    def __init__(self, disks: list[tuple[str, str]], last: Exception):
-        self.disks = disks  # (target, overlay path)
-        self.last = last
-        super().__init__(str(last))
+# Failures the cycle expects and reports in one line; anything else is logged with its traceback too.
+EXPECTED = (CycleFailed, ZfsError, HypervisorError, InvalidName, RamStoreError, UnsafePath, JournalError)
 
 
 @dataclass
@@ -62,7 +60,7 @@ class CycleEnv:
     """What a cycle needs from the host, injected by the caller."""
 
     zfs: Zfs
-    hypervisor: Hypervisor | None
+    hypervisor: HypervisorPort | None
     journal: Journal
     listing: ZfsListing
     overlay_dir: Path
@@ -70,18 +68,6 @@ class CycleEnv:
     ram_compression: str
     hook_timeout: float = 30.0
     dry_run: bool = False
-
-
-@dataclass
-class CycleState:
-    record: CycleRecord
-    names: list[str]
-    started: float = field(default_factory=time.monotonic)
-    warnings: list[str] = field(default_factory=list)
-    taken: list[str] = field(default_factory=list)  # full snapshot names made by this cycle
-
-    def elapsed_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
 
 
 class Cycle:
@@ -92,20 +78,7 @@ class Cycle:
         self.stamp = stamp
         self.names = snapshot_names(stamp, periods)
         self.prefix = "dry-run: " if env.dry_run else ""
-
-    # -- logging -------------------------------------------------------------------------------------------
-
-    def _log(self, level: int, state: CycleState, event: str, extra: str = "") -> None:
-        log.log(level, "%scycle %s dataset=%s domain=%s snapshot=%s elapsed_ms=%d%s", self.prefix, event,
-                ",".join(self.target.datasets), self.target.domain or "-", ",".join(self.names),
-                state.elapsed_ms(), f": {extra}" if extra else "", extra=fields(pause_ms=state.record.pause_ms))
-
-    def _enter(self, state: CycleState, name: str, **changes: object) -> None:
-        if not self.env.dry_run:
-            state.record = self.env.journal.update(state.record, state=name, **changes)
-        else:
-            state.record = state.record.model_copy(update={"state": name, **changes})
-        self._log(logging.DEBUG, state, f"→ {name}")
+        self.domain_xml: str | None = None  # the inactive definition, read once when the cycle saves it
 
     # -- entry -----------------------------------------------------------------------------------------------
 
@@ -114,373 +87,296 @@ class Cycle:
                         cycle=f"{self.target.domain or self.target.name}-{self.stamp.strftime(STAMP_FORMAT)}"):
             return self._run()
 
+    def _describe(self) -> str:
+        return (f"dataset={','.join(self.target.datasets)} domain={self.target.domain or '-'} "
+                f"snapshot={','.join(self.names)}")
+
     def _run(self) -> TargetOutcome:
         outcome = TargetOutcome(action="take", target=self.target.name, domain=self.target.domain,
                                 datasets=list(self.target.datasets), dry_run=self.env.dry_run)
-        stamp_text = self.stamp.strftime(STAMP_FORMAT)
-        method = "plain"
-        vm_state = None
         try:
-            if self.target.error:
-                raise CycleFailed(self.target.error)
-            if self.target.domain:
-                vm_state = self.env.hypervisor.state(self.target.domain)
-                if vm_state in (RUNNING, PAUSED):
-                    method = self.target.policy.method if vm_state == RUNNING else "pause"
+            plan = self._plan()
         except (CycleFailed, HypervisorError) as exc:
             # Nothing touched yet: no journal record, no hooks; this target fails alone.
             outcome.error = str(exc)
-            log.error("%scycle failed dataset=%s domain=%s snapshot=%s: %s", self.prefix,
-                      ",".join(self.target.datasets), self.target.domain or "-", ",".join(self.names), exc)
+            log.error("%scycle failed %s: %s", self.prefix, self._describe(), exc)
             return outcome
+        rec = self._recorder(plan)
+        try:
+            rec.begin()
+        except (JournalError, OSError) as exc:
+            outcome.error = f"cannot record the cycle in the journal, not starting it: {exc}"
+            log.error("%scycle failed dataset=%s: %s", self.prefix, ",".join(self.target.datasets), outcome.error)
+            return outcome
+        with self._hooks(rec, outcome) as pre_hook:
+            self._attempt(plan, rec, outcome, pre_hook)
+        outcome.warnings = rec.warnings
+        outcome.duration_ms = rec.elapsed_ms()
+        outcome.pause_ms = rec.record.pause_ms
+        if outcome.ok:
+            pause = rec.record.pause_ms
+            rec.log(NOTICE, "done", f"method={plan.method}" + (f" pause_ms={pause}" if pause is not None else ""))
+        else:
+            rec.log(logging.ERROR, "failed", outcome.error or "")
+        return outcome
+
+    def _plan(self) -> CyclePlan:
+        if self.target.error:
+            raise CycleFailed(self.target.error)
+        vm_state = self.env.hypervisor.state(self.target.domain) if self.target.domain else None
+        return plan_cycle(domain=self.target.domain, vm_state=vm_state, policy=self.target.policy,
+                          disks=[(d.target, d.source) for d in self.target.disks],
+                          skipped=self.target.skipped_disks, overlay_dir=self.env.overlay_dir,
+                          stamp=self.stamp.strftime(STAMP_FORMAT))
+
+    def _recorder(self, plan: CyclePlan) -> Recorder:
+        stamp_text = self.stamp.strftime(STAMP_FORMAT)
         record = CycleRecord(cycle_id=f"{self.target.domain or self.target.name}-{stamp_text}",
                              domain=self.target.domain, datasets=list(self.target.datasets),
-                             snapshot_names=self.names, stamp=stamp_text, method=method, state="started")
-        state = CycleState(record=record, names=self.names)
-        if not self.env.dry_run:
-            try:
-                state.record = self.env.journal.begin(record)
-            except (JournalError, OSError) as exc:
-                outcome.error = f"cannot record the cycle in the journal, not starting it: {exc}"
-                log.error("%scycle failed dataset=%s: %s", self.prefix, ",".join(self.target.datasets), outcome.error)
-                return outcome
-        pre_hook: HookResult | None = None
+                             snapshot_names=self.names, stamp=stamp_text, method=plan.method,
+                             state=CycleState.STARTED)
+        return Recorder(self.env.journal, record, dry_run=self.env.dry_run, describe=self._describe())
+
+    def _attempt(self, plan: CyclePlan, rec: Recorder, outcome: TargetOutcome, pre_hook: HookResult | None) -> None:
         try:
-            pre_hook = self._hook(state, "pre_snapshot")
-            if pre_hook is not None and not pre_hook.ok:
-                if self.target.policy.pre_snapshot_failure == "fail":
-                    raise CycleFailed(f"pre_snapshot hook failed ({pre_hook.error}); no snapshot taken "
-                                      f"(pre_snapshot_failure = \"fail\")")
-                state.warnings.append(f"pre_snapshot hook failed ({pre_hook.error}); snapshot taken anyway")
-            if method != "plain":
-                self._still_there(vm_state)
-            if method == "plain":
-                self._plain(state, vm_state)
+            self._check_pre_hook(rec, pre_hook)
+            if plan.method == "plain":
+                self._plain(rec)
             else:
-                self._vm(state, vm_state)
-            self._enter(state, "done")
+                self._still_there(plan)
+                self._vm(plan, rec)
+            rec.enter(CycleState.DONE)
             outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names]
-            if not self.env.dry_run:
-                self.env.journal.finish(state.record)
+            rec.finish()
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
-            outcome.error = str(exc) or type(exc).__name__
-            outcome.snapshots = list(state.taken)  # a failure after the snapshot: it exists, say so
-            if not isinstance(exc, (CycleFailed, ZfsError, HypervisorError, InvalidName, RamStoreError, UnsafePath)):
-                log.exception("unexpected error in cycle of %s", self.target.name)
-            try:
-                self._enter(state, "failed", error=outcome.error)
-                vm_safe = not (state.record.overlays or state.record.paused_by_us or state.record.fs_frozen)
-                if not self.env.dry_run and vm_safe:
-                    self.env.journal.finish(state.record)  # otherwise `recover` needs the record
-            except Exception:  # noqa: BLE001 — the record stays for `recover`
-                log.exception("could not record the failure of %s", self.target.name)
-        if pre_hook is not None:  # post_snapshot always runs when pre_snapshot ran
-            post = self._hook(state, "post_snapshot", pre_failed=not pre_hook.ok)
-            if post is not None and not post.ok:
-                state.warnings.append(f"post_snapshot hook failed: {post.error}")
+            self._failed(rec, outcome, exc)
+
+    def _failed(self, rec: Recorder, outcome: TargetOutcome, exc: Exception) -> None:
+        outcome.error = str(exc) or type(exc).__name__
+        outcome.snapshots = list(rec.taken)  # a failure after the snapshot: it exists, say so
+        if not isinstance(exc, EXPECTED):
+            log.exception("unexpected error in cycle of %s", self.target.name)
+        try:
+            # A fresh RAM file no dump was made of cannot be vouched for: it goes (recover would delete it too).
+            rec.discard(rec.record.ram_file)
+            rec.enter(CycleState.FAILED, error=outcome.error, ram_file=None)
+            if rec.vm_safe:
+                rec.finish()  # otherwise `recover` needs the record
+        except Exception:  # the record stays for `recover`
+            log.exception("could not record the failure of %s", self.target.name)
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _hooks(self, rec: Recorder, outcome: TargetOutcome) -> Iterator[HookResult | None]:
+        """pre_snapshot before the cycle; post_snapshot after it, always when pre_snapshot ran (told whether it
+        failed), else only after a successful cycle."""
+        pre = self._hook(rec, "pre_snapshot")
+        yield pre
+        if pre is not None:
+            post = self._hook(rec, "post_snapshot", pre_failed=not pre.ok)
         elif self.target.policy.hooks.post_snapshot and outcome.ok:
-            post = self._hook(state, "post_snapshot")
-            if post is not None and not post.ok:
-                state.warnings.append(f"post_snapshot hook failed: {post.error}")
-        outcome.warnings = state.warnings
-        outcome.duration_ms = state.elapsed_ms()
-        outcome.pause_ms = state.record.pause_ms
-        if outcome.ok:
-            pause = state.record.pause_ms
-            self._log(NOTICE, state, "done", f"method={method}"
-                      + (f" pause_ms={pause}" if pause is not None else ""))
+            post = self._hook(rec, "post_snapshot")
         else:
-            self._log(logging.ERROR, state, "failed", outcome.error or "")
-        return outcome
+            post = None
+        if post is not None and not post.ok:
+            rec.warnings.append(f"post_snapshot hook failed: {post.error}")
+
+    def _check_pre_hook(self, rec: Recorder, pre: HookResult | None) -> None:
+        if pre is None or pre.ok:
+            return
+        if self.target.policy.pre_snapshot_failure == "fail":
+            raise CycleFailed(f"pre_snapshot hook failed ({pre.error}); no snapshot taken "
+                              f"(pre_snapshot_failure = \"fail\")")
+        rec.warnings.append(f"pre_snapshot hook failed ({pre.error}); snapshot taken anyway")
+
+    def _hook(self, rec: Recorder, phase: str, pre_failed: bool = False) -> HookResult | None:
+        """Run the target's hook for `phase`, if it has one; None when there is none."""
+        hooks = self.target.policy.hooks
+        argv = getattr(hooks, phase)
+        if not argv:
+            return None
+        try:
+            env = HookEnv(phase=phase, datasets=list(self.target.datasets), snapshot_names=self.names,
+                          domain=self.target.domain, ram_dump=rec.record.ram_dump, pre_failure=pre_failed)
+            timeout = hooks.timeout if hooks.timeout is not None else self.env.hook_timeout
+            return run_hook(argv, env, timeout, self.env.dry_run, log_context=self.target.name)
+        except Exception as exc:  # run_hook reports a hook's own failure; anything else is ours
+            log.exception("hook %s for %s could not be run", phase, self.target.name)
+            return HookResult(ok=False, returncode=None, error=f"could not be run: {exc}")
 
     # -- plain: no running VM -----------------------------------------------------------------------------
 
-    def _plain(self, state: CycleState, vm_state: str | None) -> None:
+    def _plain(self, rec: Recorder) -> None:
         if self.target.domain:
-            self._save_domain_xml(state)
-        self._snapshot_datasets(state, atomic_needed=True)
+            self._save_domain_xml(rec)
+        self._snapshot_datasets(rec, atomic_needed=True)
 
     # -- running or paused VM -------------------------------------------------------------------------
 
-    def _vm(self, state: CycleState, vm_state: str) -> None:
-        domain = self.target.domain
-        hv = self.env.hypervisor
-        policy = self.target.policy
-        self._save_domain_xml(state)
-        memory_file = self._memory_file(state) if policy.memory else None
-        frozen_fs = False
-        snapshot_error: Exception | None = None
-        unfreeze_error: Exception | None = None
-        try:
-            if vm_state == RUNNING and policy.quiesce != "off":
-                frozen_fs = self._quiesce(state)
-            with hv.watch_pauses(domain) as pauses:
-                try:
-                    self._freeze(state, memory_file, vm_state)
-                finally:
-                    if frozen_fs:
-                        self._thaw(state)
-                        frozen_fs = False
-                try:
-                    self._snapshot_datasets(state, atomic_needed=False)
-                except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
-                    snapshot_error = exc
-                try:
-                    self._unfreeze(state, vm_state)
-                except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
-                    unfreeze_error = exc
-            pause_ms = pauses.paused_ms()
-            self._enter(state, "unfrozen" if unfreeze_error is None else state.record.state, pause_ms=pause_ms)
-        finally:
-            if frozen_fs:
-                self._thaw(state)
-        if snapshot_error is not None:
-            if state.record.ram_file:
-                self._discard(Path(state.record.ram_file))
-                self._enter(state, state.record.state, ram_file=None)
-            if unfreeze_error is not None:
-                raise CycleFailed(f"{snapshot_error}; and then: {self._unfreeze_message(state, unfreeze_error)}")
-            raise snapshot_error
-        if state.record.ram_file:
-            # The RAM matches the snapshot even when the commit afterwards failed: keep it.
-            try:
-                self._keep_dump(state)
-            except (RamStoreError, OSError) as exc:
-                self._discard(Path(state.record.ram_file))
-                self._enter(state, state.record.state, ram_file=None)
-                problem = f"RAM dump could not be stored in {self.env.ram_store.ram_dir}: {exc}"
-                if self.target.policy.on_memory_failure == "fail":
-                    # The snapshot is taken and stays (a valid disk-only restore point); the cycle reports failure.
-                    raise CycleFailed(
-                        f"{problem} (on_memory_failure = \"fail\"); the snapshot stays, disk only") from exc
-                state.warnings.append(f"{problem}; the snapshot is disk-only")
-                self._log(logging.WARNING, state, "memory", f"{problem}; disk-only (on_memory_failure)")
-        if unfreeze_error is not None:
-            raise CycleFailed(self._unfreeze_message(state, unfreeze_error)) from unfreeze_error
+    def _still_there(self, plan: CyclePlan) -> None:
+        """After the pre_snapshot hook: a VM that stopped meanwhile fails the cycle before anything is touched."""
+        now = state_or_gone(self.env.hypervisor, self.target.domain)
+        if now not in ACTIVE:
+            was = "paused" if plan.was_paused else "running"
+            raise CycleFailed(f"domain {self.target.domain} is no longer running (was {was}, now {now}): "
+                              "it stopped after the cycle began; no snapshot taken, the next pass takes a plain one")
 
-    def _unfreeze_message(self, state: CycleState, exc: Exception) -> str:
+    def _vm(self, plan: CyclePlan, rec: Recorder) -> None:
+        self._save_domain_xml(rec)
+        memory_file = self._memory_file(rec) if plan.memory else None
+        hold = hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
+                        live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
+        with self.env.hypervisor.watch_pauses(self.target.domain) as pauses:
+            snapshot_error, unfreeze_error = self._hold_and_snapshot(plan, rec, hold)
+        rec.enter(CycleState.UNFROZEN if unfreeze_error is None else rec.state, pause_ms=pauses.paused_ms())
+        if snapshot_error is not None:
+            if rec.record.ram_file:
+                rec.discard(rec.record.ram_file)
+                rec.note(ram_file=None)
+            if unfreeze_error is not None:
+                raise CycleFailed(f"{snapshot_error}; and then: {self._unfreeze_message(rec, unfreeze_error)}")
+            raise snapshot_error
+        if rec.record.ram_file:
+            # The RAM matches the snapshot even when the commit afterwards failed: keep it.
+            self._keep_dump_or_say_why(rec)
+        if unfreeze_error is not None:
+            raise CycleFailed(self._unfreeze_message(rec, unfreeze_error)) from unfreeze_error
+
+    def _hold_and_snapshot(self, plan: CyclePlan, rec: Recorder,
+                           hold: HoldStill) -> tuple[Exception | None, Exception | None]:
+        """Quiesce, hold the disks still, snapshot, unfreeze: (the snapshot's error, the unfreeze's). The file
+        systems are thawed as soon as the guest runs again: at once on its overlays; after the resume when it was
+        paused (libvirt refuses agent commands to a paused guest)."""
+        snapshot_error = unfreeze_error = None
+        with self._quiesced(plan, rec) as thaw:
+            hold.freeze_disks()
+            if hold.guest_runs:
+                thaw()
+            try:
+                self._snapshot_datasets(rec, atomic_needed=False)
+            except Exception as exc:  # noqa: BLE001 — unfreeze first, then report
+                snapshot_error = exc
+            try:
+                hold.unfreeze_disks()
+            except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
+                unfreeze_error = exc
+        return snapshot_error, unfreeze_error
+
+    def _unfreeze_message(self, rec: Recorder, exc: Exception) -> str:
         if not isinstance(exc, StillOnOverlay):
             return f"could not bring {self.target.domain} back: {exc}"
         disks = ", ".join(f"{t} still runs on overlay {p}" for t, p in exc.disks)
-        taken = f"snapshot {', '.join(state.taken)} taken" if state.taken else "no snapshot taken"
-        dump = f", RAM dump kept at {state.record.ram_dump}" if state.record.ram_dump else ""
+        taken = f"snapshot {', '.join(rec.taken)} taken" if rec.taken else "no snapshot taken"
+        dump = f", RAM dump kept at {rec.record.ram_dump}" if rec.record.ram_dump else ""
         return (f"CRITICAL: {self.target.domain}: {disks} after {COMMIT_ATTEMPTS} commit attempts ({exc.last}); "
                 f"the VM keeps running on it (safe, but the overlay grows); {taken}{dump}; "
                 f"the cycle stays in the journal: run `vmsnapd recover` once the cause is fixed")
 
-    def _still_there(self, vm_state: str) -> None:
-        """After the pre_snapshot hook: a VM that stopped meanwhile fails the cycle before anything is touched."""
-        try:
-            now = self.env.hypervisor.state(self.target.domain)
-        except DomainNotFound:
-            now = "gone"
-        if now not in (RUNNING, PAUSED):
-            raise CycleFailed(f"domain {self.target.domain} is no longer running (was {vm_state}, now {now}): "
-                              "it stopped after the cycle began; no snapshot taken, the next pass takes a plain one")
-
-    def _memory_file(self, state: CycleState) -> str | None:
+    def _memory_file(self, rec: Recorder) -> str | None:
         """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
+        path = self.env.overlay_dir / memory_file_name(self.target.domain, rec.record.stamp)
+        verdict = memory_verdict(self._memory_problem(), self.target.policy.on_memory_failure)
+        if verdict.fail:
+            raise CycleFailed(verdict.fail)
+        self._say(rec, "memory", verdict)
+        return str(path) if verdict.go else None
+
+    def _memory_problem(self) -> str | None:
         domain = self.target.domain
-        path = self.env.overlay_dir / memory_file_name(domain, state.record.stamp)
-        problem = None
         try:
             if not self.env.dry_run:  # a dry run creates no directory and writes no probe
                 # 0711: QEMU (libvirt-qemu) must reach the overlays in it, but not list them.
                 ensure_folder(self.env.overlay_dir, 0o711, set_mode=False)
                 _check_writable(self.env.ram_store.ram_dir / encode_name(domain))
             memory = self.env.hypervisor.memory_bytes(domain)
-            for where in (self.env.overlay_dir, self.env.ram_store.ram_dir):
-                free = shutil.disk_usage(_existing(where)).free
-                if free < memory * RAM_SPACE_FACTOR:
-                    problem = f"{where} has {free >> 20} MiB free, the RAM dump needs about {memory >> 20} MiB"
+            free = {str(where): shutil.disk_usage(_existing(where)).free
+                    for where in (self.env.overlay_dir, self.env.ram_store.ram_dir)}
         except OSError as exc:
-            problem = f"cannot write RAM dump: {exc}"
-        if problem is None:
-            return str(path)
-        if self.target.policy.on_memory_failure == "fail":
-            raise CycleFailed(f"{problem} (on_memory_failure = \"fail\")")
-        state.warnings.append(f"{problem}; taking a disk-only snapshot")
-        self._log(logging.WARNING, state, "memory", f"{problem}; disk-only snapshot (on_memory_failure)")
-        return None
+            return f"cannot write RAM dump: {exc}"
+        return space_problem(free, memory, RAM_SPACE_FACTOR)
 
-    def _quiesce(self, state: CycleState) -> bool:
+    @contextmanager
+    def _quiesced(self, plan: CyclePlan, rec: Recorder) -> Iterator[Callable[[], None]]:
+        """The guest's file systems frozen through its agent (when the plan and the agent allow) for the body,
+        which may thaw them early with the function it is given; thawed at its end at the latest, whatever
+        happens."""
+        frozen = [self._quiesce(plan, rec)]
+
+        def thaw() -> None:
+            if frozen[0]:
+                frozen[0] = False
+                self._thaw(rec)
+
+        try:
+            yield thaw
+        finally:
+            thaw()
+
+    def _quiesce(self, plan: CyclePlan, rec: Recorder) -> bool:
         domain = self.target.domain
         hv = self.env.hypervisor
-        required = self.target.policy.quiesce == "required"
-        if not required and not hv.has_agent_channel(domain):
-            # No agent channel configured: nothing to warn about every cycle; the RAM dump (or the
-            # crash-consistent disks) is what this VM gets, as its admin set it up.
-            self._log(logging.INFO, state, "quiesce", "no guest agent channel; not quiesced")
+        if plan.quiesce == "off":
             return False
-        if not hv.agent_answers(domain):
-            if required:
-                raise CycleFailed(f"guest agent of {domain} does not answer and quiesce = \"required\"")
-            state.warnings.append("guest agent does not answer: snapshot not quiesced")
-            self._log(logging.WARNING, state, "quiesce", "guest agent does not answer; not quiesced")
-            return False
-        self._enter(state, "quiescing", fs_frozen=True)
+        channel = hv.has_agent_channel(domain)
+        verdict = quiesce_verdict(domain, plan.quiesce, channel,
+                                  hv.agent_answers(domain) if channel or plan.quiesce == "required" else None)
+        if not verdict.go:
+            return self._not_quiesced(rec, verdict)
+        rec.enter(CycleState.QUIESCING, fs_frozen=True)
         try:
             count = hv.fs_freeze(domain)
         except AgentUnavailable as exc:
-            self._enter(state, "quiescing", fs_frozen=False)
-            if required:
-                raise CycleFailed(f"fsfreeze of {domain} failed: {exc}") from exc
-            state.warnings.append(f"fsfreeze failed ({exc}): snapshot not quiesced")
-            return False
-        self._enter(state, "quiesced", quiesced=True)
-        self._log(logging.INFO, state, "quiesced", f"{count} file system(s) frozen")
+            rec.note(fs_frozen=False)
+            return self._not_quiesced(rec, fs_freeze_failed(domain, plan.quiesce, str(exc)), exc)
+        try:
+            rec.enter(CycleState.QUIESCED, quiesced=True)
+        except Exception:
+            self._thaw(rec)  # never leave the guest frozen because the journal cannot say it is
+            raise
+        rec.log(logging.INFO, "quiesced", f"{count} file system(s) frozen")
         return True
 
-    def _thaw(self, state: CycleState) -> None:
+    def _not_quiesced(self, rec: Recorder, verdict: Verdict, cause: Exception | None = None) -> bool:
+        self._say(rec, "quiesce", verdict, cause)
+        return False
+
+    @staticmethod
+    def _say(rec: Recorder, event: str, verdict: Verdict, cause: Exception | None = None) -> None:
+        """Carry out a verdict's words: fail the cycle, or record its warning and log its lines."""
+        if verdict.fail:
+            raise CycleFailed(verdict.fail) from cause
+        if verdict.info:
+            rec.log(logging.INFO, event, verdict.info)
+        if verdict.warning:
+            rec.warnings.append(verdict.warning)
+        if verdict.logged:
+            rec.log(logging.WARNING, event, verdict.logged)
+
+    def _thaw(self, rec: Recorder) -> None:
         try:
             count = self.env.hypervisor.fs_thaw(self.target.domain)
         except HypervisorError as exc:
-            state.warnings.append(f"fsthaw failed: {exc}")
-            self._log(logging.ERROR, state, "thaw", str(exc))
+            rec.warnings.append(f"fsthaw failed: {exc}")
+            rec.log(logging.ERROR, "thaw", str(exc))
             return
-        self._enter(state, state.record.state, fs_frozen=False)
-        self._log(logging.INFO, state, "thawed", f"{count} file system(s) thawed")
-
-    def _freeze(self, state: CycleState, memory_file: str | None, vm_state: str) -> None:
-        domain = self.target.domain
-        hv = self.env.hypervisor
-        policy = self.target.policy
-        targets = [d.target for d in self.target.disks]
-        skipped = self.target.skipped_disks
-        if state.record.method == "overlay":
-            overlays = [OverlayRecord(target=d.target, base_path=d.source,
-                                      overlay_path=str(self.env.overlay_dir /
-                                                       overlay_file_name(domain, d.target, state.record.stamp)))
-                        for d in self.target.disks]
-            self._enter(state, "freezing", overlays=overlays, ram_file=memory_file)
-            freeze = lambda: hv.snapshot_external(domain, {o.target: o.overlay_path for o in overlays},  # noqa: E731
-                                                  memory_file, live=policy.live, skip_disks=skipped)
-        elif memory_file:
-            self._enter(state, "freezing", ram_file=memory_file, paused_by_us=vm_state == RUNNING)
-            freeze = lambda: hv.snapshot_manual(domain, targets, memory_file,  # noqa: E731
-                                                live=policy.live, skip_disks=skipped)
-        else:
-            # pause method without memory: the guest stands still while ZFS takes its disks.
-            self._enter(state, "freezing", paused_by_us=vm_state == RUNNING)
-            freeze = (lambda: hv.suspend(domain)) if vm_state == RUNNING else (lambda: None)
-        try:
-            freeze()
-        except HypervisorError as exc:
-            self._settle_failed_freeze(state, vm_state, exc)
-            raise
-        self._enter(state, "frozen")
-
-    def _settle_failed_freeze(self, state: CycleState, vm_state: str, exc: Exception) -> None:
-        """The freeze failed: find out what libvirt really did, undo it, and leave a journal record that says
-        only what is still true (nothing, normally: the external snapshot is atomic)."""
-        domain = self.target.domain
-        hv = self.env.hypervisor
-        try:
-            now = hv.state(domain)
-        except DomainNotFound:
-            now = "gone"
-        except HypervisorError as err:
-            self._log(logging.ERROR, state, "freeze", f"failed ({exc}) and the domain cannot be inspected: {err}")
-            return  # keep the record as it is: recover will look again
-        if now not in (RUNNING, PAUSED):
-            for o in state.record.overlays:
-                self._discard(Path(o.overlay_path))
-            if state.record.ram_file:
-                self._discard(Path(state.record.ram_file))
-            self._enter(state, "freezing", overlays=[], ram_file=None, paused_by_us=False)
-            raise CycleFailed(f"domain {domain} is no longer running (was {vm_state}, now {now}): it stopped during "
-                              f"the cycle; no snapshot taken ({exc})") from exc
-        if state.record.overlays:
-            on_overlay = {d.target for d in hv.overlay_disks(domain, self.env.overlay_dir)}
-            if on_overlay:  # should not happen (atomic), but if it did: the normal path commits them back
-                self._enter(state, "frozen", overlays=[o for o in state.record.overlays if o.target in on_overlay])
-                self._unfreeze(state, vm_state)
-            for o in state.record.overlays:
-                self._discard(Path(o.overlay_path))
-        if state.record.paused_by_us and vm_state == RUNNING and now == PAUSED:
-            hv.resume(domain)
-        if state.record.ram_file:
-            self._discard(Path(state.record.ram_file))
-        self._enter(state, "freezing", overlays=[], ram_file=None, paused_by_us=False)
-
-    def _unfreeze(self, state: CycleState, vm_state: str) -> None:
-        domain = self.target.domain
-        hv = self.env.hypervisor
-        if state.record.overlays:
-            failed: list[tuple[str, str]] = []
-            last: Exception | None = None
-            for overlay in state.record.overlays:
-                error = self._commit_one(state, overlay)
-                if error is None:
-                    self._discard(Path(overlay.overlay_path))
-                else:
-                    failed.append((overlay.target, overlay.overlay_path))
-                    last = error
-            if failed:
-                self._enter(state, "commit_failed",
-                            overlays=[o for o in state.record.overlays if (o.target, o.overlay_path) in failed])
-                raise StillOnOverlay(failed, last)
-            self._enter(state, "committed", overlays=[])
-        elif state.record.paused_by_us:
-            try:
-                hv.resume(domain)
-            except HypervisorError:
-                if hv.exists(domain) and hv.state(domain) == PAUSED:
-                    raise
-                state.warnings.append(f"{domain} stopped during the cycle: nothing to resume")
-            self._enter(state, "resumed", paused_by_us=False)
-
-    def _commit_one(self, state: CycleState, overlay: OverlayRecord) -> Exception | None:
-        """Bring one disk back onto its base: live blockcommit + pivot (retried), or, when the domain stopped
-        meanwhile, an offline commit of the overlay file with the definition pointed back at the base."""
-        domain = self.target.domain
-        hv = self.env.hypervisor
-        last: Exception | None = None
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                now = hv.state(domain)
-            except DomainNotFound:
-                now = "gone"
-            except HypervisorError as exc:
-                now, last = None, exc
-            try:
-                if now in (RUNNING, PAUSED):
-                    hv.commit_active(domain, overlay.target)
-                    return None
-                if now == "gone":
-                    hv.commit_overlay_file(overlay.overlay_path)
-                    msg = f"domain {domain} vanished during the cycle; overlay of {overlay.target} merged into its base"
-                elif now is not None:
-                    hv.commit_offline(domain, overlay.target, overlay.overlay_path)
-                    msg = (f"domain {domain} shut off during the cycle; overlay of {overlay.target} committed offline "
-                           f"into {overlay.base_path}")
-                else:
-                    raise last
-                state.warnings.append(msg)
-                self._log(logging.WARNING, state, "commit", msg)
-                return None
-            except HypervisorError as exc:
-                last = exc
-                self._log(logging.WARNING, state, "commit",
-                          f"{overlay.target} attempt {attempt}/{COMMIT_ATTEMPTS}: {exc}")
-            if attempt < COMMIT_ATTEMPTS:
-                time.sleep(COMMIT_RETRY_DELAY_S * attempt)
-        return last
+        rec.note(fs_frozen=False)
+        rec.log(logging.INFO, "thawed", f"{count} file system(s) thawed")
 
     # -- steps shared by both kinds -------------------------------------------------------------------------
 
-    def _save_domain_xml(self, state: CycleState) -> None:
+    def _save_domain_xml(self, rec: Recorder) -> None:
         """Copy the domain XML (and NVRAM kept outside the dataset) into the VM's first dataset,
         so a snapshot carries what is needed to bring the VM back even if libvirt's copy is lost."""
         info = self.env.listing.datasets.get(self.target.datasets[0])
         if info is None or not info.mountpoint:
-            state.warnings.append(f"{self.target.datasets[0]} is not mounted: domain XML not saved in it")
+            rec.warnings.append(f"{self.target.datasets[0]} is not mounted: domain XML not saved in it")
             return
         if self.env.dry_run:
             log.info("dry-run: would save the domain XML of %s into %s", self.target.domain, info.mountpoint)
             return
         folder = Path(info.mountpoint) / XML_DIR
-        xml = self.env.hypervisor.xml(self.target.domain, inactive=True)  # with secrets: root's eyes only
+        xml = self.domain_xml = self.env.hypervisor.xml(self.target.domain, inactive=True)  # with secrets
         name = encode_name(self.target.domain)
         try:
             ensure_private_directory(folder)
@@ -490,15 +386,13 @@ class Cycle:
                 copy_file_atomically(Path(nvram), folder / f"{name}.nvram")
         except UnsafePath as exc:
             # The snapshot is still worth taking; the admin is told every cycle until the folder is fixed.
-            problem = f"domain XML not saved: {exc}"
-            state.warnings.append(problem)
-            self._log(logging.WARNING, state, "xml", problem)
+            rec.warn("xml", f"domain XML not saved: {exc}")
             return
-        self._enter(state, "xml_saved")
+        rec.enter(CycleState.XML_SAVED)
 
-    def _snapshot_datasets(self, state: CycleState, *, atomic_needed: bool) -> None:
+    def _snapshot_datasets(self, rec: Recorder, *, atomic_needed: bool) -> None:
         datasets = self.target.datasets
-        subtree = self._subtree_root(datasets)
+        subtree = subtree_root(datasets, self.env.listing.datasets)
         for name in self.names:
             try:
                 if subtree:
@@ -508,65 +402,46 @@ class Cycle:
                 else:
                     atomic = self.env.zfs.snapshot(datasets, name)
             except SnapshotExists:
-                state.warnings.append(f"{name} already exists on {','.join(datasets)}")
+                rec.warnings.append(f"{name} already exists on {','.join(datasets)}")
                 continue
-            state.taken += [f"{ds}@{name}" for ds in datasets]
+            rec.taken += [f"{ds}@{name}" for ds in datasets]
             if atomic_needed and not atomic:
-                msg = (f"snapshots of {','.join(datasets)} were taken one by one, not atomically "
-                       "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
-                state.warnings.append(msg)
-                self._log(logging.WARNING, state, "snapshot", msg)
-        self._enter(state, "snapshotted")
+                rec.warn("snapshot", f"snapshots of {','.join(datasets)} were taken one by one, not atomically "
+                                     "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
+        rec.enter(CycleState.SNAPSHOTTED)
 
-    def _subtree_root(self, datasets: list[str]) -> str | None:
-        """The dataset whose whole subtree is exactly `datasets` (two or more), else None."""
-        if len(datasets) < 2:
-            return None
-        root = min(datasets, key=len)
-        below = {d for d in self.env.listing.datasets if d == root or d.startswith(root + "/")}
-        return root if below == set(datasets) else None
+    def _keep_dump_or_say_why(self, rec: Recorder) -> None:
+        try:
+            self._keep_dump(rec)
+        except (RamStoreError, OSError) as exc:
+            rec.discard(rec.record.ram_file)
+            rec.note(ram_file=None)
+            problem = f"RAM dump could not be stored in {self.env.ram_store.ram_dir}: {exc}"
+            self._say(rec, "memory", kept_dump_failed(problem, self.target.policy.on_memory_failure), exc)
 
-    def _keep_dump(self, state: CycleState) -> None:
+    def _keep_dump(self, rec: Recorder) -> None:
         domain = self.target.domain
         info = RamDumpInfo(
             domain=domain,
-            stamp=state.record.stamp,
+            stamp=rec.record.stamp,
             datasets=list(self.target.datasets),
             snapshot_names=self.names,
-            domain_xml=self.env.hypervisor.xml(domain, inactive=True),
+            # The definition read at the start (the domain may have vanished since; the dump still matches).
+            domain_xml=self.domain_xml or self.env.hypervisor.xml(domain, inactive=True),
             disks=[DumpDisk(target=d.target, source=d.source,
                             dataset=dataset_of_path(d.source, self.env.listing) or self.target.datasets[0])
                    for d in self.target.disks],
-            method=state.record.method,
+            method=rec.record.method,
             live=self.target.policy.live,
-            quiesced=state.record.quiesced,
-            pause_ms=state.record.pause_ms,
+            quiesced=rec.record.quiesced,
+            pause_ms=rec.record.pause_ms,
         )
         if self.env.dry_run:
             log.info("dry-run: would keep the RAM dump of %s in %s", domain, self.env.ram_store.ram_dir)
             return
-        dump = self.env.ram_store.keep(Path(state.record.ram_file), info, self.env.ram_compression)
-        self._enter(state, "dump_kept", ram_file=None, ram_dump=str(dump.path))
-        self._log(logging.INFO, state, "dump_kept", f"{dump.path} ({dump.size >> 20} MiB)")
-
-    def _discard(self, path: Path) -> None:
-        if self.env.dry_run:
-            return
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-
-    def _hook(self, state: CycleState, phase: str, pre_failed: bool = False) -> HookResult | None:
-        """Run the target's hook for `phase`, if it has one; None when there is none."""
-        hooks = self.target.policy.hooks
-        argv = getattr(hooks, phase)
-        if not argv:
-            return None
-        env = HookEnv(phase=phase, datasets=list(self.target.datasets), snapshot_names=self.names,
-                      domain=self.target.domain, ram_dump=state.record.ram_dump, pre_failure=pre_failed)
-        timeout = hooks.timeout if hooks.timeout is not None else self.env.hook_timeout
-        return run_hook(argv, env, timeout, self.env.dry_run, log_context=self.target.name)
+        dump = self.env.ram_store.keep(Path(rec.record.ram_file), info, self.env.ram_compression)
+        rec.enter(CycleState.DUMP_KEPT, ram_file=None, ram_dump=str(dump.path))
+        rec.log(logging.INFO, "dump_kept", f"{dump.path} ({dump.size >> 20} MiB)")
 
 
 def _existing(path: Path) -> Path:

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -40,6 +41,30 @@ MAX_FILE_STEM = 200
 CycleMethod = Literal["overlay", "pause", "plain"]
 
 
+class CycleState(StrEnum):
+    """Where a cycle is: written to its journal record before each step (docs/how-it-works.md, "States").
+
+    The values are what journal files hold (files written by earlier versions load unchanged). "freezing",
+    "frozen" and "unfrozen" are about the DISKS being held still (overlay, manual snapshot or pause), not about
+    the guest agent's file-system freeze, which is "quiescing"/"quiesced" (and the record's `fs_frozen`).
+    """
+
+    STARTED = "started"
+    XML_SAVED = "xml_saved"  # the domain XML is in the first dataset
+    QUIESCING = "quiescing"  # asking the guest agent to freeze the file systems
+    QUIESCED = "quiesced"
+    FREEZING = "freezing"  # holding the disks still; the record says what will be true (overlays, RAM file, pause)
+    FROZEN = "frozen"  # the disks are held still
+    SNAPSHOTTED = "snapshotted"  # the zfs snapshots are taken
+    COMMIT_FAILED = "commit_failed"  # some disks still run on their overlays (`recover` finishes)
+    COMMITTED = "committed"  # every overlay committed back and deleted
+    RESUMED = "resumed"  # the guest the cycle paused runs again
+    UNFROZEN = "unfrozen"  # the disks are free again
+    DUMP_KEPT = "dump_kept"  # the RAM dump is in ram_dir
+    DONE = "done"
+    FAILED = "failed"
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -59,9 +84,7 @@ class CycleRecord(BaseModel):
     snapshot_names: list[str]
     stamp: str
     method: CycleMethod
-    # The cycle state machine's current state ("started", "hooks_pre", "frozen", "snapshotted", …);
-    # owned by cycle.py, so kept as a plain string here.
-    state: str
+    state: CycleState
     overlays: list[OverlayRecord] = []
     ram_file: str | None = None  # the fresh RAM file in overlay_dir, until ramstore has taken it
     fs_frozen: bool = False

@@ -28,8 +28,10 @@ from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
+from vmsnapd.commitback import commit_back, state_or_gone
+from vmsnapd.cycleplan import ACTIVE, GONE, CommitWay
 from vmsnapd.domxml import parse_disks
-from vmsnapd.hvtypes import PAUSED, RUNNING, DomainNotFound, HypervisorError
+from vmsnapd.hvtypes import PAUSED, RUNNING, HypervisorError
 from vmsnapd.journal import CycleRecord
 from vmsnapd.names import InvalidName
 from vmsnapd.ownership import (DomainFacts, OverlayFile, Ownership, RecoveryPlan, Step, StepKind,
@@ -196,7 +198,7 @@ def _orphan_overlays(ctx: Context, record: CycleRecord, report: RecoverReport) -
                             f"{verdict.reason}")
             continue
         try:
-            base = ctx.hypervisor.commit_overlay_file(overlay.overlay_path)
+            _way, base = commit_back(ctx.hypervisor, record.domain, overlay.target, overlay.overlay_path, GONE)
             report.actions.append(f"{prefix}merged overlay {overlay.overlay_path} of vanished domain "
                                   f"{record.domain} into {base}")
         except HypervisorError as exc:
@@ -244,13 +246,13 @@ def _bring_back(ctx: Context, domain: str, owner: Ownership, survey: Survey | No
     hv = ctx.hypervisor
     prefix = "dry-run: " if ctx.dry_run else ""
     try:
-        state = hv.state(domain)
-    except DomainNotFound:
+        state = state_or_gone(hv, domain)
+    except HypervisorError as exc:
+        return [f"{domain}: {exc}"]
+    if state == GONE:
         if journaled or thaw or resume:
             report.actions.append(f"domain {domain} no longer exists; nothing to bring back")
         return []
-    except HypervisorError as exc:
-        return [f"{domain}: {exc}"]
     if thaw and state == RUNNING:
         try:
             hv.fs_thaw(domain)
@@ -258,7 +260,7 @@ def _bring_back(ctx: Context, domain: str, owner: Ownership, survey: Survey | No
         except HypervisorError as exc:
             report.actions.append(f"thaw of {domain} not possible ({exc}); assuming not frozen")
     try:
-        plan = plan_domain(_domain_facts(ctx, domain, state in (RUNNING, PAUSED), owner, survey, journaled), owner)
+        plan = plan_domain(_domain_facts(ctx, domain, state in ACTIVE, owner, survey, journaled), owner)
     except HypervisorError as exc:
         return [f"{domain}: {exc}"]
     report.warnings += plan.warnings
@@ -298,12 +300,9 @@ def _carry_out(ctx: Context, domain: str, state: str, plan: RecoveryPlan, report
 
 
 def _overlay_step(ctx: Context, domain: str, state: str, step: Step) -> str:
-    hv = ctx.hypervisor
-    if step.kind == StepKind.COMMIT_LIVE:
-        hv.commit_active(domain, step.target)
-        return "committed"
-    if step.kind == StepKind.COMMIT_OFFLINE:
-        base = hv.commit_offline(domain, step.target, step.overlay)
-        return f"committed offline ({domain} is {state}) into {base},"
-    hv.repoint_definition(domain, step.target, step.overlay)
+    if step.kind in (StepKind.COMMIT_LIVE, StepKind.COMMIT_OFFLINE):
+        # The plan chose by the same state (ownership.plan_domain): live for an active domain, else offline.
+        way, base = commit_back(ctx.hypervisor, domain, step.target, step.overlay, state)
+        return "committed" if way == CommitWay.LIVE else f"committed offline ({domain} is {state}) into {base},"
+    ctx.hypervisor.repoint_definition(domain, step.target, step.overlay)
     return f"pointed the persistent definition (next boot) at its base {step.base}, running on it already:"

@@ -33,7 +33,7 @@ import os
 import re
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -144,14 +144,17 @@ class UndoFacts:
     aside_origin: str | None = None
     dataset_children: tuple[str, ...] = ()  # leaf names of the child filesystems of `dataset` now
     dataset_snapshots: tuple[str, ...] = ()  # in the order taken
+    # The dataset went aside inside a parent entry's dataset (the restore stopped during the parent's swap): the
+    # parent's put-back brings it home.
+    moved_with_parent: bool = False
 
 
 def undo_steps(entry: AsideEntry, facts: UndoFacts) -> list[ZfsStep]:
     """The steps that put `entry`'s replaced dataset back, whatever point its restore reached (it may have
     been interrupted). Refuses (RestoreFailed) to destroy anything that is not provably the restore's clone."""
     if not facts.aside_exists:
-        if facts.dataset_exists:
-            return []  # never set aside, or already put back
+        if facts.dataset_exists or facts.moved_with_parent:
+            return []  # never set aside, or already put back (or the parent's put-back does it)
         raise RestoreFailed(f"neither {entry.dataset} nor {entry.aside} exists: nothing to put back")
     steps: list[ZfsStep] = []
     if facts.dataset_exists:
@@ -608,16 +611,25 @@ def plan_undo(ctx: Context, target_name: str) -> AsidePlan:
         plan.steps.append(f"stop {record.domain} hard (it is {state}; what it did since the restore is discarded)")
     elif state != SHUTOFF:
         raise RestoreFailed(f"{record.domain} is {state}; cannot undo its restore now")
+    put_back: set[str] = set()
     for entry in reversed(record.entries):  # children before parents
-        facts = undo_facts(ctx, entry)
+        facts = undo_facts(ctx, entry, record.entries)
+        # A child entry's set-aside dataset below this one is renamed back by the child's own steps, planned
+        # just before (and run before: _put_back reads the facts afresh): it will not be there any more.
+        facts = replace(facts, dataset_children=tuple(
+            c for c in facts.dataset_children if f"{entry.dataset}/{c}" not in put_back))
         plan.steps += [step.text() for step in undo_steps(entry, facts)]
+        put_back.add(entry.aside)
     if record.was_running:
         plan.steps.append(f"boot {record.domain} (it was running before the restore)")
     return plan
 
 
-def undo_facts(ctx: Context, entry: AsideEntry) -> UndoFacts:
-    listing = ctx.zfs.list_tree([entry.dataset, entry.aside])
+def undo_facts(ctx: Context, entry: AsideEntry, entries: list[AsideEntry] | None = None) -> UndoFacts:
+    """`entries`: the whole record's, to find this dataset inside a parent entry that went aside."""
+    moved = [e.aside + entry.dataset[len(e.dataset):] for e in entries or []
+             if entry.dataset.startswith(e.dataset + "/")]
+    listing = ctx.zfs.list_tree([entry.dataset, entry.aside, *moved])
     ds_exists, aside_exists = entry.dataset in listing.datasets, entry.aside in listing.datasets
     return UndoFacts(
         dataset_exists=ds_exists, aside_exists=aside_exists,
@@ -625,6 +637,7 @@ def undo_facts(ctx: Context, entry: AsideEntry) -> UndoFacts:
         aside_origin=_origin(ctx, entry.aside) if aside_exists else None,
         dataset_children=tuple(_children(listing, entry.dataset)),
         dataset_snapshots=tuple(s.name for s in listing.snapshots_of(entry.dataset)),
+        moved_with_parent=any(m in listing.datasets for m in moved),
     )
 
 
@@ -642,7 +655,7 @@ def _put_back(ctx: Context, record: RestoreRecord) -> list[str]:
     """Put every entry back, children first, each from fresh facts. Returns what was done."""
     done = []
     for entry in reversed(record.entries):
-        steps = undo_steps(entry, undo_facts(ctx, entry))
+        steps = undo_steps(entry, undo_facts(ctx, entry, record.entries))
         for step in steps:
             run_step(ctx, step)
         if steps:
