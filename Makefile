@@ -6,6 +6,9 @@
 #   make uninstall  remove what make install put there (never /etc/vmsnapd nor /var/lib/vmsnapd)
 #   make deb        build dist/vmsnapd_<version>_<arch>.deb (installs its build dependencies first)
 #   make deb-test   build the .deb and install it with apt in a fresh Debian 12 chroot (slow, needs network)
+#   make bench      every benchmark one after another (see bench/README.md), then the ratio table and the
+#                   PNG plot (build/bench/); alone: bench-pause bench-ram bench-consistency (and bench-scale
+#                   bench-idle bench-vms); bench-report re-prints the table from build/bench/*.json
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
@@ -24,7 +27,15 @@ INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" VENVDIR="$(VENVDIR)" SYSC
 	UNITDIR="$(UNITDIR)" MANDIR="$(MANDIR)" BASHCOMPDIR="$(BASHCOMPDIR)" DOCDIR="$(DOCDIR)" \
 	SYSTEM_PYTHON="$(SYSTEM_PYTHON)" BUILDDIR="$(BUILDDIR)"
 
-.PHONY: test demo lab lab-clean unit install uninstall deb deb-deps deb-test clean
+.PHONY: test demo lab lab-clean unit install uninstall deb deb-deps deb-test clean \
+	bench bench-deps bench-pause bench-ram bench-consistency bench-report
+
+# Benchmarks: results (JSON, PNG) go to BENCH_OUT; never run them with make -j (they share one 2-core lab).
+BENCH_OUT ?= build/bench
+BENCH_RESTORES ?= 50
+BENCH_PAUSE_ARGS ?=
+BENCH_RAM_ARGS ?=
+BENCH_ALL = bench-pause bench-ram bench-consistency bench-scale bench-idle bench-vms
 
 lab:
 	bash tests/lab/setup.sh
@@ -58,3 +69,24 @@ deb-test: deb
 
 clean:
 	rm -rf build dist
+
+bench-deps: lab
+	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || $(PYTHON) -m pip install -q -e '.[test,bench]'
+	@mkdir -p $(BENCH_OUT)
+
+bench-pause: bench-deps
+	$(PYTHON) bench/pause.py $(BENCH_PAUSE_ARGS) --json $(BENCH_OUT)/pause.json
+
+bench-ram: bench-deps
+	$(PYTHON) bench/ram_size.py $(BENCH_RAM_ARGS) --json $(BENCH_OUT)/ram.json
+
+bench-consistency: bench-deps
+	$(PYTHON) bench/consistency.py -n $(BENCH_RESTORES) --json $(BENCH_OUT)/consistency.json
+
+bench-report:
+	$(PYTHON) bench/report.py $(BENCH_OUT)
+
+# One after another; a failing benchmark does not stop the others, it fails `make bench` at the end.
+bench: bench-deps
+	@rc=0; for t in $(BENCH_ALL); do $(MAKE) --no-print-directory $$t || rc=1; done; \
+	$(MAKE) --no-print-directory bench-report || rc=1; exit $$rc
