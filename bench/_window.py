@@ -151,7 +151,7 @@ def completed_downtime_ms(dom) -> float | None:
 
 
 def pause_method_steps(vm, dataset: str, events: Events, memory_file: Path, i: int, *, live: bool,
-                       max_downtime_ms: int | None = None) -> dict:
+                       max_downtime_ms: int | None = None, keep_file: bool = False) -> dict:
     """vmsnapd's pause method done by hand, every step stamped: libvirt `snapshot=manual` with the RAM to
     `memory_file` (the guest is left paused), `zfs snapshot`, `resume`. With `max_downtime_ms` QEMU's
     migration downtime limit is lowered first (libvirt's virDomainMigrateSetMaxDowntime)."""
@@ -177,7 +177,8 @@ def pause_method_steps(vm, dataset: str, events: Events, memory_file: Path, i: i
     (s, r), = pauses
     downtime = completed_downtime_ms(dom)
     size = memory_file.stat().st_size
-    memory_file.unlink(missing_ok=True)
+    if not keep_file:
+        memory_file.unlink(missing_ok=True)
     ms = lambda a, b: (b - a) * 1000  # noqa: E731
     return {
         "pause_ms": ms(s, r), "wall": t_res - t_call, "size": size,

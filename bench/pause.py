@@ -9,6 +9,7 @@ file copied over and over, besides its disk counter) one TCG counter guest on a 
   `pause_ms` (manifest) and, the figure compared, SUSPENDED→RESUMED seen by this benchmark's libvirt listener;
 - classic: `virsh snapshot-create-as --memspec … --diskspec …` (not live) → `zfs snapshot` →
   `virsh blockcommit --active --pivot`, the scripts people ran around sanoid;
+- pause/live with `overlay_dir` on tmpfs (/dev/shm: the RAM file's fsync is free, so it leaves the paused window);
 - breakdown: vmsnapd's pause/live path done by hand with every step stamped (bench/_window.py), and the same with
   QEMU's migration downtime limit lowered to `--downtime-ms` (a prototype: fewer dirty pages left for the stop).
 After every cycle the guest's counter must advance again. Once per guest: the QMP round trip (query-status through
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,9 @@ from _window import (Watcher, background_snapshot_probe, classic_cycle, pause_me
                      pause_ms, qmp_round_trip_ms)
 
 MODES = [("overlay", True), ("overlay", False), ("pause", True), ("pause", False)]
+TMPFS = "pause/live, RAM file on tmpfs"
+# vmsnapd's own steps (its --debug log: "cycle → STATE ... elapsed_ms=N"), in the order they happen
+STEP_RE = re.compile(r"cycle → (freezing|frozen|snapshotted|resumed|committed|unfrozen) .*? elapsed_ms=(\d+)")
 DEFAULT = "overlay/live"
 CLASSIC = "classic scripts"
 BREAKDOWN_KEYS = ["ram_live_before_stop", "stop_to_return", "qemu_downtime", "zfs_snapshot", "resume_call",
@@ -47,7 +52,7 @@ def mode_name(method: str, live: bool) -> str:
 def product_cycle(config: Path, dataset: str, ram_dir: Path, events, name: str) -> dict:
     mark = events.mark()
     t0 = time.monotonic()
-    proc = vmsnapd(config, "snapshot", dataset)
+    proc = vmsnapd(config, "--debug", "snapshot", dataset)
     wall = time.monotonic() - t0
     check_ok(proc, f"vmsnapd snapshot {dataset} ({name})")
     found = sorted(ram_dir.glob("*.json")) if ram_dir.is_dir() else []
@@ -58,8 +63,9 @@ def product_cycle(config: Path, dataset: str, ram_dir: Path, events, name: str) 
     for f in ram_dir.iterdir():  # 1 GiB per dump: keep the disk free, the manifest was read
         f.unlink()
     pauses = events.wait_resumed(mark)
+    steps = {state: int(ms) for state, ms in STEP_RE.findall(proc.stderr)}
     return {"pause_ms": pause_ms(pauses), "vmsnapd_pause_ms": m.get("pause_ms"), "wall": wall,
-            "size": m.get("raw_size") or m.get("size"), "pauses": len(pauses)}
+            "size": m.get("raw_size") or m.get("size"), "pauses": len(pauses), "steps": steps}
 
 
 def dirty_for(memory_mib: int, wanted: int) -> int:
@@ -67,7 +73,7 @@ def dirty_for(memory_mib: int, wanted: int) -> int:
     return min(wanted, memory_mib // 8)
 
 
-def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args) -> dict:
+def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args, tmpfs: Path) -> dict:
     ds = lab.create_dataset(pool, name=f"guest{memory_mib}")
     t0 = time.monotonic()
     dirty = dirty_for(memory_mib, args.dirty_mib)
@@ -83,7 +89,8 @@ def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args) -> dict
         out["background_snapshot"] = background_snapshot_probe(vm.dom)
         print(f"  QMP round trip (query-status via libvirt) {out['qmp_round_trip_ms']:.1f} ms; "
               f"background-snapshot: {out['background_snapshot']}", flush=True)
-        plan = [(mode_name(m, live), ("product", m, live)) for m, live in MODES]
+        plan = [(mode_name(m, live), ("product", m, live, root / "overlay")) for m, live in MODES]
+        plan.append((TMPFS, ("product", "pause", True, tmpfs)))
         plan += [(CLASSIC, ("classic",)), ("pause/live by hand", ("hand", None)),
                  (f"pause/live by hand, downtime {args.downtime_ms} ms", ("hand", args.downtime_ms))]
         for i in range(args.n):  # interleaved: load changes hit every method alike
@@ -91,7 +98,7 @@ def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args) -> dict
                 if how[0] == "product":
                     config = lab.write_vmsnapd_config(root, {ds.name: {
                         "domain": vm.name, "method": how[1], "live": how[2], "memory": True, "quiesce": "off",
-                        "hourly": 100}}, daemon={"ram_compression": "none"})
+                        "hourly": 100}}, daemon={"ram_compression": "none", "overlay_dir": str(how[3])})
                     r = product_cycle(config, ds.name, root / "ram" / vm.name, events, name)
                 elif how[0] == "classic":
                     r = classic_cycle(vm, ds.name, events, i)
@@ -131,6 +138,17 @@ def summarize(guest: dict) -> list[dict]:
     return table
 
 
+def step_gaps(rows: list[dict]) -> str:
+    """Median ms between vmsnapd's consecutive logged states (journal write included in each)."""
+    order = ["freezing", "frozen", "snapshotted", "resumed", "unfrozen"]
+    out = []
+    for a, b in zip(order, order[1:], strict=False):
+        gaps = [r["steps"][b] - r["steps"][a] for r in rows if a in r.get("steps", {}) and b in r["steps"]]
+        if gaps:
+            out.append(f"{a}→{b} {median(gaps):.0f}")
+    return ", ".join(out)
+
+
 def print_results(guests: list[dict]) -> None:
     print("\nguest     method                                   pause median    max   vs classic   wall   RAM")
     for g in guests:
@@ -146,11 +164,14 @@ def print_results(guests: list[dict]) -> None:
                 continue
             parts = ", ".join(f"{k} {median([r[k] for r in rr if r.get(k) is not None]):.0f}" for k in BREAKDOWN_KEYS)
             print(f"  {g['memory_mib']} MiB, {name}: pause {median([r['pause_ms'] for r in rr]):.0f} = {parts}")
-        prod = g["rows"].get("pause/live", [])
-        if prod:
+        for name in ("pause/live", TMPFS):
+            prod = g["rows"].get(name, [])
+            if not prod:
+                continue
             ours = [r["vmsnapd_pause_ms"] for r in prod if r.get("vmsnapd_pause_ms") is not None]
-            print(f"  {g['memory_mib']} MiB, vmsnapd pause/live: pause {median([r['pause_ms'] for r in prod]):.0f} "
-                  f"(its own pause_ms {median(ours):.0f})")
+            gaps = step_gaps(prod)
+            print(f"  {g['memory_mib']} MiB, vmsnapd {name}: pause {median([r['pause_ms'] for r in prod]):.0f} "
+                  f"(its own pause_ms {median(ours):.0f}); its log: {gaps}")
         print(f"  {g['memory_mib']} MiB: QMP round trip {g['qmp_round_trip_ms']:.1f} ms; "
               f"background-snapshot: {g['background_snapshot']}")
 
@@ -168,10 +189,13 @@ def main() -> int:
     try:
         lab.check_lab()
         root = lab.make_run_dir("pause")
+        tmpfs = Path("/dev/shm") / root.name  # the RAM file's fsync costs nothing on tmpfs
+        tmpfs.mkdir(mode=0o711)
+        tmpfs.chmod(0o711)
         pool = lab.create_pool("2G")
         watcher = Watcher()
         for size in (int(s) for s in args.sizes.split(",")):
-            guests.append(one_guest(root, pool, watcher, size, args))
+            guests.append(one_guest(root, pool, watcher, size, args, tmpfs))
     except (BenchError, lab.LabError, ValueError) as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
@@ -186,6 +210,7 @@ def main() -> int:
                 print(f"warning: could not destroy pool {pool}: {e}", file=sys.stderr)
         if root is not None:
             remove_tree(root)
+            remove_tree(Path("/dev/shm") / root.name)
     print_results(guests)
     print("pause = SUSPENDED->RESUMED seen by this benchmark's own libvirt listener; 'not-live' saves all RAM with "
           "the guest stopped; 'pause' keeps it stopped through the zfs snapshot, 'overlay' switches to overlays "
