@@ -86,6 +86,9 @@ def plot(data: dict, out: Path) -> str:
         ax.errorbar(xs, meds, yerr=errs, marker="o", capsize=3, label=method,
                     linewidth=2.5 if method in (DEFAULT, CLASSIC) else 1)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")  # classic not-live pauses are ~10x the live ones
+    sizes = sorted({t["memory_mib"] for t in data.get("table", [])})
+    ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("guest RAM (MiB)")
     ax.set_ylabel("guest pause per cycle (ms): median, bar to max")
     ax.set_title("Guest pause per snapshot cycle by method (busy TCG guest, lab)")
