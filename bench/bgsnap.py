@@ -30,7 +30,7 @@ import libvirt
 import libvirt_qemu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, lab, median, remove_tree  # noqa: E402
+from _common import BenchError, destroy_pool_patiently, lab, median, remove_tree  # noqa: E402
 from _window import Watcher, background_snapshot_probe, pause_method_steps, qmp  # noqa: E402
 
 QEMU_MAGIC = b"QEVM"
@@ -162,10 +162,7 @@ def main() -> int:
         if watcher is not None:
             watcher.close()
         if pool is not None:
-            try:
-                lab.destroy_pool(pool)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not destroy pool {pool}: {e}", file=sys.stderr)
+            destroy_pool_patiently(pool)
         if root is not None:
             remove_tree(root)
     bg, hand = [r["pause_ms"] for r in out["bg"]], [r["pause_ms"] for r in out["hand"]]

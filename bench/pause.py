@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, destroy_pool_patiently, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
 from _window import (Watcher, background_snapshot_probe, classic_cycle, pause_method_steps,  # noqa: E402
                      pause_ms, qmp_round_trip_ms)
 
@@ -204,10 +204,7 @@ def main() -> int:
         if watcher is not None:
             watcher.close()
         if pool is not None:
-            try:
-                lab.destroy_pool(pool)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not destroy pool {pool}: {e}", file=sys.stderr)
+            destroy_pool_patiently(pool)
         if root is not None:
             remove_tree(root)
             remove_tree(Path("/dev/shm") / root.name)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, lab, median, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, destroy_pool_patiently, lab, median, remove_tree, vmsnapd  # noqa: E402
 from _window import Watcher, pause_ms  # noqa: E402
 
 VARIANTS = [("no dump", False, "none"), ("dump, none", True, "none"), ("dump, zstd", True, "zstd")]
@@ -40,16 +40,20 @@ def timed(argv: list[str]) -> float:
     return time.monotonic() - t0
 
 
-def zstd_threads(raw: Path, work: Path) -> dict:
-    out = {}
-    for threads in ("1", "0"):
-        target = work / f"bench-T{threads}.zst"
-        target.unlink(missing_ok=True)
-        out[f"compress_T{threads}_s"] = timed(["zstd", "-q", f"-T{threads}", "-3", "-o", str(target), "--", str(raw)])
-        out[f"test_T{threads}_s"] = timed(["zstd", "-q", "-t", "--", str(target)])
-        out["zstd_size"] = target.stat().st_size
-        target.unlink()
-    return out
+def zstd_threads(raw: Path, work: Path, rounds: int = 3) -> dict:
+    """Median seconds of `zstd -3 -T1` and `-T0` on the same file, alternating (load hits both alike)."""
+    times: dict[str, list[float]] = {}
+    size = 0
+    for _ in range(rounds):
+        for threads in ("1", "0"):
+            target = work / f"bench-T{threads}.zst"
+            target.unlink(missing_ok=True)
+            times.setdefault(f"compress_T{threads}_s", []).append(
+                timed(["zstd", "-q", f"-T{threads}", "-3", "-o", str(target), "--", str(raw)]))
+            times.setdefault(f"test_T{threads}_s", []).append(timed(["zstd", "-q", "-t", "--", str(target)]))
+            size = target.stat().st_size
+            target.unlink()
+    return {**{k: median(v) for k, v in times.items()}, "zstd_size": size}
 
 
 def cycle(root: Path, ds, vm, events, memory: bool, compression: str, keep_raw: Path | None) -> dict:
@@ -143,10 +147,7 @@ def main() -> int:
         if watcher is not None:
             watcher.close()
         if pool is not None:
-            try:
-                lab.destroy_pool(pool)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not destroy pool {pool}: {e}", file=sys.stderr)
+            destroy_pool_patiently(pool)
         if root is not None:
             remove_tree(root)
     if args.json:
