@@ -96,9 +96,12 @@ def drop_aside(config: Path, vm) -> None:
     """The next restore refuses while this one's replaced state is kept aside; on zfs-fuse dropping it needs the
     VM off (a clone's origin in use), so: stop, drop, boot again (it continues after its disk's max)."""
     lab.stop_vm(vm)
-    dropped = vmsnapd(config, "restore", "--drop-aside", vm.name, "--yes")
-    if dropped.returncode != 0:
-        print(f"    note: restore --drop-aside: {dropped.stderr.strip()[-300:]}", flush=True)
+    for attempt in range(1, 7):  # zfs-fuse: "dataset is busy" for a while after QEMU let go of the files
+        dropped = vmsnapd(config, "restore", "--drop-aside", vm.name, "--yes")
+        if dropped.returncode == 0:
+            break
+        print(f"    note: restore --drop-aside (attempt {attempt}): {dropped.stderr.strip()[-200:]}", flush=True)
+        time.sleep(3 * attempt)
     lab.start_vm(vm, timeout=90)
     for f in (config.parent / "ram" / vm.name).iterdir():  # its dumps were used; keep the disk free
         f.unlink()
