@@ -2,10 +2,11 @@
 """Consistency campaign: N restores under write load, spread over every capture path; each must continue at exactly
 the snapshot's max counter + 1 with no record rewritten.
 
-One TCG counter guest (default 256 MiB, dirtying `--dirty-mib` of RAM besides writing its counter records every
-~20 ms) on a fresh lab dataset. Restore k (k = 1..N) uses case k mod 9: method overlay/pause × live/not-live ×
+Three TCG counter guests (`--guests`; default 256 MiB, each dirtying `--dirty-mib` of RAM besides writing its
+counter records every ~20 ms), each on a fresh lab dataset, take turns (a guest is stopped between its turns:
+see `park`). Restore k (k = 1..N) uses case k mod 9: method overlay/pause × live/not-live ×
 ram_compression none/zstd, and pause/live with the RAM file on tmpfs (overlay_dir in /dev/shm, the fastest
-pause path of bench/pause.py):
+pause path vmsnapd offers in bench/pause.py, within the noise):
 1. `vmsnapd snapshot DATASET` with that case's config;
 2. the snapshot's max counter is read (through a clone), the guest writes on past it;
 3. the token disk gets a new token `rK`;
@@ -13,8 +14,8 @@ pause path of bench/pause.py):
 5. once the guest writes again: records at or below the snapshot's max carrying the new token mean RAM older than
    the disk (rewritten), a first new counter other than max + 1 means RAM newer than the disk (lab.resume_evidence).
 Prints k/N consistent and every failing case in full (config, counters, vmsnapd's output, console tail). The
-replaced state each restore sets aside is dropped after the check (`restore --drop-aside`, with the VM stopped:
-zfs-fuse cannot destroy a clone's origin in use), and the guest boots again from its disk. Never asserts timings.
+replaced state each restore sets aside is dropped at the guest's next turn (`restore --drop-aside`, with the VM
+stopped: zfs-fuse cannot destroy a clone's origin in use), and the guest boots again from its disk. Never asserts timings.
 Exit 0 when all N were consistent, 1 otherwise.
 
     sudo .venv/bin/python bench/consistency.py [-n 50] [--memory 256] [--dirty-mib 32] [--json out.json]
@@ -26,6 +27,7 @@ import itertools
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +35,7 @@ from _common import BenchError, check_ok, destroy_pool_patiently, lab, remove_tr
 
 CASES = [{"method": m, "live": live, "ram_compression": c, "tmpfs": False}
          for m, live, c in itertools.product(("overlay", "pause"), (True, False), ("none", "zstd"))]
-# the fastest path bench/pause.py found that vmsnapd offers: pause/live with the RAM file written to tmpfs
+# the lowest pause vmsnapd offered in bench/pause.py (within the noise): pause/live, the RAM file on tmpfs
 CASES.append({"method": "pause", "live": True, "ram_compression": "zstd", "tmpfs": True})
 
 
@@ -42,20 +44,22 @@ def case_name(case: dict) -> str:
             + ("/tmpfs" if case["tmpfs"] else ""))
 
 
-def tmpfs_dir(root: Path) -> Path:
-    path = Path("/dev/shm") / root.name
+def tmpfs_dir(root: Path, name: str) -> Path:
+    path = Path("/dev/shm") / root.name / name
+    path.parent.mkdir(mode=0o755, exist_ok=True)
     path.mkdir(mode=0o711, exist_ok=True)
     path.chmod(0o711)
     return path
 
 
-def one_restore(root: Path, ds, vm, k: int, case: dict) -> dict:
-    config = lab.write_vmsnapd_config(root, {ds.name: {"domain": vm.name, "method": case["method"],
+def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
+    ds, vm = g.ds, g.vm
+    config = g.config = lab.write_vmsnapd_config(root / vm.name, {ds.name: {"domain": vm.name, "method": case["method"],
                                                       "live": case["live"], "memory": True, "quiesce": "off",
                                                       "hourly": 100}},
                                       daemon={"ram_compression": case["ram_compression"],
-                                              "overlay_dir": str(tmpfs_dir(root) if case["tmpfs"] else
-                                                                 root / "overlay")})
+                                              "overlay_dir": str(tmpfs_dir(root, vm.name) if case["tmpfs"] else
+                                                                 root / vm.name / "overlay")})
     before = set(lab.snapshot_names(ds.name))
     took = vmsnapd(config, "snapshot", ds.name)
     check_ok(took, f"restore {k}: vmsnapd snapshot ({case_name(case)})")
@@ -70,14 +74,11 @@ def one_restore(root: Path, ds, vm, k: int, case: dict) -> dict:
     result = {"k": k, "case": case_name(case), "snapshot": snap, "at_snapshot": at_snapshot, "restore_s": restore_s,
               "restore_rc": restored.returncode}
     if restored.returncode != 0:
-        if "kept aside" not in restored.stderr:
-            drop_aside(config, vm)
         return {**result, "ok": False, "why": "restore failed", "stdout": restored.stdout[-3000:],
                 "stderr": restored.stderr[-3000:], "snapshot_log": took.stderr[-2000:]}
     try:
         lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=60)
     except lab.LabError as e:
-        drop_aside(config, vm)
         return {**result, "ok": False, "why": f"guest did not write after the restore: {e}",
                 "stdout": restored.stdout[-3000:], "stderr": restored.stderr[-3000:]}
     rewritten, first_new = lab.resume_evidence(vm, at_snapshot, token)
@@ -88,23 +89,38 @@ def one_restore(root: Path, ds, vm, k: int, case: dict) -> dict:
                            f"RAM newer than the disk: resumed at {first_new}, expected {at_snapshot + 1}"),
                       stdout=restored.stdout[-3000:], stderr=restored.stderr[-3000:],
                       snapshot_log=took.stderr[-2000:], console=vm.console()[-1500:])
-    drop_aside(config, vm)
     return result
 
 
-def drop_aside(config: Path, vm) -> None:
-    """The next restore refuses while this one's replaced state is kept aside; on zfs-fuse dropping it needs the
-    VM off (a clone's origin in use), so: stop, drop, boot again (it continues after its disk's max)."""
-    lab.stop_vm(vm)
-    for attempt in range(1, 7):  # zfs-fuse: "dataset is busy" for a while after QEMU let go of the files
-        dropped = vmsnapd(config, "restore", "--drop-aside", vm.name, "--yes")
-        if dropped.returncode == 0:
-            break
-        print(f"    note: restore --drop-aside (attempt {attempt}): {dropped.stderr.strip()[-200:]}", flush=True)
-        time.sleep(3 * attempt)
-    lab.start_vm(vm, timeout=90)
-    for f in (config.parent / "ram" / vm.name).iterdir():  # its dumps were used; keep the disk free
-        f.unlink()
+@dataclass
+class Guest:
+    ds: object
+    vm: object
+    config: Path | None = None
+    aside: bool = False  # its last restore's replaced state is still kept aside (it is stopped meanwhile)
+
+
+def park(g: Guest, restored_ok: bool) -> None:
+    """Stop the guest until its next turn: the next restore refuses while this one's replaced state is kept
+    aside, and on zfs-fuse that can be dropped only with the VM off, a while after QEMU let go of the files
+    ("dataset is busy" right after the stop). Rotating over several guests gives zfs-fuse that while."""
+    lab.stop_vm(g.vm)
+    g.aside = restored_ok
+
+
+def unpark(g: Guest) -> None:
+    if g.aside:
+        for attempt in range(1, 7):
+            dropped = vmsnapd(g.config, "restore", "--drop-aside", g.vm.name, "--yes")
+            if dropped.returncode == 0 or "nothing to undo or drop" in dropped.stderr:
+                break
+            print(f"    note: restore --drop-aside (attempt {attempt}): {dropped.stderr.strip()[-160:]}", flush=True)
+            time.sleep(3 * attempt)
+        g.aside = False
+        for f in (g.config.parent / "ram" / g.vm.name).iterdir():  # its dumps were used; keep the disk free
+            f.unlink()
+    if not g.vm.is_active():
+        lab.start_vm(g.vm, timeout=90)
 
 
 def main() -> int:
@@ -112,6 +128,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=50, help="number of restores (default 50)")
     ap.add_argument("--memory", type=int, default=256, help="guest RAM in MiB (default 256)")
     ap.add_argument("--dirty-mib", type=int, default=32, help="RAM the guest dirties continuously (default 32)")
+    ap.add_argument("--guests", type=int, default=3, help="guests taking turns (default 3)")
     ap.add_argument("--json", type=Path, help="write the results here (for bench/report.py)")
     args = ap.parse_args()
     pool = root = None
@@ -120,15 +137,23 @@ def main() -> int:
         lab.check_lab()
         root = lab.make_run_dir("consist")
         pool = lab.create_pool("2G")
-        ds = lab.create_dataset(pool, name="guest")
-        vm = lab.create_vm(ds, memory_mib=args.memory, dirty_mib=min(args.dirty_mib, args.memory // 8))
-        lab.wait_counter_advances(vm, by=20, timeout=90)
-        print(f"{args.memory} MiB counter guest {vm.name} dirtying {min(args.dirty_mib, args.memory // 8)} MiB; "
-              f"{args.n} restores over {len(CASES)} cases", flush=True)
+        guests = []
+        for i in range(args.guests):
+            ds = lab.create_dataset(pool, name=f"guest{i}")
+            vm = lab.create_vm(ds, memory_mib=args.memory, dirty_mib=min(args.dirty_mib, args.memory // 8))
+            (root / vm.name).mkdir(mode=0o755)
+            (root / vm.name / "overlay").mkdir(mode=0o711)
+            guests.append(Guest(ds, vm))
+        print(f"{args.guests} counter guests of {args.memory} MiB dirtying {min(args.dirty_mib, args.memory // 8)} "
+              f"MiB, taking turns; {args.n} restores over {len(CASES)} cases", flush=True)
         for k in range(1, args.n + 1):
             case = CASES[(k - 1) % len(CASES)]
-            r = one_restore(root, ds, vm, k, case)
+            g = guests[(k - 1) % len(guests)]
+            unpark(g)
+            lab.wait_counter_advances(g.vm, by=20, timeout=90)
+            r = one_restore(root, g, k, case)
             results.append(r)
+            park(g, r["restore_rc"] == 0)
             print(f"  {k:3d}/{args.n} {r['case']:24s} snapshot max {r['at_snapshot']:6d} first new "
                   f"{r.get('first_new', '-')!s:>6s} rewritten {len(r.get('rewritten', []))} restore "
                   f"{r['restore_s']:5.1f}s  {'ok' if r['ok'] else 'FAILED: ' + r['why']}", flush=True)
