@@ -79,8 +79,9 @@ def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
     try:
         lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=60)
     except lab.LabError as e:
-        return {**result, "ok": False, "why": f"guest did not write after the restore: {e}",
-                "stdout": restored.stdout[-3000:], "stderr": restored.stderr[-3000:]}
+        return {**result, "ok": False, "why": f"guest did not write after the restore: {str(e)[:200]}",
+                "stdout": restored.stdout[-3000:], "stderr": restored.stderr[-3000:],
+                "snapshot_log": took.stderr[-2000:], "console": vm.console()[-20000:]}
     rewritten, first_new = lab.resume_evidence(vm, at_snapshot, token)
     ok = not rewritten and first_new == at_snapshot + 1
     result.update(ok=ok, rewritten=rewritten[:20], first_new=first_new)
@@ -88,7 +89,7 @@ def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
         result.update(why=("RAM older than the disk: records rewritten" if rewritten else
                            f"RAM newer than the disk: resumed at {first_new}, expected {at_snapshot + 1}"),
                       stdout=restored.stdout[-3000:], stderr=restored.stderr[-3000:],
-                      snapshot_log=took.stderr[-2000:], console=vm.console()[-1500:])
+                      snapshot_log=took.stderr[-2000:], console=vm.console()[-20000:])
     return result
 
 
@@ -151,6 +152,7 @@ def main() -> int:
                   f"{r['restore_s']:5.1f}s  {'ok' if r['ok'] else 'FAILED: ' + r['why']}", flush=True)
             if not r["ok"]:
                 print("    " + (r.get("stderr") or "").strip()[-600:].replace("\n", "\n    "), flush=True)
+                print("    console: " + (r.get("console") or "")[-1500:].replace("\n", "\n    "), flush=True)
     except (BenchError, lab.LabError, ValueError) as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
