@@ -122,6 +122,7 @@ def main() -> int:
     ap.add_argument("--memory", type=int, default=256, help="guest RAM in MiB (default 256)")
     ap.add_argument("--dirty-mib", type=int, default=32, help="RAM the guest dirties continuously (default 32)")
     ap.add_argument("--budget", type=float, default=3600, help="no new restore after this many seconds (3600)")
+    ap.add_argument("--cases", default="", help="only the cases whose name is in this comma-separated list")
     ap.add_argument("--json", type=Path, help="write the results here (for bench/report.py)")
     args = ap.parse_args()
     pool = root = None
@@ -130,15 +131,18 @@ def main() -> int:
         lab.check_lab()
         root = lab.make_run_dir("consist")
         pool = lab.create_pool("2G")
+        cases = [c for c in CASES if not args.cases or case_name(c) in args.cases.split(",")]
+        if not cases:
+            raise ValueError(f"no case matches --cases {args.cases!r}; cases: {', '.join(map(case_name, CASES))}")
         print(f"fresh {args.memory} MiB counter guests dirtying {min(args.dirty_mib, args.memory // 8)} MiB; "
-              f"{args.n} restores over {len(CASES)} cases; no new restore after {args.budget} s", flush=True)
+              f"{args.n} restores over {len(cases)} cases; no new restore after {args.budget} s", flush=True)
         current, upcoming = new_guest(pool, root, 0, args), None
         deadline = time.monotonic() + args.budget
         for k in range(1, args.n + 1):
             if time.monotonic() > deadline:
                 print(f"  budget of {args.budget} s spent: stopping after {k - 1} restores", flush=True)
                 break
-            case = CASES[(k - 1) % len(CASES)]
+            case = cases[(k - 1) % len(cases)]
             if upcoming is None:
                 upcoming = new_guest(pool, root, k, args)
             lab.wait_counter_advances(current.vm, by=20, timeout=120)
