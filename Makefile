@@ -9,6 +9,9 @@
 #   make bench-scale  a take+prune pass on 100 datasets x 70 aged snapshots, vmsnapd vs sanoid --cron (~15 min)
 #   make bench-idle   the daemon with 1,000 configured datasets: idle RSS, nothing-due pass, config check (~5 min)
 #   make bench-vms    8 running guests in one pass vs one guest, pauses, one restore checked (~10 min)
+#   make bench      every benchmark one after another (see bench/README.md), then the ratio table and the
+#                   PNG plot (build/bench/); alone: bench-pause bench-ram bench-consistency (and bench-scale
+#                   bench-idle bench-vms); bench-report re-prints the table from build/bench/*.json
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
@@ -27,7 +30,15 @@ INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" VENVDIR="$(VENVDIR)" SYSC
 	UNITDIR="$(UNITDIR)" MANDIR="$(MANDIR)" BASHCOMPDIR="$(BASHCOMPDIR)" DOCDIR="$(DOCDIR)" \
 	SYSTEM_PYTHON="$(SYSTEM_PYTHON)" BUILDDIR="$(BUILDDIR)"
 
-.PHONY: test demo lab lab-clean unit install uninstall deb deb-deps deb-test clean bench-scale bench-idle bench-vms
+.PHONY: test demo lab lab-clean unit install uninstall deb deb-deps deb-test clean \
+	bench bench-deps bench-pause bench-ram bench-consistency bench-report bench-scale bench-idle bench-vms
+
+# Benchmarks: results (JSON, PNG) go to BENCH_OUT; never run them with make -j (they share one 2-core lab).
+BENCH_OUT ?= build/bench
+BENCH_RESTORES ?= 50
+BENCH_PAUSE_ARGS ?=
+BENCH_RAM_ARGS ?=
+BENCH_ALL = bench-pause bench-ram bench-consistency bench-scale bench-idle bench-vms
 
 lab:
 	bash tests/lab/setup.sh
@@ -70,3 +81,24 @@ deb-test: deb
 
 clean:
 	rm -rf build dist
+
+bench-deps: lab
+	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || $(PYTHON) -m pip install -q -e '.[test,bench]'
+	@mkdir -p $(BENCH_OUT)
+
+bench-pause: bench-deps
+	$(PYTHON) bench/pause.py $(BENCH_PAUSE_ARGS) --json $(BENCH_OUT)/pause.json
+
+bench-ram: bench-deps
+	$(PYTHON) bench/ram_size.py $(BENCH_RAM_ARGS) --json $(BENCH_OUT)/ram.json
+
+bench-consistency: bench-deps
+	$(PYTHON) bench/consistency.py -n $(BENCH_RESTORES) --json $(BENCH_OUT)/consistency.json
+
+bench-report:
+	$(PYTHON) bench/report.py $(BENCH_OUT)
+
+# One after another; a failing benchmark does not stop the others, it fails `make bench` at the end.
+bench: bench-deps
+	@rc=0; for t in $(BENCH_ALL); do $(MAKE) --no-print-directory $$t || rc=1; done; \
+	$(MAKE) --no-print-directory bench-report || rc=1; exit $$rc

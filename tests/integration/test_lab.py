@@ -151,3 +151,28 @@ def test_agent_guest_freezes_its_filesystem(lab, agent_vm):
     finally:
         assert dom.fsThaw() == 1
     lab.wait_counter_advances(agent_vm, by=5)
+
+
+def _dirty_rate_mib_s(dom) -> int:
+    """The guest's memory dirty rate as QEMU measures it (libvirt's domdirtyrate-calc over 1 s)."""
+    import libvirt
+
+    dom.startDirtyRateCalc(1, 0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = dict(dom.connect().domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)[0][1])
+        if stats.get("dirtyrate.calc_status") == 2:  # measured
+            return stats["dirtyrate.megabytes_per_second"]
+        time.sleep(0.2)
+    raise AssertionError(f"no dirty rate measured: {stats}")
+
+
+def test_busy_guest_dirties_its_memory_and_keeps_counting(lab, vm_factory):
+    """dirty_mib=N (bench/pause.py's busy guest): a tmpfs file copied over and over besides the counter."""
+    idle = vm_factory(memory_mib=256)
+    busy = vm_factory(memory_mib=256, dirty_mib=16)
+    assert "dirtying 16 MiB of RAM continuously" in busy.console()
+    assert "dirtying" not in idle.console()
+    lab.wait_counter_advances(busy, by=10)  # the counter and its token still work
+    quiet, dirty = _dirty_rate_mib_s(idle.dom), _dirty_rate_mib_s(busy.dom)
+    assert dirty > 4 * quiet + 1, f"busy guest dirties {dirty} MiB/s, idle one {quiet} MiB/s"

@@ -5,6 +5,8 @@
 #   fs_disk=vdd             optional ext4 disk mounted at /mnt (agent variant: something for fsfreeze)
 #   agent=1                 start qemu-guest-agent on the virtio-serial port org.qemu.guest_agent.0
 #   interval_us=20000       pause between records
+#   dirty_mib=64            optional: keep dirtying that much guest RAM (a tmpfs file of random bytes copied
+#                           over and over in the background), a busy guest for pause benchmarks
 # Record: 512 bytes at sector (seq % 1000) = "seq %010d token <TOKEN>" padded with spaces, ending in "\n".
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -17,7 +19,7 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
     [ -f /lib/modules/$m.ko ] || continue
     insmod /lib/modules/$m.ko || echo "lab-init: insmod $m failed"
 done
-counter_disks=vda; token_disk=""; fs_disk=""; agent=0; interval_us=20000
+counter_disks=vda; token_disk=""; fs_disk=""; agent=0; interval_us=20000; dirty_mib=0
 for p in $(cat /proc/cmdline); do
     case "$p" in
         counter_disks=*) counter_disks="${p#counter_disks=}" ;;
@@ -25,6 +27,7 @@ for p in $(cat /proc/cmdline); do
         fs_disk=*) fs_disk="${p#fs_disk=}" ;;
         agent=*) agent="${p#agent=}" ;;
         interval_us=*) interval_us="${p#interval_us=}" ;;
+        dirty_mib=*) dirty_mib="${p#dirty_mib=}" ;;
     esac
 done
 disks=$(echo "$counter_disks" | tr ',' ' ')
@@ -42,6 +45,13 @@ if [ "$agent" = 1 ]; then
     port=/dev/virtio-ports/org.qemu.guest_agent.0
     [ -e $port ] || port=/dev/vport0p1
     /usr/sbin/qemu-ga -m virtio-serial -p $port -d -t /run && echo "lab-init: qemu-ga started on $port"
+fi
+if [ "$dirty_mib" -gt 0 ] 2>/dev/null; then
+    mkdir -p /dirty
+    mount -t tmpfs -o size=$((dirty_mib * 2 + 8))m tmpfs /dirty
+    dd if=/dev/urandom of=/dirty/src bs=1048576 count="$dirty_mib" 2>/dev/null
+    ( while true; do cp /dirty/src /dirty/copy; done ) &
+    echo "lab-init: dirtying $dirty_mib MiB of RAM continuously"
 fi
 # continue from the highest counter already on any counter disk (after a reboot: continue, not restart)
 seq=0

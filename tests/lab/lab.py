@@ -571,12 +571,14 @@ def domain_xml(vm: VM, memory_mib: int = 128) -> str:
 def create_vm(datasets: list[Dataset] | Dataset | None = None, *, disk_paths: list[str | os.PathLike] | None = None,
               fmt: str = "raw", size: str = "16M", agent: bool = False, fs_dataset: Dataset | None = None,
               start: bool = True, wait: bool = True, token: str = "t0", name: str | None = None,
-              interval_us: int = 20000, memory_mib: int = 128) -> VM:
+              interval_us: int = 20000, memory_mib: int = 128, dirty_mib: int = 0) -> VM:
     """Define (and start) a TCG counter guest.
 
     One counter disk per dataset (file ``<mountpoint>/<name>-vdX.<fmt>``) or per explicit path in *disk_paths*.
     agent=True: the initrd with qemu-guest-agent, the guest-agent channel, and an ext4 disk mounted at /mnt
-    (on *fs_dataset* when given, else in the VM's work dir).  wait=True: return once the counter advances."""
+    (on *fs_dataset* when given, else in the VM's work dir).  wait=True: return once the counter advances.
+    dirty_mib > 0: the guest also copies a tmpfs file of that many MiB of random bytes over and over (a busy
+    guest dirtying its RAM continuously, for pause benchmarks)."""
     name = name or unique_name("vm")
     if isinstance(datasets, Dataset):
         datasets = [datasets]
@@ -611,6 +613,8 @@ def create_vm(datasets: list[Dataset] | Dataset | None = None, *, disk_paths: li
                f"token_disk={token_target} interval_us={interval_us}")
     if agent:
         cmdline += f" fs_disk={fs_disk.target} agent=1"
+    if dirty_mib:
+        cmdline += f" dirty_mib={int(dirty_mib)}"
     vm = VM(name, disks, token_path, token_target, workdir / "console.log", workdir, agent, fs_disk, cmdline)
     vm.xml = domain_xml(vm, memory_mib)
     CREATED_VMS.append(name)

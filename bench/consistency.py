@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Consistency campaign: N restores under write load, spread over every capture path; each must continue at exactly
+the snapshot's max counter + 1 with no record rewritten.
+
+A TCG counter guest (default 256 MiB, dirtying `--dirty-mib` of RAM besides writing its counter records every
+~20 ms) on a fresh lab dataset; a fresh one for every restore (see `retire`), booted while the one before is
+being restored. Restore k (k = 1..N) uses case k mod 9: method overlay/pause × live/not-live ×
+ram_compression none/zstd, and pause/live with the RAM file on tmpfs (overlay_dir in /dev/shm, the fastest
+pause path vmsnapd offers in bench/pause.py, within the noise):
+1. `vmsnapd snapshot DATASET` with that case's config;
+2. the snapshot's max counter is read (through a clone), the guest writes on past it;
+3. the token disk gets a new token `rK`;
+4. `vmsnapd restore DOMAIN SNAPSHOT --force-stop --yes` (rollback + resume from the RAM dump);
+5. once the guest writes again: records at or below the snapshot's max carrying the new token mean RAM older than
+   the disk (rewritten), a first new counter other than max + 1 means RAM newer than the disk (lab.resume_evidence).
+Prints k/N consistent and every failing case in full (config, counters, vmsnapd's output, console tail). The
+replaced states stay aside until the pool is destroyed at the end. `--budget S`: no new restore after S seconds
+(the count reached is printed as k/K). Never asserts timings.
+Exit 0 when all N were consistent, 1 otherwise.
+
+    sudo .venv/bin/python bench/consistency.py [-n 50] [--memory 256] [--dirty-mib 32] [--budget 3600] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BenchError, check_ok, destroy_pool_patiently, lab, remove_tree, vmsnapd  # noqa: E402
+
+CASES = [{"method": m, "live": live, "ram_compression": c, "tmpfs": False}
+         for m, live, c in itertools.product(("overlay", "pause"), (True, False), ("none", "zstd"))]
+# the lowest pause vmsnapd offered in bench/pause.py (within the noise): pause/live, the RAM file on tmpfs
+CASES.append({"method": "pause", "live": True, "ram_compression": "zstd", "tmpfs": True})
+
+
+def case_name(case: dict) -> str:
+    return (f"{case['method']}/{'live' if case['live'] else 'not-live'}/{case['ram_compression']}"
+            + ("/tmpfs" if case["tmpfs"] else ""))
+
+
+def tmpfs_dir(root: Path, name: str) -> Path:
+    path = Path("/dev/shm") / root.name / name
+    path.parent.mkdir(mode=0o755, exist_ok=True)
+    path.mkdir(mode=0o711, exist_ok=True)
+    path.chmod(0o711)
+    return path
+
+
+def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
+    ds, vm = g.ds, g.vm
+    config = g.config = lab.write_vmsnapd_config(root / vm.name, {ds.name: {"domain": vm.name, "method": case["method"],
+                                                      "live": case["live"], "memory": True, "quiesce": "off",
+                                                      "hourly": 100}},
+                                      daemon={"ram_compression": case["ram_compression"],
+                                              "overlay_dir": str(tmpfs_dir(root, vm.name) if case["tmpfs"] else
+                                                                 root / vm.name / "overlay")})
+    before = set(lab.snapshot_names(ds.name))
+    took = vmsnapd(config, "snapshot", ds.name)
+    check_ok(took, f"restore {k}: vmsnapd snapshot ({case_name(case)})")
+    (snap,) = sorted(set(lab.snapshot_names(ds.name)) - before)
+    at_snapshot = lab.snapshot_max_counter(f"{ds.name}@{snap}", vm.disk.relpath)
+    lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=60)
+    token = f"r{k}"
+    lab.write_token(vm, token)
+    t0 = time.monotonic()
+    restored = vmsnapd(config, "restore", vm.name, snap, "--force-stop", "--yes")
+    restore_s = time.monotonic() - t0
+    result = {"k": k, "case": case_name(case), "snapshot": snap, "at_snapshot": at_snapshot, "restore_s": restore_s,
+              "restore_rc": restored.returncode}
+    if restored.returncode != 0:
+        return {**result, "ok": False, "why": "restore failed", "stdout": restored.stdout[-3000:],
+                "stderr": restored.stderr[-3000:], "snapshot_log": took.stderr[-2000:]}
+    try:
+        lab.wait_counter_advances(vm, by=10, start=at_snapshot, timeout=60)
+    except lab.LabError as e:
+        return {**result, "ok": False, "why": f"guest did not write after the restore: {str(e)[:200]}",
+                "stdout": restored.stdout[-3000:], "stderr": restored.stderr[-3000:],
+                "snapshot_log": took.stderr[-2000:], "console": vm.console()[-20000:]}
+    rewritten, first_new = lab.resume_evidence(vm, at_snapshot, token)
+    ok = not rewritten and first_new == at_snapshot + 1
+    result.update(ok=ok, rewritten=rewritten[:20], first_new=first_new)
+    if not ok:
+        result.update(why=("RAM older than the disk: records rewritten" if rewritten else
+                           f"RAM newer than the disk: resumed at {first_new}, expected {at_snapshot + 1}"),
+                      stdout=restored.stdout[-3000:], stderr=restored.stderr[-3000:],
+                      snapshot_log=took.stderr[-2000:], console=vm.console()[-20000:])
+    return result
+
+
+@dataclass
+class Guest:
+    ds: object
+    vm: object
+    config: Path | None = None
+
+
+def new_guest(pool, root: Path, i: int, args) -> Guest:
+    """A fresh counter guest on a fresh dataset, started without waiting: it boots while the current restore runs."""
+    ds = lab.create_dataset(pool, name=f"guest{i}")
+    vm = lab.create_vm(ds, memory_mib=args.memory, dirty_mib=min(args.dirty_mib, args.memory // 8), wait=False)
+    (root / vm.name).mkdir(mode=0o755)
+    (root / vm.name / "overlay").mkdir(mode=0o711)
+    return Guest(ds, vm)
+
+
+def retire(g: Guest) -> None:
+    """A restored guest's replaced state stays aside, and the next restore of it would refuse until that is
+    dropped — which zfs-fuse refused as "busy" for minutes after the VM stopped. So every successful restore
+    gets a fresh guest; the old one's domain goes now, its datasets with the pool at the end."""
+    lab.destroy_vm(g.vm)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=50, help="number of restores (default 50)")
+    ap.add_argument("--memory", type=int, default=256, help="guest RAM in MiB (default 256)")
+    ap.add_argument("--dirty-mib", type=int, default=32, help="RAM the guest dirties continuously (default 32)")
+    ap.add_argument("--budget", type=float, default=3600, help="no new restore after this many seconds (3600)")
+    ap.add_argument("--cases", default="", help="only the cases whose name is in this comma-separated list")
+    ap.add_argument("--json", type=Path, help="write the results here (for bench/report.py)")
+    args = ap.parse_args()
+    pool = root = None
+    results: list[dict] = []
+    try:
+        lab.check_lab()
+        root = lab.make_run_dir("consist")
+        pool = lab.create_pool("2G")
+        cases = [c for c in CASES if not args.cases or case_name(c) in args.cases.split(",")]
+        if not cases:
+            raise ValueError(f"no case matches --cases {args.cases!r}; cases: {', '.join(map(case_name, CASES))}")
+        print(f"fresh {args.memory} MiB counter guests dirtying {min(args.dirty_mib, args.memory // 8)} MiB; "
+              f"{args.n} restores over {len(cases)} cases; no new restore after {args.budget} s", flush=True)
+        current, upcoming = new_guest(pool, root, 0, args), None
+        deadline = time.monotonic() + args.budget
+        for k in range(1, args.n + 1):
+            if time.monotonic() > deadline:
+                print(f"  budget of {args.budget} s spent: stopping after {k - 1} restores", flush=True)
+                break
+            case = cases[(k - 1) % len(cases)]
+            if upcoming is None:
+                upcoming = new_guest(pool, root, k, args)
+            lab.wait_counter_advances(current.vm, by=20, timeout=120)
+            r = one_restore(root, current, k, case)
+            results.append(r)
+            if r["restore_rc"] == 0:
+                retire(current)
+                current, upcoming = upcoming, None
+            print(f"  {k:3d}/{args.n} {r['case']:24s} snapshot max {r['at_snapshot']:6d} first new "
+                  f"{r.get('first_new', '-')!s:>6s} rewritten {len(r.get('rewritten', []))} restore "
+                  f"{r['restore_s']:5.1f}s  {'ok' if r['ok'] else 'FAILED: ' + r['why']}", flush=True)
+            if not r["ok"]:
+                print("    " + (r.get("stderr") or "").strip()[-600:].replace("\n", "\n    "), flush=True)
+                print("    console: " + (r.get("console") or "")[-1500:].replace("\n", "\n    "), flush=True)
+    except (BenchError, lab.LabError, ValueError) as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for name in list(lab.CREATED_VMS):
+            try:
+                lab.destroy_vm(name)
+            except Exception as e:  # noqa: BLE001
+                print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
+        if pool is not None:
+            destroy_pool_patiently(pool)
+        if root is not None:
+            remove_tree(root)
+            remove_tree(Path("/dev/shm") / root.name)
+    good = sum(r["ok"] for r in results)
+    print(f"\n{good}/{len(results)} restores consistent (continued at exactly snapshot max + 1, nothing rewritten)")
+    for case in CASES:
+        rr = [r for r in results if r["case"] == case_name(case)]
+        print(f"  {case_name(case):24s} {sum(r['ok'] for r in rr)}/{len(rr)}")
+    for r in results:
+        if not r["ok"]:
+            print("\nFAILED CASE\n" + json.dumps(r, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "consistent": good, "total": len(results)}, indent=1))
+    return 0 if good == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
