@@ -12,7 +12,7 @@ from pathlib import Path
 from vmsnapd import __version__
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
-from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.config import ConfigError, load_config, read_regular_file, resolve
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from vmsnapd.actions.report import TargetOutcome
+from vmsnapd.report import TargetOutcome
 from vmsnapd.hypervisor import (PAUSED, RUNNING, AgentUnavailable, DomainNotFound,
                                 Hypervisor, HypervisorError, nvram_path)
 from vmsnapd.hooks import HookEnv, HookResult, run_hook

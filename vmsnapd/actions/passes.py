@@ -15,7 +15,7 @@ from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
 from vmsnapd.actions.prune import PruneGuard, prune
 from vmsnapd.actions.recover import recover
-from vmsnapd.actions.report import PassReport
+from vmsnapd.report import PassReport
 from vmsnapd.actions.status import record_results
 from vmsnapd.actions.take import take_due
 from vmsnapd.hypervisor import HypervisorError

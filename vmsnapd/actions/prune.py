@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.actions.restore import RestoreFailed, kept_aside_snapshots
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hooks import HookEnv, run_hook

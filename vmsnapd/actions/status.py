@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.prune import PruneGuard
-from vmsnapd.actions.report import PassReport
+from vmsnapd.report import PassReport
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hypervisor import HypervisorError

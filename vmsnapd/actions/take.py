@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.cycle import Cycle, CycleEnv
 from vmsnapd.hypervisor import HypervisorError
 from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
