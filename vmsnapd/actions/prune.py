@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport, TargetOutcome
-from vmsnapd.actions.restore import RestoreFailed, kept_aside_snapshots
+from vmsnapd.asides import RestoreFailed, kept_aside_snapshots
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hooks import HookEnv, run_hook
 from vmsnapd.files import write_file_atomically
@@ -235,7 +235,7 @@ def sweep_dumps(ctx: Context, survey: Survey, destroyed: dict[str, list[Snapshot
         listed = set(after.datasets)
     # Snapshots a restore set aside (with the state it replaced) keep their RAM dumps: `restore --undo` needs them.
     try:
-        live |= kept_aside_snapshots(ctx, survey.listing if ctx.dry_run else after)
+        live |= kept_aside_snapshots(ctx.state_dir, ctx.zfs, survey.listing if ctx.dry_run else after)
     except (ZfsError, RestoreFailed) as exc:
         result.errors.append(f"RAM dumps not swept: cannot tell which snapshots a restore set aside: {exc}")
         return result

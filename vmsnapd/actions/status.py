@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.prune import PruneGuard
 from vmsnapd.report import PassReport
+from vmsnapd.asides import kept_aside_lines
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hypervisor import HypervisorError
@@ -145,9 +146,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             status.pools[pool] = ctx.zfs.pool_capacity(pool)
         except ZfsError as exc:
             status.problems.append(f"pool {pool}: {exc}")
-    from vmsnapd.actions.restore import kept_aside
-
-    status.kept_aside = kept_aside(ctx)
+    status.kept_aside = kept_aside_lines(ctx.state_dir)
     if overlay_dir.exists():
         status.leftover_overlay_files = sorted(str(p) for p in overlay_dir.iterdir()
                                                if p.name.endswith((".qcow2", ".mem")))
