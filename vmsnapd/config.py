@@ -233,7 +233,8 @@ class PolicySettings(StrictModel):
         "auto", description='Guest-agent filesystem freeze: "auto" when the agent answers, "required", or "off".'
     )
     ram_keep: Count = Field(
-        0, description="0: keep a RAM dump while a snapshot of its cycle exists; N: only for the newest N cycles."
+        0, description="0: keep a RAM dump while a snapshot of its cycle exists; N: only for the newest N cycles. "
+        "When a VM's datasets differ, a dump stays while any of them wants it (docs/pruning.md)."
     )
     on_memory_failure: Literal["disk-only", "fail"] = Field(
         "disk-only", description='RAM dump impossible: "disk-only" snapshot with a warning, or "fail".'

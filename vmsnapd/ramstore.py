@@ -102,44 +102,6 @@ class RamDump(BaseModel):
         return self.path.name.endswith(".zst")
 
 
-class PlannedDeletion(BaseModel):
-    dump: RamDump
-    reason: str
-
-
-def plan_sweep(
-    dumps: list[RamDump],
-    live_snapshots: set[tuple[str, str]],
-    ram_keep_by_domain: dict[str, int],
-    force: bool = False,
-) -> list[PlannedDeletion]:
-    """Which dumps go, and why. Pure: the caller lists the dumps and the snapshots that still exist.
-
-    A dump goes when no snapshot of its cycle is left on any of its datasets, or, with `ram_keep = N`
-    (N > 0) for its domain, when it is not among the N newest of its domain's dumps that still have a
-    snapshot. A dump without a readable manifest is only planned with `force`.
-    """
-    planned: list[PlannedDeletion] = []
-    alive_by_domain: dict[str, list[RamDump]] = {}
-    for dump in dumps:
-        if dump.manifest is None:
-            if force:
-                planned.append(PlannedDeletion(dump=dump, reason="no readable manifest (forced)"))
-            continue
-        if not dump.manifest.snapshots() & live_snapshots:
-            planned.append(PlannedDeletion(dump=dump, reason="orphan: no snapshot of its cycle is left"))
-        else:
-            alive_by_domain.setdefault(dump.domain, []).append(dump)
-    for domain, alive in alive_by_domain.items():
-        keep = ram_keep_by_domain.get(domain, 0)
-        if keep <= 0:
-            continue
-        # Stamps are YYYY-MM-DD_HH:MM:SS, so text order is time order.
-        for dump in sorted(alive, key=lambda d: d.stamp, reverse=True)[keep:]:
-            planned.append(PlannedDeletion(dump=dump, reason=f"ram_keep = {keep}: not among the newest {keep} cycles"))
-    return planned
-
-
 class RamStore:
     """The RAM dumps under `ram_dir`. `zstd_bin` and the runner are injected (no global binary paths)."""
 
@@ -312,14 +274,6 @@ class RamStore:
                 pass
 
     # -- deleting ------------------------------------------------------------------------------
-
-    def sweep_plan(
-        self,
-        live_snapshots: set[tuple[str, str]],
-        ram_keep_by_domain: dict[str, int],
-        force: bool = False,
-    ) -> list[PlannedDeletion]:
-        return plan_sweep(self.dumps(), live_snapshots, ram_keep_by_domain, force)
 
     def delete(self, dump: RamDump, dry_run: bool, reason: str = "") -> int:
         """Delete a dump and its manifest; returns the bytes freed (or that would be, in dry run)."""

@@ -16,6 +16,7 @@ from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.cycle import Cycle, CycleEnv
 from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
 from vmsnapd.targets import Target, plan_targets
 
@@ -51,7 +52,7 @@ def take_due(ctx: Context, survey: Survey | None = None) -> PassReport:
         if periods:
             work.append((target, periods))
     if not work:
-        log.info("%snothing due", "dry-run: " if ctx.dry_run else "")
+        log.info("%snothing due", dry_run_prefix(ctx.dry_run))
     return PassReport(outcomes=run_cycles(ctx, survey, work, stamp))
 
 
