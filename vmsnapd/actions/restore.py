@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from vmsnapd.asides import (
     load_records,
     save_records,
 )
+from vmsnapd.clonexml import clone_domain_xml
 from vmsnapd.hypervisor import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.names import (
     ASIDE_MARK,
@@ -666,34 +666,6 @@ def _restore_clone(ctx: Context, plan: RestorePlan, done: list[str]) -> list[str
             zfs.destroy_dataset(clone_ds)
         raise RestoreFailed(f"{exc} (the partial clone was removed)") from exc
     return done
-
-
-def clone_domain_xml(xml: str, new_name: str, path_map: dict[str, str]) -> str:
-    """The domain XML for a clone: new name, no UUID (libvirt makes one), no MACs (fresh ones),
-    disk sources moved from the original datasets' mountpoints to the clones'."""
-    root = ET.fromstring(xml)
-    root.find("name").text = new_name
-    for tag in ("uuid",):
-        el = root.find(tag)
-        if el is not None:
-            root.remove(el)
-    for iface in root.findall("./devices/interface"):
-        mac = iface.find("mac")
-        if mac is not None:
-            iface.remove(mac)
-    for source in root.findall("./devices/disk/source"):
-        path = source.get("file")
-        if not path:
-            continue
-        for old, new in sorted(path_map.items(), key=lambda kv: -len(kv[0])):
-            if path == old or path.startswith(old.rstrip("/") + "/"):
-                source.set("file", new.rstrip("/") + path[len(old.rstrip("/")):])
-                break
-    # Serial logs and other per-VM files would be shared with the original: give them the clone's name.
-    for log_el in root.iter("log"):
-        if log_el.get("file"):
-            log_el.set("file", re.sub(r"[^/]+$", f"{new_name}-console.log", log_el.get("file")))
-    return ET.tostring(root, encoding="unicode")
 
 
 class RestorePoint(BaseModel):
