@@ -38,6 +38,7 @@ RECORD_SUFFIX = ".json"
 # The stem limit of the legacy file names (_legacy_file_name).
 _LEGACY_MAX_STEM = 200
 
+# How a cycle held the VM still (or "plain": a dataset without a VM); also recorded in each RAM dump manifest.
 CycleMethod = Literal["overlay", "pause", "plain"]
 
 

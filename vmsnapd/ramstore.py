@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from vmsnapd import __version__
 from vmsnapd.files import (create_private_file, ensure_private_directory, fsync_directory,
                            write_file_atomically)
+from vmsnapd.journal import CycleMethod
 from vmsnapd.names import STAMP_PATTERN, InvalidName, decode_name, encode_name, validate_domain_name
 from vmsnapd.runner import CommandError, Runner
 
@@ -64,7 +65,7 @@ class RamDumpInfo(BaseModel):
     snapshot_names: list[str]
     domain_xml: str
     disks: list[DumpDisk] = []
-    method: Literal["overlay", "pause", "plain"]
+    method: CycleMethod
     live: bool
     quiesced: bool
     pause_ms: int | None = None
