@@ -465,11 +465,11 @@ def _roll_back(ctx: Context, record: RestoreRecord, done: list[str], exc: Except
     try:
         put_back = _put_back(ctx, record)
         _update_record(ctx.state_dir, None, record.domain)
-        state = "nothing was changed" if not put_back else f"undone: {'; '.join(put_back)}"
+        outcome = "nothing was changed" if not put_back else f"undone: {'; '.join(put_back)}"
         if record.was_running and ctx.hypervisor.state(record.domain) == SHUTOFF:
             ctx.hypervisor.start(record.domain)
-            state += f"; {record.domain} booted again from its own disks (its RAM state was lost by the stop)"
-        return f"{exc} — {state}"
+            outcome += f"; {record.domain} booted again from its own disks (its RAM state was lost by the stop)"
+        return f"{exc} — {outcome}"
     except (ZfsError, HypervisorError, OSError, RestoreFailed) as undo_exc:
         return (f"{exc} — then putting things back failed too: {undo_exc}; done before: {'; '.join(done)}; "
                 f"the record in {ctx.state_dir / ASIDE_RECORDS} is kept: `vmsnapd restore --undo "
@@ -526,12 +526,12 @@ def _find_record(ctx: Context, target_name: str) -> RestoreRecord:
 def plan_undo(ctx: Context, target_name: str) -> AsidePlan:
     record = _find_record(ctx, target_name)
     plan = AsidePlan(domain=record.domain, record=record)
-    state = ctx.hypervisor.state(record.domain)
-    if state in (RUNNING, PAUSED):
+    vm_state = ctx.hypervisor.state(record.domain)
+    if vm_state in (RUNNING, PAUSED):
         plan.stop_first = True
-        plan.steps.append(f"stop {record.domain} hard (it is {state}; what it did since the restore is discarded)")
-    elif state != SHUTOFF:
-        raise RestoreFailed(f"{record.domain} is {state}; cannot undo its restore now")
+        plan.steps.append(f"stop {record.domain} hard (it is {vm_state}; what it did since the restore is discarded)")
+    elif vm_state != SHUTOFF:
+        raise RestoreFailed(f"{record.domain} is {vm_state}; cannot undo its restore now")
     for entry in reversed(record.entries):  # children before parents
         facts = undo_facts(ctx, entry)
         plan.steps += [step.text() for step in undo_steps(entry, facts)]
