@@ -26,7 +26,7 @@ class Target:
     datasets: list[str]
     domain: str | None = None
     disks: list[Disk] = field(default_factory=list)  # captured: writable disks on managed datasets
-    skipped_disks: list[str] = field(default_factory=list)  # targets left out: read-only, shared, excluded
+    skipped_disks: list[str] = field(default_factory=list)  # disk targets (vdb) left out: read-only, shared, excluded
     error: str | None = None  # planning failed: the cycle must not run, the failure is reported
 
     @property
