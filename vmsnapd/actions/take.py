@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def _targets(ctx: Context, survey: Survey) -> list[Target]:
-    needs_libvirt = any(p.domain != "none" for p in survey.policies.values())
-    return plan_targets(survey.policies, survey.listing, ctx.hypervisor if needs_libvirt else None)
+    # ctx.hypervisor connects on first use; plan_targets asks libvirt only when a policy may name a domain.
+    return plan_targets(survey.policies, survey.listing, ctx.hypervisor)
 
 
 def _stamp(ctx: Context, survey: Survey, now: datetime) -> datetime:
