@@ -195,7 +195,7 @@ def _outcome_line(o: TargetOutcome) -> str:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from vmsnapd.actions.passes import run_pass
-    from vmsnapd.actions.prune import PruneGuard
+    from vmsnapd.pruneguard import PruneGuard
 
     ctx = _build_context(args, dry_run=args.dry_run)
     guard = PruneGuard(ctx.state_dir, active=False, confirm=True, dry_run=args.dry_run) if args.confirm else None

@@ -30,7 +30,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.passes import run_pass
-from vmsnapd.actions.prune import PruneGuard
+from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.config import Config, ConfigError, load_config
 from vmsnapd.files import UnsafePath
 from vmsnapd.lock import LockBusy, pass_lock

@@ -13,13 +13,14 @@ from datetime import datetime
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
-from vmsnapd.actions.prune import PruneGuard, prune
+from vmsnapd.actions.prune import prune
 from vmsnapd.actions.recover import recover
 from vmsnapd.report import PassReport
 from vmsnapd.actions.status import record_results
 from vmsnapd.actions.take import take_due
 from vmsnapd.hypervisor import HypervisorError
 from vmsnapd.policy import Snapshot
+from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)

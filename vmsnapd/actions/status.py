@@ -17,7 +17,6 @@ from pathlib import Path
 from pydantic import BaseModel, Field, TypeAdapter
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.actions.prune import PruneGuard
 from vmsnapd.report import PassReport
 from vmsnapd.asides import kept_aside_lines
 from vmsnapd.config import DatasetPolicy
@@ -25,6 +24,7 @@ from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hypervisor import HypervisorError
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS
+from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
 from vmsnapd.targets import wanted_domain
 from vmsnapd.zfs import ZfsError
