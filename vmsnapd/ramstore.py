@@ -31,8 +31,8 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from vmsnapd import __version__
-from vmsnapd.files import (create_private_file, ensure_private_directory, fsync_directory,
-                           write_file_atomically)
+from vmsnapd.files import (chmod_private, create_private_file, ensure_private_directory, fsync_directory,
+                           fsync_file, write_file_atomically)
 from vmsnapd.journal import CycleMethod
 from vmsnapd.names import STAMP_PATTERN, InvalidName, decode_name, encode_name, validate_domain_name
 from vmsnapd.runner import CommandError, Runner
@@ -184,7 +184,7 @@ class RamStore:
             timeout=self.zstd_timeout_s,
         )
         # zstd copies the source's mode; the 0700 directory kept it private meanwhile.
-        _chmod_private(target)
+        chmod_private(target)
         # Decode the whole frame once so a dump that cannot be restored is noticed now, not at restore.
         self.runner.run([self.zstd_bin, "-q", "-t", "--", str(target)], timeout=self.zstd_timeout_s)
 
@@ -197,7 +197,7 @@ class RamStore:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             return copy_hashing(source, target)
-        _chmod_private(target)
+        chmod_private(target)
         return hash_and_sync(target)
 
     # -- reading -------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class RamStore:
             self.runner.run(
                 [self.zstd_bin, "-q", "-d", "-o", str(temp), "--", str(dump.path)], timeout=self.zstd_timeout_s
             )
-            _chmod_private(temp)
+            chmod_private(temp)
             yield temp
         finally:
             try:
@@ -307,15 +307,6 @@ def domain_of_folder(folder_name: str, manifest: RamManifest | None) -> str:
         return folder_name
 
 
-def _chmod_private(path: Path) -> None:
-    """chmod 0600 a file just made in a checked folder, without following a link put in its place."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
 def read_manifest(path: Path) -> RamManifest | None:
     try:
         return RamManifest.model_validate_json(path.read_bytes())
@@ -340,11 +331,7 @@ def hash_file(path: Path) -> tuple[int, str]:
 def hash_and_sync(path: Path) -> tuple[int, str]:
     """Checksum a file just written by someone else (zstd, a hard link) and make it durable."""
     size, sha256 = hash_file(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
     return size, sha256
 
 
