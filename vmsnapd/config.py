@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vmsnapd.names import InvalidName, is_aside, validate_dataset_name, validate_domain_name
+from vmsnapd.names import DISK_TARGET_PATTERN, InvalidName, is_aside, validate_dataset_name, validate_domain_name
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 
 # Finite: `inf` would mean a hook that is never killed; NaN compares false with everything.
@@ -274,7 +274,7 @@ class PolicySettings(StrictModel):
     @classmethod
     def _disk_targets(cls, value: list[str]) -> list[str]:
         for target in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", target):
+            if not re.fullmatch(DISK_TARGET_PATTERN, target):
                 raise ValueError(f"{target!r} is not a disk target name such as \"vdb\"")
         return value
 

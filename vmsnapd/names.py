@@ -22,6 +22,9 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_.:-]+")
 _COMPONENT_WITH_SPACE = re.compile(r"[A-Za-z0-9_.: -]+")
 # Pool names ZFS reserves for vdev types; `zpool create` refuses them.
 _RESERVED_POOL_NAMES = ("mirror", "raidz", "draid", "spare", "log")
+# A disk target as libvirt names it (vda, sdb, hdc, xvda, sda1): never an underscore, so an overlay file name
+# `<domain>_<target>_<stamp>.qcow2` splits unambiguously. The one rule for `exclude_disks` and overlay names.
+DISK_TARGET_PATTERN = r"[A-Za-z0-9.-]+"
 # A cycle's stamp as it appears in snapshot, RAM dump and overlay names (STAMP_FORMAT, as a pattern).
 STAMP_PATTERN = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
 _SNAPNAME = re.compile(
