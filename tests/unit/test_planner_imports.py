@@ -8,7 +8,8 @@ import sys
 import pytest
 
 LIBVIRT_FREE = ["vmsnapd.ramsweep", "vmsnapd.clonexml", "vmsnapd.asides", "vmsnapd.report", "vmsnapd.policy",
-                "vmsnapd.monitoring", "vmsnapd.names", "vmsnapd.journal", "vmsnapd.files"]
+                "vmsnapd.monitoring", "vmsnapd.names", "vmsnapd.journal", "vmsnapd.files", "vmsnapd.pruneguard",
+                "vmsnapd.ownership", "vmsnapd.metrics"]
 
 
 @pytest.mark.parametrize("module", LIBVIRT_FREE)
