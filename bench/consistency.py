@@ -116,6 +116,56 @@ def retire(g: Guest) -> None:
     lab.destroy_vm(g.vm)
 
 
+def run_restores(args: argparse.Namespace, pool, root: Path, cases: list, results: list[dict]) -> None:
+    """The campaign: restore after restore, a fresh guest after every successful one, until -n or the budget."""
+    current, upcoming = new_guest(pool, root, 0, args), None
+    deadline = time.monotonic() + args.budget
+    for k in range(1, args.n + 1):
+        if time.monotonic() > deadline:
+            print(f"  budget of {args.budget} s spent: stopping after {k - 1} restores", flush=True)
+            break
+        case = cases[(k - 1) % len(cases)]
+        if upcoming is None:
+            upcoming = new_guest(pool, root, k, args)
+        lab.wait_counter_advances(current.vm, by=20, timeout=120)
+        r = one_restore(root, current, k, case)
+        results.append(r)
+        if r["restore_rc"] == 0:
+            retire(current)
+            current, upcoming = upcoming, None
+        print(f"  {k:3d}/{args.n} {r['case']:24s} snapshot max {r['at_snapshot']:6d} first new "
+              f"{r.get('first_new', '-')!s:>6s} rewritten {len(r.get('rewritten', []))} restore "
+              f"{r['restore_s']:5.1f}s  {'ok' if r['ok'] else 'FAILED: ' + r['why']}", flush=True)
+        if not r["ok"]:
+            print("    " + (r.get("stderr") or "").strip()[-600:].replace("\n", "\n    "), flush=True)
+            print("    console: " + (r.get("console") or "")[-1500:].replace("\n", "\n    "), flush=True)
+
+
+def clean_up(pool, root: Path | None) -> None:
+    for name in list(lab.CREATED_VMS):
+        try:
+            lab.destroy_vm(name)
+        except Exception as e:  # noqa: BLE001 — a leftover domain is reported, the rest is still cleaned
+            print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
+    if pool is not None:
+        destroy_pool_patiently(pool)
+    if root is not None:
+        remove_tree(root)
+        remove_tree(Path("/dev/shm") / root.name)
+
+
+def summarize(results: list[dict]) -> int:
+    good = sum(r["ok"] for r in results)
+    print(f"\n{good}/{len(results)} restores consistent (continued at exactly snapshot max + 1, nothing rewritten)")
+    for case in CASES:
+        rr = [r for r in results if r["case"] == case_name(case)]
+        print(f"  {case_name(case):24s} {sum(r['ok'] for r in rr)}/{len(rr)}")
+    for r in results:
+        if not r["ok"]:
+            print("\nFAILED CASE\n" + json.dumps(r, indent=1))
+    return good
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=50, help="number of restores (default 50)")
@@ -136,49 +186,13 @@ def main() -> int:
             raise ValueError(f"no case matches --cases {args.cases!r}; cases: {', '.join(map(case_name, CASES))}")
         print(f"fresh {args.memory} MiB counter guests dirtying {min(args.dirty_mib, args.memory // 8)} MiB; "
               f"{args.n} restores over {len(cases)} cases; no new restore after {args.budget} s", flush=True)
-        current, upcoming = new_guest(pool, root, 0, args), None
-        deadline = time.monotonic() + args.budget
-        for k in range(1, args.n + 1):
-            if time.monotonic() > deadline:
-                print(f"  budget of {args.budget} s spent: stopping after {k - 1} restores", flush=True)
-                break
-            case = cases[(k - 1) % len(cases)]
-            if upcoming is None:
-                upcoming = new_guest(pool, root, k, args)
-            lab.wait_counter_advances(current.vm, by=20, timeout=120)
-            r = one_restore(root, current, k, case)
-            results.append(r)
-            if r["restore_rc"] == 0:
-                retire(current)
-                current, upcoming = upcoming, None
-            print(f"  {k:3d}/{args.n} {r['case']:24s} snapshot max {r['at_snapshot']:6d} first new "
-                  f"{r.get('first_new', '-')!s:>6s} rewritten {len(r.get('rewritten', []))} restore "
-                  f"{r['restore_s']:5.1f}s  {'ok' if r['ok'] else 'FAILED: ' + r['why']}", flush=True)
-            if not r["ok"]:
-                print("    " + (r.get("stderr") or "").strip()[-600:].replace("\n", "\n    "), flush=True)
-                print("    console: " + (r.get("console") or "")[-1500:].replace("\n", "\n    "), flush=True)
+        run_restores(args, pool, root, cases, results)
     except (BenchError, lab.LabError, ValueError) as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        for name in list(lab.CREATED_VMS):
-            try:
-                lab.destroy_vm(name)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
-        if pool is not None:
-            destroy_pool_patiently(pool)
-        if root is not None:
-            remove_tree(root)
-            remove_tree(Path("/dev/shm") / root.name)
-    good = sum(r["ok"] for r in results)
-    print(f"\n{good}/{len(results)} restores consistent (continued at exactly snapshot max + 1, nothing rewritten)")
-    for case in CASES:
-        rr = [r for r in results if r["case"] == case_name(case)]
-        print(f"  {case_name(case):24s} {sum(r['ok'] for r in rr)}/{len(rr)}")
-    for r in results:
-        if not r["ok"]:
-            print("\nFAILED CASE\n" + json.dumps(r, indent=1))
+        clean_up(pool, root)
+    good = summarize(results)
     if args.json:
         args.json.write_text(json.dumps({"results": results, "consistent": good, "total": len(results)}, indent=1))
     return 0 if good == len(results) else 1

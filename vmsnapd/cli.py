@@ -12,7 +12,7 @@ from pathlib import Path
 from vmsnapd import __version__
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
-from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.config import ConfigError, load_config, read_regular_file, resolve
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging
@@ -195,7 +195,7 @@ def _outcome_line(o: TargetOutcome) -> str:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from vmsnapd.actions.passes import run_pass
-    from vmsnapd.actions.prune import PruneGuard
+    from vmsnapd.pruneguard import PruneGuard
 
     ctx = _build_context(args, dry_run=args.dry_run)
     guard = PruneGuard(ctx.state_dir, active=False, confirm=True, dry_run=args.dry_run) if args.confirm else None

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vmsnapd.names import InvalidName, is_aside, validate_dataset_name, validate_domain_name
+from vmsnapd.names import DISK_TARGET_PATTERN, InvalidName, is_aside, validate_dataset_name, validate_domain_name
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 
 # Finite: `inf` would mean a hook that is never killed; NaN compares false with everything.
@@ -236,7 +236,8 @@ class PolicySettings(StrictModel):
         "auto", description='Guest-agent filesystem freeze: "auto" when the agent answers, "required", or "off".'
     )
     ram_keep: Count = Field(
-        0, description="0: keep a RAM dump while a snapshot of its cycle exists; N: only for the newest N cycles."
+        0, description="0: keep a RAM dump while a snapshot of its cycle exists; N: only for the newest N cycles. "
+        "When a VM's datasets differ, a dump stays while any of them wants it (docs/pruning.md)."
     )
     on_memory_failure: Literal["disk-only", "fail"] = Field(
         "disk-only", description='RAM dump impossible: "disk-only" snapshot with a warning, or "fail".'
@@ -276,7 +277,7 @@ class PolicySettings(StrictModel):
     @classmethod
     def _disk_targets(cls, value: list[str]) -> list[str]:
         for target in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", target):
+            if not re.fullmatch(DISK_TARGET_PATTERN, target):
                 raise ValueError(f"{target!r} is not a disk target name such as \"vdb\"")
         return value
 

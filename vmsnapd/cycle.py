@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vmsnapd.actions.report import TargetOutcome
+from vmsnapd.report import TargetOutcome
 from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
                                plan_cycle, quiesce_verdict, space_problem, subtree_root)
 from vmsnapd.domxml import nvram_path

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hvtypes import PAUSED, RUNNING
-from vmsnapd.journal import CycleMethod, OverlayRecord
+from vmsnapd.journal import OverlayRecord
+from vmsnapd.models import CycleMethod
 from vmsnapd.overlaynames import overlay_file_name
 
 # The domain states the plan tells apart: the adapter's RUNNING / PAUSED (vmsnapd.hvtypes), and GONE for a

@@ -30,7 +30,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.passes import run_pass
-from vmsnapd.actions.prune import PruneGuard
+from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.config import Config, ConfigError, load_config
 from vmsnapd.files import UnsafePath
 from vmsnapd.lock import LockBusy, pass_lock
@@ -172,34 +172,33 @@ class Daemon:
         """Serve the metrics on `listen` (empty: nowhere), without a restart. The new endpoint is bound before
         the old one closes; when that fails (the old one may hold the port under another spelling of the
         address) the old one is closed and the new one tried again, and if that fails too, the old comes back."""
-        old = self.metrics_server
-        self.metrics_server = None
-        if old is not None and not listen:
+        old, self.metrics_server = self.metrics_server, None
+        if old is None:
+            if listen:
+                self._start_metrics(listen)
+            return
+        if listen and self._bind_metrics(listen) is None:
             old.close()
-            log.log(NOTICE, "metrics endpoint %s closed", old.listen)
+            return
+        old.close()
         if not listen:
-            return
-        try:
-            self.metrics_server = MetricsServer(self.metrics.registry, listen).start()
-        except OSError as exc:
-            if old is None:
-                log.error("metrics: cannot listen on %s: %s; no metrics endpoint", listen, exc)
-                return
-            old.close()
-            try:
-                self.metrics_server = MetricsServer(self.metrics.registry, listen).start()
-            except OSError as again:
-                log.error("metrics: cannot listen on %s: %s; staying on %s", listen, again, old.listen)
-                self._start_metrics(old.listen)
-            return
-        if old is not None:
-            old.close()
+            log.log(NOTICE, "metrics endpoint %s closed", old.listen)
+        elif not self._start_metrics(listen, otherwise=f"staying on {old.listen}"):
+            self._start_metrics(old.listen)
 
-    def _start_metrics(self, listen: str) -> None:
+    def _start_metrics(self, listen: str, otherwise: str = "no metrics endpoint") -> bool:
+        """Serve the metrics on `listen`; a failure is logged with what happens instead."""
+        exc = self._bind_metrics(listen)
+        if exc is not None:
+            log.error("metrics: cannot listen on %s: %s; %s", listen, exc, otherwise)
+        return exc is None
+
+    def _bind_metrics(self, listen: str) -> OSError | None:
         try:
             self.metrics_server = MetricsServer(self.metrics.registry, listen).start()
         except OSError as exc:
-            log.error("metrics: cannot listen on %s: %s; no metrics endpoint", listen, exc)
+            return exc
+        return None
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())

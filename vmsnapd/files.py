@@ -132,6 +132,24 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """Make a file someone else wrote (zstd, a hard link) durable, without following a link put in its place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def chmod_private(path: Path) -> None:
+    """chmod 0600 a file just made in a checked folder, without following a link put in its place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def temp_path_for(path: Path) -> Path:
     """The hidden sibling through which `path` is written (never matches a record or dump name)."""
     return path.with_name(f".{path.name}{TEMP_SUFFIX}")

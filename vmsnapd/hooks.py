@@ -213,35 +213,55 @@ def _follow(proc: subprocess.Popen, timeout: float, line_sinks: dict[int, Callab
         while True:
             now = time.monotonic()
             if drain_deadline is None:
-                if proc.poll() is not None:
-                    kill_process_group(proc.pid)  # leftovers of an exited hook (see module docstring)
+                ended = _end_if_due(proc, now, deadline)
+                if ended is not None:
+                    timed_out = ended
                     drain_deadline = now + OUTPUT_DRAIN_GRACE_S
-                elif now >= deadline:
-                    kill_process_group(proc.pid)
-                    timed_out = True
-                    proc.wait()
-                    drain_deadline = now + OUTPUT_DRAIN_GRACE_S
-            # Closed pipes alone do not end the wait: a hook may close its output and keep running.
-            if drain_deadline is not None and not selector.get_map():
+            if drain_deadline is not None and _drained(selector, now, drain_deadline, proc.pid):
                 break
-            if drain_deadline is not None and now >= drain_deadline:
-                # Only a process in another session can still hold the pipes; stop listening to it.
-                log.warning("hook pid %d: output still open after the hook ended; no longer read", proc.pid)
-                break
-            # Wake up often enough to notice the hook's exit while its pipes stay open.
-            for key, _ in selector.select(timeout=0.1):
-                fd = key.fd
-                chunk = os.read(fd, READ_CHUNK)
-                if not chunk:
-                    selector.unregister(fd)
-                    continue
-                partial[fd] = _emit_lines(partial[fd] + chunk, line_sinks[fd])
+            _read_ready(selector, partial, line_sinks)
     finally:
         selector.close()
     for fd, rest in partial.items():
         if rest:
             line_sinks[fd](_decode(rest))
     return timed_out
+
+
+def _end_if_due(proc: subprocess.Popen, now: float, deadline: float) -> bool | None:
+    """None while the hook runs within its time; else kill its process group and say whether it timed out."""
+    if proc.poll() is not None:
+        kill_process_group(proc.pid)  # leftovers of an exited hook (see module docstring)
+        return False
+    if now >= deadline:
+        kill_process_group(proc.pid)
+        proc.wait()
+        return True
+    return None
+
+
+def _drained(selector: selectors.BaseSelector, now: float, drain_deadline: float, pid: int) -> bool:
+    """After the hook ended: stop when both pipes closed, or at the drain deadline."""
+    # Closed pipes alone do not end the wait: a hook may close its output and keep running.
+    if not selector.get_map():
+        return True
+    if now >= drain_deadline:
+        # Only a process in another session can still hold the pipes; stop listening to it.
+        log.warning("hook pid %d: output still open after the hook ended; no longer read", pid)
+        return True
+    return False
+
+
+def _read_ready(selector: selectors.BaseSelector, partial: dict[int, bytes],
+                line_sinks: dict[int, Callable[[str], None]]) -> None:
+    # Wake up often enough to notice the hook's exit while its pipes stay open.
+    for key, _ in selector.select(timeout=0.1):
+        fd = key.fd
+        chunk = os.read(fd, READ_CHUNK)
+        if not chunk:
+            selector.unregister(fd)
+            continue
+        partial[fd] = _emit_lines(partial[fd] + chunk, line_sinks[fd])
 
 
 def _emit_lines(buffer: bytes, sink: Callable[[str], None]) -> bytes:

@@ -18,11 +18,11 @@ import os
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field, ValidationError
 
+from vmsnapd.models import CycleMethod
 from vmsnapd.files import (
     check_folder,
     ensure_private_directory,
@@ -30,15 +30,15 @@ from vmsnapd.files import (
     temp_path_for,
     write_file_atomically,
 )
+from vmsnapd.names import encode_name
 
 log = logging.getLogger(__name__)
 
 CYCLES_SUBDIR = "cycles"
 RECORD_SUFFIX = ".json"
-# Stay well below NAME_MAX (255) even after the suffixes are added.
-MAX_FILE_STEM = 200
+# The stem limit of the legacy file names (_legacy_file_name).
+_LEGACY_MAX_STEM = 200
 
-CycleMethod = Literal["overlay", "pause", "plain"]
 
 
 class CycleState(StrEnum):
@@ -113,17 +113,21 @@ class JournalError(Exception):
 
 
 def cycle_file_name(cycle_id: str) -> str:
-    """A safe, injective file name for a cycle id such as `rpool/VM/win-2026-11-29_01:00:00`.
+    """The file name of a cycle id such as `rpool/VM/win-2026-11-29_01:00:00`: names.encode_name, the one way
+    vmsnapd turns a name into a file name (safe, readable, injective; "a/b" and "a_b" do not collide; never
+    ".", ".." or a hidden temp file)."""
+    return encode_name(cycle_id) + RECORD_SUFFIX
 
-    Percent-encoding keeps the name readable and distinct ids distinct ("a/b" and "a_b" do not
-    collide); a leading dot is encoded so no id can name "." or ".." or a hidden temp file.
-    """
+
+def _legacy_file_name(cycle_id: str) -> str:
+    """The name vmsnapd before names.encode_name gave a record (`urllib.parse.quote`). Only read, so that a
+    record a crash left under it is still finished and never doubled: every write and `finish` removes it."""
     stem = quote(cycle_id, safe="@:+,=")
     if stem.startswith("."):
         stem = "%2E" + stem[1:]
-    if len(stem) > MAX_FILE_STEM:
+    if len(stem) > _LEGACY_MAX_STEM:
         digest = hashlib.sha256(cycle_id.encode()).hexdigest()[:16]
-        stem = f"{stem[: MAX_FILE_STEM - 17]}~{digest}"
+        stem = f"{stem[: _LEGACY_MAX_STEM - 17]}~{digest}"
     return stem + RECORD_SUFFIX
 
 
@@ -136,12 +140,17 @@ class Journal:
     def path_of(self, cycle_id: str) -> Path:
         return self.directory / cycle_file_name(cycle_id)
 
+    def _legacy_path_of(self, cycle_id: str) -> Path | None:
+        """Where an older vmsnapd wrote this cycle's record, when that is another name."""
+        legacy = self.directory / _legacy_file_name(cycle_id)
+        return None if legacy == self.path_of(cycle_id) else legacy
+
     def begin(self, record: CycleRecord) -> CycleRecord:
         ensure_private_directory(self.directory)
-        path = self.path_of(record.cycle_id)
-        if path.exists():
-            # Two cycles with one id would overwrite each other's recovery information.
-            raise JournalError(f"cycle {record.cycle_id} is already in the journal ({path})")
+        for path in (self.path_of(record.cycle_id), self._legacy_path_of(record.cycle_id)):
+            if path is not None and path.exists():
+                # Two cycles with one id would overwrite each other's recovery information.
+                raise JournalError(f"cycle {record.cycle_id} is already in the journal ({path})")
         self._write(record)
         log.debug("journal: begin %s in state %s", record.cycle_id, record.state)
         return record
@@ -165,12 +174,8 @@ class Journal:
 
     def finish(self, record: CycleRecord) -> None:
         """Forget a cycle that is complete (or fully undone). Idempotent."""
-        path = self.path_of(record.cycle_id)
-        for leftover in (path, temp_path_for(path)):
-            try:
-                leftover.unlink()
-            except FileNotFoundError:
-                pass
+        self._remove(self.path_of(record.cycle_id))
+        self._remove(self._legacy_path_of(record.cycle_id))
         if self.directory.is_dir():
             fsync_directory(self.directory)
         log.debug("journal: finished %s", record.cycle_id)
@@ -211,5 +216,19 @@ class Journal:
         path = self.path_of(record.cycle_id)
         try:
             write_file_atomically(path, record.model_dump_json(indent=1).encode())
+            if self._remove(self._legacy_path_of(record.cycle_id)):  # the new version replaces it
+                fsync_directory(self.directory)
         except OSError as exc:
             raise JournalError(f"cannot write journal record {path}: {exc}") from exc
+
+    @staticmethod
+    def _remove(path: Path | None) -> bool:
+        """Unlink a record and its temp file, when there (True: something was); the caller fsyncs the directory."""
+        removed = False
+        for leftover in (path, temp_path_for(path)) if path is not None else ():
+            try:
+                leftover.unlink()
+                removed = True
+            except FileNotFoundError:
+                pass
+        return removed

@@ -61,6 +61,11 @@ _context_fields: contextvars.ContextVar[Mapping[str, str]] = contextvars.Context
                                                                                       default=_NO_FIELDS)
 
 
+def dry_run_prefix(dry_run: bool) -> str:
+    """What starts every log line of a dry run ("dry-run: would …"), so a preview never reads as done."""
+    return "dry-run: " if dry_run else ""
+
+
 def syslog_priority(levelno: int) -> int:
     """The syslog priority of a logging level (levels between two known ones take the more severe)."""
     for level in sorted(_SYSLOG_PRIORITY, reverse=True):

@@ -42,7 +42,7 @@ from vmsnapd.config import parse_listen
 from vmsnapd.logsetup import NOTICE
 
 if TYPE_CHECKING:
-    from vmsnapd.actions.report import PassReport
+    from vmsnapd.report import PassReport
     from vmsnapd.actions.status import HostStatus
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,13 @@ No I/O and no policy here, so an adapter (vmsnapd.zfs) can build these without i
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+# How a cycle held the VM still (or "plain": a dataset without a VM); recorded in the journal and in each RAM
+# dump manifest.
+CycleMethod = Literal["overlay", "pause", "plain"]
 
 
 class Snapshot(BaseModel):

@@ -151,36 +151,51 @@ def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = N
     findings += [Finding(state=State.CRITICAL, text=f"configured dataset {name} does not exist")
                  for name in facts.missing]
     for dataset in facts.datasets:
-        if dataset.overlays:
-            findings.append(Finding(state=State.CRITICAL, text=f"{dataset.domain} left on an overlay "
-                                                               f"({'; '.join(dataset.overlays)})"))
-        if dataset.last_cycle_error is not None:
-            findings.append(Finding(state=State.CRITICAL, text=f"{dataset.policy.name}: last cycle failed: "
-                                                               f"{dataset.last_cycle_error}"))
-        if dataset.prune_held_back:
-            findings.append(Finding(state=State.WARNING, text=f"{dataset.policy.name}: pruning held back by the "
-                                                              "prune guard (vmsnapd once --prune --confirm)"))
+        findings += _dataset_findings(dataset)
         findings += _age_findings(dataset, now, overrides, perf)
-    cap_warn = int(overrides.warn.get("capacity", CAPACITY_WARN))
-    cap_crit = int(overrides.crit.get("capacity", CAPACITY_CRIT))
-    for pool, capacity in sorted(facts.pools.items()):
-        perf.append(PerfDatum(label=f"{pool} capacity", value=capacity, unit="%", warn=cap_warn or None,
-                              crit=cap_crit or None, min=0, max=100))
-        if cap_crit and capacity >= cap_crit:
-            findings.append(Finding(state=State.CRITICAL, text=f"pool {pool} {capacity}% full"))
-        elif cap_warn and capacity >= cap_warn:
-            findings.append(Finding(state=State.WARNING, text=f"pool {pool} {capacity}% full"))
+    findings += _capacity_findings(facts.pools, overrides, perf)
     worst = max((f.state for f in findings if f.state != State.UNKNOWN), default=State.OK)
     if worst == State.OK and any(f.state == State.UNKNOWN for f in findings):
         worst = State.UNKNOWN
     ordered = sorted(findings, key=lambda f: (f.state != State.UNKNOWN, f.state), reverse=True)
+    return CheckResult(state=worst, findings=ordered, perfdata=perf, summary=_safe(_summary(ordered, facts)))
+
+
+def _dataset_findings(dataset: DatasetFacts) -> list[Finding]:
+    """An overlay left behind, the last cycle failed, pruning held back by the guard."""
+    found = []
+    if dataset.overlays:
+        found.append(Finding(state=State.CRITICAL, text=f"{dataset.domain} left on an overlay "
+                                                        f"({'; '.join(dataset.overlays)})"))
+    if dataset.last_cycle_error is not None:
+        found.append(Finding(state=State.CRITICAL, text=f"{dataset.policy.name}: last cycle failed: "
+                                                        f"{dataset.last_cycle_error}"))
+    if dataset.prune_held_back:
+        found.append(Finding(state=State.WARNING, text=f"{dataset.policy.name}: pruning held back by the "
+                                                       "prune guard (vmsnapd once --prune --confirm)"))
+    return found
+
+
+def _capacity_findings(pools: dict[str, int], overrides: Overrides, perf: list[PerfDatum]) -> list[Finding]:
+    cap_warn = int(overrides.warn.get("capacity", CAPACITY_WARN))
+    cap_crit = int(overrides.crit.get("capacity", CAPACITY_CRIT))
+    found = []
+    for pool, capacity in sorted(pools.items()):
+        perf.append(PerfDatum(label=f"{pool} capacity", value=capacity, unit="%", warn=cap_warn or None,
+                              crit=cap_crit or None, min=0, max=100))
+        if cap_crit and capacity >= cap_crit:
+            found.append(Finding(state=State.CRITICAL, text=f"pool {pool} {capacity}% full"))
+        elif cap_warn and capacity >= cap_warn:
+            found.append(Finding(state=State.WARNING, text=f"pool {pool} {capacity}% full"))
+    return found
+
+
+def _summary(ordered: list[Finding], facts: CheckFacts) -> str:
     if ordered:
-        summary = "; ".join(f.text for f in ordered[:5]) + (f"; and {len(ordered) - 5} more" if len(ordered) > 5
-                                                            else "")
-    else:
-        pools = ", ".join(f"{p} {c}%" for p, c in sorted(facts.pools.items()))
-        summary = f"{len(facts.datasets)} dataset(s) have fresh snapshots; pools: {pools or 'none'}"
-    return CheckResult(state=worst, findings=ordered, perfdata=perf, summary=_safe(summary))
+        return "; ".join(f.text for f in ordered[:5]) + (f"; and {len(ordered) - 5} more" if len(ordered) > 5
+                                                         else "")
+    pools = ", ".join(f"{p} {c}%" for p, c in sorted(facts.pools.items()))
+    return f"{len(facts.datasets)} dataset(s) have fresh snapshots; pools: {pools or 'none'}"
 
 
 def _safe(text: str) -> str:

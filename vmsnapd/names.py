@@ -23,6 +23,9 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_.:-]+")
 _COMPONENT_WITH_SPACE = re.compile(r"[A-Za-z0-9_.: -]+")
 # Pool names ZFS reserves for vdev types; `zpool create` refuses them.
 _RESERVED_POOL_NAMES = ("mirror", "raidz", "draid", "spare", "log")
+# A disk target as libvirt names it (vda, sdb, hdc, xvda, sda1): never an underscore, so an overlay file name
+# `<domain>_<target>_<stamp>.qcow2` splits unambiguously. The one rule for `exclude_disks` and overlay names.
+DISK_TARGET_PATTERN = r"[A-Za-z0-9.-]+"
 # A cycle's stamp as it appears in snapshot, RAM dump and overlay names (STAMP_FORMAT, as a pattern).
 STAMP_PATTERN = r"\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}"
 _SNAPNAME = re.compile(
@@ -47,20 +50,27 @@ def validate_dataset_name(name: str) -> str:
         raise InvalidName(f"{name!r}: a dataset name must not start with '-'")
     components = name.split("/")
     for component in components:
-        if component == "":
-            raise InvalidName(f"{name!r}: empty component (leading, trailing or doubled '/')")
-        if component in (".", ".."):
-            raise InvalidName(f"{name!r}: '.' and '..' are not allowed as components")
-        if not _COMPONENT_WITH_SPACE.fullmatch(component):
-            raise InvalidName(f"{name!r}: only letters, digits, spaces and _ . : - are allowed in each component")
-    pool = components[0]
+        _check_component(name, component)
+    _check_pool_name(name, components[0])
+    return name
+
+
+def _check_component(name: str, component: str) -> None:
+    if component == "":
+        raise InvalidName(f"{name!r}: empty component (leading, trailing or doubled '/')")
+    if component in (".", ".."):
+        raise InvalidName(f"{name!r}: '.' and '..' are not allowed as components")
+    if not _COMPONENT_WITH_SPACE.fullmatch(component):
+        raise InvalidName(f"{name!r}: only letters, digits, spaces and _ . : - are allowed in each component")
+
+
+def _check_pool_name(name: str, pool: str) -> None:
     if not _COMPONENT.fullmatch(pool):
         raise InvalidName(f"{name!r}: only letters, digits and _ . : - are allowed in a pool name")
     if not pool[0].isalpha():
         raise InvalidName(f"{name!r}: the pool name must start with a letter")
     if pool.startswith(_RESERVED_POOL_NAMES):
         raise InvalidName(f"{name!r}: pool names starting with {', '.join(_RESERVED_POOL_NAMES)} are reserved by ZFS")
-    return name
 
 
 def validate_snapshot_name(short_name: str) -> str:

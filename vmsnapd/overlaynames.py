@@ -15,15 +15,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from vmsnapd.names import STAMP_FORMAT, STAMP_PATTERN, InvalidName, decode_name, encode_name
+from vmsnapd.names import DISK_TARGET_PATTERN, STAMP_FORMAT, STAMP_PATTERN, InvalidName, decode_name, encode_name
 
 OVERLAY_SUFFIX = ".qcow2"
 MEMORY_SUFFIX = ".mem"
 LIBVIRT_SNAPSHOT_PREFIX = "vmsnapd-"
 
 _STAMP = STAMP_PATTERN
-# A disk target as libvirt names it (vda, sdb, hdc, xvda): never an underscore, so the split below is unambiguous.
-_TARGET = r"[A-Za-z0-9.-]+"
+_TARGET = DISK_TARGET_PATTERN
 _OVERLAY = re.compile(rf"(?P<domain>.+)_(?P<target>{_TARGET})_(?P<stamp>{_STAMP}){re.escape(OVERLAY_SUFFIX)}",
                       re.DOTALL)
 _MEMORY = re.compile(rf"(?P<domain>.+)_(?P<stamp>{_STAMP}){re.escape(MEMORY_SUFFIX)}", re.DOTALL)

@@ -164,30 +164,30 @@ def plan_domain(facts: DomainFacts, owner: Ownership) -> RecoveryPlan:
     """What recovery does to one domain: only steps on vmsnapd's overlays and records; a warning for the rest."""
     plan = RecoveryPlan()
     if facts.active:
-        _plan_active(facts, owner, plan)
+        _plan_commits(facts, owner, plan, facts.live, StepKind.COMMIT_LIVE, "runs on")
+        _plan_active_definition(facts, owner, plan)
     else:
-        for target, path in facts.persistent:
-            if not is_candidate(path, facts, owner):
-                continue
-            verdict = _judge(facts, owner, target, path)
-            if verdict.ours:
-                plan.steps.append(Step(StepKind.COMMIT_OFFLINE, target, path, facts.files[path].backing or ""))
-            else:
-                plan.warnings.append(_left_alone(facts, target, path, verdict, "is defined on"))
+        _plan_commits(facts, owner, plan, facts.persistent, StepKind.COMMIT_OFFLINE, "is defined on")
     _plan_metadata(facts, owner, plan)
     return plan
 
 
-def _plan_active(facts: DomainFacts, owner: Ownership, plan: RecoveryPlan) -> None:
-    live = dict(facts.live)
-    for target, path in facts.live:
+def _plan_commits(facts: DomainFacts, owner: Ownership, plan: RecoveryPlan, sources: Sequence[tuple[str, str]],
+                  kind: StepKind, where: str) -> None:
+    """A commit of every disk source that is vmsnapd's overlay; a warning for each candidate that is not."""
+    for target, path in sources:
         if not is_candidate(path, facts, owner):
             continue
         verdict = _judge(facts, owner, target, path)
         if verdict.ours:
-            plan.steps.append(Step(StepKind.COMMIT_LIVE, target, path, facts.files[path].backing or ""))
+            plan.steps.append(Step(kind, target, path, facts.files[path].backing or ""))
         else:
-            plan.warnings.append(_left_alone(facts, target, path, verdict, "runs on"))
+            plan.warnings.append(_left_alone(facts, target, path, verdict, where))
+
+
+def _plan_active_definition(facts: DomainFacts, owner: Ownership, plan: RecoveryPlan) -> None:
+    """A running domain whose persistent definition (next boot) still names one of vmsnapd's overlays."""
+    live = dict(facts.live)
     for target, path in facts.persistent:
         if live.get(target) == path or not is_candidate(path, facts, owner):
             continue  # the same overlay as the running disk: the live commit takes the definition along

@@ -119,7 +119,7 @@ def retention(policy: DatasetPolicy, period: str) -> int:
     return getattr(policy, period)
 
 
-def _ours(policy: DatasetPolicy, snapshots: Iterable[Snapshot], period: str) -> list[Snapshot]:
+def ours_of_period(policy: DatasetPolicy, snapshots: Iterable[Snapshot], period: str) -> list[Snapshot]:
     """Our snapshots of `period` on the policy's dataset, newest first (name breaks creation ties)."""
     mine = []
     for snapshot in snapshots:
@@ -139,7 +139,7 @@ def due_periods(policy: DatasetPolicy, snapshots: Iterable[Snapshot], now: datet
     for period in PERIODS:
         if retention(policy, period) == 0:
             continue
-        mine = _ours(policy, snapshots, period)
+        mine = ours_of_period(policy, snapshots, period)
         if not mine or mine[0].creation < last_scheduled(policy, period, now, tz):
             due.append(period)
     return due
@@ -193,7 +193,7 @@ def prune_set(policy: DatasetPolicy, snapshots: Iterable[Snapshot], now: datetim
     for period in PERIODS:
         keep = retention(policy, period)
         cutoff = cutoff_base - keep * period_length(policy, period)
-        mine = _ours(policy, snapshots, period)[::-1]  # oldest first
+        mine = ours_of_period(policy, snapshots, period)[::-1]  # oldest first
         remaining = len(mine)
         for snapshot in mine:
             if remaining <= keep or snapshot.creation >= cutoff:

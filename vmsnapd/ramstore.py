@@ -31,8 +31,9 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from vmsnapd import __version__
-from vmsnapd.files import (create_private_file, ensure_private_directory, fsync_directory,
-                           write_file_atomically)
+from vmsnapd.files import (chmod_private, create_private_file, ensure_private_directory, fsync_directory,
+                           fsync_file, write_file_atomically)
+from vmsnapd.models import CycleMethod
 from vmsnapd.names import STAMP_PATTERN, InvalidName, decode_name, encode_name, validate_domain_name
 from vmsnapd.runner import CommandError, Runner
 
@@ -64,7 +65,7 @@ class RamDumpInfo(BaseModel):
     snapshot_names: list[str]
     domain_xml: str
     disks: list[DumpDisk] = []
-    method: Literal["overlay", "pause", "plain"]
+    method: CycleMethod
     live: bool
     quiesced: bool
     pause_ms: int | None = None
@@ -100,44 +101,6 @@ class RamDump(BaseModel):
     @property
     def compressed(self) -> bool:
         return self.path.name.endswith(".zst")
-
-
-class PlannedDeletion(BaseModel):
-    dump: RamDump
-    reason: str
-
-
-def plan_sweep(
-    dumps: list[RamDump],
-    live_snapshots: set[tuple[str, str]],
-    ram_keep_by_domain: dict[str, int],
-    force: bool = False,
-) -> list[PlannedDeletion]:
-    """Which dumps go, and why. Pure: the caller lists the dumps and the snapshots that still exist.
-
-    A dump goes when no snapshot of its cycle is left on any of its datasets, or, with `ram_keep = N`
-    (N > 0) for its domain, when it is not among the N newest of its domain's dumps that still have a
-    snapshot. A dump without a readable manifest is only planned with `force`.
-    """
-    planned: list[PlannedDeletion] = []
-    alive_by_domain: dict[str, list[RamDump]] = {}
-    for dump in dumps:
-        if dump.manifest is None:
-            if force:
-                planned.append(PlannedDeletion(dump=dump, reason="no readable manifest (forced)"))
-            continue
-        if not dump.manifest.snapshots() & live_snapshots:
-            planned.append(PlannedDeletion(dump=dump, reason="orphan: no snapshot of its cycle is left"))
-        else:
-            alive_by_domain.setdefault(dump.domain, []).append(dump)
-    for domain, alive in alive_by_domain.items():
-        keep = ram_keep_by_domain.get(domain, 0)
-        if keep <= 0:
-            continue
-        # Stamps are YYYY-MM-DD_HH:MM:SS, so text order is time order.
-        for dump in sorted(alive, key=lambda d: d.stamp, reverse=True)[keep:]:
-            planned.append(PlannedDeletion(dump=dump, reason=f"ram_keep = {keep}: not among the newest {keep} cycles"))
-    return planned
 
 
 class RamStore:
@@ -221,7 +184,7 @@ class RamStore:
             timeout=self.zstd_timeout_s,
         )
         # zstd copies the source's mode; the 0700 directory kept it private meanwhile.
-        _chmod_private(target)
+        chmod_private(target)
         # Decode the whole frame once so a dump that cannot be restored is noticed now, not at restore.
         self.runner.run([self.zstd_bin, "-q", "-t", "--", str(target)], timeout=self.zstd_timeout_s)
 
@@ -234,7 +197,7 @@ class RamStore:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             return copy_hashing(source, target)
-        _chmod_private(target)
+        chmod_private(target)
         return hash_and_sync(target)
 
     # -- reading -------------------------------------------------------------------------------
@@ -299,7 +262,7 @@ class RamStore:
             self.runner.run(
                 [self.zstd_bin, "-q", "-d", "-o", str(temp), "--", str(dump.path)], timeout=self.zstd_timeout_s
             )
-            _chmod_private(temp)
+            chmod_private(temp)
             yield temp
         finally:
             try:
@@ -340,15 +303,6 @@ def domain_of_folder(folder_name: str, manifest: RamManifest | None) -> str:
         return folder_name
 
 
-def _chmod_private(path: Path) -> None:
-    """chmod 0600 a file just made in a checked folder, without following a link put in its place."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
 def read_manifest(path: Path) -> RamManifest | None:
     try:
         return RamManifest.model_validate_json(path.read_bytes())
@@ -373,11 +327,7 @@ def hash_file(path: Path) -> tuple[int, str]:
 def hash_and_sync(path: Path) -> tuple[int, str]:
     """Checksum a file just written by someone else (zstd, a hard link) and make it durable."""
     size, sha256 = hash_file(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
     return size, sha256
 
 

@@ -28,7 +28,7 @@ class Target:
     datasets: list[str]
     domain: str | None = None
     disks: list[Disk] = field(default_factory=list)  # captured: writable disks on managed datasets
-    skipped_disks: list[str] = field(default_factory=list)  # targets left out: read-only, shared, excluded
+    skipped_disks: list[str] = field(default_factory=list)  # disk targets (vdb) left out: read-only, shared, excluded
     error: str | None = None  # planning failed: the cycle must not run, the failure is reported
 
     @property
@@ -61,17 +61,66 @@ def dataset_of_path(path: str, listing: ZfsListing) -> str | None:
     return best[1] if best else None
 
 
+@dataclass
+class VmFacts:
+    """What libvirt and the mountpoints say about one domain, gathered before the grouping."""
+
+    disks: list[Disk] = field(default_factory=list)
+    disk_datasets: dict[str, str | None] = field(default_factory=dict)  # disk source → the dataset holding it
+    error: str | None = None  # libvirt could not list its disks
+
+
+@dataclass
+class TargetFacts:
+    """Everything the grouping depends on besides the policies: which domains exist, and their disks."""
+
+    domains: set[str] = field(default_factory=set)
+    vms: dict[str, VmFacts] = field(default_factory=dict)  # only domains a policy names that exist
+
+
 def plan_targets(policies: dict[str, DatasetPolicy], listing: ZfsListing,
                  hypervisor: HypervisorPort | None) -> list[Target]:
-    needs_libvirt = any(p.domain != "none" for p in policies.values())
-    domains: set[str] = set()
-    if needs_libvirt and hypervisor is not None:
-        domains = set(hypervisor.domain_names())
+    """Look up what the grouping needs (libvirt, mountpoints), then group: see group_targets."""
+    return group_targets(policies, gather_target_facts(policies, listing, hypervisor))
+
+
+def needs_hypervisor(policies: dict[str, DatasetPolicy]) -> bool:
+    """Whether grouping asks libvirt at all: only when some policy may name a domain."""
+    return any(p.domain != "none" for p in policies.values())
+
+
+def gather_target_facts(policies: dict[str, DatasetPolicy], listing: ZfsListing,
+                        hypervisor: HypervisorPort | None) -> TargetFacts:
+    """The domains (only when a policy may name one) and the disks of each domain a policy names.
+    HypervisorError from listing the domains propagates; a domain whose disks cannot be read carries the error."""
+    if hypervisor is None or not needs_hypervisor(policies):
+        return TargetFacts()
+    facts = TargetFacts(domains=set(hypervisor.domain_names()))
+    for policy in policies.values():
+        domain = wanted_domain(policy, facts.domains)
+        if domain in facts.domains and domain not in facts.vms:
+            facts.vms[domain] = _vm_facts(hypervisor, domain, listing)
+    return facts
+
+
+def _vm_facts(hypervisor: HypervisorPort, domain: str, listing: ZfsListing) -> VmFacts:
+    try:
+        disks = hypervisor.disks(domain)
+    except HypervisorError as exc:
+        return VmFacts(error=str(exc))
+    return VmFacts(disks=disks, disk_datasets={d.source: dataset_of_path(d.source, listing) for d in disks
+                                               if d.snapshottable})
+
+
+def group_targets(policies: dict[str, DatasetPolicy], facts: TargetFacts) -> list[Target]:
+    """PURE: the targets of a pass. A dataset whose policy names an existing or missing domain becomes (or joins)
+    that VM's target; the datasets holding the VM's captured disks join it; every other dataset is a plain
+    target. A VM target that cannot run carries the reason in `error`."""
     targets: list[Target] = []
     by_domain: dict[str, Target] = {}
     absorbed: set[str] = set()
     for name, policy in policies.items():
-        domain = wanted_domain(policy, domains)
+        domain = wanted_domain(policy, facts.domains)
         if domain is None:
             continue
         absorbed.add(name)
@@ -79,34 +128,37 @@ def plan_targets(policies: dict[str, DatasetPolicy], listing: ZfsListing,
             if name not in by_domain[domain].datasets:
                 by_domain[domain].datasets.append(name)
             continue
-        target = Target(policy=policy, datasets=[name], domain=domain)
+        target = _vm_target(name, policy, domain, facts, policies)
         targets.append(target)
         by_domain[domain] = target
-        if domain not in domains:
-            target.error = f"domain {domain} (named by {policy.configured_by}) does not exist"
-            continue
-        try:
-            disks = hypervisor.disks(domain)
-        except HypervisorError as exc:
-            target.error = str(exc)
-            continue
-        problems = []
-        for disk in disks:
-            if not disk.snapshottable or disk.target in policy.exclude_disks:
-                target.skipped_disks.append(disk.target)
-                continue
-            dataset = dataset_of_path(disk.source, listing)
-            if dataset is None or dataset not in policies:
-                problems.append(f"disk {disk.target} ({disk.source}) is writable but on no managed dataset; "
-                                f"manage its dataset or list it in exclude_disks")
-                continue
-            target.disks.append(disk)
-            if dataset not in target.datasets:
-                target.datasets.append(dataset)
-                absorbed.add(dataset)
-        if problems:
-            target.error = "; ".join(problems)
-    for name, policy in policies.items():
-        if name not in absorbed:
-            targets.append(Target(policy=policy, datasets=[name]))
+        absorbed.update(target.datasets)
+    targets += [Target(policy=policy, datasets=[name]) for name, policy in policies.items() if name not in absorbed]
     return targets
+
+
+def _vm_target(name: str, policy: DatasetPolicy, domain: str, facts: TargetFacts,
+               policies: dict[str, DatasetPolicy]) -> Target:
+    target = Target(policy=policy, datasets=[name], domain=domain)
+    if domain not in facts.domains:
+        target.error = f"domain {domain} (named by {policy.configured_by}) does not exist"
+        return target
+    vm = facts.vms[domain]
+    if vm.error is not None:
+        target.error = vm.error
+        return target
+    problems = []
+    for disk in vm.disks:
+        if not disk.snapshottable or disk.target in policy.exclude_disks:
+            target.skipped_disks.append(disk.target)
+            continue
+        dataset = vm.disk_datasets.get(disk.source)
+        if dataset is None or dataset not in policies:
+            problems.append(f"disk {disk.target} ({disk.source}) is writable but on no managed dataset; "
+                            f"manage its dataset or list it in exclude_disks")
+            continue
+        target.disks.append(disk)
+        if dataset not in target.datasets:
+            target.datasets.append(dataset)
+    if problems:
+        target.error = "; ".join(problems)
+    return target

@@ -568,6 +568,21 @@ def domain_xml(vm: VM, memory_mib: int = 128) -> str:
 """
 
 
+def _counter_disks(name: str, datasets: list[Dataset] | None, disk_paths: list[str | os.PathLike] | None,
+                   fmt: str, size: str) -> list[Disk]:
+    """One counter disk per explicit path, else one per dataset (``<mountpoint>/<name>-vdX.<ext>``)."""
+    if disk_paths:
+        return [Disk(_TARGETS[i], make_disk(p, fmt, size), fmt) for i, p in enumerate(disk_paths)]
+    ext = "qcow2" if fmt == "qcow2" else "img"
+    disks: list[Disk] = []
+    for i, ds in enumerate(datasets or []):
+        if ds.mountpoint is None:
+            raise ValueError(f"dataset {ds} has no mountpoint")
+        t = _TARGETS[i]
+        disks.append(Disk(t, make_disk(ds.mountpoint / f"{name}-{t}.{ext}", fmt, size), fmt, ds))
+    return disks
+
+
 def create_vm(datasets: list[Dataset] | Dataset | None = None, *, disk_paths: list[str | os.PathLike] | None = None,
               fmt: str = "raw", size: str = "16M", agent: bool = False, fs_dataset: Dataset | None = None,
               start: bool = True, wait: bool = True, token: str = "t0", name: str | None = None,
@@ -584,17 +599,7 @@ def create_vm(datasets: list[Dataset] | Dataset | None = None, *, disk_paths: li
         datasets = [datasets]
     workdir = VMS_DIR / name
     workdir.mkdir(parents=True, exist_ok=True)
-    disks: list[Disk] = []
-    ext = "qcow2" if fmt == "qcow2" else "img"
-    if disk_paths:
-        for i, p in enumerate(disk_paths):
-            disks.append(Disk(_TARGETS[i], make_disk(p, fmt, size), fmt))
-    else:
-        for i, ds in enumerate(datasets or []):
-            if ds.mountpoint is None:
-                raise ValueError(f"dataset {ds} has no mountpoint")
-            t = _TARGETS[i]
-            disks.append(Disk(t, make_disk(ds.mountpoint / f"{name}-{t}.{ext}", fmt, size), fmt, ds))
+    disks = _counter_disks(name, datasets, disk_paths, fmt, size)
     if not disks:
         raise ValueError("a counter guest needs at least one disk (datasets or disk_paths)")
     n = len(disks)
@@ -611,10 +616,8 @@ def create_vm(datasets: list[Dataset] | Dataset | None = None, *, disk_paths: li
         fs_disk = Disk(t, p, "raw", fs_dataset)
     cmdline = (f"console=ttyS0 quiet counter_disks={','.join(d.target for d in disks)} "
                f"token_disk={token_target} interval_us={interval_us}")
-    if agent:
-        cmdline += f" fs_disk={fs_disk.target} agent=1"
-    if dirty_mib:
-        cmdline += f" dirty_mib={int(dirty_mib)}"
+    cmdline += f" fs_disk={fs_disk.target} agent=1" if fs_disk else ""
+    cmdline += f" dirty_mib={int(dirty_mib)}" if dirty_mib else ""
     vm = VM(name, disks, token_path, token_target, workdir / "console.log", workdir, agent, fs_disk, cmdline)
     vm.xml = domain_xml(vm, memory_mib)
     CREATED_VMS.append(name)
@@ -665,68 +668,97 @@ def destroy_vm(vm: VM | str, remove_files: bool = True) -> None:
     name = vm.name if isinstance(vm, VM) else vm
     if not name.startswith(PREFIX):
         raise ValueError(f"refusing to remove non-lab domain {name}")
-    c = conn()
     try:
-        dom = c.lookupByName(name)
+        dom = conn().lookupByName(name)
     except libvirt.libvirtError:
         dom = None
     if dom is not None:
-        for _attempt in range(5):
-            try:
-                if dom.isActive():
-                    dom.destroy()
-                break
-            except libvirt.libvirtError:
-                time.sleep(0.5)
-        try:
-            for s in dom.listAllSnapshots():
-                s.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-        except libvirt.libvirtError:
-            pass
-        flags = (libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                 | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-        try:
-            dom.undefineFlags(flags)
-        except libvirt.libvirtError as e:
-            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
+        _stop_hard(dom)
+        _undefine_with_metadata(dom)
     if remove_files:
         shutil.rmtree(VMS_DIR / name, ignore_errors=True)
 
 
+def _stop_hard(dom) -> None:
+    """virDomainDestroy, retried a few times (libvirt may refuse while a job of the domain ends)."""
+    import libvirt
+    for _attempt in range(5):
+        try:
+            if dom.isActive():
+                dom.destroy()
+            return
+        except libvirt.libvirtError:
+            time.sleep(0.5)
+
+
+def _undefine_with_metadata(dom) -> None:
+    """A domain with snapshot metadata cannot be undefined: drop the metadata first (see docs/development.md)."""
+    import libvirt
+    try:
+        for s in dom.listAllSnapshots():
+            s.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+    except libvirt.libvirtError:
+        pass
+    flags = (libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+             | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+    try:
+        dom.undefineFlags(flags)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+
+
 # --------------------------------------------------------------------------------------------------- cleanup
+def _stale(name: str, everything: bool) -> bool:
+    """A lab object (by name) whose creating process is gone, or any lab object with `everything`."""
+    return name.startswith(PREFIX) and (everything or not _owner_alive(name))
+
+
 def cleanup_leftovers(everything: bool = False) -> list[str]:
     """Remove lab domains, pools, mounts and files whose creating process is gone (everything=True: all of them,
     also those of running processes — `make lab-clean`).  Returns what was removed."""
-    removed = []
+    # Someone else's leftovers that cannot be removed now (zfs-fuse keeping a pool "busy") must not fail
+    # this run: they are reported and tried again by the next cleanup.
+    return _cleanup_domains(everything) + _cleanup_pools(everything) + _cleanup_files(everything)
+
+
+def _cleanup_domains(everything: bool) -> list[str]:
     import libvirt
     try:
         doms = conn().listAllDomains()
     except libvirt.libvirtError:
         doms = []
-    # Someone else's leftovers that cannot be removed now (zfs-fuse keeping a pool "busy") must not fail
-    # this run: they are reported and tried again by the next cleanup.
-    for dom in doms:
-        n = dom.name()
-        if n.startswith(PREFIX) and (everything or not _owner_alive(n)):
+    removed = []
+    for n in (dom.name() for dom in doms):
+        if _stale(n, everything):
             try:
                 destroy_vm(n)
                 removed.append(f"domain {n}")
             except (LabError, libvirt.libvirtError) as e:
                 print(f"lab: could not remove leftover domain {n} (next cleanup retries): {e}")
+    return removed
+
+
+def _cleanup_pools(everything: bool) -> list[str]:
+    removed = []
     for p in list_pools():
-        if p.startswith(PREFIX) and (everything or not _owner_alive(p)):
+        if _stale(p, everything):
             try:
                 destroy_pool(p)
                 removed.append(f"pool {p}")
             except LabError as e:
                 print(f"lab: could not remove leftover pool {p} (next cleanup retries): {e}")
+    return removed
+
+
+def _cleanup_files(everything: bool) -> list[str]:
+    removed = []
     for d in (POOLS_DIR, POOLS_DIR / "clones", VMS_DIR):
         if not d.is_dir():
             continue
         for e in d.iterdir():
             n = e.name.removesuffix(".img")
-            if n.startswith(PREFIX) and (everything or not _owner_alive(n)) and n not in list_pools():
+            if _stale(n, everything) and n not in list_pools():
                 for mp in _mounts_under(e):
                     run("umount", "-l", mp, check=False)
                 if e.is_dir():

@@ -9,11 +9,11 @@ import sys
 
 def newest_n(policy, snapshots, now):
     from vmsnapd.names import PERIODS
-    from vmsnapd.policy import _ours, retention
+    from vmsnapd.policy import ours_of_period, retention
 
     doomed = []
     for period in PERIODS:
-        doomed += [s for s in _ours(policy, list(snapshots), period)[retention(policy, period):] if not s.userrefs]
+        doomed += [s for s in ours_of_period(policy, list(snapshots), period)[retention(policy, period):] if not s.userrefs]
     return sorted(doomed, key=lambda s: (s.creation, s.name))
 
 

@@ -494,3 +494,18 @@ def test_sighup_with_a_deeply_nested_file_does_not_kill_the_daemon(tmp_path):
             proc.wait()
     log = log_path.read_text()
     assert "reload rejected" in log and "nested too deeply" in log and "Traceback" not in log, log
+
+
+@pytest.mark.parametrize(("target", "valid"), [("vdb", True), ("sda1", True), ("xvd.a-1", True), ("vd_b", False),
+                                               ("vd b", False), ("", False)])
+def test_exclude_disks_takes_disk_targets_by_the_one_rule_overlay_names_use(target: str, valid: bool):
+    """names.DISK_TARGET_PATTERN: what an overlay file name can carry is what exclude_disks accepts."""
+    from vmsnapd.overlaynames import overlay_file_name
+
+    text = f'[datasets."rpool/VM"]\nexclude_disks = ["{target}"]\n'
+    if valid:
+        parse_config(text)
+        overlay_file_name("web", target, "2026-11-29_01:00:00")
+    else:
+        with pytest.raises(ConfigError, match="disk target"):
+            parse_config(text)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.actions.status import RESULTS_FILE, LastResult, _load_results, record_results
 from vmsnapd.journal import Journal
 from vmsnapd.ramstore import read_manifest

@@ -157,3 +157,39 @@ def test_hostile_cycle_ids_stay_inside_the_journal(tmp_path: Path, cycle_id: str
 def test_distinct_cycle_ids_get_distinct_file_names(first: str, second: str) -> None:
     if first != second:
         assert cycle_file_name(first) != cycle_file_name(second)
+
+
+# -- file names: names.encode_name, and records an older vmsnapd wrote under its own names -------------------
+
+# (cycle id, the name vmsnapd gave its record before names.encode_name) — the old names spelled out, so the
+# test does not depend on the code it checks.
+LEGACY_NAMES = [
+    ("rpool/VM/win-2026-11-29_01:00:00", "rpool%2FVM%2Fwin-2026-11-29_01:00:00.json"),  # the same as today's
+    ("db 1 (test)-2026-11-29_01:00:00", "db%201%20%28test%29-2026-11-29_01:00:00.json"),
+    ("-web~x-2026-11-29_01:00:00", "-web~x-2026-11-29_01:00:00.json"),
+]
+
+
+def test_a_cycle_file_name_is_the_encoded_name() -> None:
+    from vmsnapd.names import encode_name
+
+    for cycle_id in ("rpool/VM/win-2026-11-29_01:00:00", "db 1 (test)-x", "-web", ".hidden", "é/ü"):
+        assert cycle_file_name(cycle_id) == encode_name(cycle_id) + ".json"
+
+
+@pytest.mark.parametrize(("cycle_id", "legacy"), LEGACY_NAMES)
+def test_a_record_under_its_legacy_name_is_read_updated_and_finished(tmp_path: Path, cycle_id: str,
+                                                                      legacy: str) -> None:
+    journal = Journal(tmp_path)
+    record = make_record(cycle_id)
+    journal.begin(record)
+    journal.path_of(cycle_id).rename(journal.directory / legacy)  # as an older vmsnapd left it at a crash
+    [found] = journal.pending()
+    assert found.cycle_id == cycle_id
+    with pytest.raises(JournalError, match="already in the journal"):
+        journal.begin(make_record(cycle_id))
+    updated = journal.update(found, state="frozen")
+    assert [(r.cycle_id, r.state) for r in journal.pending()] == [(cycle_id, "frozen")]  # one record, not two
+    journal.path_of(cycle_id).rename(journal.directory / legacy)
+    journal.finish(updated)
+    assert journal.pending() == [] and list(journal.directory.iterdir()) == []

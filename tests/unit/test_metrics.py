@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vmsnapd import metrics as metrics_mod
-from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.actions.status import DatasetStatus, HostStatus, LastResult, PeriodStatus
 from vmsnapd.metrics import Metrics, MetricsServer, hook_killed
 

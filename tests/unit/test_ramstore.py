@@ -1,4 +1,4 @@
-"""RAM dumps: storing (plain and zstd), permissions, manifest last, the sweep rule, restore, checksums."""
+"""RAM dumps: storing (plain and zstd), permissions, manifest last, the sweep on real files, restore, checksums."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ import pytest
 
 from vmsnapd.ramstore import (
     DumpDisk,
-    RamDump,
     RamDumpInfo,
     RamManifest,
     RamStore,
     RamStoreError,
-    plan_sweep,
 )
+from vmsnapd.ramsweep import plan_ram_sweep
 from vmsnapd.runner import Runner
 
 ZSTD = shutil.which("zstd") or "/usr/bin/zstd"
@@ -217,7 +216,8 @@ def test_foreign_files_are_never_listed(store: RamStore, tmp_path: Path) -> None
     dumps = store.dumps()
     assert [d.stamp for d in dumps] == [STAMP1]
     assert all(d.manifest_path.exists() for d in dumps)
-    for planned in plan_sweep(store.dumps(), set(), {}, force=True):
+    for planned in plan_ram_sweep(store.dumps(), set(), {"rpool/VM/win", "rpool/VM/win-data"}, {},
+                                  force=True).deletions:
         store.delete(planned.dump, dry_run=False)
     assert all(path.exists() for path in foreign)
     assert store.dumps() == []
@@ -304,67 +304,7 @@ def test_stamp_must_be_a_cycle_stamp() -> None:
         make_info(stamp="2026-11-29 01:00")
 
 
-# -- the sweep rule, pure -----------------------------------------------------------------------
-
-
-def fake_dump(domain: str, stamp: str, periods: tuple[str, ...] = ("hourly",), manifest: bool = True) -> RamDump:
-    info = make_info(domain, stamp, periods)
-    return RamDump(
-        domain=domain,
-        stamp=stamp,
-        path=Path(f"/ram/{domain}/{domain}_{stamp}.mem"),
-        manifest_path=Path(f"/ram/{domain}/{domain}_{stamp}.json"),
-        manifest=RamManifest(
-            **info.model_dump(), size=10, raw_size=10, sha256="0" * 64, compression="none",
-            created_at="2026-11-29T01:00:00+00:00", vmsnapd_version="test",
-        )
-        if manifest
-        else None,
-        size=10,
-    )
-
-
-def planned_stamps(planned: list) -> list[str]:
-    return sorted(p.dump.stamp for p in planned)
-
-
-def test_dump_lives_while_any_snapshot_of_its_cycle_lives() -> None:
-    dump = fake_dump("win", STAMP1, ("hourly", "daily"))
-    hourly = ("rpool/VM/win", f"autosnap_{STAMP1}_hourly")
-    daily = ("rpool/VM/win", f"autosnap_{STAMP1}_daily")
-    daily_on_second_dataset = ("rpool/VM/win-data", f"autosnap_{STAMP1}_daily")
-    assert plan_sweep([dump], {hourly, daily}, {}) == []
-    assert plan_sweep([dump], {daily}, {}) == []  # the hourly was pruned; the daily keeps the dump
-    assert plan_sweep([dump], {daily_on_second_dataset}, {}) == []
-    [planned] = plan_sweep([dump], {("rpool/VM/win", f"autosnap_{STAMP2}_hourly")}, {})
-    assert planned.dump == dump and "orphan" in planned.reason
-    # Same name on an unrelated dataset does not keep it alive.
-    assert plan_sweep([dump], {("rpool/VM/other", f"autosnap_{STAMP1}_hourly")}, {})
-
-
-def test_ram_keep_keeps_the_newest_cycles_that_still_have_snapshots() -> None:
-    dumps = [fake_dump("win", s) for s in (STAMP2, STAMP1, STAMP3)] + [fake_dump("lin", s) for s in (STAMP1, STAMP2)]
-    live = {(ds, name) for d in dumps for ds, name in d.manifest.snapshots()}  # type: ignore[union-attr]
-    planned = plan_sweep(dumps, live, {"win": 1})
-    assert [(p.dump.domain, p.dump.stamp) for p in sorted(planned, key=lambda p: p.dump.stamp)] == [
-        ("win", STAMP1),
-        ("win", STAMP2),
-    ]
-    assert all("ram_keep" in p.reason for p in planned)
-    assert plan_sweep(dumps, live, {"win": 0, "lin": 5}) == []
-    # An orphan does not count as one of the N kept: the newest dump with a snapshot survives.
-    live_without_newest = live - set(dumps[2].manifest.snapshots())  # type: ignore[union-attr]
-    planned = plan_sweep(dumps, live_without_newest, {"win": 1})
-    assert planned_stamps(planned) == [STAMP1, STAMP3]
-    reasons = {p.dump.stamp: p.reason for p in planned}
-    assert "orphan" in reasons[STAMP3] and "ram_keep" in reasons[STAMP1]
-
-
-def test_dump_without_manifest_needs_force() -> None:
-    dump = fake_dump("win", STAMP1, manifest=False)
-    assert plan_sweep([dump], set(), {"win": 1}) == []
-    [planned] = plan_sweep([dump], set(), {}, force=True)
-    assert "forced" in planned.reason
+# -- the sweep rule on real files (the rule itself: test_ramsweep.py) ------------------------------
 
 
 def test_sweep_plan_on_real_files(store: RamStore, tmp_path: Path) -> None:
@@ -372,7 +312,7 @@ def test_sweep_plan_on_real_files(store: RamStore, tmp_path: Path) -> None:
         fresh, _ = fresh_ram_file(tmp_path / "overlays", f"{stamp}.mem", size=4096)
         store.keep(fresh, make_info(stamp=stamp, periods=("hourly", "daily")), compression="none")
     live = {("rpool/VM/win", f"autosnap_{STAMP2}_hourly")}
-    [planned] = plan_sweep(store.dumps(), live, {})
+    [planned] = plan_ram_sweep(store.dumps(), live, {"rpool/VM/win", "rpool/VM/win-data"}, {}).deletions
     assert planned.dump.stamp == STAMP1
     freed = store.delete(planned.dump, dry_run=False, reason=planned.reason)
     assert freed > 0

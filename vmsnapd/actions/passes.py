@@ -13,13 +13,14 @@ from datetime import datetime
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
-from vmsnapd.actions.prune import PruneGuard, prune
+from vmsnapd.actions.prune import prune
 from vmsnapd.actions.recover import recover
-from vmsnapd.actions.report import PassReport
+from vmsnapd.report import PassReport
 from vmsnapd.actions.status import record_results
 from vmsnapd.actions.take import take_due
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.models import Snapshot
+from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
@@ -43,26 +44,37 @@ def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_d
     if survey is None:
         report.errors.append(f"cannot survey the host: {survey_error}")
         return report
-    for missing in survey.listing.missing_roots:
-        # A typo in the policy file would otherwise leave a VM unprotected without anyone noticing.
-        report.errors.append(f"configured dataset {missing} does not exist")
-    for dataset, why in survey.listing.unreadable.items():  # left out of this pass; the others go on
-        report.errors.append(f"dataset {dataset} skipped: cannot read what zfs says about it: {why}")
+    report.errors += _listing_problems(survey)
     if take:
-        taken = take_due(ctx, survey)
-        report = report.merge(taken)
+        report = report.merge(take_due(ctx, survey))
     if prune_too:
-        if take and taken.outcomes:  # a cycle ran: list again. Nothing due: the first listing still holds
-            try:
-                survey = ctx.survey()  # what the take just added counts for retention
-            except (ZfsError, HypervisorError) as exc:
-                report.errors.append(f"cannot survey the host before pruning: {exc}")
-                return report
-            if ctx.dry_run:  # nothing was taken: count what would have been, or the plan is not the pass
-                survey = _assume_taken(survey, taken, ctx.now())
-        report = report.merge(prune(ctx, survey, force_dumps=force_dumps, guard=guard))
+        report = _prune_after(ctx, survey, report, took=take, force_dumps=force_dumps, guard=guard)
     record_results(ctx, report)
     return report
+
+
+def _listing_problems(survey: Survey) -> list[str]:
+    # A typo in the policy file would otherwise leave a VM unprotected without anyone noticing.
+    problems = [f"configured dataset {missing} does not exist" for missing in survey.listing.missing_roots]
+    # An unreadable dataset is left out of this pass; the others go on.
+    problems += [f"dataset {dataset} skipped: cannot read what zfs says about it: {why}"
+                 for dataset, why in survey.listing.unreadable.items()]
+    return problems
+
+
+def _prune_after(ctx: Context, survey: Survey, report: PassReport, *, took: bool, force_dumps: bool,
+                 guard: PruneGuard | None) -> PassReport:
+    """Prune on a listing that counts what this pass took (or, in dry run, would have taken). Nothing taken: the
+    first listing still holds (a nothing-due pass lists once)."""
+    if took and report.outcomes:
+        try:
+            survey = ctx.survey()  # what the take just added counts for retention
+        except (ZfsError, HypervisorError) as exc:
+            report.errors.append(f"cannot survey the host before pruning: {exc}")
+            return report
+        if ctx.dry_run:  # nothing was taken: count what would have been, or the plan is not the pass
+            survey = _assume_taken(survey, report, ctx.now())
+    return report.merge(prune(ctx, survey, force_dumps=force_dumps, guard=guard))
 
 
 def _assume_taken(survey: Survey, report: PassReport, now: datetime) -> Survey:

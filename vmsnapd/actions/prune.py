@@ -14,25 +14,23 @@ the prune set (policy.prune_set).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.actions.report import PassReport, TargetOutcome
-from vmsnapd.actions.restore import RestoreFailed, kept_aside_snapshots
+from vmsnapd.report import PassReport, TargetOutcome
+from vmsnapd.asides import RestoreFailed, kept_aside_snapshots
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.hooks import HookEnv, run_hook
-from vmsnapd.files import write_file_atomically
-from vmsnapd.logsetup import NOTICE, fields, log_fields
-from vmsnapd.names import InvalidName, parse_snapname
+from vmsnapd.logsetup import NOTICE, dry_run_prefix, fields, log_fields
+from vmsnapd.names import InvalidName
 from vmsnapd.models import Snapshot
 from vmsnapd.parallel import ordered_map
-from vmsnapd.policy import prune_deferred, prune_guard_holds, prune_set, retention_hash
-from vmsnapd.ramstore import plan_sweep
+from vmsnapd.policy import prune_deferred, prune_set
+from vmsnapd.pruneguard import PruneGuard
+from vmsnapd.ramsweep import PlannedDeletion, plan_ram_sweep
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
@@ -45,67 +43,11 @@ class DumpSweep(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
-GUARD_FILE = "prune-guard.json"
-
-
-class PruneGuard:
-    """The first-pass guard (docs/pruning.md): remembers, per dataset, the retention policy last confirmed
-    (`state_dir/prune-guard.json`, written atomically). A dataset whose policy is not the confirmed one and
-    would lose more than half of its snapshots is held back — logged once with the list at WARNING — until
-    `vmsnapd once --prune --confirm`. Any other pass confirms the policy it pruned with.
-
-    `active`: hold back (the daemon, with `[daemon] prune_guard = true`); `confirm`: never hold back and record
-    every dataset's policy as confirmed (`once --confirm`). Nothing is written in dry run.
-    """
-
-    def __init__(self, state_dir: Path, *, active: bool, confirm: bool = False, dry_run: bool = False):
-        self.path = Path(state_dir) / GUARD_FILE
-        self.active, self.confirm, self.dry_run = active, confirm, dry_run
-        self.changed = False
-        self.data: dict[str, dict[str, str]] = {"confirmed": {}, "announced": {}}
-        try:
-            loaded = json.loads(self.path.read_text())
-            self.data.update({k: dict(loaded.get(k, {})) for k in self.data})
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, AttributeError, TypeError) as exc:  # unreadable: nothing counts as confirmed
-            log.warning("cannot read %s (%s): every dataset's policy counts as not yet confirmed", self.path, exc)
-
-    def admits(self, policy: DatasetPolicy, snapshots: list[Snapshot], doomed: list[Snapshot]) -> bool:
-        name, digest = policy.name, retention_hash(policy)
-        ours = sum(1 for s in snapshots if parse_snapname(s.name) is not None)
-        if self.active and not self.confirm and prune_guard_holds(len(doomed), ours, digest,
-                                                                  self.data["confirmed"].get(name)):
-            if self.data["announced"].get(name) != digest:
-                log.warning("prune guard: the policy of %s is new or changed and would destroy %d of its %d "
-                            "snapshots; not pruning it until `vmsnapd once --prune --confirm` (or [daemon] "
-                            "prune_guard = false). It would destroy: %s", name, len(doomed), ours,
-                            ", ".join(s.name for s in doomed))
-                self._set("announced", name, digest)
-            else:
-                log.info("prune guard: %s still held back (%d of %d snapshots would go)", name, len(doomed), ours)
-            return False
-        if self.data["confirmed"].get(name) != digest:
-            self._set("confirmed", name, digest)
-        return True
-
-    def _set(self, kind: str, name: str, digest: str) -> None:
-        self.data[kind][name] = digest
-        self.changed = True
-
-    def save(self) -> None:
-        if not self.changed or self.dry_run:
-            return
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_file_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
-        self.changed = False
-
-
 def prune(ctx: Context, survey: Survey | None = None, force_dumps: bool = False,
           guard: PruneGuard | None = None) -> PassReport:
     survey = survey or ctx.survey()
     report = PassReport(dry_run=ctx.dry_run)
-    prefix = "dry-run: " if ctx.dry_run else ""
+    prefix = dry_run_prefix(ctx.dry_run)
     capacity: dict[str, int] = {}
     destroyed: dict[str, list[Snapshot]] = {}
     work: list[tuple[DatasetPolicy, list[Snapshot]]] = []
@@ -152,7 +94,7 @@ def _prune_one(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot],
     """Destroy one dataset's prune set, unless prune_defer waits (None). Errors end in the outcome: one dataset
     that cannot be pruned (pool unreadable, a name vmsnapd refuses) never stops the others."""
     dataset = policy.name
-    prefix = "dry-run: " if ctx.dry_run else ""
+    prefix = dry_run_prefix(ctx.dry_run)
     try:
         if policy.prune_defer:
             pool = dataset.split("/", 1)[0]
@@ -190,7 +132,7 @@ def _hook_timeout(ctx: Context, policy: DatasetPolicy) -> float:
 
 def _prune_dataset(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot]) -> TargetOutcome:
     dataset = policy.name
-    prefix = "dry-run: " if ctx.dry_run else ""
+    prefix = dry_run_prefix(ctx.dry_run)
     started = time.monotonic()
     outcome = TargetOutcome(action="prune", target=dataset, datasets=[dataset], dry_run=ctx.dry_run)
     go: list[Snapshot] = []
@@ -222,55 +164,57 @@ def _prune_dataset(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot]) 
 
 def sweep_dumps(ctx: Context, survey: Survey, destroyed: dict[str, list[Snapshot]],
                 force: bool = False) -> DumpSweep:
-    """Delete the RAM dumps whose cycle has no snapshot left (and those past `ram_keep`)."""
+    """Delete the RAM dumps whose cycle has no snapshot left (and those past `ram_keep`): vmsnapd.ramsweep
+    decides, this carries it out."""
     result = DumpSweep()
     store = ctx.ram_store
     if not store.ram_dir.exists():
         return result
+    try:
+        live, listed = _live_after_prune(ctx, survey, destroyed)
+    except (ZfsError, RestoreFailed) as exc:
+        result.errors.append(f"RAM dumps not swept: {exc}")
+        return result
+    ram_keep = {name: policy.ram_keep for name, policy in survey.policies.items()}
+    plan = plan_ram_sweep(store.dumps(), live, listed, ram_keep, force=force)
+    for dump in plan.not_judged:
+        log.debug("RAM dump %s not judged: its datasets are not all under the configured trees", dump.path)
+    for item in plan.deletions:
+        _delete_dump(ctx, item, result)
+    return result
+
+
+def _live_after_prune(ctx: Context, survey: Survey,
+                      destroyed: dict[str, list[Snapshot]]) -> tuple[set[tuple[str, str]], set[str]]:
+    """The snapshots that exist after this pass's destroys (in dry run: the survey minus what would go) and
+    the datasets that listing covers. Snapshots a restore set aside (with the state it replaced) count as
+    existing: `restore --undo` needs their RAM dumps. Raises ZfsError or RestoreFailed: nothing is swept."""
     if ctx.dry_run:
         gone = {(ds, s.name) for ds, snaps in destroyed.items() for s in snaps}
-        live = {(s.dataset, s.name) for s in survey.listing.snapshots} - gone
-        listed = set(survey.listing.datasets)
+        listing = survey.listing
+        live = {(s.dataset, s.name) for s in listing.snapshots} - gone
     else:
         try:
-            after = ctx.zfs.list_tree(ctx.config_roots())
+            listing = ctx.zfs.list_tree(ctx.config_roots())
         except ZfsError as exc:
-            result.errors.append(f"RAM dumps not swept: cannot list snapshots after pruning: {exc}")
-            return result
-        live = {(s.dataset, s.name) for s in after.snapshots}
-        listed = set(after.datasets)
-    # Snapshots a restore set aside (with the state it replaced) keep their RAM dumps: `restore --undo` needs them.
+            raise ZfsError(f"cannot list snapshots after pruning: {exc}") from exc
+        live = {(s.dataset, s.name) for s in listing.snapshots}
     try:
-        live |= kept_aside_snapshots(ctx, survey.listing if ctx.dry_run else after)
+        live |= kept_aside_snapshots(ctx.state_dir, ctx.zfs, listing)
     except (ZfsError, RestoreFailed) as exc:
-        result.errors.append(f"RAM dumps not swept: cannot tell which snapshots a restore set aside: {exc}")
-        return result
-    ram_keep = {}
-    for policy in survey.policies.values():
-        if policy.ram_keep:
-            ram_keep[policy.name] = policy.ram_keep
-    dumps = store.dumps()
-    judged = [d for d in dumps if d.manifest is None or set(d.manifest.datasets) <= listed]
-    for dump in dumps:
-        if dump not in judged:
-            log.debug("RAM dump %s not judged: its datasets are not all under the configured trees", dump.path)
-    keep_by_domain = {}
-    for dump in judged:
-        if dump.manifest is not None:
-            for dataset in dump.manifest.datasets:
-                if dataset in ram_keep:
-                    keep_by_domain[dump.domain] = ram_keep[dataset]
-    planned = plan_sweep(judged, live, keep_by_domain, force=force)
-    prefix = "dry-run: " if ctx.dry_run else ""
-    for item in planned:
-        try:
-            freed = store.delete(item.dump, ctx.dry_run, item.reason)
-        except OSError as exc:
-            result.errors.append(f"cannot delete RAM dump {item.dump.path}: {exc}")
-            continue
-        result.deleted.append(str(item.dump.path))
-        for dataset in item.dump.manifest.datasets if item.dump.manifest else []:
-            result.deleted_by_dataset.setdefault(dataset, []).append(str(item.dump.path))
-        result.bytes_freed += freed
-        log.info("%sRAM dump %s deleted (%s), %d MiB", prefix, item.dump.path, item.reason, freed >> 20)
-    return result
+        raise RestoreFailed(f"cannot tell which snapshots a restore set aside: {exc}") from exc
+    return live, set(listing.datasets)
+
+
+def _delete_dump(ctx: Context, item: PlannedDeletion, result: DumpSweep) -> None:
+    try:
+        freed = ctx.ram_store.delete(item.dump, ctx.dry_run, item.reason)
+    except OSError as exc:
+        result.errors.append(f"cannot delete RAM dump {item.dump.path}: {exc}")
+        return
+    result.deleted.append(str(item.dump.path))
+    for dataset in item.dump.manifest.datasets if item.dump.manifest else []:
+        result.deleted_by_dataset.setdefault(dataset, []).append(str(item.dump.path))
+    result.bytes_freed += freed
+    log.info("%sRAM dump %s deleted (%s), %d MiB", dry_run_prefix(ctx.dry_run), item.dump.path, item.reason,
+             freed >> 20)

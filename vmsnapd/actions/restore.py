@@ -30,19 +30,27 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context
+from vmsnapd.asides import (
+    ASIDE_RECORDS,
+    AsideEntry,
+    RestoreFailed,
+    RestoreRecord,
+    Verb,
+    ZfsStep,
+    load_records,
+    save_records,
+)
+from vmsnapd.clonexml import clone_domain_xml
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
-from vmsnapd.journal import ensure_private_directory, write_file_atomically
 from vmsnapd.names import (
     ASIDE_MARK,
     aside_name,
@@ -60,78 +68,10 @@ log = logging.getLogger(__name__)
 # How long a restore keeps asking a resumed guest's agent to thaw file systems the dump was taken frozen with.
 THAW_WAIT_S = 20.0
 
-ASIDE_RECORDS = "restore-asides.json"
 SPACE_MARGIN_BYTES = 64 * 2**20  # kept free beyond the decompressed image
 
 
-class RestoreFailed(Exception):
-    pass
-
-
-# -- what is set aside, and the steps that do and undo it (pure) -------------------------------------------
-
-
-class Verb(str, Enum):
-    RENAME = "rename"
-    SET_MOUNTPOINT = "set-mountpoint"
-    CLONE = "clone"
-    PROMOTE = "promote"
-    DESTROY_TREE = "destroy-tree"
-
-
-class ZfsStep(BaseModel):
-    verb: Verb
-    dataset: str
-    arg: str = ""  # rename: the new name; set-mountpoint: the path; clone: the source `ds@snap`
-    mountpoint: str | None = None  # clone: the mountpoint to give the clone (when the original set its own)
-
-    def text(self) -> str:
-        return {
-            Verb.RENAME: f"rename {self.dataset} to {self.arg}",
-            Verb.SET_MOUNTPOINT: f"set mountpoint={self.arg} on {self.dataset}",
-            Verb.CLONE: f"clone {self.arg} as {self.dataset}",
-            Verb.PROMOTE: f"promote {self.dataset}",
-            Verb.DESTROY_TREE: f"destroy {self.dataset} with its snapshots (zfs destroy -r)",
-        }[self.verb]
-
-
-class AsideEntry(BaseModel):
-    """One dataset of a VM swapped by an in-place restore."""
-
-    dataset: str  # the original name, which the restored clone now carries
-    aside: str  # where the replaced dataset (and its newer snapshots) lives now
-    snapshot: str  # the snapshot the clone was made from (short name)
-    mountpoint_local: str | None = None  # the dataset's own `mountpoint` when set locally; None: inherited
-    aside_mountpoint: str | None = None  # the mountpoint given to the aside when the original set its own
-    children: list[str] = Field(default_factory=list)  # leaf names of child datasets, moved back under the clone
-
-    def forward_steps(self) -> list[ZfsStep]:
-        steps = [ZfsStep(verb=Verb.RENAME, dataset=self.dataset, arg=self.aside)]
-        if self.aside_mountpoint:
-            steps.append(ZfsStep(verb=Verb.SET_MOUNTPOINT, dataset=self.aside, arg=self.aside_mountpoint))
-        steps.append(ZfsStep(verb=Verb.CLONE, dataset=self.dataset, arg=f"{self.aside}@{self.snapshot}",
-                             mountpoint=self.mountpoint_local))
-        steps.append(ZfsStep(verb=Verb.PROMOTE, dataset=self.dataset))
-        steps += [ZfsStep(verb=Verb.RENAME, dataset=f"{self.aside}/{c}", arg=f"{self.dataset}/{c}")
-                  for c in self.children]
-        return steps
-
-
-class RestoreRecord(BaseModel):
-    """What an in-place restore set aside; written before its first change, `complete` once all datasets are
-    swapped."""
-
-    domain: str
-    snapshot: str
-    at: datetime
-    was_running: bool
-    complete: bool = False
-    entries: list[AsideEntry]
-
-
-class AsideRecords(BaseModel):
-    version: int = 1
-    records: dict[str, RestoreRecord] = Field(default_factory=dict)  # domain → its kept-aside state
+# -- undoing what is set aside (pure; the record and its steps are in vmsnapd/asides.py) ----------------------
 
 
 @dataclass(frozen=True)
@@ -427,22 +367,6 @@ def free_bytes(directory: Path) -> int | None:
 # -- the record of what is kept aside ----------------------------------------------------------------------
 
 
-def load_records(state_dir: Path) -> AsideRecords:
-    path = state_dir / ASIDE_RECORDS
-    try:
-        return AsideRecords.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        return AsideRecords()
-    except (OSError, ValueError, ValidationError) as exc:
-        raise RestoreFailed(f"{path} is unreadable ({str(exc).splitlines()[0]}): it says which datasets a restore "
-                            "set aside; repair or move it") from exc
-
-
-def save_records(state_dir: Path, records: AsideRecords) -> None:
-    ensure_private_directory(state_dir)
-    write_file_atomically(state_dir / ASIDE_RECORDS, records.model_dump_json(indent=1).encode())
-
-
 def _update_record(state_dir: Path, record: RestoreRecord | None, domain: str) -> None:
     records = load_records(state_dir)
     if record is None:
@@ -544,11 +468,11 @@ def _roll_back(ctx: Context, record: RestoreRecord, done: list[str], exc: Except
     try:
         put_back = _put_back(ctx, record)
         _update_record(ctx.state_dir, None, record.domain)
-        state = "nothing was changed" if not put_back else f"undone: {'; '.join(put_back)}"
+        outcome = "nothing was changed" if not put_back else f"undone: {'; '.join(put_back)}"
         if record.was_running and ctx.hypervisor.state(record.domain) == SHUTOFF:
             ctx.hypervisor.start(record.domain)
-            state += f"; {record.domain} booted again from its own disks (its RAM state was lost by the stop)"
-        return f"{exc} — {state}"
+            outcome += f"; {record.domain} booted again from its own disks (its RAM state was lost by the stop)"
+        return f"{exc} — {outcome}"
     except (ZfsError, HypervisorError, OSError, RestoreFailed) as undo_exc:
         return (f"{exc} — then putting things back failed too: {undo_exc}; done before: {'; '.join(done)}; "
                 f"the record in {ctx.state_dir / ASIDE_RECORDS} is kept: `vmsnapd restore --undo "
@@ -605,12 +529,12 @@ def _find_record(ctx: Context, target_name: str) -> RestoreRecord:
 def plan_undo(ctx: Context, target_name: str) -> AsidePlan:
     record = _find_record(ctx, target_name)
     plan = AsidePlan(domain=record.domain, record=record)
-    state = ctx.hypervisor.state(record.domain)
-    if state in (RUNNING, PAUSED):
+    vm_state = ctx.hypervisor.state(record.domain)
+    if vm_state in (RUNNING, PAUSED):
         plan.stop_first = True
-        plan.steps.append(f"stop {record.domain} hard (it is {state}; what it did since the restore is discarded)")
-    elif state != SHUTOFF:
-        raise RestoreFailed(f"{record.domain} is {state}; cannot undo its restore now")
+        plan.steps.append(f"stop {record.domain} hard (it is {vm_state}; what it did since the restore is discarded)")
+    elif vm_state != SHUTOFF:
+        raise RestoreFailed(f"{record.domain} is {vm_state}; cannot undo its restore now")
     put_back: set[str] = set()
     for entry in reversed(record.entries):  # children before parents
         facts = undo_facts(ctx, entry, record.entries)
@@ -723,35 +647,6 @@ def execute_drop(ctx: Context, plan: AsidePlan) -> list[str]:
     return done
 
 
-def kept_aside(ctx: Context) -> list[str]:
-    """One line per VM whose replaced state a restore keeps aside, with the commands for it (for `status`)."""
-    try:
-        records = load_records(ctx.state_dir).records
-    except RestoreFailed as exc:
-        return [str(exc)]
-    lines = []
-    for domain, record in records.items():
-        what = "restore INTERRUPTED" if not record.complete else f"restored to {record.snapshot}"
-        lines.append(f"{domain}: {what} at {record.at:%Y-%m-%d %H:%M:%S}; kept aside: "
-                     f"{', '.join(e.aside for e in record.entries)} — undo: `vmsnapd restore --undo {domain} --yes`"
-                     f", drop: `vmsnapd restore --drop-aside {domain} --yes`")
-    return lines
-
-
-def kept_aside_snapshots(ctx: Context, listing: ZfsListing) -> set[tuple[str, str]]:
-    """(original dataset, snapshot) of every snapshot a restore keeps aside: their RAM dumps must stay.
-    Raises RestoreFailed (unreadable record) or ZfsError: the caller then sweeps nothing."""
-    records = load_records(ctx.state_dir).records
-    entries = [e for record in records.values() for e in record.entries]
-    unlisted = [e.aside for e in entries if e.aside not in listing.datasets]
-    extra = ctx.zfs.list_tree(unlisted) if unlisted else ZfsListing()
-    kept = set()
-    for entry in entries:
-        for snap in listing.snapshots_of(entry.aside) + extra.snapshots_of(entry.aside):
-            kept.add((entry.dataset, snap.name))
-    return kept
-
-
 def _restore_clone(ctx: Context, plan: RestorePlan, done: list[str]) -> list[str]:
     hv, zfs = ctx.hypervisor, ctx.zfs
     source_mounts = {ds: info.mountpoint for ds, info in zfs.list_tree(plan.datasets).datasets.items()}
@@ -784,34 +679,6 @@ def _restore_clone(ctx: Context, plan: RestorePlan, done: list[str]) -> list[str
             zfs.destroy_dataset(clone_ds)
         raise RestoreFailed(f"{exc} (the partial clone was removed)") from exc
     return done
-
-
-def clone_domain_xml(xml: str, new_name: str, path_map: dict[str, str]) -> str:
-    """The domain XML for a clone: new name, no UUID (libvirt makes one), no MACs (fresh ones),
-    disk sources moved from the original datasets' mountpoints to the clones'."""
-    root = ET.fromstring(xml)
-    root.find("name").text = new_name
-    for tag in ("uuid",):
-        el = root.find(tag)
-        if el is not None:
-            root.remove(el)
-    for iface in root.findall("./devices/interface"):
-        mac = iface.find("mac")
-        if mac is not None:
-            iface.remove(mac)
-    for source in root.findall("./devices/disk/source"):
-        path = source.get("file")
-        if not path:
-            continue
-        for old, new in sorted(path_map.items(), key=lambda kv: -len(kv[0])):
-            if path == old or path.startswith(old.rstrip("/") + "/"):
-                source.set("file", new.rstrip("/") + path[len(old.rstrip("/")):])
-                break
-    # Serial logs and other per-VM files would be shared with the original: give them the clone's name.
-    for log_el in root.iter("log"):
-        if log_el.get("file"):
-            log_el.set("file", re.sub(r"[^/]+$", f"{new_name}-console.log", log_el.get("file")))
-    return ET.tostring(root, encoding="unicode")
 
 
 class RestorePoint(BaseModel):

@@ -17,14 +17,15 @@ from pathlib import Path
 from pydantic import BaseModel, Field, TypeAdapter
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.actions.prune import PruneGuard
-from vmsnapd.actions.report import PassReport
+from vmsnapd.report import PassReport
+from vmsnapd.asides import kept_aside_lines
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
-from vmsnapd.names import PERIODS, parse_snapname
-from vmsnapd.policy import due_periods, next_scheduled, retention, retention_hash, schedule_zone
+from vmsnapd.names import PERIODS
+from vmsnapd.pruneguard import PruneGuard
+from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
 from vmsnapd.targets import wanted_domain
 from vmsnapd.zfs import ZfsError
 
@@ -145,9 +146,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             status.pools[pool] = ctx.zfs.pool_capacity(pool)
         except ZfsError as exc:
             status.problems.append(f"pool {pool}: {exc}")
-    from vmsnapd.actions.restore import kept_aside
-
-    status.kept_aside = kept_aside(ctx)
+    status.kept_aside = kept_aside_lines(ctx.state_dir)
     if overlay_dir.exists():
         status.leftover_overlay_files = sorted(str(p) for p in overlay_dir.iterdir()
                                                if p.name.endswith((".qcow2", ".mem")))
@@ -160,13 +159,12 @@ def _periods(policy: DatasetPolicy, survey: Survey, now: datetime, tz) -> dict[s
     out = {}
     for period in PERIODS:
         kept = retention(policy, period)
-        ours = sorted((s for s in snaps if (p := parse_snapname(s.name)) and p.period == period),
-                      key=lambda s: s.creation)
+        ours = ours_of_period(policy, snaps, period)  # newest first, the one rule of which snapshots are ours
         if not kept and not ours:
             continue
         out[period] = PeriodStatus(
             kept=kept, count=len(ours),
-            newest=ours[-1].name if ours else None, newest_at=ours[-1].creation if ours else None,
+            newest=ours[0].name if ours else None, newest_at=ours[0].creation if ours else None,
             next_due=now if period in due else (next_scheduled(policy, period, now, tz)
                                                 if kept and policy.autosnap else None),
             due_now=period in due,

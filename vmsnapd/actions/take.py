@@ -13,19 +13,21 @@ from datetime import datetime
 from pathlib import Path
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.actions.report import PassReport, TargetOutcome
+from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.cycle import Cycle, CycleEnv
 from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.parallel import ordered_map
 from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
-from vmsnapd.targets import Target, plan_targets
+from vmsnapd.targets import Target, needs_hypervisor, plan_targets
 
 log = logging.getLogger(__name__)
 
 
 def _targets(ctx: Context, survey: Survey) -> list[Target]:
-    needs_libvirt = any(p.domain != "none" for p in survey.policies.values())
-    return plan_targets(survey.policies, survey.listing, ctx.hypervisor if needs_libvirt else None)
+    # Only a pass whose policies may name a domain loads the libvirt adapter (ctx.hypervisor, on first use).
+    hypervisor = ctx.hypervisor if needs_hypervisor(survey.policies) else None
+    return plan_targets(survey.policies, survey.listing, hypervisor)
 
 
 def _stamp(ctx: Context, survey: Survey, now: datetime) -> datetime:
@@ -52,7 +54,7 @@ def take_due(ctx: Context, survey: Survey | None = None) -> PassReport:
         if periods:
             work.append((target, periods))
     if not work:
-        log.info("%snothing due", "dry-run: " if ctx.dry_run else "")
+        log.info("%snothing due", dry_run_prefix(ctx.dry_run))
     return PassReport(outcomes=run_cycles(ctx, survey, work, stamp))
 
 
