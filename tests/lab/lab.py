@@ -361,6 +361,8 @@ def write_vmsnapd_config(root: Path, datasets: dict[str, dict], templates: dict[
     hooks table."""
     settings = {"state_dir": str(root / "state"), "overlay_dir": str(root / "overlay"), "ram_dir": str(root / "ram"),
                 **(daemon or {})}
+    if settings.get("ram_dataset"):  # RAM dumps on ZFS instead: the two exclude each other
+        settings.pop("ram_dir")
     lines = ["[daemon]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
     for name, table in (templates or {}).items():
         lines += ["", f"[templates.{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]

@@ -116,7 +116,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             hv = None
     dumps = []
     try:
-        dumps = ctx.ram_store.dumps() if Path(ctx.config.daemon.ram_dir).exists() else []
+        dumps = ctx.ram_store.dumps() if ctx.ram_store.ram_dir.exists() else []
     except OSError as exc:
         status.problems.append(f"cannot read ram_dir: {exc}")
     overlay_dir = Path(ctx.config.daemon.overlay_dir)
