@@ -386,6 +386,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             due = "due now" if ps.due_now else (f"next {ps.next_due:%Y-%m-%d %H:%M}" if ps.next_due else "not taken")
             print(f"  {period:<10} {ps.count:>3}/{ps.kept:<3} newest {newest}; {due}")
         print(f"  RAM dumps: {entry.ram_dumps}, {entry.ram_bytes / 2**20:.1f} MiB")
+        if entry.replication_lag_s is not None:  # a received dataset (autosnap = false)
+            from datetime import timedelta
+
+            lag = "nothing received" if entry.replication_lag_s < 0 else format_age(
+                timedelta(seconds=entry.replication_lag_s))
+            print(f"  replication lag: {lag}")
         for overlay in entry.overlays:
             print(f"  ON OVERLAY: {overlay}  (run `vmsnapd recover`)")
         for last in (entry.last_take, entry.last_prune):

@@ -238,6 +238,11 @@ class PolicySettings(StrictModel):
     monthly_crit: Threshold = Field("40d", description="check: CRITICAL age of the newest monthly (weeks).")
     yearly_warn: Threshold = Field(0, description="check: WARNING age of the newest yearly (months of 31 d).")
     yearly_crit: Threshold = Field(0, description="check: CRITICAL age of the newest yearly (months of 31 d).")
+    replication_warn: Threshold = Field(
+        0, description="check: WARNING when the newest snapshot of an autosnap = false (received) dataset is "
+        "older (minutes, e.g. \"2h\"; 0: off, the lag is still shown; docs/replication.md).")
+    replication_crit: Threshold = Field(
+        0, description="check: CRITICAL replication lag of an autosnap = false dataset (minutes; 0: off).")
     domain: str = Field(
         "auto",
         description='"auto": the libvirt domain named like the dataset\'s last component, if one exists, else plain '
@@ -276,7 +281,7 @@ class PolicySettings(StrictModel):
 
     @field_validator("frequently_warn", "frequently_crit", "hourly_warn", "hourly_crit", "daily_warn", "daily_crit",
                      "weekly_warn", "weekly_crit", "monthly_warn", "monthly_crit", "yearly_warn", "yearly_crit",
-                     mode="before")
+                     "replication_warn", "replication_crit", mode="before")
     @classmethod
     def _threshold(cls, value: Any) -> Any:
         if not (type(value) is int and value >= 0 or isinstance(value, str) and _THRESHOLD.fullmatch(value)):

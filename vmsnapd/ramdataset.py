@@ -24,7 +24,7 @@ from vmsnapd.ramstore import (DUMP_NAME, MANIFEST_SUFFIX, Compression, RamDump, 
                               RamStore, RamStoreError, read_manifest)
 from vmsnapd.replica import dump_dataset, parse_dump_dataset, to_local
 from vmsnapd.runner import Runner
-from vmsnapd.zfs import DatasetNotFound, Zfs, ZfsError, ZfsListing
+from vmsnapd.zfs import DatasetBusy, DatasetNotFound, Zfs, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class RamDatasetStore(RamStore):
 
     def _undo(self, dataset: str) -> None:
         try:
-            self.zfs.destroy_dataset(dataset, recursive=True)
+            _destroy(self.zfs, dataset)
         except DatasetNotFound:
             pass
         except ZfsError as exc:
@@ -188,13 +188,24 @@ class RamDatasetStore(RamStore):
                      because)
             return freed
         try:
-            self.zfs.destroy_dataset(dump.dataset, recursive=True)
+            _destroy(self.zfs, dump.dataset)
         except DatasetNotFound:
             pass
         except ZfsError as exc:
             raise OSError(f"cannot destroy {dump.dataset}: {exc}") from exc
         log.info("destroyed RAM dump filesystem %s, freed %d bytes%s", dump.dataset, freed, because)
         return freed
+
+
+def _destroy(zfs: Zfs, dataset: str) -> None:
+    """Destroy a dump filesystem with its snapshots. Still busy after the adapter's retries (zfs-fuse: the mount
+    namespace of a QEMU started meanwhile holds every mount it saw): force the unmount — the filesystem holds
+    only a dump and its manifest, which nothing of vmsnapd has open outside a restore (under the pass lock)."""
+    try:
+        zfs.destroy_dataset(dataset, recursive=True)
+    except DatasetBusy as exc:
+        log.warning("%s stays busy (%s); destroying it with -f", dataset, exc)
+        zfs.destroy_dataset(dataset, recursive=True, force=True)
 
 
 def ram_dataset_notes(zfs: Zfs, ram_dataset: str) -> list[str]:

@@ -6,7 +6,6 @@
   a letter or digit), else `_` and 16 hex digits of its SHA-256 (the manifest inside keeps the full name).
 - The source → replica dataset map: a `[datasets."backup/VM"]` table with `source = "rpool/VM"` says that
   `rpool/VM/x` (named in a manifest written on the source host) is `backup/VM/x` here. Longest prefix wins.
-- Replication lag: the age of the newest snapshot per dataset, against `replication_warn`/`_crit`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 
 from vmsnapd.names import STAMP_PATTERN, validate_dataset_name
 
@@ -69,11 +67,3 @@ def to_local(dataset: str, prefixes: Sequence[tuple[str, str]]) -> str:
             return local + dataset[len(source):]
     return dataset
 
-
-def newest_snapshot_ages(snapshots: Iterable[tuple[str, datetime]], now: datetime) -> dict[str, float]:
-    """Seconds since the newest snapshot of each dataset in `(dataset, creation)` pairs."""
-    newest: dict[str, datetime] = {}
-    for dataset, creation in snapshots:
-        if dataset not in newest or creation > newest[dataset]:
-            newest[dataset] = creation
-    return {dataset: (now - created).total_seconds() for dataset, created in newest.items()}

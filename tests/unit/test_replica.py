@@ -1,15 +1,13 @@
 """The pure rules of RAM dumps that travel (vmsnapd.replica) and the config keys that go with them."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from vmsnapd.config import ConfigError, parse_config
 from vmsnapd.names import InvalidName
-from vmsnapd.replica import (dump_dataset, dump_key, nesting_problem, newest_snapshot_ages, parse_dump_dataset,
+from vmsnapd.replica import (dump_dataset, dump_key, nesting_problem, parse_dump_dataset,
                              source_prefixes, to_local)
 
 STAMP = "2026-11-29_01:00:00"
@@ -58,13 +56,6 @@ def test_nesting():
     assert "holds" in nesting_problem("tank", ["tank/VM"])
 
 
-def test_newest_snapshot_ages():
-    now = datetime(2026, 11, 30, tzinfo=timezone.utc)
-    ages = newest_snapshot_ages([("a", now - timedelta(hours=2)), ("a", now - timedelta(minutes=5)),
-                                 ("b", now - timedelta(days=1))], now)
-    assert ages == {"a": 300.0, "b": 86400.0}
-
-
 @pytest.mark.parametrize("text, error", [
     ('[daemon]\nram_dataset = "tank/ram"\nram_dir = "/x"\n', "daemon: ram_dir and ram_dataset exclude each other"),
     ('[daemon]\nram_dataset = "tank"\n', "daemon.ram_dataset: must be a dataset below a pool"),
@@ -86,3 +77,35 @@ def test_config_accepts_a_backup_host():
                           '[datasets."backup/VM"]\nsource = "rpool/VM"\nautosnap = false\nrecursive = true\n')
     assert config.daemon.ram_dataset == "backup/ram"
     assert config.datasets["backup/VM"].source == "rpool/VM"
+
+
+def test_replication_lag_is_judged_for_received_datasets_only():
+    from datetime import datetime, timedelta, timezone
+
+    from vmsnapd.config import DatasetPolicy
+    from vmsnapd.monitoring import CheckFacts, DatasetFacts, Overrides, State, plan_check
+
+    now = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+
+    def verdict(autosnap, age, **keys):
+        policy = DatasetPolicy(name="b/VM/web", configured_by="b/VM", autosnap=autosnap, hourly=24, daily=0,
+                               monthly=0, hourly_warn=0, hourly_crit=0, **keys)
+        facts = CheckFacts(configured_tables=1, datasets=[
+            DatasetFacts(policy=policy, newest={"hourly": now - age} if age is not None else {})])
+        return plan_check(facts, now)
+
+    lagging = verdict(False, timedelta(hours=3), replication_warn="2h", replication_crit="8h")
+    assert lagging.state == State.WARNING and "replication lag 3h 0m 0s" in lagging.summary
+    assert "'b/VM/web replication_lag'=10800s;7200;28800;0" in lagging.nagios()
+    assert verdict(False, timedelta(hours=9), replication_warn="2h", replication_crit="8h").state == State.CRITICAL
+    assert verdict(False, None, replication_crit=480).state == State.CRITICAL  # nothing received, crit set
+    off = verdict(False, timedelta(days=9))  # thresholds off by default: shown, not judged
+    assert off.state == State.OK and "replication_lag'=777600s" in off.nagios()
+    assert "replication_lag" not in verdict(True, timedelta(hours=9), replication_warn="2h").nagios()
+    facts = verdict(False, timedelta(hours=3))
+    assert facts.state == State.OK
+    data = CheckFacts(configured_tables=1, datasets=[DatasetFacts(
+        policy=DatasetPolicy(name="b/x", configured_by="b/x", autosnap=False, hourly_warn=0, hourly_crit=0,
+                             daily=0, monthly=0),
+        newest={"hourly": now - timedelta(hours=3)})])
+    assert plan_check(data, now, Overrides(warn={"replication": "1h"})).state == State.WARNING

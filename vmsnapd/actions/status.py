@@ -22,6 +22,7 @@ from vmsnapd.actions.report import PassReport
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hypervisor import HypervisorError
+from vmsnapd.lag import lag_seconds
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS, parse_snapname
 from vmsnapd.policy import due_periods, next_scheduled, retention, retention_hash, schedule_zone
@@ -56,6 +57,7 @@ class DatasetStatus(BaseModel):
     periods: dict[str, PeriodStatus] = Field(default_factory=dict)
     ram_dumps: int = 0
     ram_bytes: int = 0
+    replication_lag_s: int | None = None  # autosnap = false: age of the newest snapshot received (vmsnapd.lag)
     overlays: list[str] = Field(default_factory=list)
     last_take: LastResult | None = None
     last_prune: LastResult | None = None
@@ -131,6 +133,8 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             except HypervisorError as exc:
                 entry.vm_state = f"unknown ({exc})"
         entry.periods = _periods(policy, survey, now, tz)
+        entry.replication_lag_s = lag_seconds(policy, [p.newest_at for p in entry.periods.values() if p.newest_at],
+                                              now)
         mine = [d for d in dumps if d.manifest is not None and name in d.manifest.datasets]
         entry.ram_dumps = len(mine)
         entry.ram_bytes = sum(d.size for d in mine)
