@@ -59,8 +59,12 @@ class RamDatasetStore(RamStore):
         pass
 
     def folder_for(self, domain: str) -> Path:
-        # Checked writable before a cycle: ram_dataset's own folder, on the pool the dump filesystem will use.
-        return self.ram_dir
+        """Checked writable before a cycle: ram_dataset's own folder, on the pool the dump filesystem will use.
+        OSError when ram_dataset is missing or not mounted (never a folder made in its place)."""
+        folder = self.ram_dir
+        if self._mountpoint is None:
+            raise OSError(f"ram_dataset {self.ram_dataset} does not exist or is not mounted")
+        return folder
 
     def _listing(self) -> ZfsListing:
         listing = self.zfs.list_tree([self.ram_dataset])
@@ -77,7 +81,10 @@ class RamDatasetStore(RamStore):
         fresh file is kept when the failure came before the dump was stored.
         """
         try:
+            self.folder_for(info.domain)
             dataset = dump_dataset(self.ram_dataset, info.domain, info.stamp)
+        except OSError as exc:
+            raise RamStoreError(str(exc)) from exc
         except InvalidName as exc:
             raise RamStoreError(f"no dump dataset name for {info.domain} below {self.ram_dataset}: {exc}") from exc
         try:
