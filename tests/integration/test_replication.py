@@ -152,7 +152,15 @@ def test_replicated_dumps_prune_on_the_replica_and_restore_there(lab):
         assert pruned.returncode == (1 if held else 0), pruned.stdout + pruned.stderr
         assert sorted(set(left) - set(held)) == sorted([dumps_b[2], foreign.name])
 
-        # Restore on B from the newest cycle's received RAM.
+        # Restore on B from the newest cycle's received RAM. First a host fact that does not hold (the read-only
+        # token disk, outside the datasets, missing here): refused with the reason, before anything is made.
+        hidden = vm.token_path.with_name("token.hidden")
+        vm.token_path.rename(hidden)
+        refused = env_b.run("restore", vm.name, snaps[2], "--yes", expect=1)
+        hidden.rename(vm.token_path)
+        assert f"disk {vm.token_target} {vm.token_path} does not exist" in refused.stderr, refused.stderr
+        assert "nothing was changed" in refused.stderr
+        assert not [c for c in _children(lab, f"{pool_b.name}/vm") if "-restored-" in c]
         at_snapshot = lab.snapshot_max_counter(f"{ds_b}@{snaps[2]}", vm.disk.relpath)
         token = "repl" + os.urandom(3).hex()
         lab.write_token(vm, token)
