@@ -24,7 +24,7 @@ from pathlib import Path
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.restore import RestoreFailed, RestorePlan, check_dump, free_bytes
 from vmsnapd.hypervisor import HypervisorError
-from vmsnapd.names import parse_snapname, validate_dataset_name
+from vmsnapd.names import InvalidName, parse_snapname, validate_dataset_name
 from vmsnapd.ramstore import RamDump
 from vmsnapd.runner import CommandError
 from vmsnapd.zfs import ZfsError
@@ -71,8 +71,11 @@ def plan_backup_restore(ctx: Context, domain: str, snapshot: str, *, clone: str 
     stamp = ctx.now().strftime("%Y%m%dT%H%M%S")
     plan = RestorePlan(domain=domain, datasets=list(dump.manifest.datasets), snapshot=snapshot,
                        ram_dump=str(dump.path), resume_from_memory=not no_memory, quiesced=dump.manifest.quiesced)
-    for ds in plan.datasets:
-        plan.clone_datasets[ds] = validate_dataset_name(f"{ds}{CLONE_MARK}{stamp}")
+    try:
+        for ds in plan.datasets:
+            plan.clone_datasets[ds] = validate_dataset_name(f"{ds}{CLONE_MARK}{stamp}")
+    except InvalidName as exc:
+        raise RestoreFailed(f"no clone name beside the received dataset: {exc}") from exc
     taken = [c for c in plan.clone_datasets.values() if c in listing.datasets]
     if taken:
         raise RestoreFailed(f"{', '.join(taken)} exists already; try again in a second")
