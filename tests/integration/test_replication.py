@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -184,6 +185,8 @@ def test_replicated_dumps_prune_on_the_replica_and_restore_there(lab):
             lab.zpool("import", "-d", str(pool_a.file.parent), pool_a.name)
         for pool in (pool_b, pool_a):
             _destroy_pool(lab, pool)
+        for root in (root_a, root_b):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _destroy_pool(lab, pool) -> None:
