@@ -80,7 +80,8 @@ def pool(lab) -> labmod.Pool:
         else:
             errors.append(f"pool {p.name}: {e}")
     me = f"{lab.PREFIX}{os.getpid()}x"
-    mine = {k: [n for n in v if (n.startswith(me) or f"/{me}" in n) and not (stuck_pool and stuck_pool in n)]
+    stuck = {s for s in (stuck_pool, *lab.STUCK_POOLS) if s}  # busy for good, left for the next cleanup
+    mine = {k: [n for n in v if (n.startswith(me) or f"/{me}" in n) and not any(s in n for s in stuck)]
             for k, v in lab.leftovers().items()}
     if errors or any(mine.values()):
         pytest.fail(f"lab cleanup left things behind: errors={errors} leftovers={mine}", pytrace=False)

@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmsnapd import __version__
 from vmsnapd.actions.context import Context, Survey
@@ -21,6 +23,9 @@ from vmsnapd.names import InvalidName
 from vmsnapd.runner import Runner
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.zfs import Zfs, ZfsError
+
+if TYPE_CHECKING:  # imported when a command needs it, for a quick start
+    from vmsnapd.actions.status import DatasetStatus
 
 DEFAULT_CONFIG = "/etc/vmsnapd/vmsnapd.toml"
 EX_OK = 0
@@ -369,8 +374,29 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EX_FAILED if report.failed else EX_OK
 
 
+def _print_dataset_status(entry: DatasetStatus, now: datetime) -> None:
+    from vmsnapd.actions.status import format_age
+
+    vm = f"{entry.domain} ({entry.vm_state})" if entry.domain else "no VM"
+    print(f"{entry.dataset}  [{vm}]")
+    for period, ps in entry.periods.items():
+        newest = f"{ps.newest} ({format_age(now - ps.newest_at)} ago)" if ps.newest else "none"
+        due = "due now" if ps.due_now else (f"next {ps.next_due:%Y-%m-%d %H:%M}" if ps.next_due else "not taken")
+        print(f"  {period:<10} {ps.count:>3}/{ps.kept:<3} newest {newest}; {due}")
+    print(f"  RAM dumps: {entry.ram_dumps}, {entry.ram_bytes / 2**20:.1f} MiB")
+    if entry.replication_lag_s is not None:  # a received dataset (autosnap = false)
+        lag = "nothing received" if entry.replication_lag_s < 0 else format_age(
+            timedelta(seconds=entry.replication_lag_s))
+        print(f"  replication lag: {lag}")
+    for overlay in entry.overlays:
+        print(f"  ON OVERLAY: {overlay}  (run `vmsnapd recover`)")
+    for last in (entry.last_take, entry.last_prune):
+        if last and not last.ok:
+            print(f"  last {last.action} FAILED at {last.at:%Y-%m-%d %H:%M:%S}: {last.error}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from vmsnapd.actions.status import format_age, host_status
+    from vmsnapd.actions.status import host_status
 
     ctx = _build_context(args)
     status = host_status(ctx)
@@ -379,18 +405,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EX_OK
     now = ctx.now()
     for entry in status.datasets:
-        vm = f"{entry.domain} ({entry.vm_state})" if entry.domain else "no VM"
-        print(f"{entry.dataset}  [{vm}]")
-        for period, ps in entry.periods.items():
-            newest = f"{ps.newest} ({format_age(now - ps.newest_at)} ago)" if ps.newest else "none"
-            due = "due now" if ps.due_now else (f"next {ps.next_due:%Y-%m-%d %H:%M}" if ps.next_due else "not taken")
-            print(f"  {period:<10} {ps.count:>3}/{ps.kept:<3} newest {newest}; {due}")
-        print(f"  RAM dumps: {entry.ram_dumps}, {entry.ram_bytes / 2**20:.1f} MiB")
-        for overlay in entry.overlays:
-            print(f"  ON OVERLAY: {overlay}  (run `vmsnapd recover`)")
-        for last in (entry.last_take, entry.last_prune):
-            if last and not last.ok:
-                print(f"  last {last.action} FAILED at {last.at:%Y-%m-%d %H:%M:%S}: {last.error}")
+        _print_dataset_status(entry, now)
     for pool, cap in status.pools.items():
         print(f"pool {pool}: {cap}% used")
     for path in status.leftover_overlay_files:

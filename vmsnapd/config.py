@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vmsnapd.names import DISK_TARGET_PATTERN, InvalidName, is_aside, validate_dataset_name, validate_domain_name
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
+from vmsnapd.replica import nesting_problem
 
 # Finite: `inf` would mean a hook that is never killed; NaN compares false with everything.
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -60,6 +61,11 @@ class DaemonSettings(StrictModel):
         description="Where RAM dumps are kept, one directory per domain; may lie inside state_dir, not inside "
         "another of vmsnapd's folders or a managed dataset.",
     )
+    ram_dataset: str = Field(
+        "", description='"POOL/NAME": keep RAM dumps on ZFS instead, one filesystem per dump below this dataset, '
+        "so that zfs send based replication (syncoid, zrepl) carries them (docs/replication.md); not with "
+        "ram_dir; empty: ram_dir is used.",
+    )
     ram_compression: Literal["none", "zstd"] = Field("none", description='RAM dump compression: "none" or "zstd".')
     utc: bool = Field(
         True, description="Snapshot names and schedules in UTC (true) or local time (false, see the DST section)."
@@ -88,6 +94,21 @@ class DaemonSettings(StrictModel):
         if not value.is_absolute():
             raise ValueError(f"must be an absolute path, got {str(value)!r}")
         return value
+
+    @field_validator("ram_dataset")
+    @classmethod
+    def _ram_dataset(cls, value: str) -> str:
+        if value:
+            validate_dataset_name(value)
+            if "/" not in value:
+                raise ValueError(f'must be a dataset below a pool ("POOL/NAME"), got {value!r}')
+        return value
+
+    @model_validator(mode="after")
+    def _one_ram_store(self) -> "DaemonSettings":
+        if self.ram_dataset and "ram_dir" in self.model_fields_set:
+            raise ValueError("ram_dir and ram_dataset exclude each other: RAM dumps live in one of them")
+        return self
 
     @field_validator("metrics_textfile")
     @classmethod
@@ -220,6 +241,11 @@ class PolicySettings(StrictModel):
     monthly_crit: Threshold = Field("40d", description="check: CRITICAL age of the newest monthly (weeks).")
     yearly_warn: Threshold = Field(0, description="check: WARNING age of the newest yearly (months of 31 d).")
     yearly_crit: Threshold = Field(0, description="check: CRITICAL age of the newest yearly (months of 31 d).")
+    replication_warn: Threshold = Field(
+        0, description="check: WARNING when the newest snapshot of an autosnap = false (received) dataset is "
+        "older (minutes, e.g. \"2h\"; 0: off, the lag is still shown; docs/replication.md).")
+    replication_crit: Threshold = Field(
+        0, description="check: CRITICAL replication lag of an autosnap = false dataset (minutes; 0: off).")
     domain: str = Field(
         "auto",
         description='"auto": the libvirt domain named like the dataset\'s last component, if one exists, else plain '
@@ -259,7 +285,7 @@ class PolicySettings(StrictModel):
 
     @field_validator("frequently_warn", "frequently_crit", "hourly_warn", "hourly_crit", "daily_warn", "daily_crit",
                      "weekly_warn", "weekly_crit", "monthly_warn", "monthly_crit", "yearly_warn", "yearly_crit",
-                     mode="before")
+                     "replication_warn", "replication_crit", mode="before")
     @classmethod
     def _threshold(cls, value: Any) -> Any:
         if not (type(value) is int and value >= 0 or isinstance(value, str) and _THRESHOLD.fullmatch(value)):
@@ -303,6 +329,15 @@ class DatasetTable(PolicySettings):
         False, description="Descendants without a table of their own are not managed, and tables below start from "
         "the defaults (sanoid's skip_children); not with recursive = true."
     )
+    source: str | None = Field(
+        None, description="On a backup host: the dataset this one was received from (e.g. \"rpool/VM\"); RAM dump "
+        "manifests name source datasets, mapped here by this prefix (docs/replication.md).",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        return validate_dataset_name(value) if value is not None else None
 
     @field_validator("use_template", mode="before")
     @classmethod
@@ -405,6 +440,11 @@ def _semantic_messages(raw: Mapping[str, Any]) -> list[str]:
                         f"{key_path(['datasets', name, 'use_template'])}: unknown template {template!r}{hint}"
                     )
         messages.extend(_tree_flag_messages(name, table))
+    daemon = raw.get("daemon") if isinstance(raw.get("daemon"), dict) else {}
+    ram_dataset = daemon.get("ram_dataset")
+    problem = isinstance(ram_dataset, str) and ram_dataset and nesting_problem(ram_dataset, datasets)
+    if problem:  # the dump filesystems must never be snapshotted or pruned as VM datasets
+        messages.append(f"{key_path(['daemon', 'ram_dataset'])}: {problem}")
     return messages
 
 

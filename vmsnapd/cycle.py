@@ -288,7 +288,7 @@ class Cycle:
             if not self.env.dry_run:  # a dry run creates no directory and writes no probe
                 # 0711: QEMU (libvirt-qemu) must reach the overlays in it, but not list them.
                 ensure_folder(self.env.overlay_dir, 0o711, set_mode=False)
-                _check_writable(self.env.ram_store.ram_dir / encode_name(domain))
+                _check_writable(self.env.ram_store.folder_for(domain))
             memory = self.env.hypervisor.memory_bytes(domain)
             free = {str(where): shutil.disk_usage(_existing(where)).free
                     for where in (self.env.overlay_dir, self.env.ram_store.ram_dir)}

@@ -452,6 +452,15 @@ class Hypervisor:
             result[name] = list(dict.fromkeys(files))
         return result
 
+    def network_active(self, name: str) -> bool | None:
+        """Whether the libvirt network `name` is active; None when it is not defined here."""
+        try:
+            return bool(self.conn.networkLookupByName(name).isActive())
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                return None
+            raise _wrap(exc, f"network {name}") from exc
+
     def storage_pool_paths(self) -> dict[str, str]:
         """Every libvirt storage pool (active or not) -> its target path (empty for pools without one)."""
         paths = {}

@@ -27,7 +27,7 @@ from vmsnapd.names import PERIODS
 
 # sanoid's fallback unit per period for a bare number (monitor_snapshots: $smallerperiod)
 BARE_UNIT_S = {"frequently": 1, "hourly": 60, "daily": 3600, "weekly": 86400, "monthly": 7 * 86400,
-               "yearly": 31 * 86400}
+               "yearly": 31 * 86400, "replication": 60}  # replication: vmsnapd.lag
 SUFFIX_S = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 CAPACITY_WARN, CAPACITY_CRIT = 80, 95
 _AGE = re.compile(r"(\d+)([yYwWdDhHmMsS]?)")
@@ -142,6 +142,7 @@ def _age_findings(facts: DatasetFacts, now: datetime, overrides: Overrides,
 
 def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = None) -> CheckResult:
     """The verdict: the worst state of all findings; UNKNOWN only when nothing is worse than OK."""
+    from vmsnapd.lag import lag_findings  # it builds on this module's findings
     overrides = overrides or Overrides()
     findings: list[Finding] = []
     perf: list[PerfDatum] = []
@@ -153,6 +154,7 @@ def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = N
     for dataset in facts.datasets:
         findings += _dataset_findings(dataset)
         findings += _age_findings(dataset, now, overrides, perf)
+        findings += lag_findings(dataset.policy, list(dataset.newest.values()), now, overrides.model_dump(), perf)
     findings += _capacity_findings(facts.pools, overrides, perf)
     worst = max((f.state for f in findings if f.state != State.UNKNOWN), default=State.OK)
     if worst == State.OK and any(f.state == State.UNKNOWN for f in findings):
@@ -223,7 +225,7 @@ def parse_override(text: str) -> tuple[str, int | str]:
     """`hourly=2h` / `capacity=90` (for argparse): (key, value), validated."""
     key, sep, value = text.partition("=")
     key, value = key.strip(), value.strip()
-    if not sep or key not in (*PERIODS, "capacity"):
+    if not sep or key not in (*PERIODS, "capacity", "replication"):
         raise ValueError(f"{text!r}: expected PERIOD=AGE (one of {', '.join(PERIODS)}) or capacity=PERCENT")
     if key == "capacity":
         if not value.isdigit() or int(value) > 100:

@@ -13,7 +13,8 @@ from pathlib import Path
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import write_file_atomically
 from vmsnapd.names import parse_snapname
-from vmsnapd.policy import Snapshot, prune_guard_holds, retention_hash
+from vmsnapd.models import Snapshot
+from vmsnapd.policy import prune_guard_holds, retention_hash
 
 log = logging.getLogger(__name__)
 

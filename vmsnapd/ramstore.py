@@ -54,6 +54,7 @@ class DumpDisk(BaseModel):
     target: str
     source: str
     dataset: str
+    relpath: str | None = None  # the disk's path inside `dataset` (ram_dataset stores record it: restore elsewhere)
 
 
 class RamDumpInfo(BaseModel):
@@ -97,6 +98,7 @@ class RamDump(BaseModel):
     manifest_path: Path
     manifest: RamManifest | None  # None: missing (half-written) or unreadable
     size: int
+    dataset: str | None = None  # the filesystem holding it (ram_dataset stores), destroyed with it
 
     @property
     def compressed(self) -> bool:
@@ -128,7 +130,9 @@ class RamStore:
         On failure the partial dump is removed and the fresh file is left where it was, so the
         cycle can still decide (`on_memory_failure`) what to do with it.
         """
-        domain_dir = self.ram_dir / encode_name(info.domain)
+        return self._keep_in(self.folder_for(info.domain), fresh_file, info, compression)
+
+    def _keep_in(self, domain_dir: Path, fresh_file: Path, info: RamDumpInfo, compression: Compression) -> RamDump:
         ensure_private_directory(self.ram_dir)
         ensure_private_directory(domain_dir)
         stem = f"{encode_name(info.domain)}_{info.stamp}"
@@ -175,6 +179,10 @@ class RamStore:
             domain=info.domain, stamp=info.stamp, path=dump_path, manifest_path=manifest_path,
             manifest=manifest, size=size,
         )
+
+    def folder_for(self, domain: str) -> Path:
+        """The folder a new dump of `domain` is written to (checked writable before each cycle)."""
+        return self.ram_dir / encode_name(domain)
 
     def _compress(self, source: Path, target: Path) -> None:
         # zstd streams the file itself (never whole in memory); -T0 uses every core. No -f: zstd

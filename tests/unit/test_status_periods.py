@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from vmsnapd.actions.context import Survey
 from vmsnapd.actions.status import _periods
 from vmsnapd.config import DatasetPolicy
-from vmsnapd.policy import Snapshot, ours_of_period
+from vmsnapd.models import Snapshot
+from vmsnapd.policy import ours_of_period
 from vmsnapd.zfs import ZfsListing
 
 DS = "tank/VM/web"

@@ -57,6 +57,12 @@ class Context:
 
     @property
     def ram_store(self) -> RamStorePort:
+        if self.config.daemon.ram_dataset:
+            from vmsnapd.ramdataset import RamDatasetStore
+            from vmsnapd.replica import source_prefixes
+
+            sources = {name: table.source for name, table in self.config.datasets.items()}
+            return RamDatasetStore(self.config.daemon.ram_dataset, self.zfs, self.runner, source_prefixes(sources))
         return RamStore(Path(self.config.daemon.ram_dir), runner=self.runner)
 
     def config_roots(self) -> list[str]:

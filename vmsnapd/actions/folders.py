@@ -66,6 +66,10 @@ def check_folders(ctx: Context, survey: Survey | None) -> FolderCheck:
     result.problems += host_folder_problems(HostFolders(folders=folders, managed_mountpoints=mountpoints,
                                                        folder_datasets=holders, domain_disks=disks,
                                                        pool_paths=pools))
+    if daemon.ram_dataset:
+        from vmsnapd.ramdataset import ram_dataset_notes
+
+        result.notes += ram_dataset_notes(ctx.zfs, daemon.ram_dataset)
     # A host whose datasets all say domain = "none" need not run libvirtd: no need to shout about it then.
     loud = survey is None or any(p.domain != "none" for p in survey.policies.values())
     for note in result.notes:

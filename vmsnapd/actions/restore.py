@@ -181,6 +181,7 @@ class RestorePlan(BaseModel):
     stop_first: bool = False
     verified: list[str] = Field(default_factory=list)
     steps: list[str] = Field(default_factory=list)
+    define_xml: str | None = None  # a backup host: the domain is defined from this saved XML (backup_restore.py)
 
 
 def plan_restore(ctx: Context, target_name: str, snapshot: str, *, clone: str | None, no_memory: bool,
@@ -190,6 +191,10 @@ def plan_restore(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     validate_snapshot_name(snapshot)
     if clone:
         validate_domain_name(clone)
+    from vmsnapd.actions.backup_restore import backup_domain, plan_backup_restore
+
+    if (backup := backup_domain(ctx, target_name)) is not None:  # not defined here: received datasets and dump
+        return plan_backup_restore(ctx, backup[0], snapshot, clone=clone, no_memory=no_memory)
     facts = gather_facts(ctx, target_name, snapshot, clone=clone, use_memory=not no_memory and not clone)
     return decide(facts, snapshot, clone=clone, no_memory=no_memory, force_stop=force_stop,
                   stamp=ctx.now().strftime("%Y%m%dT%H%M%S"))
@@ -432,6 +437,10 @@ def execute_restore(ctx: Context, plan: RestorePlan) -> list[str]:
     """Carry the plan out; returns what was done. Raises RestoreFailed saying exactly where things stand."""
     if plan.clone:
         return _restore_clone(ctx, plan, [])
+    if plan.define_xml is not None:
+        from vmsnapd.actions.backup_restore import execute_backup_restore
+
+        return execute_backup_restore(ctx, plan)
     hv = ctx.hypervisor
     done: list[str] = []
     record = RestoreRecord(domain=plan.domain, snapshot=plan.snapshot, at=ctx.now(), was_running=plan.stop_first,

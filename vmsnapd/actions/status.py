@@ -22,6 +22,7 @@ from vmsnapd.asides import kept_aside_lines
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.lag import lag_seconds
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS
 from vmsnapd.pruneguard import PruneGuard
@@ -57,6 +58,7 @@ class DatasetStatus(BaseModel):
     periods: dict[str, PeriodStatus] = Field(default_factory=dict)
     ram_dumps: int = 0
     ram_bytes: int = 0
+    replication_lag_s: int | None = None  # autosnap = false: age of the newest snapshot received (vmsnapd.lag)
     overlays: list[str] = Field(default_factory=list)
     last_take: LastResult | None = None
     last_prune: LastResult | None = None
@@ -117,7 +119,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             hv = None
     dumps = []
     try:
-        dumps = ctx.ram_store.dumps() if Path(ctx.config.daemon.ram_dir).exists() else []
+        dumps = ctx.ram_store.dumps() if ctx.ram_store.ram_dir.exists() else []
     except OSError as exc:
         status.problems.append(f"cannot read ram_dir: {exc}")
     overlay_dir = Path(ctx.config.daemon.overlay_dir)
@@ -132,6 +134,8 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             except HypervisorError as exc:
                 entry.vm_state = f"unknown ({exc})"
         entry.periods = _periods(policy, survey, now, tz)
+        entry.replication_lag_s = lag_seconds(policy, [p.newest_at for p in entry.periods.values() if p.newest_at],
+                                              now)
         mine = [d for d in dumps if d.manifest is not None and name in d.manifest.datasets]
         entry.ram_dumps = len(mine)
         entry.ram_bytes = sum(d.size for d in mine)
