@@ -97,6 +97,15 @@ if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm
     say "/dev/kvm: group kvm, mode 0660 (as Debian's udev rule sets it)"
     chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
+# Without systemd as PID 1, "/" is a *private* mount. libvirt gives every guest's QEMU a mount namespace of its
+# own (qemu.conf namespaces = ["mount"], a slave of "/"): with "/" private, that namespace keeps a private copy of
+# every zfs-fuse mount that existed when the guest started, and no later unmount reaches it, so zfs-fuse refuses
+# `zfs destroy`/`zpool destroy` of those datasets as "busy" until that guest exits — usually another test's or
+# another session's guest. systemd makes "/" shared on every real host; the lab does the same.
+if [ "$(findmnt -no PROPAGATION / 2>/dev/null)" = private ]; then
+    say "/: shared mount propagation (as systemd sets it on a real host)"
+    mount --make-rshared /
+fi
 if ! pgrep -x libvirtd >/dev/null; then
     say "starting libvirtd (log /var/log/vmsnapd-lab/libvirtd.log)"
     setsid libvirtd </dev/null >>/var/log/vmsnapd-lab/libvirtd.log 2>&1 &
