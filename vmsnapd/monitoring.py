@@ -23,6 +23,8 @@ from enum import IntEnum
 from pydantic import BaseModel, Field
 
 from vmsnapd.config import DatasetPolicy
+from vmsnapd.lag import KEY as LAG_KEY
+from vmsnapd.lag import lag_seconds
 from vmsnapd.names import PERIODS
 
 # sanoid's fallback unit per period for a bare number (monitor_snapshots: $smallerperiod)
@@ -142,7 +144,6 @@ def _age_findings(facts: DatasetFacts, now: datetime, overrides: Overrides,
 
 def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = None) -> CheckResult:
     """The verdict: the worst state of all findings; UNKNOWN only when nothing is worse than OK."""
-    from vmsnapd.lag import lag_findings  # it builds on this module's findings
     overrides = overrides or Overrides()
     findings: list[Finding] = []
     perf: list[PerfDatum] = []
@@ -233,3 +234,23 @@ def parse_override(text: str) -> tuple[str, int | str]:
         return key, int(value)
     threshold_seconds(value, key)
     return key, value
+
+
+def lag_findings(policy: DatasetPolicy, newest: list[datetime], now: datetime, overrides: dict[str, dict],
+                 perf: list[PerfDatum]) -> list[Finding]:
+    """CRITICAL past replication_crit (or with nothing received when crit is set), WARNING past warn."""
+    lag = lag_seconds(policy, newest, now)
+    if lag is None:
+        return []
+    warn = threshold_seconds(overrides.get("warn", {}).get(LAG_KEY, policy.replication_warn), LAG_KEY)
+    crit = threshold_seconds(overrides.get("crit", {}).get(LAG_KEY, policy.replication_crit), LAG_KEY)
+    perf.append(PerfDatum(label=f"{policy.name} replication_lag", value=None if lag < 0 else lag, unit="s",
+                          warn=warn or None, crit=crit or None, min=0))
+    if lag < 0:
+        return [Finding(state=State.CRITICAL, text=f"{policy.name}: nothing received yet")] if crit else []
+    text = f"{policy.name} replication lag {format_age(lag)}"
+    if crit and lag > crit:
+        return [Finding(state=State.CRITICAL, text=f"{text} (should be < {format_age(crit)})")]
+    if warn and lag > warn:
+        return [Finding(state=State.WARNING, text=f"{text} (should be < {format_age(warn)})")]
+    return []
