@@ -1,6 +1,7 @@
 """The unit suite runs with libvirt-python unimportable (issue 10, "Must hold").
 
-While a tests/unit module is collected and while each of its tests runs (setup, call, teardown),
+While a tests/unit module is collected and while each of its tests runs (setup, call, and teardown — except
+the session's last teardown, which also ends the lab's session fixtures),
 `sys.modules["libvirt"]` (and its C modules, and the libvirt adapter vmsnapd.hypervisor) is None, so any
 `import libvirt` raises ImportError — also when the whole suite runs in one process and a lab test imported
 libvirt earlier. The modules are put back afterwards for the lab tests. tests/unit/test_layers.py checks that
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -39,14 +41,49 @@ def libvirt_unimportable() -> Iterator[None]:
             vmsnapd.hypervisor = adapter
 
 
+UNIT_DIR = Path(__file__).resolve().parent
+
+
+def _in_unit_suite(node: pytest.Item | pytest.Collector) -> bool:
+    """pytest calls pytest_runtest_protocol through config.hook, for every item of the session, whatever conftest
+    declares it: only the unit suite's own items are run without libvirt (the lab tests need it)."""
+    path = getattr(node, "path", None)
+    return path is not None and Path(path).resolve().is_relative_to(UNIT_DIR)
+
+
 # Old-style wrappers: pyproject allows pytest 7.4, whose pluggy may predate `wrapper=True`.
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
+    if not _in_unit_suite(collector):
+        yield
+        return
     with libvirt_unimportable():
         yield
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
+def pytest_runtest_setup(item):
+    if not _in_unit_suite(item):
+        yield
+        return
+    with libvirt_unimportable():
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if not _in_unit_suite(item):
+        yield
+        return
+    with libvirt_unimportable():
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    # The last item's teardown also ends the session's fixtures (the lab's cleanup, which needs libvirt).
+    if not _in_unit_suite(item) or nextitem is None:
+        yield
+        return
     with libvirt_unimportable():
         yield
