@@ -306,8 +306,8 @@ class FakeHypervisor(Faults):
         self._call("start", name)
         self._get(name).state = RUNNING
 
-    def restore_memory(self, memory_file: str, domain_xml: str | None = None, *, running: bool = True) -> None:
-        self._call("restore_memory", memory_file, running)
+    def restore_memory(self, memory_file: str, domain_xml: str | None = None) -> None:
+        self._call("restore_memory", memory_file, domain_xml)
 
     def define(self, xml: str) -> str:
         self._call("define", xml)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Container
 from pathlib import Path
 
 from vmsnapd.actions.context import Context
-from vmsnapd.actions.restore import RestoreFailed, RestorePlan, check_dump, free_bytes
+from vmsnapd.actions.restore import RestoreFailed, RestorePlan, check_dump, free_bytes, thaw_resumed
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.names import InvalidName, parse_snapname, validate_dataset_name
 from vmsnapd.ramstore import RamDump
@@ -211,20 +210,10 @@ def _start(ctx: Context, plan: RestorePlan, dump: RamDump, xml: str, done: list[
         done.append(f"booted {plan.domain}")
         return
     with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
-        hv.restore_memory(str(memory_file), xml, running=True)
+        hv.restore_memory(str(memory_file), xml)
     done.append(f"resumed {plan.domain} from {dump.path}")
-    if plan.quiesced:  # captured frozen by the agent: thaw, waiting for its channel (as the ordinary restore)
-        deadline = time.monotonic() + THAW_WAIT_S
-        while True:
-            try:
-                hv.fs_thaw(plan.domain)
-                done.append(f"thawed the file systems of {plan.domain}")
-                return
-            except HypervisorError as exc:
-                if time.monotonic() >= deadline:
-                    done.append(f"could not thaw {plan.domain} ({exc}); run `virsh domfsthaw {plan.domain}`")
-                    return
-                time.sleep(0.5)
+    if plan.quiesced:  # captured frozen by the agent: thaw, as the ordinary restore does
+        thaw_resumed(hv, plan.domain, done)
 
 
 def _quietly(action) -> None:

@@ -51,6 +51,7 @@ from vmsnapd.asides import (
 )
 from vmsnapd.clonexml import clone_domain_xml
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
+from vmsnapd.ports import HypervisorPort
 from vmsnapd.names import (
     ASIDE_MARK,
     aside_name,
@@ -499,20 +500,24 @@ def _start_restored(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
         hv.restore_memory(str(memory_file))
     done.append(f"resumed {plan.domain} from {dump.path}")
     if plan.quiesced:
-        # The RAM was captured with the guest's file systems frozen by the agent: thaw them. Right after the
-        # resume the agent's channel may not be connected yet ("QEMU guest agent is not connected", seen on
-        # the lab): retry for a bounded time rather than leave the guest frozen.
-        deadline = time.monotonic() + THAW_WAIT_S
-        while True:
-            try:
-                hv.fs_thaw(plan.domain)
-                done.append(f"thawed the file systems of {plan.domain}")
-                break
-            except HypervisorError as exc:
-                if time.monotonic() >= deadline:
-                    done.append(f"could not thaw {plan.domain} ({exc}); run `virsh domfsthaw {plan.domain}`")
-                    break
-                time.sleep(0.5)
+        thaw_resumed(hv, plan.domain, done)
+
+
+def thaw_resumed(hv: HypervisorPort, domain: str, done: list[str]) -> None:
+    """The RAM was captured with the guest's file systems frozen by the agent: thaw them. Right after the resume
+    the agent's channel may not be connected yet ("QEMU guest agent is not connected", seen on the lab): retry
+    for a bounded time rather than leave the guest frozen."""
+    deadline = time.monotonic() + THAW_WAIT_S
+    while True:
+        try:
+            hv.fs_thaw(domain)
+            done.append(f"thawed the file systems of {domain}")
+            return
+        except HypervisorError as exc:
+            if time.monotonic() >= deadline:
+                done.append(f"could not thaw {domain} ({exc}); run `virsh domfsthaw {domain}`")
+                return
+            time.sleep(0.5)
 
 
 # -- undo and drop -----------------------------------------------------------------------------------------
