@@ -35,7 +35,7 @@ from vmsnapd.hooks import HookEnv, HookResult, run_hook
 from vmsnapd.files import (UnsafePath, copy_file_atomically, create_private_file, ensure_folder,
                            ensure_private_directory, write_file_atomically)
 from vmsnapd.journal import CycleRecord, CycleState, Journal, JournalError
-from vmsnapd.logsetup import NOTICE, log_fields
+from vmsnapd.logsetup import NOTICE, dry_run_prefix, log_fields
 from vmsnapd.names import STAMP_FORMAT, InvalidName, encode_name
 from vmsnapd.overlaynames import memory_file_name
 from vmsnapd.policy import snapshot_names
@@ -77,7 +77,7 @@ class Cycle:
         self.periods = periods
         self.stamp = stamp
         self.names = snapshot_names(stamp, periods)
-        self.prefix = "dry-run: " if env.dry_run else ""
+        self.prefix = dry_run_prefix(env.dry_run)
         self.domain_xml: str | None = None  # the inactive definition, read once when the cycle saves it
 
     # -- entry -----------------------------------------------------------------------------------------------

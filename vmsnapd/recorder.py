@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from vmsnapd.journal import CycleRecord, CycleState, Journal
-from vmsnapd.logsetup import fields
+from vmsnapd.logsetup import dry_run_prefix, fields
 
 log = logging.getLogger("vmsnapd.cycle")
 
@@ -22,7 +22,7 @@ class Recorder:
         self.journal = journal
         self.record = record
         self.dry_run = dry_run
-        self.prefix = "dry-run: " if dry_run else ""
+        self.prefix = dry_run_prefix(dry_run)
         self.describe = describe  # "dataset=… domain=… snapshot=…" for every line
         self.started = time.monotonic()
         self.warnings: list[str] = []

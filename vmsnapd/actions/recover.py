@@ -33,6 +33,7 @@ from vmsnapd.cycleplan import ACTIVE, GONE, CommitWay
 from vmsnapd.domxml import parse_disks
 from vmsnapd.hvtypes import PAUSED, RUNNING, HypervisorError
 from vmsnapd.journal import CycleRecord
+from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.names import InvalidName
 from vmsnapd.ownership import (DomainFacts, OverlayFile, Ownership, RecoveryPlan, Step, StepKind,
                                deletable_leftover, foreign_domain_warnings, inside, judge_overlay, norm,
@@ -113,7 +114,7 @@ def _ownership(ctx: Context, survey: Survey | None, report: RecoverReport) -> Ow
 
 def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey: Survey | None,
                     report: RecoverReport) -> None:
-    prefix = "dry-run: " if ctx.dry_run else ""
+    prefix = dry_run_prefix(ctx.dry_run)
     problems: list[str] = []
     in_use: set[str] = set()
     if record.domain:
@@ -179,7 +180,7 @@ def _orphan_overlays(ctx: Context, record: CycleRecord, report: RecoverReport) -
     """The domain of an interrupted cycle no longer exists: merge its overlays into their base files so the
     writes made since the snapshot are not lost with them — each only after its header proves it is the
     overlay of the base the record names."""
-    prefix = "dry-run: " if ctx.dry_run else ""
+    prefix = dry_run_prefix(ctx.dry_run)
     try:
         if ctx.hypervisor.exists(record.domain):
             return []
@@ -244,7 +245,7 @@ def _domain_facts(ctx: Context, domain: str, active: bool, owner: Ownership, sur
 def _bring_back(ctx: Context, domain: str, owner: Ownership, survey: Survey | None, report: RecoverReport, *,
                 thaw: bool, resume: bool, journaled: dict[str, str]) -> list[str]:
     hv = ctx.hypervisor
-    prefix = "dry-run: " if ctx.dry_run else ""
+    prefix = dry_run_prefix(ctx.dry_run)
     try:
         state = state_or_gone(hv, domain)
     except HypervisorError as exc:
@@ -276,7 +277,7 @@ def _bring_back(ctx: Context, domain: str, owner: Ownership, survey: Survey | No
 
 def _carry_out(ctx: Context, domain: str, state: str, plan: RecoveryPlan, report: RecoverReport) -> list[str]:
     hv = ctx.hypervisor
-    prefix = "dry-run: " if ctx.dry_run else ""
+    prefix = dry_run_prefix(ctx.dry_run)
     problems: list[str] = []
     for step in plan.steps:
         if step.kind == StepKind.DROP_METADATA:
