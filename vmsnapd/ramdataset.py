@@ -178,9 +178,6 @@ class RamDatasetStore(RamStore):
                       for disk in manifest.disks],
         })
 
-    def half_written(self) -> list[Path]:
-        return [dump.path for dump in self.dumps() if dump.manifest is None]
-
     # -- deleting ------------------------------------------------------------------------------
 
     def delete(self, dump: RamDump, dry_run: bool, reason: str = "") -> int:

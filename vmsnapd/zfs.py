@@ -453,6 +453,10 @@ class Zfs:
             opts += ["-o", f"{key}={value}"]
         self._change([self.zfs_bin, "clone", *opts, target, validate_dataset_name(new_dataset)], new_dataset)
 
+    def create(self, dataset: str) -> None:
+        """`zfs create` (a RAM dump's own filesystem below ram_dataset)."""
+        self._change([self.zfs_bin, "create", validate_dataset_name(dataset)], dataset)
+
     def destroy_dataset(self, dataset: str, *, recursive: bool = False, force: bool = False) -> None:
         """`zfs destroy [-r] [-f]`; `force` unmounts even a busy mount (zfs-fuse keeps a dataset "busy" for good
         when a QEMU that had a file open there was killed)."""
