@@ -6,7 +6,8 @@ its manifest `<domain>_<stamp>.json` (both 0600), `<stamp>` being the cycle's `Y
 becomes `%2Dweb`). Folders and files are made as `vmsnapd.files` says: root's, never through a link.
 
 The manifest is written last, atomically: a dump file without a manifest is half-written (a crash
-while it was stored) and is never deleted by a sweep unless forced (`RamDump.manifest` is None). Deletion removes the manifest first for the same reason: a crash in between leaves
+while it was stored; `RamDump.manifest` is None) and is never deleted by a sweep unless forced.
+Deletion removes the manifest first for the same reason: a crash in between leaves
 a dump without manifest, which is again "half-written", never a manifest pointing at nothing.
 
 Only files whose names match the pattern above, inside a directory named like their domain, are
