@@ -34,18 +34,3 @@ def table(rows: list[tuple], header: tuple) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
                      for r in cells)
-
-
-def destroy_pool_patiently(lab, pool, wait_s: float = 120) -> None:
-    """lab.destroy_pool, tried again for up to `wait_s`: while other sessions keep zfs-fuse busy (thousands of
-    destroys), `zpool destroy` of a just-emptied pool says "pool is busy" for a while."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            lab.destroy_pool(pool)
-            return
-        except lab.LabError as exc:
-            if time.monotonic() > deadline or "busy" not in str(exc):
-                print(f"warning: could not destroy pool {pool}: {exc} (`make lab-clean` removes it)")
-                return
-            time.sleep(5)

@@ -30,7 +30,7 @@ import libvirt
 import libvirt_qemu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, destroy_pool_patiently, lab, median, remove_tree  # noqa: E402
+from _common import BenchError, destroy_leftover_vms, destroy_pool_patiently, lab, median, remove_tree  # noqa: E402
 from _window import Watcher, background_snapshot_probe, pause_method_steps, qmp  # noqa: E402
 
 QEMU_MAGIC = b"QEVM"
@@ -154,11 +154,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        for name in list(lab.CREATED_VMS):
-            try:
-                lab.destroy_vm(name)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
+        destroy_leftover_vms()
         if watcher is not None:
             watcher.close()
         if pool is not None:

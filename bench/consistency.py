@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, destroy_pool_patiently, lab, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, destroy_leftover_vms, destroy_pool_patiently, lab, remove_tree, vmsnapd  # noqa: E402
 
 CASES = [{"method": m, "live": live, "ram_compression": c, "tmpfs": False}
          for m, live, c in itertools.product(("overlay", "pause"), (True, False), ("none", "zstd"))]
@@ -142,11 +142,7 @@ def run_restores(args: argparse.Namespace, pool, root: Path, cases: list, result
 
 
 def clean_up(pool, root: Path | None) -> None:
-    for name in list(lab.CREATED_VMS):
-        try:
-            lab.destroy_vm(name)
-        except Exception as e:  # noqa: BLE001 — a leftover domain is reported, the rest is still cleaned
-            print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
+    destroy_leftover_vms()
     if pool is not None:
         destroy_pool_patiently(pool)
     if root is not None:

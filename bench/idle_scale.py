@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prune_vs_sanoid as pvs  # noqa: E402
-from _common import PYTHON, REPO, BenchError, check_ok, lab, remove_tree, vmsnapd  # noqa: E402
-from _scale import destroy_pool_patiently, table, write_results  # noqa: E402
+from _common import PYTHON, REPO, BenchError, check_ok, destroy_pool_patiently, lab, remove_tree, vmsnapd  # noqa: E402
+from _scale import table, write_results  # noqa: E402
 
 POLICY = {"hourly": 24, "daily": 7, "weekly": 0, "monthly": 3, "yearly": 0, "frequently": 0}
 
@@ -175,7 +175,7 @@ def main() -> int:
         return 1
     finally:
         if pool is not None:
-            destroy_pool_patiently(lab, pool)
+            destroy_pool_patiently(pool)
         if root is not None:
             remove_tree(root)
 

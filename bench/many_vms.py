@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, lab, median, remove_tree, vmsnapd  # noqa: E402
-from _scale import destroy_pool_patiently, table, write_results  # noqa: E402
+from _common import BenchError, check_ok, destroy_pool_patiently, lab, median, remove_tree, vmsnapd  # noqa: E402
+from _scale import table, write_results  # noqa: E402
 
 GUEST_MIB = 128
 GUEST_COST_MIB = GUEST_MIB + 120  # QEMU/TCG overhead per guest, measured roughly on the lab
@@ -149,7 +149,7 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001
                 print(f"warning: could not remove domain {vm.name}: {e}", file=sys.stderr)
         if pool is not None:
-            destroy_pool_patiently(lab, pool)
+            destroy_pool_patiently(pool)
         if root is not None:
             remove_tree(root)
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, destroy_pool_patiently, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, destroy_leftover_vms, destroy_pool_patiently, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
 from _window import (Watcher, background_snapshot_probe, classic_cycle, pause_method_steps,  # noqa: E402
                      pause_ms, qmp_round_trip_ms)
 
@@ -115,15 +115,6 @@ def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args, tmpfs: 
     finally:
         lab.destroy_vm(vm)
     return out
-
-
-def destroy_leftover_vms() -> None:
-    """Domains this process created and did not remove (a guest that failed to come up)."""
-    for name in list(lab.CREATED_VMS):
-        try:
-            lab.destroy_vm(name)  # a domain already gone is fine
-        except Exception as e:  # noqa: BLE001
-            print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
 
 
 def summarize(guest: dict) -> list[dict]:

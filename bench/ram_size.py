@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, destroy_pool_patiently, lab, median, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, destroy_leftover_vms, destroy_pool_patiently, lab, median, remove_tree, vmsnapd  # noqa: E402
 from _window import Watcher, pause_ms  # noqa: E402
 
 VARIANTS = [("no dump", False, "none"), ("dump, none", True, "none"), ("dump, zstd", True, "zstd")]
@@ -139,11 +139,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        for name in list(lab.CREATED_VMS):
-            try:
-                lab.destroy_vm(name)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
+        destroy_leftover_vms()
         if watcher is not None:
             watcher.close()
         if pool is not None:

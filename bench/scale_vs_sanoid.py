@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prune_vs_sanoid as pvs  # noqa: E402
-from _common import BenchError, lab, median, remove_tree  # noqa: E402
-from _scale import destroy_pool_patiently, table, write_results  # noqa: E402
+from _common import BenchError, destroy_pool_patiently, lab, median, remove_tree  # noqa: E402
+from _scale import table, write_results  # noqa: E402
 
 NEWEST_H = 11
 
@@ -93,7 +93,7 @@ def one_round(idx: int, n_datasets: int, n_snaps: int, jobs: int | None, sanoid:
     finally:
         t0 = time.monotonic()
         for p in pools:
-            destroy_pool_patiently(lab, p)
+            destroy_pool_patiently(p)
         print(f"  round {idx}: pools destroyed in {time.monotonic() - t0:.0f}s", flush=True)
         remove_tree(root)
 
