@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -51,39 +51,32 @@ def _in_unit_suite(node: pytest.Item | pytest.Collector) -> bool:
     return path is not None and Path(path).resolve().is_relative_to(UNIT_DIR)
 
 
+def _poisoned(node: pytest.Item | pytest.Collector, active: bool = True):
+    """libvirt unimportable for a node of the unit suite; nothing for any other node."""
+    return libvirt_unimportable() if active and _in_unit_suite(node) else nullcontext()
+
+
 # Old-style wrappers: pyproject allows pytest 7.4, whose pluggy may predate `wrapper=True`.
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
-    if not _in_unit_suite(collector):
-        yield
-        return
-    with libvirt_unimportable():
+    with _poisoned(collector):
         yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
-    if not _in_unit_suite(item):
-        yield
-        return
-    with libvirt_unimportable():
+    with _poisoned(item):
         yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    if not _in_unit_suite(item):
-        yield
-        return
-    with libvirt_unimportable():
+    with _poisoned(item):
         yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     # The last item's teardown also ends the session's fixtures (the lab's cleanup, which needs libvirt).
-    if not _in_unit_suite(item) or nextitem is None:
-        yield
-        return
-    with libvirt_unimportable():
+    with _poisoned(item, active=nextitem is not None):
         yield
