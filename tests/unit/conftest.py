@@ -10,6 +10,7 @@ this is in force.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -80,3 +81,21 @@ def pytest_runtest_teardown(item, nextitem):
     # The last item's teardown also ends the session's fixtures (the lab's cleanup, which needs libvirt).
     with _poisoned(item, active=nextitem is not None):
         yield
+
+
+FAKE_ZFS = Path(__file__).resolve().parents[1] / "sanoid_oracle" / "fakezfs.py"
+
+
+@pytest.fixture
+def fake_zfs(tmp_path, monkeypatch) -> Path:
+    """The sanoid oracle's fake `zfs` (tests/sanoid_oracle/fakezfs.py) first on PATH, for vmsnapd's real Runner and
+    Zfs adapter. Returns its state file, which the test writes (JSON: datasets, snapshots); every call is logged
+    to `<state>.log`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "zfs").write_text(f"#!/bin/sh\nexec {sys.executable} -I {FAKE_ZFS} \"$@\"\n")
+    (bin_dir / "zfs").chmod(0o755)
+    state = tmp_path / "zfs.json"
+    monkeypatch.setenv("FAKE_ZFS_STATE", str(state))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return state

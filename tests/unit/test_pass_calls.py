@@ -5,7 +5,6 @@ adapters against the oracle's fake `zfs` (tests/sanoid_oracle/fakezfs.py), which
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -15,24 +14,17 @@ from vmsnapd.config import load_config
 from vmsnapd.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_ZFS = ROOT / "tests" / "sanoid_oracle" / "fakezfs.py"
 N = 40
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "zfs").write_text(f"#!/bin/sh\nexec {sys.executable} -I {FAKE_ZFS} \"$@\"\n")
-    (bin_dir / "zfs").chmod(0o755)
-    state = tmp_path / "zfs.json"
+def world(tmp_path, fake_zfs):
+    state = fake_zfs
     now = int(time.time())
     stamp = time.strftime("%Y-%m-%d_%H:%M:%S", time.gmtime(now))
     datasets = {"tank": {"creation": 0}, **{f"tank/d{i:02d}": {"creation": 0} for i in range(N)}}
     snaps = [{"name": f"tank/d{i:02d}@autosnap_{stamp}_daily", "creation": now} for i in range(N)]
     state.write_text(json.dumps({"datasets": datasets, "snapshots": snaps}))
-    monkeypatch.setenv("FAKE_ZFS_STATE", str(state))
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
 
     def run_pass(daily: int, monthly: int) -> list[list[str]]:
         log = Path(f"{state}.log")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -18,26 +17,19 @@ from vmsnapd.daemon import Daemon
 from vmsnapd.policy import prune_guard_holds
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_ZFS = ROOT / "tests" / "sanoid_oracle" / "fakezfs.py"
 DATASET = "tank/vm"
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
+def world(tmp_path, fake_zfs):
     """A fake pool with 36 hourlies (1..36 h old) on tank/vm, the fake zfs first on PATH, a config writer."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "zfs").write_text(f"#!/bin/sh\nexec {sys.executable} -I {FAKE_ZFS} \"$@\"\n")
-    (bin_dir / "zfs").chmod(0o755)
-    state = tmp_path / "zfs.json"
+    state = fake_zfs
     now = int(time.time())
     snaps = [{"name": f"{DATASET}@autosnap_{time.strftime('%Y-%m-%d_%H:%M:%S', time.gmtime(now - h * 3600))}_hourly",
               "creation": now - h * 3600} for h in range(36, 0, -1)]
     snaps.append({"name": f"{DATASET}@manual-keep", "creation": now - 99 * 3600})
     state.write_text(json.dumps({"datasets": {"tank": {"creation": 0}, DATASET: {"creation": 0}},
                                  "snapshots": snaps}))
-    monkeypatch.setenv("FAKE_ZFS_STATE", str(state))
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
     class World:
         root = tmp_path
