@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import libvirt
-import libvirt_qemu
 import pytest
+
+import lab as labmod  # tests/lab/lab.py, put on sys.path by tests/conftest.py
 
 pytestmark = [pytest.mark.lab]
 
@@ -64,28 +64,13 @@ def _wrapper(tmp_path: Path, body: str) -> dict:
     return {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
 
 
-def _agent(dom, command: str) -> dict:
-    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command}), 5, 0))["return"]
-
-
-def _wait_agent(dom, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _agent(dom, "guest-ping")
-            return
-        except libvirt.libvirtError:
-            assert time.monotonic() < deadline, "guest agent never answered"
-            time.sleep(0.2)
-
-
 # -- 1. quiesce ----------------------------------------------------------------------------------------------
 
 def test_quiesce_required_with_agent_freezes_and_thaws(lab, dataset, vmsnapd_env):
     """Agent guest, quiesce = "required": frozen (log + manifest), thawed after (agent status). The RAM was
     captured with the file systems frozen, so a guest resumed from that dump comes back frozen: restore must thaw."""
     vm = lab.create_vm(dataset, agent=True, fs_dataset=dataset)
-    _wait_agent(vm.dom)
+    labmod.wait_agent(vm.dom)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "quiesce": "required"}
 
@@ -93,7 +78,7 @@ def test_quiesce_required_with_agent_freezes_and_thaws(lab, dataset, vmsnapd_env
 
     assert re.search(r"cycle quiesced .*: [1-9]\d* file system\(s\) frozen", proc.stderr), proc.stderr
     assert re.search(r"cycle thawed .*: [1-9]\d* file system\(s\) thawed", proc.stderr), proc.stderr
-    assert _agent(vm.dom, "guest-fsfreeze-status") == "thawed"
+    assert labmod.agent_command(vm.dom, "guest-fsfreeze-status") == "thawed"
     snaps = lab.snapshot_names(dataset.name)
     assert len(snaps) == 1
     dumps, manifests = _dumps(env, vm.name)
@@ -104,10 +89,10 @@ def test_quiesce_required_with_agent_freezes_and_thaws(lab, dataset, vmsnapd_env
     vm.dom.destroy()
     lab.zfs("rollback", "-r", f"{dataset.name}@{snaps[0]}")
     vm.dom.connect().restoreFlags(str(dumps[0]), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-    _wait_agent(vm.dom)
-    assert _agent(vm.dom, "guest-fsfreeze-status") == "frozen"
+    labmod.wait_agent(vm.dom)
+    assert labmod.agent_command(vm.dom, "guest-fsfreeze-status") == "frozen"
     vm.dom.fsThaw(None, 0)
-    assert _agent(vm.dom, "guest-fsfreeze-status") == "thawed"
+    assert labmod.agent_command(vm.dom, "guest-fsfreeze-status") == "thawed"
 
 
 def test_quiesce_required_without_agent_fails_cleanly(lab, dataset, vmsnapd_env):

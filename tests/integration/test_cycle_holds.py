@@ -2,32 +2,16 @@
 holds a guest still (vmsnapd/holdstill.py) together with the guest agent's file-system freeze."""
 from __future__ import annotations
 
-import json
 import re
-import time
 
 import libvirt
-import libvirt_qemu
 import pytest
+
+import lab as labmod  # tests/lab/lab.py, put on sys.path by tests/conftest.py
 
 pytestmark = [pytest.mark.lab]
 
 ONE_HOURLY = {"hourly": 1, "daily": 0, "monthly": 0}
-
-
-def _agent(dom, command: str) -> str:
-    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command}), 5, 0))["return"]
-
-
-def _wait_agent(dom, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _agent(dom, "guest-ping")
-            return
-        except libvirt.libvirtError:
-            assert time.monotonic() < deadline, "guest agent never answered"
-            time.sleep(0.2)
 
 
 @pytest.mark.parametrize("memory", [True, False])
@@ -36,7 +20,7 @@ def test_pause_method_with_quiesce_leaves_the_guest_running_and_thawed(lab, data
     libvirt refuses the agent's thaw while the guest is paused ("domain is not running"), so the file systems are
     thawed once the guest runs again: the guest must never be left frozen."""
     vm = lab.create_vm(dataset, agent=True, fs_dataset=dataset)
-    _wait_agent(vm.dom)
+    labmod.wait_agent(vm.dom)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "method": "pause", "quiesce": "required",
                                   "memory": memory}
@@ -46,7 +30,7 @@ def test_pause_method_with_quiesce_leaves_the_guest_running_and_thawed(lab, data
     assert "fsthaw failed" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert re.search(r"cycle thawed .*: [1-9]\d* file system\(s\) thawed", proc.stderr), proc.stderr
     assert vm.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    assert _agent(vm.dom, "guest-fsfreeze-status") == "thawed"
+    assert labmod.agent_command(vm.dom, "guest-fsfreeze-status") == "thawed"
     assert len(lab.snapshot_names(dataset.name)) == 1
     assert not (env.state_dir / "cycles").exists() or list((env.state_dir / "cycles").iterdir()) == []
     lab.wait_counter_advances(vm, by=5, timeout=30)
@@ -55,7 +39,7 @@ def test_pause_method_with_quiesce_leaves_the_guest_running_and_thawed(lab, data
 def test_fs_thaw_of_a_paused_guest_is_refused(lab, dataset):
     """The libvirt behaviour the cycle's order rests on: no agent command while the guest is paused."""
     vm = lab.create_vm(dataset, agent=True, fs_dataset=dataset)
-    _wait_agent(vm.dom)
+    labmod.wait_agent(vm.dom)
     vm.dom.fsFreeze(None, 0)
     vm.dom.suspend()
     try:
@@ -64,4 +48,4 @@ def test_fs_thaw_of_a_paused_guest_is_refused(lab, dataset):
     finally:
         vm.dom.resume()
         vm.dom.fsThaw(None, 0)
-    assert _agent(vm.dom, "guest-fsfreeze-status") == "thawed"
+    assert labmod.agent_command(vm.dom, "guest-fsfreeze-status") == "thawed"

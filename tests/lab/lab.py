@@ -100,6 +100,27 @@ def _owner_alive(name: str) -> bool:
     return True
 
 
+def agent_command(dom, command: str):
+    """The guest agent's answer (`return`) to `command`, through libvirt's qemu-agent passthrough (5 s)."""
+    import libvirt_qemu
+
+    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command}), 5, 0))["return"]
+
+
+def wait_agent(dom, timeout: float = 30) -> None:
+    """Until the guest agent answers a ping (its channel connects a while after boot or resume)."""
+    import libvirt
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            agent_command(dom, "guest-ping")
+            return
+        except libvirt.libvirtError:
+            assert time.monotonic() < deadline, "guest agent never answered"
+            time.sleep(0.2)
+
+
 def check_lab() -> None:
     """Raise LabUnavailable with a reason when the lab cannot be used here."""
     if os.geteuid() != 0:
