@@ -162,3 +162,17 @@ def test_undo_refuses_a_clone_with_foreign_snapshots(tmp_path):
         plan_undo(ctx, "web")
 
     assert zfs.state() == before
+
+
+def test_a_clone_that_does_not_boot_is_taken_back_even_when_undefining_it_fails(tmp_path):
+    ctx, zfs, hv = setup(tmp_path)
+    before = zfs.state()
+    hv.fail("start", HypervisorError("start web-copy: cannot access storage file"))
+    hv.fail("undefine", HypervisorError("undefine web-copy: operation failed"))
+
+    with pytest.raises(RestoreFailed) as err:
+        execute_restore(ctx, plan_restore(ctx, "web", S1, clone="web-copy", no_memory=True, force_stop=False))
+
+    assert "cannot access storage file" in str(err.value) and "partial clone was removed" in str(err.value)
+    assert zfs.state() == before  # the clone dataset went although the undefine before it failed
+    assert [v[0] for v in hv.verbs("define", "start", "undefine")] == ["define", "start", "undefine"]

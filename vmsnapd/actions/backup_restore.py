@@ -22,7 +22,7 @@ from collections.abc import Container
 from pathlib import Path
 
 from vmsnapd.actions.context import Context
-from vmsnapd.actions.restore import RestoreFailed, RestorePlan, check_dump, free_bytes, thaw_resumed
+from vmsnapd.actions.restore import RestoreFailed, RestorePlan, check_dump, free_bytes, start_restored, take_back
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.names import InvalidName, parse_snapname, validate_dataset_name
 from vmsnapd.ramstore import RamDump
@@ -192,32 +192,12 @@ def execute_backup_restore(ctx: Context, plan: RestorePlan) -> list[str]:
         hv.define(xml)
         defined = True
         done.append(f"defined {plan.domain}: " + ", ".join(f"{old} -> {new}" for old, new in moves.items()))
-        _start(ctx, plan, dump, xml, done)
+        start_restored(ctx, plan, done, dump=dump, domain_xml=xml)
     except (ZfsError, HypervisorError, RestoreFailed, OSError, CommandError) as exc:
         if defined:
-            _quietly(lambda: hv.undefine(plan.domain))
+            take_back(lambda: hv.undefine(plan.domain))
         for clone_ds in reversed(made):
-            _quietly(lambda ds=clone_ds: zfs.destroy_dataset(ds, recursive=True))
+            take_back(lambda ds=clone_ds: zfs.destroy_dataset(ds, recursive=True))
         raise RestoreFailed(f"{exc} (what this restore made was removed again; the received datasets were "
                             "never changed)") from exc
     return done
-
-
-def _start(ctx: Context, plan: RestorePlan, dump: RamDump, xml: str, done: list[str]) -> None:
-    hv = ctx.hypervisor
-    if not plan.resume_from_memory:
-        hv.start(plan.domain)
-        done.append(f"booted {plan.domain}")
-        return
-    with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
-        hv.restore_memory(str(memory_file), xml)
-    done.append(f"resumed {plan.domain} from {dump.path}")
-    if plan.quiesced:  # captured frozen by the agent: thaw, as the ordinary restore does
-        thaw_resumed(hv, plan.domain, done)
-
-
-def _quietly(action) -> None:
-    try:
-        action()
-    except (ZfsError, HypervisorError) as exc:
-        log.error("restore: could not take back a step: %s", exc)

@@ -32,6 +32,7 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -459,7 +460,7 @@ def execute_restore(ctx: Context, plan: RestorePlan) -> list[str]:
     done.append(f"kept aside: {', '.join(e.aside for e in plan.entries)} "
                 f"(`vmsnapd restore --undo {plan.domain} --yes` puts them back)")
     try:
-        _start_restored(ctx, plan, done)
+        start_restored(ctx, plan, done)
     except (HypervisorError, OSError, CommandError) as exc:
         raise RestoreFailed(f"{exc} — the datasets are restored but {plan.domain} did not start; done: "
                             f"{'; '.join(done)}") from exc
@@ -489,21 +490,24 @@ def _roll_back(ctx: Context, record: RestoreRecord, done: list[str], exc: Except
                 f"{record.domain} --yes` retries")
 
 
-def _start_restored(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
+def start_restored(ctx: Context, plan: RestorePlan, done: list[str], *, dump: RamDump | None = None,
+                   domain_xml: str | None = None) -> None:
+    """Boot the restored domain, or resume it from the plan's RAM dump (`dump` when the caller has it already;
+    `domain_xml` instead of the definition saved in the dump, e.g. with its disks moved), then thaw."""
     hv = ctx.hypervisor
     if not plan.resume_from_memory:
         hv.start(plan.domain)
         done.append(f"booted {plan.domain}")
         return
-    dump = next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
+    dump = dump or next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
     with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
-        hv.restore_memory(str(memory_file))
+        hv.restore_memory(str(memory_file), domain_xml)
     done.append(f"resumed {plan.domain} from {dump.path}")
     if plan.quiesced:
-        thaw_resumed(hv, plan.domain, done)
+        _thaw_resumed(hv, plan.domain, done)
 
 
-def thaw_resumed(hv: HypervisorPort, domain: str, done: list[str]) -> None:
+def _thaw_resumed(hv: HypervisorPort, domain: str, done: list[str]) -> None:
     """The RAM was captured with the guest's file systems frozen by the agent: thaw them. Right after the resume
     the agent's channel may not be connected yet ("QEMU guest agent is not connected", seen on the lab): retry
     for a bounded time rather than leave the guest frozen."""
@@ -688,11 +692,20 @@ def _restore_clone(ctx: Context, plan: RestorePlan, done: list[str]) -> list[str
     except (ZfsError, HypervisorError, RestoreFailed) as exc:
         # Half a clone is worse than none: take back what this restore made, never anything else.
         if defined:
-            hv.undefine(plan.clone)
+            take_back(lambda: hv.undefine(plan.clone))
         for clone_ds in reversed(made):
-            zfs.destroy_dataset(clone_ds)
+            take_back(lambda ds=clone_ds: zfs.destroy_dataset(ds))
         raise RestoreFailed(f"{exc} (the partial clone was removed)") from exc
     return done
+
+
+def take_back(action: Callable[[], object]) -> None:
+    """One step of taking back a failed restore: a failure is logged, and the other steps and the original error
+    still go through."""
+    try:
+        action()
+    except (ZfsError, HypervisorError) as exc:
+        log.error("restore: could not take back a step: %s", exc)
 
 
 class RestorePoint(BaseModel):
