@@ -54,6 +54,10 @@ class AsideEntry(BaseModel):
     mountpoint_local: str | None = None  # the dataset's own `mountpoint` when set locally; None: inherited
     aside_mountpoint: str | None = None  # the mountpoint given to the aside when the original set its own
     children: list[str] = Field(default_factory=list)  # leaf names of child datasets, moved back under the clone
+    # The dataset and descendants that were mounted when the restore was planned (full names): an undo mounts
+    # them again, also after a restore killed between `zfs unmount` and `zfs rename`. Records of older versions
+    # have none, and an undo then mounts nothing beyond what its own steps unmounted.
+    mounted: list[str] = Field(default_factory=list)
 
     def forward_steps(self) -> list[ZfsStep]:
         steps = [ZfsStep(verb=Verb.RENAME, dataset=self.dataset, arg=self.aside)]

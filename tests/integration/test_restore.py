@@ -306,3 +306,36 @@ def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
     records = vm.records().values()
     assert any(tok == "t0" and seq >= pre_seen for seq, tok in records), "the pre-restore records are gone"
     assert not any(tok == "after" and seq <= pre_seen for seq, tok in records), "booted from the snapshot's disk"
+
+
+def test_a_restore_killed_after_unmounting_is_undone_and_the_vm_boots(lab, dataset, vmsnapd_env):
+    """vmsnapd killed (kill -9, by a zfs wrapper first on PATH) at its first `zfs rename`, i.e. after it unmounted
+    the VM's dataset: `--undo` mounts it again and boots the VM from its own disk."""
+    import os
+    import shutil
+
+    bindir = lab.make_run_dir("zfskill")
+    wrapper = bindir / "zfs"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = rename ]; then kill -9 "$PPID"; exit 1; fi\n'
+                       f'exec {shutil.which("zfs")} "$@"\n')
+    wrapper.chmod(0o755)
+    vm = lab.create_vm(dataset)
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = lab.snapshot_names(dataset.name)
+    _, pre_seen = lab.wait_counter_advances(vm, by=20, start=_snap_max(lab, vm, dataset, snap))
+    try:
+        proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=None,
+                       env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    assert lab.zfs("get", "-H", "-o", "value", "mounted", dataset.name).strip() == "no"  # where the kill left it
+
+    proc = env.run("restore", "--undo", vm.name, "--yes")
+
+    assert f"mounted {dataset.name} again" in proc.stdout and f"booted {vm.name}" in proc.stdout, proc.stdout
+    assert lab.zfs("get", "-H", "-o", "value", "mounted", dataset.name).strip() == "yes"
+    assert not _asides(lab, dataset)
+    lab.wait_counter_advances(vm, by=3, start=pre_seen, timeout=60)  # booted from its own disk

@@ -161,6 +161,7 @@ class RestoreFacts:
     vm_state: str
     snapshots: dict[str, list[str]]  # dataset → snapshot names in the order taken
     existing: set[str]  # every filesystem listed
+    mounted: set[str] = field(default_factory=set)  # the filesystems mounted now
     mountpoint_local: dict[str, str | None] = field(default_factory=dict)
     dump: DumpCheck | None = None
     free_bytes: int | None = None  # where a compressed dump is decompressed
@@ -293,7 +294,8 @@ def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: s
     entry = AsideEntry(dataset=ds, aside=aside, snapshot=names[last], mountpoint_local=local,
                        aside_mountpoint=aside_mountpoint(local, stamp),
                        children=sorted(c[len(ds) + 1:] for c in facts.existing
-                                       if c.startswith(ds + "/") and "/" not in c[len(ds) + 1:]))
+                                       if c.startswith(ds + "/") and "/" not in c[len(ds) + 1:]),
+                       mounted=sorted(n for n in facts.mounted if n == ds or n.startswith(ds + "/")))
     if aside in facts.existing:
         raise RestoreFailed(f"{aside} exists already; try again in a second")
     return entry
@@ -315,7 +317,8 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     listing = survey.listing
     facts = RestoreFacts(domain=target.domain, datasets=list(target.datasets), vm_state="",
                          snapshots={ds: [s.name for s in listing.snapshots_of(ds)] for ds in target.datasets},
-                         existing=set(listing.datasets))
+                         existing=set(listing.datasets),
+                         mounted={n for n, info in listing.datasets.items() if info.mountpoint})
     if clone:
         facts.domain_exists[clone] = ctx.hypervisor.exists(clone)
     else:
@@ -602,6 +605,22 @@ def _put_back(ctx: Context, record: RestoreRecord) -> list[str]:
             run_step(ctx, step)
         if steps:
             done.append(f"put back {entry.dataset} from {entry.aside}")
+    return done + _mount_again(ctx, record)
+
+
+def _mount_again(ctx: Context, record: RestoreRecord) -> list[str]:
+    """Mount what was mounted before the restore and is not now, parents first: a restore killed between
+    `zfs unmount` and `zfs rename` left it unmounted, and the VM's disks would not be found."""
+    names = sorted({n for e in record.entries for n in e.mounted}, key=lambda n: (n.count("/"), n))
+    if not names:
+        return []
+    listing = ctx.zfs.list_tree(sorted({e.dataset for e in record.entries}))
+    done = []
+    for name in names:
+        info = listing.datasets.get(name)
+        if info is not None and not info.mountpoint:
+            ctx.zfs.mount(name)
+            done.append(f"mounted {name} again")
     return done
 
 
