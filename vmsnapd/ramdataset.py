@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.names import InvalidName, decode_name
 from vmsnapd.ramstore import (DUMP_NAME, MANIFEST_SUFFIX, Compression, RamDump, RamDumpInfo, RamManifest,
                               RamStore, RamStoreError, read_manifest)
@@ -179,6 +180,25 @@ class RamDatasetStore(RamStore):
         })
 
     # -- deleting ------------------------------------------------------------------------------
+
+    def discard_half_made(self, domain: str, stamp: str, dry_run: bool) -> list[str]:
+        """Also the dump filesystem of an interrupted cycle that holds no dump file at all (killed between
+        `zfs create` and the dump's first byte, or while storing it): destroyed, with whatever is in it."""
+        done = super().discard_half_made(domain, stamp, dry_run)
+        try:
+            dataset = dump_dataset(self.ram_dataset, domain, stamp)
+            info = self._listing().datasets.get(dataset)
+        except (InvalidName, ZfsError):
+            return done
+        try:  # unmounted: what it holds cannot be seen, so it stays
+            if info is None or not info.mountpoint or self._dump_in(dataset, Path(info.mountpoint), stamp):
+                return done
+        except OSError:
+            return done
+        if not dry_run:
+            _destroy(self.zfs, dataset)
+        return done + [f"{dry_run_prefix(dry_run)}destroyed dump filesystem {dataset}, left without a dump by "
+                       "an interrupted cycle"]
 
     def delete(self, dump: RamDump, dry_run: bool, reason: str = "") -> int:
         """Destroy the dump's filesystem with its snapshots; returns the bytes freed (the dump and manifest)."""

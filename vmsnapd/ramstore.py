@@ -31,6 +31,7 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from vmsnapd import __version__
+from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.files import (chmod_private, create_private_file, ensure_private_directory, fsync_directory,
                            fsync_file, write_file_atomically)
 from vmsnapd.models import CycleMethod
@@ -279,6 +280,16 @@ class RamStore:
                 pass
 
     # -- deleting ------------------------------------------------------------------------------
+
+    def discard_half_made(self, domain: str, stamp: str, dry_run: bool) -> list[str]:
+        """An interrupted cycle (its journal record names `domain` and `stamp`, and no dump kept) left its dump
+        half-written: a dump file without manifest. Delete it; returns what was done. A dump with a manifest is
+        whole (the manifest is written last) and stays, also when the record could not say so any more."""
+        dump = self.find(domain, stamp)
+        if dump is None or dump.manifest is not None or dump.manifest_path.exists():
+            return []
+        self.delete(dump, dry_run, "half-written by an interrupted cycle")
+        return [f"{dry_run_prefix(dry_run)}deleted half-written RAM dump {dump.path}"]
 
     def delete(self, dump: RamDump, dry_run: bool, reason: str = "") -> int:
         """Delete a dump and its manifest; returns the bytes freed (or that would be, in dry run)."""

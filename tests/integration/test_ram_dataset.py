@@ -70,3 +70,39 @@ def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, data
     assert [d for d in left if d != dumps[0]] == dumps[1:]
     assert foreign.name in _children(lab, ram.name)
     assert sorted(lab.snapshot_names(dataset.name)) == snaps[1:]
+
+
+def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, dataset, dataset_factory, vmsnapd_env):
+    """vmsnapd killed (kill -9, by a zstd wrapper first on PATH) while it stores the dump: the cycle's snapshot
+    exists, its dump filesystem is empty. `recover` destroys that filesystem and nothing else below ram_dataset."""
+    import os
+    import shutil
+
+    vm = lab.create_vm(dataset)
+    ram = dataset_factory()
+    foreign = lab.create_dataset(ram, "not-a-dump")
+    env = vmsnapd_env
+    env.daemon["ram_dataset"] = ram.name
+    env.daemon["ram_compression"] = "zstd"
+    env.datasets[dataset.name] = {"hourly": 2, "daily": 0, "monthly": 0, "domain": vm.name}
+    env.run("snapshot", dataset.name)  # a whole dump beside it: recover leaves it alone
+    (kept,) = [c for c in _children(lab, ram.name) if c != foreign.name]
+    time.sleep(1.1)
+    bindir = lab.make_run_dir("zstdkill")
+    (bindir / "zstd").write_text('#!/bin/sh\nkill -9 "$PPID"; exit 1\n')
+    (bindir / "zstd").chmod(0o755)
+    try:
+        proc = env.run("snapshot", dataset.name, expect=None, env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    snaps = sorted(lab.snapshot_names(dataset.name))
+    assert len(snaps) == 2, snaps
+    empty = f"{ram.name}/{vm.name}_{_stamp(snaps[1])}"
+    assert empty in _children(lab, ram.name)
+
+    proc = env.run("recover")
+
+    assert f"destroyed dump filesystem {empty}" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert sorted(_children(lab, ram.name)) == sorted([kept, foreign.name])
+    assert sorted(lab.snapshot_names(dataset.name)) == snaps and vm.dom.isActive()

@@ -190,6 +190,24 @@ def test_half_written_and_corrupt_manifests(store: RamStore, tmp_path: Path, cap
     assert not store.verify(by_stamp[STAMP3])
 
 
+def test_an_interrupted_cycles_half_written_dump_is_discarded_and_nothing_else(store: RamStore,
+                                                                                 tmp_path: Path) -> None:
+    fresh, _ = fresh_ram_file(tmp_path / "overlays")
+    good = store.keep(fresh, make_info(), compression="none")
+    domain_dir = good.path.parent
+    half = domain_dir / f"win_{STAMP2}.mem"
+    half.write_bytes(b"partial")
+    corrupt = domain_dir / f"win_{STAMP3}.mem"
+    corrupt.write_bytes(b"whole")
+    (domain_dir / f"win_{STAMP3}.json").write_text("{not json")  # damaged, not half-written: evidence, kept
+
+    assert store.discard_half_made("win", STAMP2, dry_run=True) == [f"dry-run: deleted half-written RAM dump {half}"]
+    assert half.exists()
+    assert [store.discard_half_made("win", stamp, dry_run=False) for stamp in (STAMP1, STAMP3)] == [[], []]
+    assert store.discard_half_made("win", STAMP2, dry_run=False) == [f"deleted half-written RAM dump {half}"]
+    assert not half.exists() and good.path.exists() and corrupt.exists()
+
+
 def test_verify_detects_damage(store: RamStore, tmp_path: Path) -> None:
     fresh, _ = fresh_ram_file(tmp_path / "overlays")
     dump = store.keep(fresh, make_info(), compression="none")

@@ -35,6 +35,7 @@ from vmsnapd.hvtypes import PAUSED, RUNNING, HypervisorError
 from vmsnapd.journal import CycleRecord
 from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.names import InvalidName
+from vmsnapd.ramstore import RamStoreError
 from vmsnapd.ownership import (DomainFacts, OverlayFile, Ownership, RecoveryPlan, Step, StepKind,
                                deletable_leftover, foreign_domain_warnings, inside, judge_overlay, norm,
                                plan_domain)
@@ -123,6 +124,7 @@ def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey:
                                 resume=record.paused_by_us, journaled=journaled)
         problems += _orphan_overlays(ctx, record, report)
         in_use = _sources_in_use(ctx, record.domain, problems)
+        _half_made_dump(ctx, record, report)
     overlays = [o.overlay_path for o in record.overlays] if not problems else []
     for path in [record.ram_file] + overlays:
         if not path or path in in_use or not Path(path).exists():
@@ -140,6 +142,17 @@ def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey:
     if not ctx.dry_run:
         ctx.journal.finish(record)
     report.actions.append(f"{prefix}closed interrupted cycle {record.cycle_id} (was in state {record.state})")
+
+
+def _half_made_dump(ctx: Context, record: CycleRecord, report: RecoverReport) -> None:
+    """The cycle did not get to keep its dump: whatever it had begun to store for it is half-made, and provably
+    its own (the store's name for this domain and stamp, without a manifest)."""
+    if record.ram_dump is not None:
+        return
+    try:
+        report.actions += ctx.ram_store.discard_half_made(record.domain, record.stamp, ctx.dry_run)
+    except (OSError, RamStoreError, ZfsError) as exc:
+        report.warnings.append(f"cannot look for a half-made RAM dump of {record.cycle_id}: {exc}")
 
 
 def _untracked(ctx: Context, owner: Ownership, survey: Survey | None, skip: set[str],
