@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vmsnapd.models import Compression
 from vmsnapd.names import DISK_TARGET_PATTERN, InvalidName, is_aside, validate_dataset_name, validate_domain_name
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 from vmsnapd.replica import nesting_problem
@@ -66,7 +67,7 @@ class DaemonSettings(StrictModel):
         "so that zfs send based replication (syncoid, zrepl) carries them (docs/replication.md); not with "
         "ram_dir; empty: ram_dir is used.",
     )
-    ram_compression: Literal["none", "zstd"] = Field("none", description='RAM dump compression: "none" or "zstd".')
+    ram_compression: Compression = Field("none", description='RAM dump compression: "none" or "zstd".')
     utc: bool = Field(
         True, description="Snapshot names and schedules in UTC (true) or local time (false, see the DST section)."
     )

@@ -14,6 +14,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 # dump manifest.
 CycleMethod = Literal["overlay", "pause", "plain"]
 
+# How a RAM dump is stored: `[daemon] ram_compression`, and what each manifest says.
+Compression = Literal["none", "zstd"]
+
 
 class Snapshot(BaseModel):
     """One snapshot as `zfs list` reports it."""

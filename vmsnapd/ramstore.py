@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -34,13 +34,12 @@ from vmsnapd import __version__
 from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.files import (chmod_private, create_private_file, ensure_private_directory, fsync_directory,
                            fsync_file, write_file_atomically)
-from vmsnapd.models import CycleMethod
+from vmsnapd.models import Compression, CycleMethod
 from vmsnapd.names import STAMP_PATTERN, InvalidName, decode_name, encode_name, validate_domain_name
 from vmsnapd.runner import CommandError, Runner
 
 log = logging.getLogger(__name__)
 
-Compression = Literal["none", "zstd"]
 
 DUMP_NAME = re.compile(rf"^(?P<domain>.+)_(?P<stamp>{STAMP_PATTERN})\.mem(?P<zst>\.zst)?$")
 MANIFEST_SUFFIX = ".json"
