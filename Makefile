@@ -53,13 +53,13 @@ demo: lab
 	$(PYTHON) tests/lab/demo.py
 
 bench-scale: lab
-	$(PYTHON) bench/scale_vs_sanoid.py
+	BENCH_OUT=$(BENCH_OUT) $(PYTHON) bench/scale_vs_sanoid.py
 
 bench-idle: lab
-	$(PYTHON) bench/idle_scale.py
+	BENCH_OUT=$(BENCH_OUT) $(PYTHON) bench/idle_scale.py
 
 bench-vms: lab
-	$(PYTHON) bench/many_vms.py
+	BENCH_OUT=$(BENCH_OUT) $(PYTHON) bench/many_vms.py
 
 lab-clean:
 	@if [ -x $(PYTHON) ]; then $(PYTHON) tests/lab/demo.py --clean; else echo "no .venv: nothing set up"; fi

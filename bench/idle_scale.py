@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prune_vs_sanoid as pvs  # noqa: E402
 from _common import PYTHON, REPO, BenchError, check_ok, destroy_pool_patiently, lab, remove_tree, vmsnapd  # noqa: E402
-from _scale import table, write_results  # noqa: E402
+from _scale import goal_rows, table, write_results  # noqa: E402
 
 POLICY = {"hourly": 24, "daily": 7, "weekly": 0, "monthly": 3, "yearly": 0, "frequently": 0}
 
@@ -215,7 +215,8 @@ def main() -> int:
     print(table(rows, ("", "measured", "goal", "")))
     print("zfs calls of the daemon's pass:", *(c if len(c) < 160 else c[:150] + f" … ({len(c.split()) - 8} names)"
                                               for c in d["zfs_calls"]), sep="\n  ")
-    print(f"results: {write_results('idle_scale', out)}")
+    ratios = goal_rows(rows, lambda r: str(r[1]), 2)
+    print(f"results: {write_results('idle_scale', out, ratios)}")
     return 0
 
 

@@ -157,7 +157,11 @@ def main() -> int:
           f"({'met' if v['wall'] <= 0.3 * s['wall'] else 'NOT met'}) in this run (a shared 2-core machine: noisy)")
     path = write_results("scale_vs_sanoid", {"datasets": args.datasets, "snapshots": args.snapshots,
                                             "zfs_jobs": args.jobs or "default", "median": med,
-                                            "rounds": results})
+                                            "rounds": results},
+                         [{"what": f"take+prune pass, {args.datasets} datasets x {args.snapshots} aged snapshots",
+                           "value": f"{rat(v['wall'], s['wall'])} sanoid ({v['wall']:.1f} s vs {s['wall']:.1f} s), "
+                                    f"zfs calls {v['zfs']:.0f} vs {s['zfs']:.0f}, listings {v['listings']:.0f}",
+                           "goal": f"<= 0.30x ({'met' if v['wall'] <= 0.3 * s['wall'] else 'NOT met'})"}])
     print(f"results: {path}")
     return 0
 

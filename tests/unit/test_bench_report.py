@@ -40,3 +40,25 @@ def test_nothing_to_report_is_a_clear_error(tmp_path):
     assert proc.returncode == 1
     assert "no benchmark results" in proc.stderr and "cannot read" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_scale_benchmarks_goal_rows_reach_the_table(tmp_path, monkeypatch):
+    """bench/_scale.write_results puts a copy with the goal rows into BENCH_OUT, where report.py finds it."""
+    sys.path.insert(0, str(REPORT.parent))
+    try:
+        import _scale
+    finally:
+        sys.path.remove(str(REPORT.parent))
+    monkeypatch.setattr(_scale, "RESULTS", tmp_path / "history")
+    monkeypatch.setenv("BENCH_OUT", str(tmp_path / "out"))
+    rows = [("pass wall time (s)", "2.4", "16.0", "6.70x", "<= 1.5x", "NOT met"),
+            ("cycle time median (s)", "1.7", "14.4", "", "", "")]
+    ratios = _scale.goal_rows(rows, lambda r: f"{r[3]} (1 guest {r[1]}, 8 guests {r[2]})", 4)
+    kept = _scale.write_results("many_vms", {"wall": 16.0}, ratios)
+
+    assert kept.parent == tmp_path / "history" and json.loads(kept.read_text())["wall"] == 16.0
+    proc = _run(tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if "pass wall time" in x]
+    assert "many_vms" in line and "6.70x (1 guest 2.4, 8 guests 16.0)" in line and "<= 1.5x (NOT met)" in line
+    assert "cycle time median" not in proc.stdout  # no goal: not a row of the common table
