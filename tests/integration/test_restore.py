@@ -33,6 +33,18 @@ def _sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _zfs_wrapper(lab, name: str, first_line: str) -> Path:
+    """A folder to put first on PATH whose `zfs` runs `first_line` (a shell line seeing the arguments), then the
+    real zfs."""
+    import shutil
+
+    bindir = lab.make_run_dir(name)
+    wrapper = bindir / "zfs"
+    wrapper.write_text(f'#!/bin/sh\n{first_line}\nexec {shutil.which("zfs")} "$@"\n')
+    wrapper.chmod(0o755)
+    return bindir
+
+
 def _snap_max(lab, vm, dataset, snap) -> int:
     return lab.snapshot_max_counter(f"{dataset.name}@{snap}", vm.disk.relpath)
 
@@ -274,11 +286,7 @@ def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
     import os
     import shutil
 
-    bindir = lab.make_run_dir("zfsfail")
-    wrapper = bindir / "zfs"
-    wrapper.write_text('#!/bin/sh\nif [ "$1" = promote ]; then echo "injected failure" >&2; exit 1; fi\n'
-                       f'exec {shutil.which("zfs")} "$@"\n')
-    wrapper.chmod(0o755)
+    bindir = _zfs_wrapper(lab, "zfsfail", 'if [ "$1" = promote ]; then echo "injected failure" >&2; exit 1; fi')
     vm = lab.create_vm(dataset)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
@@ -314,11 +322,7 @@ def test_a_restore_killed_after_unmounting_is_undone_and_the_vm_boots(lab, datas
     import os
     import shutil
 
-    bindir = lab.make_run_dir("zfskill")
-    wrapper = bindir / "zfs"
-    wrapper.write_text('#!/bin/sh\nif [ "$1" = rename ]; then kill -9 "$PPID"; exit 1; fi\n'
-                       f'exec {shutil.which("zfs")} "$@"\n')
-    wrapper.chmod(0o755)
+    bindir = _zfs_wrapper(lab, "zfskill", 'if [ "$1" = rename ]; then kill -9 "$PPID"; exit 1; fi')
     vm = lab.create_vm(dataset)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}

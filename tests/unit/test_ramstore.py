@@ -171,7 +171,8 @@ def test_manifest_is_written_last(store: RamStore, tmp_path: Path, monkeypatch: 
     assert fresh.exists()  # the cycle still has its RAM file to decide about
 
 
-def test_half_written_and_corrupt_manifests(store: RamStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def good_half_and_corrupt(store: RamStore, tmp_path: Path) -> tuple:
+    """Three dumps of `win`: whole (STAMP1), half-written (STAMP2: no manifest), a damaged manifest (STAMP3)."""
     fresh, _ = fresh_ram_file(tmp_path / "overlays")
     good = store.keep(fresh, make_info(), compression="none")
     domain_dir = good.path.parent
@@ -180,6 +181,11 @@ def test_half_written_and_corrupt_manifests(store: RamStore, tmp_path: Path, cap
     corrupt = domain_dir / f"win_{STAMP3}.mem"
     corrupt.write_bytes(b"whole")
     (domain_dir / f"win_{STAMP3}.json").write_text("{not json")
+    return good, half, corrupt
+
+
+def test_half_written_and_corrupt_manifests(store: RamStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _, half, _ = good_half_and_corrupt(store, tmp_path)
     assert [d.path for d in store.dumps() if not d.manifest_path.exists()] == [half]  # half-written
     with caplog.at_level(logging.WARNING):
         by_stamp = {d.stamp: d for d in store.dumps()}
@@ -192,14 +198,7 @@ def test_half_written_and_corrupt_manifests(store: RamStore, tmp_path: Path, cap
 
 def test_an_interrupted_cycles_half_written_dump_is_discarded_and_nothing_else(store: RamStore,
                                                                                  tmp_path: Path) -> None:
-    fresh, _ = fresh_ram_file(tmp_path / "overlays")
-    good = store.keep(fresh, make_info(), compression="none")
-    domain_dir = good.path.parent
-    half = domain_dir / f"win_{STAMP2}.mem"
-    half.write_bytes(b"partial")
-    corrupt = domain_dir / f"win_{STAMP3}.mem"
-    corrupt.write_bytes(b"whole")
-    (domain_dir / f"win_{STAMP3}.json").write_text("{not json")  # damaged, not half-written: evidence, kept
+    good, half, corrupt = good_half_and_corrupt(store, tmp_path)  # a damaged manifest is evidence: kept
 
     assert store.discard_half_made("win", STAMP2, dry_run=True) == [f"dry-run: deleted half-written RAM dump {half}"]
     assert half.exists()
