@@ -22,7 +22,8 @@ from collections.abc import Container
 from pathlib import Path
 
 from vmsnapd.actions.context import Context
-from vmsnapd.actions.restore import RestoreFailed, RestorePlan, check_dump, free_bytes, start_restored, take_back
+from vmsnapd.actions.restore import (MadeByRestore, RestoreFailed, RestorePlan, check_dump, free_bytes,
+                                     start_restored)
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.names import InvalidName, parse_snapname, validate_dataset_name
 from vmsnapd.ramstore import RamDump
@@ -174,14 +175,10 @@ def execute_backup_restore(ctx: Context, plan: RestorePlan) -> list[str]:
     """Clone, define, resume (or boot). A failure takes back what this restore made (clones, definition)."""
     hv, zfs, done = ctx.hypervisor, ctx.zfs, []
     dump = next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
-    made: list[str] = []
-    defined = False
+    made = MadeByRestore(hv, zfs)
     try:
-        for ds, clone_ds in plan.clone_datasets.items():
-            zfs.clone(ds, plan.snapshot, clone_ds)
-            made.append(clone_ds)
-            done.append(f"cloned {ds}@{plan.snapshot} as {clone_ds}")
-        mounts = {name: info.mountpoint for name, info in zfs.list_tree(made).datasets.items()}
+        made.clone(plan.clone_datasets, plan.snapshot, done)
+        mounts = {name: info.mountpoint for name, info in zfs.list_tree(made.datasets).datasets.items()}
         moves = {}
         for disk in dump.manifest.disks:
             mountpoint = mounts.get(plan.clone_datasets[disk.dataset])
@@ -189,15 +186,11 @@ def execute_backup_restore(ctx: Context, plan: RestorePlan) -> list[str]:
                 raise RestoreFailed(f"clone {plan.clone_datasets[disk.dataset]} is not mounted")
             moves[disk.source] = os.path.join(mountpoint, disk.relpath)
         xml = moved_domain_xml(plan.define_xml, moves)
-        hv.define(xml)
-        defined = True
+        made.define(xml, plan.domain)
         done.append(f"defined {plan.domain}: " + ", ".join(f"{old} -> {new}" for old, new in moves.items()))
         start_restored(ctx, plan, done, dump=dump, domain_xml=xml)
     except (ZfsError, HypervisorError, RestoreFailed, OSError, CommandError) as exc:
-        if defined:
-            take_back(lambda: hv.undefine(plan.domain))
-        for clone_ds in reversed(made):
-            take_back(lambda ds=clone_ds: zfs.destroy_dataset(ds, recursive=True))
+        made.take_back()
         raise RestoreFailed(f"{exc} (what this restore made was removed again; the received datasets were "
                             "never changed)") from exc
     return done

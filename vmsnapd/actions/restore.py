@@ -52,7 +52,7 @@ from vmsnapd.asides import (
 )
 from vmsnapd.clonexml import clone_domain_xml
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
-from vmsnapd.ports import HypervisorPort
+from vmsnapd.ports import HypervisorPort, ZfsPort
 from vmsnapd.names import (
     ASIDE_MARK,
     aside_name,
@@ -687,14 +687,10 @@ def execute_drop(ctx: Context, plan: AsidePlan) -> list[str]:
 def _restore_clone(ctx: Context, plan: RestorePlan, done: list[str]) -> list[str]:
     hv, zfs = ctx.hypervisor, ctx.zfs
     source_mounts = {ds: info.mountpoint for ds, info in zfs.list_tree(plan.datasets).datasets.items()}
-    made: list[str] = []
-    defined = False
+    made = MadeByRestore(hv, zfs)
     try:
-        for ds, clone_ds in plan.clone_datasets.items():
-            zfs.clone(ds, plan.snapshot, clone_ds)
-            made.append(clone_ds)
-            done.append(f"cloned {ds}@{plan.snapshot} as {clone_ds}")
-        cloned = zfs.list_tree(made).datasets
+        made.clone(plan.clone_datasets, plan.snapshot, done)
+        cloned = zfs.list_tree(made.datasets).datasets
         xml = None
         if plan.ram_dump:
             dump = next((d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump), None)
@@ -703,19 +699,42 @@ def _restore_clone(ctx: Context, plan: RestorePlan, done: list[str]) -> list[str
                     if source_mounts.get(ds) and c in cloned and cloned[c].mountpoint}
         if len(path_map) != len(plan.clone_datasets):
             raise RestoreFailed("a dataset or its clone is not mounted: cannot point the clone's disks at it")
-        hv.define(clone_domain_xml(xml or hv.xml(plan.domain, inactive=True), plan.clone, path_map))
-        defined = True
+        made.define(clone_domain_xml(xml or hv.xml(plan.domain, inactive=True), plan.clone, path_map), plan.clone)
         done.append(f"defined domain {plan.clone}")
         hv.start(plan.clone)
         done.append(f"booted {plan.clone}")
     except (ZfsError, HypervisorError, RestoreFailed) as exc:
         # Half a clone is worse than none: take back what this restore made, never anything else.
-        if defined:
-            take_back(lambda: hv.undefine(plan.clone))
-        for clone_ds in reversed(made):
-            take_back(lambda ds=clone_ds: zfs.destroy_dataset(ds))
+        made.take_back()
         raise RestoreFailed(f"{exc} (the partial clone was removed)") from exc
     return done
+
+
+@dataclass
+class MadeByRestore:
+    """The clones and the definition a restore onto clones (`--clone`, or on a backup host) has made so far:
+    exactly what a failure takes back."""
+
+    hv: HypervisorPort
+    zfs: ZfsPort
+    datasets: list[str] = field(default_factory=list)
+    domain: str | None = None
+
+    def clone(self, clone_datasets: dict[str, str], snapshot: str, done: list[str]) -> None:
+        for ds, clone_ds in clone_datasets.items():
+            self.zfs.clone(ds, snapshot, clone_ds)
+            self.datasets.append(clone_ds)
+            done.append(f"cloned {ds}@{snapshot} as {clone_ds}")
+
+    def define(self, xml: str, domain: str) -> None:
+        self.hv.define(xml)
+        self.domain = domain
+
+    def take_back(self) -> None:
+        if self.domain is not None:
+            take_back(lambda: self.hv.undefine(self.domain))
+        for clone_ds in reversed(self.datasets):
+            take_back(lambda ds=clone_ds: self.zfs.destroy_dataset(ds, recursive=True))
 
 
 def take_back(action: Callable[[], object]) -> None:
