@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
 import lab as labmod  # tests/lab/lab.py
+
+# Tests never assert timings (the machine is shared and noisy): no per-example deadline and no "too slow" health
+# check for the property-based tests; an explicit @settings still sets its own example count.
+settings.register_profile("vmsnapd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("vmsnapd")
 
 LAB_REQUIRED = os.environ.get("VMSNAPD_LAB_REQUIRED") == "1"
 _lab_state: dict = {}
