@@ -133,7 +133,27 @@ def group_targets(policies: dict[str, DatasetPolicy], facts: TargetFacts) -> lis
         by_domain[domain] = target
         absorbed.update(target.datasets)
     targets += [Target(policy=policy, datasets=[name]) for name, policy in policies.items() if name not in absorbed]
+    _refuse_shared_datasets(targets)
     return targets
+
+
+def _refuse_shared_datasets(targets: list[Target]) -> None:
+    """A dataset holding disks of two VMs cannot be snapshotted at each VM's own instant: the second cycle would
+    find the snapshot taken at the first VM's instant and pair its RAM dump with it, and restoring one VM would
+    roll back the other's disk. Both VMs' cycles fail, saying so, before anything is touched."""
+    holders: dict[str, list[Target]] = {}
+    for target in targets:
+        if target.domain is not None:
+            for dataset in target.datasets:
+                holders.setdefault(dataset, []).append(target)
+    for dataset, sharing in holders.items():
+        if len(sharing) < 2:
+            continue
+        names = ", ".join(sorted(t.domain for t in sharing))
+        for target in sharing:
+            problem = (f"dataset {dataset} holds disks of several VMs ({names}): one snapshot of it cannot be each "
+                       "VM's own instant; give each VM's disks a dataset of their own")
+            target.error = f"{target.error}; {problem}" if target.error else problem
 
 
 def _vm_target(name: str, policy: DatasetPolicy, domain: str, facts: TargetFacts,

@@ -440,3 +440,22 @@ def test_a_domain_that_does_not_exist_fails_alone(lab, dataset_factory, vmsnapd_
     assert lab.snapshot_names(ghost_ds.name) == []
     assert len(lab.snapshot_names(plain_ds.name)) == 1
     assert _journal(env) == []
+
+
+def test_a_dataset_holding_disks_of_two_vms_is_refused_for_both(lab, dataset_factory, vmsnapd_env):
+    """db has a second disk on web's dataset: neither VM is snapshotted (one snapshot of that dataset cannot be
+    both VMs' instant) and the pass fails saying why. Refused while planning, so the guests need not run (the old
+    code took plain snapshots of shut-off VMs on that dataset twice over, and of running ones at one instant)."""
+    web_ds, db_ds = dataset_factory(), dataset_factory()
+    web = lab.create_vm(web_ds, start=False)
+    db = lab.create_vm([db_ds, web_ds], start=False)
+    env = vmsnapd_env
+    env.datasets[web_ds.name] = {**ONE_HOURLY, "domain": web.name}
+    env.datasets[db_ds.name] = {**ONE_HOURLY, "domain": db.name}
+
+    proc = env.run("once", "--take", expect=1)
+
+    assert f"dataset {web_ds.name} holds disks of several VMs" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert lab.snapshot_names(web_ds) == [] and lab.snapshot_names(db_ds) == []
+    for vm in (web, db):
+        _assert_vm_back_on_base(lab, vm, env, state=libvirt.VIR_DOMAIN_SHUTOFF)

@@ -67,3 +67,17 @@ def test_a_vm_takes_in_the_datasets_of_its_disks() -> None:
 ])
 def test_grouping(policies: dict, gathered: TargetFacts, expected: list) -> None:
     assert summary(group_targets(policies, gathered)) == expected
+
+
+def test_a_dataset_holding_disks_of_two_vms_fails_both_before_anything_is_touched() -> None:
+    db, db_vda, db_vdb = "tank/VM/db", disk("vda", "/tank/VM/db/vda.img"), disk("vdb", "/tank/VM/web/db-vdb.img")
+    gathered = TargetFacts(domains={"web", "db"}, vms={
+        "web": VmFacts(disks=[VDA], disk_datasets={VDA.source: WEB}),
+        "db": VmFacts(disks=[db_vda, db_vdb], disk_datasets={db_vda.source: db, db_vdb.source: WEB})})
+    problem = (f"dataset {WEB} holds disks of several VMs (db, web): one snapshot of it cannot be each VM's own "
+               "instant; give each VM's disks a dataset of their own")
+    assert summary(group_targets({WEB: policy(WEB), db: policy(db), PLAIN: policy(PLAIN)}, gathered)) == [
+        (WEB, "web", [WEB], ["vda"], [], problem),
+        (db, "db", [db, WEB], ["vda", "vdb"], [], problem),
+        (PLAIN, None, [PLAIN], [], [], None),
+    ]
