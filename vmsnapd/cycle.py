@@ -146,7 +146,9 @@ class Cycle:
                 self._still_there(plan)
                 self._vm(plan, rec)
             rec.enter(CycleState.DONE)
-            outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names]
+            # What this cycle took: a name that existed already is someone else's snapshot (warned about).
+            outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names
+                                 if f"{ds}@{n}" in rec.taken]
             rec.finish()
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             self._failed(rec, outcome, exc)
@@ -411,6 +413,13 @@ class Cycle:
         rec.enter(CycleState.SNAPSHOTTED)
 
     def _keep_dump_or_say_why(self, rec: Recorder) -> None:
+        if not self._names_taken(rec):
+            # Every name existed already, taken at another instant: no snapshot holds this RAM's disks.
+            rec.discard(rec.record.ram_file)
+            rec.note(ram_file=None)
+            rec.warn("memory", "no snapshot was taken at this cycle's instant (its names existed already): "
+                               "RAM dump discarded")
+            return
         try:
             self._keep_dump(rec)
         except (RamStoreError, OSError) as exc:
@@ -419,13 +428,16 @@ class Cycle:
             problem = f"RAM dump could not be stored in {self.env.ram_store.ram_dir}: {exc}"
             self._say(rec, "memory", kept_dump_failed(problem, self.target.policy.on_memory_failure), exc)
 
+    def _names_taken(self, rec: Recorder) -> list[str]:
+        return [n for n in self.names if f"{self.target.datasets[0]}@{n}" in rec.taken]
+
     def _keep_dump(self, rec: Recorder) -> None:
         domain = self.target.domain
         info = RamDumpInfo(
             domain=domain,
             stamp=rec.record.stamp,
             datasets=list(self.target.datasets),
-            snapshot_names=self.names,
+            snapshot_names=self._names_taken(rec),  # never one taken at another instant
             # The definition read at the start (the domain may have vanished since; the dump still matches).
             domain_xml=self.domain_xml or self.env.hypervisor.xml(domain, inactive=True),
             disks=[DumpDisk(target=d.target, source=d.source,

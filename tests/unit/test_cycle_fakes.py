@@ -627,3 +627,19 @@ def test_recover_after_a_crash_on_the_overlay_when_the_domain_went_away(tmp_path
     assert host.records() == [] and host.overlay_files() == []
     if gone == "shut_off":
         assert_safe(host, state=SHUTOFF)
+
+
+def test_a_ram_dump_is_never_paired_with_a_snapshot_the_cycle_did_not_take(tmp_path):
+    """The cycle's snapshot name exists already (taken at another instant: another tool, another cycle): that
+    snapshot does not hold the disks of this cycle's instant, so the RAM dump of this instant must not claim it."""
+    host = make_host(tmp_path)
+    host.zfs.snapshots.append(SNAP)
+
+    outcome = host.cycle()
+
+    assert outcome.ok, outcome.error
+    assert outcome.snapshots == [] and host.zfs.snapshots == [SNAP]
+    assert host.dumps() == []
+    assert any("already exists" in w for w in outcome.warnings), outcome.warnings
+    assert any("RAM dump discarded" in w for w in outcome.warnings), outcome.warnings
+    assert_safe(host)
