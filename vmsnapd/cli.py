@@ -15,7 +15,8 @@ from vmsnapd import __version__
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
 from vmsnapd.report import PassReport, TargetOutcome
-from vmsnapd.config import ConfigError, load_config, read_regular_file, resolve
+from vmsnapd.config import ConfigError, group_members, load_config, read_regular_file, resolve, table_policy
+from vmsnapd.groupplan import group_report
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging
 from vmsnapd.progress import progress_on_tty
@@ -264,18 +265,20 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     ctx = _build_context(args, dry_run=args.dry_run)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait), progress_on_tty(ctx.config.daemon.libvirt_uri,
                                                                          [args.target, *_likely_domains(ctx)]):
-        outcome = take_now(ctx, ctx.survey(), args.target, args.period)
-        if outcome is not None:
-            record_results(ctx, PassReport(outcomes=[outcome]))
-    if outcome is None:
+        outcomes = take_now(ctx, ctx.survey(), args.target, args.period)
+        if outcomes is not None:
+            record_results(ctx, PassReport(outcomes=outcomes))
+    if outcomes is None:
         print(f"vmsnapd: {args.target} is neither a dataset managed by {args.config} nor the domain of one",
               file=sys.stderr)
         return EX_FAILED
-    if args.json:
-        _print_json(outcome.model_dump(mode="json"))
+    if args.json:  # one document; a VM group's members (docs/groups.md): a list of them
+        _print_json([o.model_dump(mode="json") for o in outcomes] if len(outcomes) > 1
+                    else outcomes[0].model_dump(mode="json"))
     else:
-        print(_outcome_line(outcome))
-    return EX_OK if outcome.ok else EX_FAILED
+        for outcome in outcomes:
+            print(_outcome_line(outcome))
+    return EX_OK if all(o.ok for o in outcomes) else EX_FAILED
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -298,9 +301,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
         print(f"vmsnapd: warning: {args.config} has no [datasets.\"…\"] table: it manages no dataset",
               file=sys.stderr)
+    groups = {group: [(table, table_policy(config, table).method) for table in tables]
+              for group, tables in group_members(config).items()}
     if args.json:
         _print_json({"config": args.config, "valid": True, "source": where,
-                     "datasets": {name: p.model_dump(mode="json", exclude={"name"}) for name, p in policies.items()}})
+                     "datasets": {name: p.model_dump(mode="json", exclude={"name"}) for name, p in policies.items()},
+                     "groups": {group: [table for table, _ in members] for group, members in groups.items()}})
         return EX_OK
     print(f"{args.config}: valid. Resolved policy for {len(policies)} dataset(s) ({where}):")
     for name, policy in policies.items():
@@ -308,6 +314,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"\n[{name}]")
         for key, value in data.items():
             print(f"  {key} = {json.dumps(value, default=str)}")
+    if groups:
+        print("\nVM groups (docs/groups.md):")
+        for line in group_report(groups):
+            print(f"  {line}")
     return EX_OK
 
 

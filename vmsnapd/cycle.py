@@ -79,6 +79,9 @@ class Cycle:
         self.names = snapshot_names(stamp, periods)
         self.prefix = dry_run_prefix(env.dry_run)
         self.domain_xml: str | None = None  # the inactive definition, read once when the cycle saves it
+        # A VM group's cycle (vmsnapd.groupcycle) takes the snapshot for all its members at once: set, it replaces
+        # this cycle's own zfs snapshot step (it records what was taken and enters `snapshotted`, or raises).
+        self.snapshot_step: Callable[[Recorder], None] | None = None
 
     # -- entry -----------------------------------------------------------------------------------------------
 
@@ -391,6 +394,9 @@ class Cycle:
         rec.enter(CycleState.XML_SAVED)
 
     def _snapshot_datasets(self, rec: Recorder, *, atomic_needed: bool) -> None:
+        if self.snapshot_step is not None:
+            self.snapshot_step(rec)
+            return
         datasets = self.target.datasets
         subtree = subtree_root(datasets, self.env.listing.datasets)
         for name in self.names:
