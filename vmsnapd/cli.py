@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-aside", action="store_true",
                    help="destroy the state the last in-place restore of TARGET set aside (no SNAPSHOT)")
     p.add_argument("--clone", metavar="NAME", help="restore into a new VM NAME on clones, leaving the original alone")
+    p.add_argument("--group", action="store_true",
+                   help="TARGET is a VM group (or a member of one): restore every member to SNAPSHOT together")
     p.add_argument("--no-memory", action="store_true", help="boot from the disks, ignoring the RAM dump")
     p.add_argument("--force-stop", action="store_true", help="power the VM off if it does not shut down when asked")
     p.add_argument("--yes", action="store_true",
@@ -436,6 +438,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.snapshot is None:
         print("vmsnapd: restore needs SNAPSHOT (or --undo / --drop-aside)", file=sys.stderr)
         return EX_USAGE
+    if args.group:
+        return _cmd_restore_group(args)
     ctx = _build_context(args)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         try:
@@ -474,6 +478,49 @@ def _print_plan(plan) -> None:
         print(f"  verified: {line}")
     for name in plan.newer_snapshots_kept_aside:
         print(f"    kept aside (newer): {name}")
+    for note in plan.notes:
+        print(f"  note: {note}")
+
+
+def _cmd_restore_group(args: argparse.Namespace) -> int:
+    """`restore --group TARGET SNAPSHOT`: every member of a VM group, verified first, restored together."""
+    from vmsnapd.actions.group_restore import execute_group_restore, plan_group_restore
+    from vmsnapd.actions.restore import RestoreFailed
+
+    if args.clone:
+        print("vmsnapd: restore --group does not take --clone (clone the members one by one)", file=sys.stderr)
+        return EX_USAGE
+    ctx = _build_context(args)
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
+        try:
+            gplan = plan_group_restore(ctx, args.target, args.snapshot, no_memory=args.no_memory,
+                                       force_stop=args.force_stop)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore refused: {exc}", file=sys.stderr)
+            return EX_FAILED
+        result: dict[str, object] = {"plan": gplan.model_dump(mode="json"), "carried_out": False}
+        if not args.json:
+            print(f"restore of group {gplan.group} ({', '.join(gplan.domains)}) to {gplan.snapshot}, every member "
+                  "verified first:")
+            for plan in gplan.plans:
+                _print_plan(plan)
+        if not args.yes:
+            print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
+            code = EX_PLAN_ONLY
+        else:
+            try:
+                with progress_on_tty(ctx.config.daemon.libvirt_uri, gplan.domains):
+                    result["done"] = execute_group_restore(ctx, gplan)
+                result["carried_out"], code = True, EX_OK
+            except RestoreFailed as exc:
+                print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
+                result["error"], code = str(exc), EX_FAILED
+    if args.json:
+        _print_json(result)
+    else:
+        for line in result.get("done", []):
+            print(f"done: {line}")
+    return code
 
 
 def _cmd_restore_aside(args: argparse.Namespace) -> int:

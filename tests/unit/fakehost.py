@@ -306,7 +306,7 @@ class FakeHypervisor(Faults):
         self._call("start", name)
         self._get(name).state = RUNNING
 
-    def restore_memory(self, memory_file: str, domain_xml: str | None = None) -> None:
+    def restore_memory(self, memory_file: str, domain_xml: str | None = None, *, paused: bool = False) -> None:
         self._call("restore_memory", memory_file, domain_xml)
 
     def define(self, xml: str) -> str:

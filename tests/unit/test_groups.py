@@ -307,3 +307,91 @@ def test_a_crash_at_the_barrier_leaves_records_that_recover_resumes(tmp_path):
         ("app", "frozen", True), ("db", "frozen", True)]
     host.recover()
     assert_all_running(host)
+
+
+# -- restore of a group (fakehost.TreeZfs: clone, promote, rename as real ZFS does them) ---------------------------
+
+S1 = "autosnap_2026-11-29_01:00:00_hourly"
+S2 = "autosnap_2026-11-29_02:00:00_hourly"
+
+
+def restore_host(tmp_path, *, state=SHUTOFF, db_snaps=(S1, S2)):
+    from datetime import datetime, timezone
+
+    from fakehost import TreeZfs
+    from vmsnapd.actions.context import Context
+
+    zfs = TreeZfs(tmp_path / "mnt", {"tank": [], "tank/VM": [], "tank/VM/app": [S1, S2],
+                                     "tank/VM/db": list(db_snaps)})
+    hv = FakeHypervisor()
+    text = (f'[daemon]\noverlay_dir = "{tmp_path}/overlay"\nstate_dir = "{tmp_path}/state"\n'
+            f'ram_dir = "{tmp_path}/ram"\n')
+    for name in ("app", "db"):
+        hv.add(name, {"vda": f"{zfs.mountpoint_of(f'tank/VM/{name}')}/{name}-vda.img"}, state=state)
+        text += f'[datasets."tank/VM/{name}"]\ndomain = "{name}"\ngroup = "shop"\n'
+    ctx = Context(config=parse_config(text), config_path=tmp_path / "vmsnapd.toml", runner=Runner(), zfs=zfs,
+                  now=lambda: datetime(2026, 11, 30, 1, 2, 3, tzinfo=timezone.utc), _hypervisor=hv)
+    return ctx, zfs, hv
+
+
+def test_restoring_one_member_alone_names_the_others(tmp_path):
+    from vmsnapd.actions.restore import plan_restore
+
+    ctx, _zfs, _hv = restore_host(tmp_path)
+    plan = plan_restore(ctx, "app", S1, clone=None, no_memory=True, force_stop=False)
+    assert plan.notes == [f"app is in group shop with db: restoring app alone brings it back to a different instant "
+                          f"than them; `vmsnapd restore --group shop {S1}` restores them together"]
+
+
+def test_a_group_restore_verifies_every_member_before_touching_any(tmp_path):
+    from vmsnapd.actions.group_restore import plan_group_restore
+    from vmsnapd.actions.restore import RestoreFailed
+
+    ctx, zfs, hv = restore_host(tmp_path, db_snaps=(S2,))
+    before = zfs.state()
+    with pytest.raises(RestoreFailed, match=f"group shop: db: snapshot {S1} does not exist on tank/VM/db; nothing"):
+        plan_group_restore(ctx, "app", S1, no_memory=True, force_stop=False)
+    with pytest.raises(RestoreFailed, match="is neither a VM group nor a member"):
+        plan_group_restore(ctx, "nope", S1, no_memory=True, force_stop=False)
+    assert zfs.state() == before and hv.verbs("destroy", "start") == []
+
+
+def test_a_group_restore_restores_every_member_and_each_can_be_undone(tmp_path):
+    from vmsnapd.actions.group_restore import execute_group_restore, plan_group_restore
+    from vmsnapd.actions.restore import execute_undo, load_records, plan_undo
+
+    ctx, zfs, hv = restore_host(tmp_path, state=RUNNING)
+    before = zfs.state()
+    gplan = plan_group_restore(ctx, "shop", S1, no_memory=True, force_stop=True)
+    assert gplan.domains == ["app", "db"] and all(not p.notes for p in gplan.plans)
+
+    done = execute_group_restore(ctx, gplan)
+
+    assert [c for c in hv.verbs("destroy", "start")] == [("destroy", "app"), ("destroy", "db"), ("start", "app"),
+                                                         ("start", "db")]
+    assert "booted app (no RAM dump for it)" in done
+    assert all(zfs.sets[f"tank/VM/{n}"].snapshots == [S1] for n in ("app", "db"))
+    assert sorted(load_records(ctx.state_dir).records) == ["app", "db"]
+    for name in ("app", "db"):  # --undo per member keeps working
+        hv.domains[name].state = SHUTOFF
+        execute_undo(ctx, plan_undo(ctx, name))
+    assert zfs.state() == before
+
+
+def test_a_member_failing_its_swap_takes_the_done_ones_back(tmp_path):
+    from vmsnapd.actions.group_restore import execute_group_restore, plan_group_restore
+    from vmsnapd.actions.restore import RestoreFailed, load_records
+
+    ctx, zfs, hv = restore_host(tmp_path, state=RUNNING)
+    before = zfs.state()
+    gplan = plan_group_restore(ctx, "db", S1, no_memory=True, force_stop=True)
+    zfs.fail("promote", None, ZfsError("promote: pool I/O error", "tank/VM/db"))  # app's passes, db's fails
+
+    with pytest.raises(RestoreFailed) as err:
+        execute_group_restore(ctx, gplan)
+
+    assert str(err.value).startswith("group shop: db: promote: pool I/O error"), str(err.value)
+    assert "the members done before were taken back: taking back app — undone: put back tank/VM/app" in str(err.value)
+    assert zfs.state() == before
+    assert load_records(ctx.state_dir).records == {}
+    assert {n: d.state for n, d in hv.domains.items()} == {"app": RUNNING, "db": RUNNING}  # booted again
