@@ -77,6 +77,9 @@ class DaemonSettings(StrictModel):
     zfs_jobs: int = Field(8, ge=1, le=64, description="Datasets whose zfs work runs at once: snapshots of "
                           "datasets with no VM (domain = \"none\") and prune's destroys (each one's oldest first); "
                           "1: one after the other, like sanoid (docs/pruning.md, Speed).")
+    group_timeout: Seconds = Field(300, description="Seconds the members of a VM group held still wait for the "
+                                   "slowest member's hold (its live RAM copy included) before the group gives up "
+                                   "without a snapshot and every member resumes (docs/groups.md).")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout "
                                   "says otherwise (finite, more than 0).")
     metrics_listen: str = Field(

@@ -5,7 +5,7 @@ finishes on its own (RAM dump kept, thaw, journal `done`). Every member keeps it
 `vmsnapd recover` resumes a member a crash left paused at the barrier as it would a lone cycle.
 
 A member that ends before the barrier (planning error, hook, domain gone, hold failed) breaks it: no member is
-snapshotted, all resume. The barrier times out (GroupEnv.timeout_s): never a hang with guests paused.
+snapshotted, all resume. The barrier times out (`[daemon] group_timeout`): never a hang with guests paused.
 """
 
 from __future__ import annotations
@@ -26,11 +26,6 @@ from vmsnapd.report import TargetOutcome
 from vmsnapd.zfs import SnapshotExists
 
 log = logging.getLogger(__name__)
-
-# Seconds the first member held still waits for the others (their live RAM precopy included) before the
-# group gives up without a snapshot and every member resumes.
-BARRIER_TIMEOUT_S = 300.0
-
 
 class GroupStep:
     """The barrier and the one snapshot step of a group's cycle: `arrive` (a member's cycle, held still, in place
@@ -128,7 +123,7 @@ class GroupCycle:
     """One group's members, each in its own thread (not counted in max_parallel: they must be held still at
     once), meeting at one GroupStep."""
 
-    def __init__(self, env: CycleEnv, unit: Unit, stamp: datetime, timeout_s: float = BARRIER_TIMEOUT_S):
+    def __init__(self, env: CycleEnv, unit: Unit, stamp: datetime, timeout_s: float):
         self.env = env
         self.unit = unit
         self.cycles = [Cycle(env, target, periods, stamp) for target, periods in unit.members]

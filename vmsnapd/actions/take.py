@@ -91,7 +91,7 @@ def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]
     cycles = [Cycle(env, *unit.members[0], stamp) for unit in units if not unit.group]
     plain = [c for c in cycles if not c.target.domain]
     vms: list[Cycle | GroupCycle] = [c for c in cycles if c.target.domain]
-    vms += [GroupCycle(env, unit, stamp) for unit in units if unit.group]
+    vms += [GroupCycle(env, unit, stamp, ctx.config.daemon.group_timeout) for unit in units if unit.group]
     outcomes = ordered_map(lambda c: c.run(), plain, ctx.config.daemon.zfs_jobs, "take")  # datasets side by side
     if vms:
         with ThreadPoolExecutor(max_workers=ctx.config.daemon.max_parallel, thread_name_prefix="cycle") as pool:
