@@ -132,8 +132,8 @@ class GroupCycle:
             cycle.snapshot_step = partial(self.step.arrive, _member(cycle))
 
     def run(self) -> list[TargetOutcome]:
-        for note in self.unit.notes:
-            log.warning("%s", note)
+        for note in self.unit.notes:  # a configured choice, said by `config check` too: not a warning every pass
+            log.info("%s", note)
         log.info("group %s: %s held still together", self.unit.group,
                  ", ".join(c.target.domain or c.target.name for c in self.cycles))
         with ThreadPoolExecutor(max_workers=len(self.cycles), thread_name_prefix=f"group-{self.unit.group}") as pool:
