@@ -79,8 +79,10 @@ class Cycle:
         self.names = snapshot_names(stamp, periods)
         self.prefix = dry_run_prefix(env.dry_run)
         self.domain_xml: str | None = None  # the inactive definition, read once when the cycle saves it
-        # A VM group's cycle (vmsnapd.groupcycle) takes the snapshot for all its members at once: set, it replaces
-        # this cycle's own zfs snapshot step (it records what was taken and enters `snapshotted`, or raises).
+        # A VM group's cycle (vmsnapd.groupcycle): `before_hold` waits until every member is ready to be held
+        # (nothing paused yet), and `snapshot_step` replaces this cycle's own zfs snapshot step with the group's
+        # one step for all members (it records what was taken and enters `snapshotted`, or raises).
+        self.before_hold: Callable[[Recorder], None] | None = None
         self.snapshot_step: Callable[[Recorder], None] | None = None
 
     # -- entry -----------------------------------------------------------------------------------------------
@@ -213,7 +215,12 @@ class Cycle:
     def _plain(self, rec: Recorder) -> None:
         if self.target.domain:
             self._save_domain_xml(rec)
+        self._ready_to_hold(rec)
         self._snapshot_datasets(rec, atomic_needed=True)
+
+    def _ready_to_hold(self, rec: Recorder) -> None:
+        if self.before_hold is not None:
+            self.before_hold(rec)
 
     # -- running or paused VM -------------------------------------------------------------------------
 
@@ -230,6 +237,7 @@ class Cycle:
         memory_file = self._memory_file(rec) if plan.memory else None
         hold = hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
                         live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
+        self._ready_to_hold(rec)
         with self.env.hypervisor.watch_pauses(self.target.domain) as pauses:
             snapshot_error, unfreeze_error = self._hold_and_snapshot(plan, rec, hold)
         rec.enter(CycleState.UNFROZEN if unfreeze_error is None else rec.state, pause_ms=pauses.paused_ms())

@@ -1,7 +1,9 @@
 """A VM group's cycle (docs/groups.md): the members' cycles run side by side, each as a lone cycle does up to its
-hold (domain XML saved, quiesced when configured, guest paused, journal `frozen`), then meet at a barrier. When
-every member is held still, ONE step snapshots every dataset of every member; then each member resumes and
-finishes on its own (RAM dump kept, thaw, journal `done`). Every member keeps its own journal record, so
+hold (planned, pre_snapshot hook, domain XML saved). They meet at a first barrier, `ready`, so that every member
+starts its hold (quiesce, live RAM copy, pause) at the same moment and a member failing before it pauses nobody.
+Then each is held still (guest paused, journal `frozen`) and they meet at the second barrier. When every member
+is held still, ONE step snapshots every dataset of every member; then each member resumes and finishes on its own
+(RAM dump kept, thaw, journal `done`). Every member keeps its own journal record, so
 `vmsnapd recover` resumes a member a crash left paused at the barrier as it would a lone cycle.
 
 A member that ends before the barrier (planning error, hook, domain gone, hold failed) breaks it: no member is
@@ -41,17 +43,29 @@ class GroupStep:
         self._lock = threading.Lock()
         self._arrived: set[str] = set()
         self._failure: tuple[str, str] | None = None  # (member, reason): the first member that failed
-        self._late: list[str] | None = None  # the members not held still when the barrier broke
+        self._late: tuple[list[str], str] | None = None  # who was late for which barrier when it broke
         self.ran = False  # the step ran (whatever it gave)
         self.error: Exception | None = None  # the zfs step failed
         self.taken: list[str] = []  # snapshot names taken on every dataset of the group
         self.atomic = True
         self.warnings: list[str] = []
+        self._ready: set[str] = set()
+        self._start = threading.Barrier(len(cycles), timeout=timeout_s)
         self._barrier = threading.Barrier(len(cycles), action=self._snapshot_all, timeout=timeout_s)
 
     @property
     def datasets(self) -> list[str]:
         return [ds for cycle in self.cycles for ds in cycle.target.datasets]
+
+    def ready(self, member: str, rec: Recorder) -> None:
+        """`member` is about to be held still: wait until every member is (nothing is paused yet)."""
+        with self._lock:
+            self._ready.add(member)
+        try:
+            self._start.wait()
+        except threading.BrokenBarrierError:
+            raise CycleFailed(self.abort_reason()) from None
+        rec.log(logging.INFO, "group", f"group {self.group}: every member ready, holding {member} still")
 
     def arrive(self, member: str, rec: Recorder) -> None:
         with self._lock:
@@ -77,8 +91,9 @@ class GroupStep:
         with self._lock:
             if self.ran or member in self._arrived:  # it took part: the barrier broke without it
                 return
-            if self._failure is None:
+            if self._failure is None and not (member in self._ready and self._start.broken):
                 self._failure = (member, reason)
+        self._start.abort()
         self._barrier.abort()
 
     def abort_reason(self) -> str:
@@ -86,8 +101,10 @@ class GroupStep:
             if self._failure is not None:
                 return member_failed(self.group, *self._failure)
             if self._late is None:
-                self._late = [_member(c) for c in self.cycles if _member(c) not in self._arrived]
-            return timed_out(self.group, self._late, self.timeout_s)
+                waited = self._ready if self._start.broken else self._arrived
+                phase = "ready" if self._start.broken else "held still"
+                self._late = ([_member(c) for c in self.cycles if _member(c) not in waited], phase)
+            return timed_out(self.group, *self._late, self.timeout_s)
 
     def failed_member(self) -> str | None:
         with self._lock:
@@ -129,6 +146,7 @@ class GroupCycle:
         self.cycles = [Cycle(env, target, periods, stamp) for target, periods in unit.members]
         self.step = GroupStep(unit.group, self.cycles, env, timeout_s)
         for cycle in self.cycles:
+            cycle.before_hold = partial(self.step.ready, _member(cycle))
             cycle.snapshot_step = partial(self.step.arrive, _member(cycle))
 
     def run(self) -> list[TargetOutcome]:

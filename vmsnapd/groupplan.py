@@ -68,10 +68,11 @@ def member_failed(group: str, member: str, reason: str) -> str:
     return f"group {group}: no snapshot, member {member} failed: {reason}"
 
 
-def timed_out(group: str, waiting_for: Sequence[str], seconds: float) -> str:
-    """What the members report when the group's step timed out waiting for some members to be held still."""
+def timed_out(group: str, waiting_for: Sequence[str], phase: str, seconds: float) -> str:
+    """What the members report when the group timed out waiting for some members to be `phase` ("ready" to be held
+    still, or "held still")."""
     late = ", ".join(waiting_for) or "a member"
-    return f"group {group}: no snapshot, timed out after {seconds:g} s waiting for {late} to be held still"
+    return f"group {group}: no snapshot, timed out after {seconds:g} s waiting for {late} to be {phase}"
 
 
 def group_report(groups: dict[str, list[tuple[str, str]]]) -> list[str]:

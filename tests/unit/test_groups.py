@@ -249,6 +249,8 @@ def test_a_member_failing_before_the_step_leaves_every_member_unsnapshotted_and_
     assert why in errors.get("db", errors.get("ghost")), errors
     assert errors["app"].startswith("group shop: no snapshot, member " + ("ghost" if point == "no domain" else "db"))
     assert host.zfs.snapshots == [] and all(not o.snapshots for o in outcomes)
+    if point in ("pre hook", "no domain"):  # failed before the members were held: nobody was paused
+        assert host.hv.verbs("snapshot_manual", "suspend") == []
     assert host.hv.domains["app"].state == RUNNING
     assert host.hv.domains["db"].state == (SHUTOFF if point == "domain gone" else RUNNING)
     assert host.records() == []
@@ -263,6 +265,17 @@ def test_the_barrier_times_out_and_every_member_resumes(tmp_path):
     assert {o.domain: o.error for o in outcomes} == {
         d: "group shop: no snapshot, timed out after 0.1 s waiting for db to be held still" for d in ("app", "db")}
     assert host.zfs.snapshots == []
+    assert_all_running(host)
+
+
+def test_a_member_late_before_its_hold_times_out_with_nobody_paused(tmp_path):
+    host = make_group_host(tmp_path, db={"hooks": {"pre_snapshot": ["/bin/sleep", "0.5"]}})
+
+    outcomes = run_group(host, timeout_s=0.1)
+
+    assert {o.domain: o.error for o in outcomes} == {
+        d: "group shop: no snapshot, timed out after 0.1 s waiting for db to be ready" for d in ("app", "db")}
+    assert host.hv.verbs("snapshot_manual", "suspend") == [] and host.zfs.snapshots == []
     assert_all_running(host)
 
 
