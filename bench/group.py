@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,16 +44,21 @@ def pauses_since(ram_dir: Path, seen: set[str]) -> dict[str, int]:
     return out
 
 
-def one_round(config: Path, name: str, ram_dir: Path, seen: set[str], expect: int) -> tuple[dict[str, int], float]:
+WAITED = re.compile(r"; (\S+) waited (\d+) ms held still for the others and the step")
+
+
+def one_round(config: Path, name: str, ram_dir: Path, seen: set[str],
+              expect: int) -> tuple[dict[str, int], dict[str, int], float]:
+    """One `vmsnapd -v snapshot`: (pause per guest, a group member's wait at the barrier, wall time)."""
     t0 = time.monotonic()
-    proc = vmsnapd(config, "snapshot", name, "--period", "hourly", timeout=900)
+    proc = vmsnapd(config, "-v", "snapshot", name, "--period", "hourly", timeout=900)
     wall = time.monotonic() - t0
     check_ok(proc, f"vmsnapd snapshot {name}")
     got = pauses_since(ram_dir, seen)
     if len(got) != expect:
         raise BenchError(f"snapshot {name}: expected {expect} new RAM dump(s), found {got}")
     time.sleep(1.1)  # the next cycle's stamp (one per second)
-    return got, wall
+    return got, {m: int(ms) for m, ms in WAITED.findall(proc.stderr)}, wall
 
 
 def measure(root: Path, guests: dict, rounds: int) -> dict:
@@ -61,17 +68,21 @@ def measure(root: Path, guests: dict, rounds: int) -> dict:
                 b_ds.name: {**POLICY, "domain": b_vm.name, "group": "bench"}}
     config = lab.write_vmsnapd_config(root, datasets)
     seen: set[str] = set()
-    single, members, walls = [], {a_vm.name: [], b_vm.name: []}, {"single": [], "group": []}
+    single, walls = [], {"single": [], "group": []}
+    members: dict[str, list[int]] = {a_vm.name: [], b_vm.name: []}
+    waits: dict[str, list[int]] = {a_vm.name: [], b_vm.name: []}
     for i in range(rounds):
-        got, wall = one_round(config, s_vm.name, root / "ram", seen, 1)
+        got, _, wall = one_round(config, s_vm.name, root / "ram", seen, 1)
         single.append(got[s_vm.name])
         walls["single"].append(wall)
-        got, wall = one_round(config, a_vm.name, root / "ram", seen, 2)
+        got, waited, wall = one_round(config, a_vm.name, root / "ram", seen, 2)
         for name, ms in got.items():
             members[name].append(ms)
+            waits[name].append(waited.get(name, -1))
         walls["group"].append(wall)
-        print(f"  round {i + 1}: single {single[-1]} ms; group {got} ms", flush=True)
-    return {"single": single, "members": members, "walls": walls}
+        print(f"  round {i + 1}: single {single[-1]} ms; group {got} ms, of which waiting at the barrier "
+              f"{waited} ms; load {os.getloadavg()[0]:.1f}", flush=True)
+    return {"single": single, "members": members, "barrier_wait": waits, "walls": walls}
 
 
 def start_guests(pool) -> dict:
@@ -118,6 +129,8 @@ def main() -> int:
         worst_ratio = max(worst_ratio, ratio)
         rows.append((f"  member {name}", "", f"{median(values):.0f}", f"{ratio:.2f}x", "<= 1.5x",
                      "met" if ratio <= 1.5 else "NOT met"))
+    for name, values in result["barrier_wait"].items():
+        rows.append((f"  of which {name} waited at the barrier", "", f"{median(values):.0f}", "", "", ""))
     rows.append(("pause max (ms)", max(result["single"]),
                  max(v for values in result["members"].values() for v in values), "", "", ""))
     rows.append(("snapshot command wall (s, median)", f"{median(result['walls']['single']):.1f}",

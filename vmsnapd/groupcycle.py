@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
@@ -71,10 +72,12 @@ class GroupStep:
         with self._lock:
             self._arrived.add(member)
         rec.log(logging.INFO, "group", f"group {self.group}: {member} held still, waiting for the group")
+        started = time.monotonic()
         try:
             self._barrier.wait()
         except threading.BrokenBarrierError:
             raise CycleFailed(self.abort_reason()) from None
+        waited_ms = int((time.monotonic() - started) * 1000)
         if self.error is not None:
             raise CycleFailed(f"group {self.group}: no snapshot: {self.error}") from self.error
         datasets = next(c.target.datasets for c in self.cycles if _member(c) == member)
@@ -83,7 +86,8 @@ class GroupStep:
         how = ("in one zfs command" if self.atomic else
                "one by one (zfs-fuse takes one name per command; every member was paused, so one instant)")
         rec.log(logging.INFO, "group", f"group {self.group}: {len(self.datasets)} dataset(s) of {len(self.cycles)} "
-                                       f"VM(s) snapshotted {how}")
+                                       f"VM(s) snapshotted {how}; {member} waited {waited_ms} ms held still "
+                                       "for the others and the step")
         rec.enter(CycleState.SNAPSHOTTED)
 
     def withdraw(self, member: str, reason: str) -> None:
