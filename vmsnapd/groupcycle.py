@@ -51,7 +51,8 @@ class GroupStep:
         self.atomic = True
         self.warnings: list[str] = []
         self._ready: set[str] = set()
-        self._start = threading.Barrier(len(cycles), timeout=timeout_s)
+        self.started = False  # every member was ready: the holds began
+        self._start = threading.Barrier(len(cycles), action=self._all_ready, timeout=timeout_s)
         self._barrier = threading.Barrier(len(cycles), action=self._snapshot_all, timeout=timeout_s)
 
     @property
@@ -95,8 +96,8 @@ class GroupStep:
         with self._lock:
             if self.ran or member in self._arrived:  # it took part: the barrier broke without it
                 return
-            if self._failure is None and not (member in self._ready and self._start.broken):
-                self._failure = (member, reason)
+            if self._failure is None and not (member in self._ready and not self.started):
+                self._failure = (member, reason)  # (a member ready before the start broke is not the cause)
         self._start.abort()
         self._barrier.abort()
 
@@ -105,14 +106,18 @@ class GroupStep:
             if self._failure is not None:
                 return member_failed(self.group, *self._failure)
             if self._late is None:
-                waited = self._ready if self._start.broken else self._arrived
-                phase = "ready" if self._start.broken else "held still"
+                waited = self._arrived if self.started else self._ready
+                phase = "held still" if self.started else "ready"
                 self._late = ([_member(c) for c in self.cycles if _member(c) not in waited], phase)
             return timed_out(self.group, *self._late, self.timeout_s)
 
     def failed_member(self) -> str | None:
         with self._lock:
             return self._failure[0] if self._failure else None
+
+    def _all_ready(self) -> None:
+        with self._lock:
+            self.started = True
 
     def _snapshot_all(self) -> None:
         """Run by the last member to arrive, with every member held still: every dataset, one command per name
