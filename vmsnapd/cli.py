@@ -433,13 +433,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     `plan`, `carried_out`, and `done` (the steps done) or `error`."""
     from vmsnapd.actions.restore import RestoreFailed, execute_restore, plan_restore
 
+    if args.group:
+        return _cmd_restore_group(args)
     if args.undo or args.drop_aside:
         return _cmd_restore_aside(args)
     if args.snapshot is None:
         print("vmsnapd: restore needs SNAPSHOT (or --undo / --drop-aside)", file=sys.stderr)
         return EX_USAGE
-    if args.group:
-        return _cmd_restore_group(args)
     ctx = _build_context(args)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
         try:
@@ -487,8 +487,12 @@ def _cmd_restore_group(args: argparse.Namespace) -> int:
     from vmsnapd.actions.group_restore import execute_group_restore, plan_group_restore
     from vmsnapd.actions.restore import RestoreFailed
 
-    if args.clone:
-        print("vmsnapd: restore --group does not take --clone (clone the members one by one)", file=sys.stderr)
+    refused = ("--undo and --drop-aside work per member: name the member, without --group"
+               if args.undo or args.drop_aside else
+               "restore --group does not take --clone (clone the members one by one)" if args.clone else
+               "restore --group needs SNAPSHOT" if args.snapshot is None else None)
+    if refused:
+        print(f"vmsnapd: {refused}", file=sys.stderr)
         return EX_USAGE
     ctx = _build_context(args)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait):

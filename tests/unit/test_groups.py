@@ -408,3 +408,19 @@ def test_a_member_failing_its_swap_takes_the_done_ones_back(tmp_path):
     assert zfs.state() == before
     assert load_records(ctx.state_dir).records == {}
     assert {n: d.state for n, d in hv.domains.items()} == {"app": RUNNING, "db": RUNNING}  # booted again
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--undo"], "--undo and --drop-aside work per member"),
+    (["--drop-aside"], "--undo and --drop-aside work per member"),
+    (["--clone", "x"], "does not take --clone"),
+])
+def test_restore_group_usage_errors(tmp_path, capsys, extra, says):
+    from vmsnapd import cli
+
+    config = tmp_path / "vmsnapd.toml"
+    config.write_text(_config())
+    config.chmod(0o600)
+    snapshot = [] if extra[0] in ("--undo", "--drop-aside") else [S1]
+    assert cli.main(["restore", "--group", "shop", *snapshot, *extra, "-c", str(config)]) == cli.EX_USAGE
+    assert says in capsys.readouterr().err
