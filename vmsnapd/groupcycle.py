@@ -26,9 +26,13 @@ from vmsnapd.holdstill import CycleFailed
 from vmsnapd.journal import CycleState
 from vmsnapd.recorder import Recorder
 from vmsnapd.report import TargetOutcome
-from vmsnapd.zfs import SnapshotExists
+from vmsnapd.parallel import ordered_map
+from vmsnapd.zfs import OPENZFS, SnapshotExists, ZfsError
 
 log = logging.getLogger(__name__)
+
+# zfs-fuse: at most this many `zfs snapshot` commands of a group's step at once.
+SIDE_BY_SIDE_JOBS = 8
 
 class GroupStep:
     """The barrier and the one snapshot step of a group's cycle: `arrive` (a member's cycle, held still, in place
@@ -85,7 +89,8 @@ class GroupStep:
         rec.taken += [f"{ds}@{name}" for ds in datasets for name in self.taken]
         rec.warnings.extend(self.warnings)
         how = ("in one zfs command" if self.atomic else
-               "one by one (zfs-fuse takes one name per command; every member was paused, so one instant)")
+               "one command per dataset, side by side (zfs-fuse takes one name per command; every member was "
+               "paused, so one instant)")
         rec.log(logging.INFO, "group", f"group {self.group}: {len(self.datasets)} dataset(s) of {len(self.cycles)} "
                                        f"VM(s) snapshotted {how}; {member} waited {waited_ms} ms held still "
                                        "for the others and the step")
@@ -137,12 +142,39 @@ class GroupStep:
         try:
             if subtree:
                 self.env.zfs.snapshot_recursive(subtree, name)
+            elif len(datasets) > 1 and self.env.zfs.dialect != OPENZFS:
+                self._side_by_side(datasets, name)
+                self.atomic = False
             elif not self.env.zfs.snapshot(datasets, name):
                 self.atomic = False
         except SnapshotExists:
             self.warnings.append(f"{name} already exists on {','.join(datasets)}")
             return
         self.taken.append(name)
+
+    def _side_by_side(self, datasets: list[str], name: str) -> None:
+        """zfs-fuse takes one name per command but serves several at once (on the lab two take about as long as
+        one, where one after the other take twice as long): one command per dataset, side by side, while every
+        member is paused. All or nothing, as Zfs.snapshot's one-by-one path: when one fails, the ones taken here
+        are destroyed again, and the first error is raised."""
+        errors = ordered_map(partial(self._error_of_snapshot, name=name), datasets,
+                             min(len(datasets), SIDE_BY_SIDE_JOBS), "group-snapshot")
+        failed = [error for error in errors if error is not None]
+        if not failed:
+            return
+        for dataset, error in zip(datasets, errors, strict=True):
+            if error is None:
+                for snapshot, undo in self.env.zfs.destroy_snapshots(dataset, [name]).items():
+                    log.error("group %s: could not undo partial snapshot %s@%s: %s", self.group, dataset, snapshot,
+                              undo)
+        raise failed[0]
+
+    def _error_of_snapshot(self, dataset: str, name: str) -> ZfsError | None:
+        try:
+            self.env.zfs.snapshot([dataset], name)
+        except ZfsError as exc:
+            return exc
+        return None
 
 
 class GroupCycle:

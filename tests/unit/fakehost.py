@@ -321,6 +321,8 @@ class FakeHypervisor(Faults):
 class FakeZfs(Faults):
     """`zfs snapshot` and the listing a cycle reads, in memory."""
 
+    dialect = "openzfs"  # "zfs-fuse": a VM group's step takes one command per dataset (vmsnapd.groupcycle)
+
     def __init__(self, mounts: dict[str, Path]) -> None:
         super().__init__()
         self.mounts = mounts  # dataset -> its mountpoint
@@ -342,6 +344,12 @@ class FakeZfs(Faults):
         self.snapshots += names
         self.done("snapshot")
         return True
+
+    def destroy_snapshots(self, dataset: str, snapnames) -> dict:
+        self.calls.append(("destroy_snapshots", dataset, tuple(snapnames)))
+        for name in snapnames:
+            self.snapshots.remove(f"{dataset}@{name}")
+        return {}
 
     def snapshot_recursive(self, dataset: str, snapname: str) -> None:
         self.calls.append(("snapshot_recursive", dataset, snapname))

@@ -291,6 +291,29 @@ def test_zfs_failing_at_the_group_step_fails_every_member_and_resumes_them(tmp_p
     assert not [p for p in (tmp_path / "overlay").iterdir()]  # the fresh RAM files went too
 
 
+def test_on_zfs_fuse_the_step_takes_one_command_per_dataset_side_by_side(tmp_path):
+    host = make_group_host(tmp_path)
+    host.zfs.dialect = "zfs-fuse"
+
+    outcomes = run_group(host)
+
+    assert all(o.ok for o in outcomes) and sorted(host.zfs.snapshots) == BOTH
+    assert sorted(host.zfs.calls) == [("snapshot", ("tank/app",), NAME), ("snapshot", ("tank/db",), NAME)]
+    assert_all_running(host)
+
+
+def test_on_zfs_fuse_a_failing_command_undoes_the_others(tmp_path):
+    host = make_group_host(tmp_path)
+    host.zfs.dialect = "zfs-fuse"
+    host.zfs.fail("snapshot", None, ZfsError("cannot create snapshot: out of space"))  # one of the two fails
+
+    outcomes = run_group(host)
+
+    assert [o.error for o in outcomes] == ["group shop: no snapshot: cannot create snapshot: out of space"] * 2
+    assert host.zfs.snapshots == [] and [c[0] for c in host.zfs.calls].count("destroy_snapshots") == 1
+    assert_all_running(host)
+
+
 def test_a_journal_write_failing_after_the_step_keeps_the_snapshot_and_resumes_everyone(tmp_path):
     host = make_group_host(tmp_path)
     host.journal = MemberJournal(tmp_path / "state", "app", "snapshotted")
