@@ -9,6 +9,7 @@
 #   make bench-scale  a take+prune pass on 100 datasets x 70 aged snapshots, vmsnapd vs sanoid --cron (~15 min)
 #   make bench-idle   the daemon with 1,000 configured datasets: idle RSS, nothing-due pass, config check (~5 min)
 #   make bench-vms    8 running guests in one pass vs one guest, pauses, one restore checked (~10 min)
+#   make bench-group  the pause of a single guest vs each member of a 2-guest VM group (~5 min)
 #   make bench      every benchmark one after another (see bench/README.md), then the ratio table and the
 #                   PNG plot (build/bench/); alone: bench-pause bench-ram bench-consistency (and bench-scale
 #                   bench-idle bench-vms); bench-report re-prints the table from build/bench/*.json
@@ -31,14 +32,15 @@ INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" VENVDIR="$(VENVDIR)" SYSC
 	SYSTEM_PYTHON="$(SYSTEM_PYTHON)" BUILDDIR="$(BUILDDIR)"
 
 .PHONY: test demo lab lab-clean unit install uninstall deb deb-deps deb-test clean \
-	bench bench-deps bench-pause bench-ram bench-consistency bench-report bench-scale bench-idle bench-vms
+	bench bench-deps bench-pause bench-ram bench-consistency bench-report bench-scale bench-idle bench-vms \
+	bench-group
 
 # Benchmarks: results (JSON, PNG) go to BENCH_OUT; never run them with make -j (they share one 2-core lab).
 BENCH_OUT ?= build/bench
 BENCH_RESTORES ?= 50
 BENCH_PAUSE_ARGS ?=
 BENCH_RAM_ARGS ?=
-BENCH_ALL = bench-pause bench-ram bench-consistency bench-scale bench-idle bench-vms
+BENCH_ALL = bench-pause bench-ram bench-consistency bench-scale bench-idle bench-vms bench-group
 
 lab:
 	bash tests/lab/setup.sh
@@ -60,6 +62,9 @@ bench-idle: lab
 
 bench-vms: lab
 	BENCH_OUT=$(BENCH_OUT) $(PYTHON) bench/many_vms.py
+
+bench-group: lab
+	$(PYTHON) bench/group.py
 
 lab-clean:
 	@if [ -x $(PYTHON) ]; then $(PYTHON) tests/lab/demo.py --clean; else echo "no .venv: nothing set up"; fi

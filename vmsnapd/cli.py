@@ -15,7 +15,8 @@ from vmsnapd import __version__
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
 from vmsnapd.report import PassReport, TargetOutcome
-from vmsnapd.config import ConfigError, load_config, read_regular_file, resolve
+from vmsnapd.config import ConfigError, group_members, load_config, read_regular_file, resolve, table_policy
+from vmsnapd.groupplan import group_report
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging
 from vmsnapd.progress import progress_on_tty
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-aside", action="store_true",
                    help="destroy the state the last in-place restore of TARGET set aside (no SNAPSHOT)")
     p.add_argument("--clone", metavar="NAME", help="restore into a new VM NAME on clones, leaving the original alone")
+    p.add_argument("--group", action="store_true",
+                   help="TARGET is a VM group (or a member of one): restore every member to SNAPSHOT together")
     p.add_argument("--no-memory", action="store_true", help="boot from the disks, ignoring the RAM dump")
     p.add_argument("--force-stop", action="store_true", help="power the VM off if it does not shut down when asked")
     p.add_argument("--yes", action="store_true",
@@ -264,18 +267,20 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     ctx = _build_context(args, dry_run=args.dry_run)
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait), progress_on_tty(ctx.config.daemon.libvirt_uri,
                                                                          [args.target, *_likely_domains(ctx)]):
-        outcome = take_now(ctx, ctx.survey(), args.target, args.period)
-        if outcome is not None:
-            record_results(ctx, PassReport(outcomes=[outcome]))
-    if outcome is None:
+        outcomes = take_now(ctx, ctx.survey(), args.target, args.period)
+        if outcomes is not None:
+            record_results(ctx, PassReport(outcomes=outcomes))
+    if outcomes is None:
         print(f"vmsnapd: {args.target} is neither a dataset managed by {args.config} nor the domain of one",
               file=sys.stderr)
         return EX_FAILED
-    if args.json:
-        _print_json(outcome.model_dump(mode="json"))
+    if args.json:  # one document; a VM group's members (docs/groups.md): a list of them
+        _print_json([o.model_dump(mode="json") for o in outcomes] if len(outcomes) > 1
+                    else outcomes[0].model_dump(mode="json"))
     else:
-        print(_outcome_line(outcome))
-    return EX_OK if outcome.ok else EX_FAILED
+        for outcome in outcomes:
+            print(_outcome_line(outcome))
+    return EX_OK if all(o.ok for o in outcomes) else EX_FAILED
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -298,9 +303,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
         print(f"vmsnapd: warning: {args.config} has no [datasets.\"…\"] table: it manages no dataset",
               file=sys.stderr)
+    groups = {group: [(table, table_policy(config, table).method) for table in tables]
+              for group, tables in group_members(config).items()}
     if args.json:
         _print_json({"config": args.config, "valid": True, "source": where,
-                     "datasets": {name: p.model_dump(mode="json", exclude={"name"}) for name, p in policies.items()}})
+                     "datasets": {name: p.model_dump(mode="json", exclude={"name"}) for name, p in policies.items()},
+                     "groups": {group: [table for table, _ in members] for group, members in groups.items()}})
         return EX_OK
     print(f"{args.config}: valid. Resolved policy for {len(policies)} dataset(s) ({where}):")
     for name, policy in policies.items():
@@ -308,6 +316,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"\n[{name}]")
         for key, value in data.items():
             print(f"  {key} = {json.dumps(value, default=str)}")
+    if groups:
+        print("\nVM groups (docs/groups.md):")
+        for line in group_report(groups):
+            print(f"  {line}")
     return EX_OK
 
 
@@ -421,6 +433,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     `plan`, `carried_out`, and `done` (the steps done) or `error`."""
     from vmsnapd.actions.restore import RestoreFailed, execute_restore, plan_restore
 
+    if args.group:
+        return _cmd_restore_group(args)
     if args.undo or args.drop_aside:
         return _cmd_restore_aside(args)
     if args.snapshot is None:
@@ -464,6 +478,53 @@ def _print_plan(plan) -> None:
         print(f"  verified: {line}")
     for name in plan.newer_snapshots_kept_aside:
         print(f"    kept aside (newer): {name}")
+    for note in plan.notes:
+        print(f"  note: {note}")
+
+
+def _cmd_restore_group(args: argparse.Namespace) -> int:
+    """`restore --group TARGET SNAPSHOT`: every member of a VM group, verified first, restored together."""
+    from vmsnapd.actions.group_restore import execute_group_restore, plan_group_restore
+    from vmsnapd.actions.restore import RestoreFailed
+
+    refused = ("--undo and --drop-aside work per member: name the member, without --group"
+               if args.undo or args.drop_aside else
+               "restore --group does not take --clone (clone the members one by one)" if args.clone else
+               "restore --group needs SNAPSHOT" if args.snapshot is None else None)
+    if refused:
+        print(f"vmsnapd: {refused}", file=sys.stderr)
+        return EX_USAGE
+    ctx = _build_context(args)
+    with pass_lock(ctx.state_dir, wait_s=args.lock_wait):
+        try:
+            gplan = plan_group_restore(ctx, args.target, args.snapshot, no_memory=args.no_memory,
+                                       force_stop=args.force_stop)
+        except RestoreFailed as exc:
+            print(f"vmsnapd: restore refused: {exc}", file=sys.stderr)
+            return EX_FAILED
+        result: dict[str, object] = {"plan": gplan.model_dump(mode="json"), "carried_out": False}
+        if not args.json:
+            print(f"restore of group {gplan.group} ({', '.join(gplan.domains)}) to {gplan.snapshot}, every member "
+                  "verified first:")
+            for plan in gplan.plans:
+                _print_plan(plan)
+        if not args.yes:
+            print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
+            code = EX_PLAN_ONLY
+        else:
+            try:
+                with progress_on_tty(ctx.config.daemon.libvirt_uri, gplan.domains):
+                    result["done"] = execute_group_restore(ctx, gplan)
+                result["carried_out"], code = True, EX_OK
+            except RestoreFailed as exc:
+                print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
+                result["error"], code = str(exc), EX_FAILED
+    if args.json:
+        _print_json(result)
+    else:
+        for line in result.get("done", []):
+            print(f"done: {line}")
+    return code
 
 
 def _cmd_restore_aside(args: argparse.Namespace) -> int:

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vmsnapd.models import Compression
-from vmsnapd.names import DISK_TARGET_PATTERN, InvalidName, is_aside, validate_dataset_name, validate_domain_name
+from vmsnapd.names import (DISK_TARGET_PATTERN, PERIODS, InvalidName, is_aside, validate_dataset_name,
+                           validate_domain_name)
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 from vmsnapd.replica import nesting_problem
 
@@ -35,6 +36,8 @@ Threshold = Annotated[int | str, Field(union_mode="left_to_right")]
 
 
 _THRESHOLD = re.compile(r"\d+[yYwWdDhHmMsS]?")
+# A VM group's name (`group = "NAME"`): shown in logs, reports and the CLI, never a path or an argv of its own.
+GROUP_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
 
 
 
@@ -75,6 +78,9 @@ class DaemonSettings(StrictModel):
     zfs_jobs: int = Field(8, ge=1, le=64, description="Datasets whose zfs work runs at once: snapshots of "
                           "datasets with no VM (domain = \"none\") and prune's destroys (each one's oldest first); "
                           "1: one after the other, like sanoid (docs/pruning.md, Speed).")
+    group_timeout: Seconds = Field(300, description="Seconds the members of a VM group held still wait for the "
+                                   "slowest member's hold (its live RAM copy included) before the group gives up "
+                                   "without a snapshot and every member resumes (docs/groups.md).")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout "
                                   "says otherwise (finite, more than 0).")
     metrics_listen: str = Field(
@@ -276,6 +282,18 @@ class PolicySettings(StrictModel):
         "fail", description='A failing pre_snapshot hook fails the cycle ("fail") or the snapshot is taken anyway.'
     )
     hooks: Hooks = Field(default_factory=Hooks, description="Hook commands, see the hooks table.")
+    group: str = Field(
+        "", description='A VM group (docs/groups.md): the VMs of the datasets naming one group are held still '
+        "together and snapshotted in one step, so a restore of the group brings back one instant across them; "
+        "members keep the same periods and need a domain; empty: no group.")
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        if value and not re.fullmatch(GROUP_PATTERN, value):
+            raise ValueError(f"must be a group name of letters, digits and _.:- (at most 64, starting with a letter "
+                             f"or digit), got {value!r}")
+        return value
 
     @field_validator("frequent_period")
     @classmethod
@@ -519,6 +537,8 @@ def _validate(raw: dict[str, Any], source: str | os.PathLike[str], errors: list[
     except ValidationError as exc:
         found.extend(_pydantic_messages(exc, raw))
     found.extend(_semantic_messages(raw))
+    if config is not None and not found:
+        found.extend(group_messages(config))
     # A key with a NUL gets that one message, not a second one from its own validator.
     nul_paths = tuple(message.rpartition(": ")[0] + ": " for message in nul_messages)
     errors = errors + [m for m in found if m in nul_messages or not m.startswith(nul_paths)]
@@ -593,6 +613,44 @@ def _load_file(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, errors + [f"not UTF-8 text: {exc}"]) from None
     return _from_text(text, path, errors)
+
+
+def group_periods(policy: PolicySettings) -> tuple[str, ...]:
+    """What must be equal on every member of a group so that its snapshots carry the same names: the periods
+    taken (count > 0; `frequently` with its frequent_period) and whether snapshots are taken at all."""
+    periods = tuple(p if p != "frequently" else f"frequently every {policy.frequent_period} min"
+                    for p in PERIODS if getattr(policy, p) > 0)
+    return periods if policy.autosnap else ("autosnap = false",)
+
+
+def group_members(config: Config) -> dict[str, list[str]]:
+    """Group name → the tables whose resolved policy names it (their own datasets and the descendants they govern
+    are the group's datasets)."""
+    members: dict[str, list[str]] = {}
+    for table in sorted(config.datasets):
+        group = table_policy(config, table).group
+        if group:
+            members.setdefault(group, []).append(table)
+    return members
+
+
+def group_messages(config: Config) -> list[str]:
+    """A group's members need a domain and the same periods (docs/groups.md)."""
+    messages = []
+    for group, tables in group_members(config).items():
+        policies = {table: table_policy(config, table) for table in tables}
+        for table, policy in policies.items():
+            if policy.domain == "none":
+                messages.append(f"{key_path(['datasets', table, 'group'])}: group {group!r} needs a VM, but the "
+                                'dataset has domain = "none" (a group holds VMs still together)')
+        first, *others = tables
+        for table in others:
+            mine, theirs = group_periods(policies[table]), group_periods(policies[first])
+            if mine != theirs:
+                messages.append(f"{key_path(['datasets', table, 'group'])}: members of group {group!r} must keep the "
+                                f"same periods (their snapshots share one name): {table} takes "
+                                f"{', '.join(mine) or 'none'}, {first} takes {', '.join(theirs) or 'none'}")
+    return messages
 
 
 def config_roots(config: Config) -> list[str]:

@@ -79,6 +79,11 @@ class Cycle:
         self.names = snapshot_names(stamp, periods)
         self.prefix = dry_run_prefix(env.dry_run)
         self.domain_xml: str | None = None  # the inactive definition, read once when the cycle saves it
+        # A VM group's cycle (vmsnapd.groupcycle): `before_hold` waits until every member is ready to be held
+        # (nothing paused yet), and `snapshot_step` replaces this cycle's own zfs snapshot step with the group's
+        # one step for all members (it records what was taken and enters `snapshotted`, or raises).
+        self.before_hold: Callable[[Recorder], None] | None = None
+        self.snapshot_step: Callable[[Recorder], None] | None = None
 
     # -- entry -----------------------------------------------------------------------------------------------
 
@@ -212,7 +217,12 @@ class Cycle:
     def _plain(self, rec: Recorder) -> None:
         if self.target.domain:
             self._save_domain_xml(rec)
+        self._ready_to_hold(rec)
         self._snapshot_datasets(rec, atomic_needed=True)
+
+    def _ready_to_hold(self, rec: Recorder) -> None:
+        if self.before_hold is not None:
+            self.before_hold(rec)
 
     # -- running or paused VM -------------------------------------------------------------------------
 
@@ -229,6 +239,7 @@ class Cycle:
         memory_file = self._memory_file(rec) if plan.memory else None
         hold = hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
                         live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
+        self._ready_to_hold(rec)
         with self.env.hypervisor.watch_pauses(self.target.domain) as pauses:
             snapshot_error, unfreeze_error = self._hold_and_snapshot(plan, rec, hold)
         rec.enter(CycleState.UNFROZEN if unfreeze_error is None else rec.state, pause_ms=pauses.paused_ms())
@@ -393,6 +404,9 @@ class Cycle:
         rec.enter(CycleState.XML_SAVED)
 
     def _snapshot_datasets(self, rec: Recorder, *, atomic_needed: bool) -> None:
+        if self.snapshot_step is not None:
+            self.snapshot_step(rec)
+            return
         datasets = self.target.datasets
         subtree = subtree_root(datasets, self.env.listing.datasets)
         for name in self.names:

@@ -356,14 +356,16 @@ class Hypervisor:
     def destroy(self, name: str) -> None:
         self._change(name, "stop", lambda dom: dom.destroy() if dom.isActive() else None)
 
-    def restore_memory(self, memory_file: str, domain_xml: str | None = None) -> None:
-        """Start a domain, running, from a memory file. `domain_xml` None: the definition and disk paths saved
-        inside the file; else that definition instead (a restore on a backup host moves the disks)."""
+    def restore_memory(self, memory_file: str, domain_xml: str | None = None, *, paused: bool = False) -> None:
+        """Start a domain, running (`paused`: left paused, e.g. until every member of a VM group is loaded), from a
+        memory file. `domain_xml` None: the definition and disk paths saved inside the file; else that definition
+        instead (a restore on a backup host moves the disks)."""
         if self.dry_run:
             log.info("dry-run: would restore a domain from %s", memory_file)
             return
+        flag = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
         try:
-            self.conn.restoreFlags(memory_file, domain_xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            self.conn.restoreFlags(memory_file, domain_xml, flag)
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"restore from {memory_file}") from exc
 

@@ -30,6 +30,7 @@ class Target:
     disks: list[Disk] = field(default_factory=list)  # captured: writable disks on managed datasets
     skipped_disks: list[str] = field(default_factory=list)  # disk targets (vdb) left out: read-only, shared, excluded
     error: str | None = None  # planning failed: the cycle must not run, the failure is reported
+    group: str = ""  # the VM group (docs/groups.md) its datasets name; "" when none
 
     @property
     def name(self) -> str:
@@ -133,8 +134,24 @@ def group_targets(policies: dict[str, DatasetPolicy], facts: TargetFacts) -> lis
         by_domain[domain] = target
         absorbed.update(target.datasets)
     targets += [Target(policy=policy, datasets=[name]) for name, policy in policies.items() if name not in absorbed]
+    for target in targets:
+        _set_group(target, policies)
     _refuse_shared_datasets(targets)
     return targets
+
+
+def _set_group(target: Target, policies: dict[str, DatasetPolicy]) -> None:
+    """The target's group: the one its datasets name. Two different groups, or a group on a dataset without a
+    VM, is an error of the target (its group then fails as a whole: docs/groups.md)."""
+    groups = sorted({policies[ds].group for ds in target.datasets if ds in policies} - {""})
+    if not groups:
+        return
+    target.group = groups[0]
+    if len(groups) > 1:
+        target.error = f"the datasets of {target.domain or target.name} name different groups: {', '.join(groups)}"
+    elif target.domain is None and target.error is None:
+        target.error = (f"{target.name} is in group {groups[0]} but maps to no domain (domain = "
+                        f"\"{target.policy.domain}\"): a group holds VMs still together")
 
 
 def _refuse_shared_datasets(targets: list[Target]) -> None:

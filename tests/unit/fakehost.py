@@ -306,7 +306,7 @@ class FakeHypervisor(Faults):
         self._call("start", name)
         self._get(name).state = RUNNING
 
-    def restore_memory(self, memory_file: str, domain_xml: str | None = None) -> None:
+    def restore_memory(self, memory_file: str, domain_xml: str | None = None, *, paused: bool = False) -> None:
         self._call("restore_memory", memory_file, domain_xml)
 
     def define(self, xml: str) -> str:
@@ -320,6 +320,8 @@ class FakeHypervisor(Faults):
 
 class FakeZfs(Faults):
     """`zfs snapshot` and the listing a cycle reads, in memory."""
+
+    dialect = "openzfs"  # "zfs-fuse": a VM group's step takes one command per dataset (vmsnapd.groupcycle)
 
     def __init__(self, mounts: dict[str, Path]) -> None:
         super().__init__()
@@ -342,6 +344,12 @@ class FakeZfs(Faults):
         self.snapshots += names
         self.done("snapshot")
         return True
+
+    def destroy_snapshots(self, dataset: str, snapnames) -> dict:
+        self.calls.append(("destroy_snapshots", dataset, tuple(snapnames)))
+        for name in snapnames:
+            self.snapshots.remove(f"{dataset}@{name}")
+        return {}
 
     def snapshot_recursive(self, dataset: str, snapname: str) -> None:
         self.calls.append(("snapshot_recursive", dataset, snapname))

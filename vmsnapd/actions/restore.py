@@ -167,6 +167,8 @@ class RestoreFacts:
     free_bytes: int | None = None  # where a compressed dump is decompressed
     aside_kept: bool = False  # an earlier in-place restore of this VM is still kept aside
     domain_exists: dict[str, bool] = field(default_factory=dict)  # clone name → exists
+    group: str = ""  # its VM group (docs/groups.md)
+    group_others: list[str] = field(default_factory=list)  # the group's other members (domains)
 
 
 class RestorePlan(BaseModel):
@@ -184,6 +186,7 @@ class RestorePlan(BaseModel):
     stop_first: bool = False
     verified: list[str] = Field(default_factory=list)
     steps: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # e.g. the other members of its VM group (docs/groups.md)
     define_xml: str | None = None  # a backup host: the domain is defined from this saved XML (backup_restore.py)
 
 
@@ -199,8 +202,14 @@ def plan_restore(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     if (backup := backup_domain(ctx, target_name)) is not None:  # not defined here: received datasets and dump
         return plan_backup_restore(ctx, backup[0], snapshot, clone=clone, no_memory=no_memory)
     facts = gather_facts(ctx, target_name, snapshot, clone=clone, use_memory=not no_memory and not clone)
-    return decide(facts, snapshot, clone=clone, no_memory=no_memory, force_stop=force_stop,
+    plan = decide(facts, snapshot, clone=clone, no_memory=no_memory, force_stop=force_stop,
                   stamp=ctx.now().strftime("%Y%m%dT%H%M%S"))
+    if facts.group and not clone:
+        others = ", ".join(facts.group_others) or "no other member now"
+        plan.notes.append(f"{facts.domain} is in group {facts.group} with {others}: restoring {facts.domain} alone "
+                          f"brings it back to a different instant than them; `vmsnapd restore --group "
+                          f"{facts.group} {snapshot}` restores them together")
+    return plan
 
 
 def decide(facts: RestoreFacts, snapshot: str, *, clone: str | None, no_memory: bool, force_stop: bool,
@@ -311,14 +320,17 @@ def _find_target(targets: list[Target], name: str) -> Target:
 def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | None,
                  use_memory: bool) -> RestoreFacts:
     survey = ctx.survey()
-    target = _find_target(plan_targets(survey.policies, survey.listing, ctx.hypervisor), target_name)
+    targets = plan_targets(survey.policies, survey.listing, ctx.hypervisor)
+    target = _find_target(targets, target_name)
     if target.error:
         raise RestoreFailed(target.error)
     listing = survey.listing
     facts = RestoreFacts(domain=target.domain, datasets=list(target.datasets), vm_state="",
                          snapshots={ds: [s.name for s in listing.snapshots_of(ds)] for ds in target.datasets},
                          existing=set(listing.datasets),
-                         mounted={n for n, info in listing.datasets.items() if info.mountpoint})
+                         mounted={n for n, info in listing.datasets.items() if info.mountpoint}, group=target.group,
+                         group_others=[t.domain or t.name for t in targets if target.group and t is not target
+                                       and t.group == target.group])
     if clone:
         facts.domain_exists[clone] = ctx.hypervisor.exists(clone)
     else:
@@ -446,28 +458,34 @@ def execute_restore(ctx: Context, plan: RestorePlan) -> list[str]:
         from vmsnapd.actions.backup_restore import execute_backup_restore
 
         return execute_backup_restore(ctx, plan)
-    hv = ctx.hypervisor
     done: list[str] = []
-    record = RestoreRecord(domain=plan.domain, snapshot=plan.snapshot, at=ctx.now(), was_running=plan.stop_first,
-                           entries=plan.entries)
-    _update_record(ctx.state_dir, record, plan.domain)  # durable before the first change
-    try:
-        if plan.stop_first:
-            hv.destroy(plan.domain)
-            done.append(f"stopped {plan.domain}")
-        _swap_datasets(ctx, plan, done)
-    except (ZfsError, HypervisorError, OSError) as exc:
-        raise RestoreFailed(_roll_back(ctx, record, done, exc)) from exc
-    record.complete = True
-    _update_record(ctx.state_dir, record, plan.domain)
-    done.append(f"kept aside: {', '.join(e.aside for e in plan.entries)} "
-                f"(`vmsnapd restore --undo {plan.domain} --yes` puts them back)")
+    swap_in_place(ctx, plan, done)
     try:
         start_restored(ctx, plan, done)
     except (HypervisorError, OSError, CommandError) as exc:
         raise RestoreFailed(f"{exc} — the datasets are restored but {plan.domain} did not start; done: "
                             f"{'; '.join(done)}") from exc
     return done
+
+
+def swap_in_place(ctx: Context, plan: RestorePlan, done: list[str]) -> RestoreRecord:
+    """The in-place part of a restore: record, stop, set the current datasets aside and put the snapshot's in
+    their place; the domain is not started. A failure is rolled back here (RestoreFailed says how far)."""
+    record = RestoreRecord(domain=plan.domain, snapshot=plan.snapshot, at=ctx.now(), was_running=plan.stop_first,
+                           entries=plan.entries)
+    _update_record(ctx.state_dir, record, plan.domain)  # durable before the first change
+    try:
+        if plan.stop_first:
+            ctx.hypervisor.destroy(plan.domain)
+            done.append(f"stopped {plan.domain}")
+        _swap_datasets(ctx, plan, done)
+    except (ZfsError, HypervisorError, OSError) as exc:
+        raise RestoreFailed(roll_back(ctx, record, done, exc)) from exc
+    record.complete = True
+    _update_record(ctx.state_dir, record, plan.domain)
+    done.append(f"kept aside: {', '.join(e.aside for e in plan.entries)} "
+                f"(`vmsnapd restore --undo {plan.domain} --yes` puts them back)")
+    return record
 
 
 def _swap_datasets(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
@@ -477,7 +495,7 @@ def _swap_datasets(ctx: Context, plan: RestorePlan, done: list[str]) -> None:
         done.append(f"restored {entry.dataset} from {entry.snapshot}; the replaced one is {entry.aside}")
 
 
-def _roll_back(ctx: Context, record: RestoreRecord, done: list[str], exc: Exception) -> str:
+def roll_back(ctx: Context, record: RestoreRecord, done: list[str], exc: Exception) -> str:
     """A step failed: put back the datasets already swapped, boot the VM if it ran. Returns the message."""
     try:
         put_back = _put_back(ctx, record)
@@ -507,10 +525,10 @@ def start_restored(ctx: Context, plan: RestorePlan, done: list[str], *, dump: Ra
         hv.restore_memory(str(memory_file), domain_xml)
     done.append(f"resumed {plan.domain} from {dump.path}")
     if plan.quiesced:
-        _thaw_resumed(hv, plan.domain, done)
+        thaw_resumed(hv, plan.domain, done)
 
 
-def _thaw_resumed(hv: HypervisorPort, domain: str, done: list[str]) -> None:
+def thaw_resumed(hv: HypervisorPort, domain: str, done: list[str]) -> None:
     """The RAM was captured with the guest's file systems frozen by the agent: thaw them. Right after the resume
     the agent's channel may not be connected yet ("QEMU guest agent is not connected", seen on the lab): retry
     for a bounded time rather than leave the guest frozen."""

@@ -1,8 +1,10 @@
 """Take what is due: ask the policy which periods are due per target, then run one cycle per target.
 
 All periods due in one pass share one timestamp (one cycle). VM cycles run in parallel up to
-`max_parallel`; a VM is one target, so never two cycles of one VM at once. One failing target
-never stops the others: its failure is logged and counted in the report.
+`max_parallel`; a VM is one target, so never two cycles of one VM at once. A VM group
+(vmsnapd.groupcycle) takes one of those slots, its members each run in a thread of their own (they must
+be held still at once). One failing target never stops the others: its failure is logged and counted in
+the report.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.cycle import Cycle, CycleEnv
+from vmsnapd.groupcycle import GroupCycle
+from vmsnapd.groupplan import schedule_units
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.parallel import ordered_map
@@ -51,18 +55,22 @@ def take_due(ctx: Context, survey: Survey | None = None) -> PassReport:
         if not target.policy.autosnap:
             continue
         periods = due_periods(target.policy, survey.listing.snapshots_of(target.name), now, tz)
-        if periods:
+        if periods or target.group:  # a group is due when one member is (schedule_units)
             work.append((target, periods))
-    if not work:
+    if not any(periods for _, periods in work):
         log.info("%snothing due", dry_run_prefix(ctx.dry_run))
     return PassReport(outcomes=run_cycles(ctx, survey, work, stamp))
 
 
-def take_now(ctx: Context, survey: Survey, target_name: str, period: str) -> TargetOutcome | None:
-    """`vmsnapd snapshot TARGET --period P`: one cycle now for a dataset or a domain, whatever is due."""
-    for target in _targets(ctx, survey):
+def take_now(ctx: Context, survey: Survey, target_name: str, period: str) -> list[TargetOutcome] | None:
+    """`vmsnapd snapshot TARGET --period P`: one cycle now for a dataset or a domain, whatever is due; for a member
+    of a VM group, the whole group's cycle (one outcome per member)."""
+    targets = _targets(ctx, survey)
+    for target in targets:
         if target_name in (target.name, target.domain) or target_name in target.datasets:
-            return run_cycles(ctx, survey, [(target, [period])], _stamp(ctx, survey, ctx.now()))[0]
+            work = [(t, [period] if t is target else []) for t in targets if t is target or
+                    (target.group and t.group == target.group)]
+            return run_cycles(ctx, survey, work, _stamp(ctx, survey, ctx.now()))
     return None
 
 
@@ -79,11 +87,19 @@ def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]
         hook_timeout=ctx.config.daemon.hook_timeout,
         dry_run=ctx.dry_run,
     )
-    cycles = [Cycle(env, target, periods, stamp) for target, periods in work]
+    units = schedule_units(work)
+    cycles = [Cycle(env, *unit.members[0], stamp) for unit in units if not unit.group]
     plain = [c for c in cycles if not c.target.domain]
-    vms = [c for c in cycles if c.target.domain]
+    vms: list[Cycle | GroupCycle] = [c for c in cycles if c.target.domain]
+    vms += [GroupCycle(env, unit, stamp, ctx.config.daemon.group_timeout) for unit in units if unit.group]
     outcomes = ordered_map(lambda c: c.run(), plain, ctx.config.daemon.zfs_jobs, "take")  # datasets side by side
     if vms:
         with ThreadPoolExecutor(max_workers=ctx.config.daemon.max_parallel, thread_name_prefix="cycle") as pool:
-            outcomes += list(pool.map(lambda c: c.run(), vms))
+            for result in pool.map(_run, vms):
+                outcomes += result
     return outcomes
+
+
+def _run(unit: Cycle | GroupCycle) -> list[TargetOutcome]:
+    result = unit.run()
+    return result if isinstance(result, list) else [result]
