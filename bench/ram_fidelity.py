@@ -142,23 +142,24 @@ def parse_ram(data, block: bytes = b"pc.ram") -> RamImage:
             return img
 
 
-def compare(img: RamImage, stream, guest, skip_below: int = 1 << 20) -> tuple[int, int, list[int]]:
-    """(pages compared, pages that differ, the first differing guest physical addresses)."""
+def compare(img: RamImage, stream, guest, skip_below: int = 1 << 20) -> tuple[int, int, list[str]]:
+    """(pages compared, pages that differ, the first differing pages: guest physical address/bytes that differ)."""
     size = len(guest) - len(guest) % PAGE
     compared, differ = 0, []
     zero_pages: dict[int, bytes] = {}
     for addr in range(skip_below, size, PAGE):
         where = img.pages.get(addr)
         if where is None:
-            differ.append(addr)
+            differ.append(f"{addr:#x}/missing")
             continue
         if isinstance(where, int):
             expected = zero_pages.setdefault(where, bytes([where]) * PAGE)
         else:
             expected = stream[where[0]:where[0] + PAGE]
         compared += 1
-        if guest[addr:addr + PAGE] != expected:
-            differ.append(addr)
+        actual = guest[addr:addr + PAGE]
+        if actual != expected:
+            differ.append(f"{addr:#x}/{sum(a != b for a, b in zip(actual, expected))}")
     return compared, len(differ), differ[:20]
 
 
@@ -196,7 +197,7 @@ def one_cycle(vm, workdir: Path, k: int, live: bool, memory_mib: int) -> dict:
     guest_file.unlink()
     return {"k": k, "live": live, "snapshot_s": round(took, 2), "ram_sections": img.sections,
             "page_records": img.copies, "pages_compared": compared, "pages_differ": differ,
-            "first_differing_gpa": [hex(a) for a in first]}
+            "first_differing": first}
 
 
 def run(args) -> list[dict]:
@@ -216,7 +217,7 @@ def run(args) -> list[dict]:
             results.append(r)
             print(f"  {k:3d} {'live    ' if live else 'not live'} snapshot {r['snapshot_s']:5.1f}s  RAM sections "
                   f"{r['ram_sections']:3d}  page records {r['page_records']:6d}  pages differing "
-                  f"{r['pages_differ']}/{r['pages_compared']} {' '.join(r['first_differing_gpa'][:5])}", flush=True)
+                  f"{r['pages_differ']}/{r['pages_compared']} {' '.join(r['first_differing'][:5])}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
     finally:
