@@ -159,7 +159,7 @@ def compare(img: RamImage, stream, guest, skip_below: int = 1 << 20) -> tuple[in
         compared += 1
         actual = guest[addr:addr + PAGE]
         if actual != expected:
-            differ.append(f"{addr:#x}/{sum(a != b for a, b in zip(actual, expected))}")
+            differ.append(f"{addr:#x}/{sum(a != b for a, b in zip(actual, expected, strict=True))}")
     return compared, len(differ), differ[:20]
 
 
