@@ -15,10 +15,14 @@ pause path vmsnapd offers in bench/pause.py, within the noise):
    the disk (rewritten), a first new counter other than max + 1 means RAM newer than the disk (lab.resume_evidence).
 Prints k/N consistent and every failing case in full (config, counters, vmsnapd's output, console tail). The
 replaced states stay aside until the pool is destroyed at the end. `--budget S`: no new restore after S seconds
-(the count reached is printed as k/K). Never asserts timings.
-Exit 0 when all N were consistent, 1 otherwise.
+(the count reached is printed as k/K). `--cases` replaces the round of 9 by the paths named, in that order (a
+path named twice runs twice per round: a suspect path against its neighbours); `--cpu-load N` adds N bounded busy
+loops for the run. A fresh guest that does not boot is replaced and counted apart (the lab's, not a restore's).
+Never asserts timings. Exit 0 when all N were consistent, 1 otherwise.
 
     sudo .venv/bin/python bench/consistency.py [-n 50] [--memory 256] [--dirty-mib 32] [--budget 3600] [--json out.json]
+        [--cases pause/live/zstd/tmpfs,pause/not-live/zstd/tmpfs,pause/live/zstd/tmpfs,overlay/live/zstd/tmpfs]
+        [--cpu-load 2]
 """
 from __future__ import annotations
 
