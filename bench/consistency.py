@@ -15,16 +15,22 @@ pause path vmsnapd offers in bench/pause.py, within the noise):
    the disk (rewritten), a first new counter other than max + 1 means RAM newer than the disk (lab.resume_evidence).
 Prints k/N consistent and every failing case in full (config, counters, vmsnapd's output, console tail). The
 replaced states stay aside until the pool is destroyed at the end. `--budget S`: no new restore after S seconds
-(the count reached is printed as k/K). Never asserts timings.
-Exit 0 when all N were consistent, 1 otherwise.
+(the count reached is printed as k/K). `--cases` replaces the round of 9 by the paths named, in that order (a
+path named twice runs twice per round: a suspect path against its neighbours); `--cpu-load N` adds N bounded busy
+loops for the run. A fresh guest that does not boot is replaced and counted apart (the lab's, not a restore's).
+Never asserts timings. Exit 0 when all N were consistent, 1 otherwise.
 
     sudo .venv/bin/python bench/consistency.py [-n 50] [--memory 256] [--dirty-mib 32] [--budget 3600] [--json out.json]
+        [--cases pause/live/zstd/tmpfs,pause/not-live/zstd/tmpfs,pause/live/zstd/tmpfs,overlay/live/zstd/tmpfs]
+        [--cpu-load 2]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +48,34 @@ CASES.append({"method": "pause", "live": True, "ram_compression": "zstd", "tmpfs
 def case_name(case: dict) -> str:
     return (f"{case['method']}/{'live' if case['live'] else 'not-live'}/{case['ram_compression']}"
             + ("/tmpfs" if case["tmpfs"] else ""))
+
+
+def parse_case(name: str) -> dict:
+    """`METHOD/live|not-live/none|zstd[/tmpfs]` (the names `case_name` prints) as a case; ValueError otherwise."""
+    parts = name.strip().split("/")
+    if not (3 <= len(parts) <= 4 and parts[0] in ("overlay", "pause") and parts[1] in ("live", "not-live")
+            and parts[2] in ("none", "zstd") and parts[3:] in ([], ["tmpfs"])):
+        raise ValueError(f"not a case: {name!r} (METHOD/live|not-live/none|zstd[/tmpfs], e.g. {case_name(CASES[0])})")
+    return {"method": parts[0], "live": parts[1] == "live", "ram_compression": parts[2], "tmpfs": len(parts) == 4}
+
+
+def rotation(spec: str) -> list[dict]:
+    """The cases of one round, in order: every path by default, else `--cases` as written (a name given twice
+    runs twice per round, so a suspect path can get more restores than its neighbours, interleaved)."""
+    return [parse_case(n) for n in spec.split(",") if n.strip()] if spec.strip() else list(CASES)
+
+
+def start_cpu_load(workers: int, seconds: float) -> list[subprocess.Popen]:
+    """`workers` busy loops (added CPU load, like `stress -c N`), each ending by itself after `seconds` at the
+    latest; killed by pid in main's finally."""
+    loop = f"import time\nend = time.monotonic() + {seconds:.0f}\nwhile time.monotonic() < end:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(workers)]
+
+
+def stop_cpu_load(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 def tmpfs_dir(root: Path, name: str) -> Path:
@@ -81,7 +115,7 @@ def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
     except lab.LabError as e:
         return {**result, "ok": False, "why": f"guest did not write after the restore: {str(e)[:200]}",
                 "stdout": restored.stdout[-3000:], "stderr": restored.stderr[-3000:],
-                "snapshot_log": took.stderr[-2000:], "console": vm.console()[-20000:]}
+                "snapshot_log": took.stderr[-2000:], "console": vm.console()}
     rewritten, first_new = lab.resume_evidence(vm, at_snapshot, token)
     ok = not rewritten and first_new == at_snapshot + 1
     result.update(ok=ok, rewritten=rewritten[:20], first_new=first_new)
@@ -89,7 +123,7 @@ def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
         result.update(why=("RAM older than the disk: records rewritten" if rewritten else
                            f"RAM newer than the disk: resumed at {first_new}, expected {at_snapshot + 1}"),
                       stdout=restored.stdout[-3000:], stderr=restored.stderr[-3000:],
-                      snapshot_log=took.stderr[-2000:], console=vm.console()[-20000:])
+                      snapshot_log=took.stderr[-2000:], console=vm.console())
     return result
 
 
@@ -100,7 +134,7 @@ class Guest:
     config: Path | None = None
 
 
-def new_guest(pool, root: Path, i: int, args) -> Guest:
+def new_guest(pool, root: Path, i: int | str, args) -> Guest:
     """A fresh counter guest on a fresh dataset, started without waiting: it boots while the current restore runs."""
     ds = lab.create_dataset(pool, name=f"guest{i}")
     vm = lab.create_vm(ds, memory_mib=args.memory, dirty_mib=min(args.dirty_mib, args.memory // 8), wait=False)
@@ -116,7 +150,27 @@ def retire(g: Guest) -> None:
     lab.destroy_vm(g.vm)
 
 
-def run_restores(args: argparse.Namespace, pool, root: Path, cases: list, results: list[dict]) -> None:
+def ready_guest(g: Guest, pool, root: Path, k: int, args: argparse.Namespace, boot_failures: list[str]) -> Guest:
+    """`g` once it writes, else (a fresh TCG guest that never wrote: it did not boot, e.g. "IO-APIC + timer
+    doesn't work" when the host is very loaded) a replacement — up to 3 in a row; a boot failure is the lab's,
+    not a restore's, so it is counted apart (printed, and in the JSON) and the campaign goes on."""
+    for attempt in range(1, 4):
+        try:
+            lab.wait_counter_advances(g.vm, by=20, timeout=120)
+            return g
+        except lab.LabError as e:
+            if g.vm.max_counter() > 0 or attempt == 3:
+                raise
+            boot_failures.append(f"before restore {k}: {g.vm.name}: {str(e)[-1500:]}")
+            print(f"  guest {g.vm.name} did not boot (lab, not a restore): a fresh one; console tail:\n    "
+                  + g.vm.console()[-600:].replace("\n", "\n    "), flush=True)
+            retire(g)
+            g = new_guest(pool, root, f"{k}b{attempt}", args)
+    raise AssertionError("unreachable")
+
+
+def run_restores(args: argparse.Namespace, pool, root: Path, cases: list, results: list[dict],
+                 boot_failures: list[str]) -> None:
     """The campaign: restore after restore, a fresh guest after every successful one, until -n or the budget."""
     current, upcoming = new_guest(pool, root, 0, args), None
     deadline = time.monotonic() + args.budget
@@ -127,15 +181,18 @@ def run_restores(args: argparse.Namespace, pool, root: Path, cases: list, result
         case = cases[(k - 1) % len(cases)]
         if upcoming is None:
             upcoming = new_guest(pool, root, k, args)
-        lab.wait_counter_advances(current.vm, by=20, timeout=120)
+        current = ready_guest(current, pool, root, k, args, boot_failures)
         r = one_restore(root, current, k, case)
+        r["load_avg"] = round(os.getloadavg()[0], 1)
         results.append(r)
+        if args.json:  # after every restore: a failure's full console survives a campaign cut short
+            write_json(args.json, results, boot_failures)
         if r["restore_rc"] == 0:
             retire(current)
             current, upcoming = upcoming, None
         print(f"  {k:3d}/{args.n} {r['case']:24s} snapshot max {r['at_snapshot']:6d} first new "
               f"{r.get('first_new', '-')!s:>6s} rewritten {len(r.get('rewritten', []))} restore "
-              f"{r['restore_s']:5.1f}s  {'ok' if r['ok'] else 'FAILED: ' + r['why']}", flush=True)
+              f"{r['restore_s']:5.1f}s load {r['load_avg']:4.1f}  {'ok' if r['ok'] else 'FAILED: ' + r['why']}", flush=True)
         if not r["ok"]:
             print("    " + (r.get("stderr") or "").strip()[-600:].replace("\n", "\n    "), flush=True)
             print("    console: " + (r.get("console") or "")[-1500:].replace("\n", "\n    "), flush=True)
@@ -153,13 +210,19 @@ def clean_up(pool, root: Path | None) -> None:
 def summarize(results: list[dict]) -> int:
     good = sum(r["ok"] for r in results)
     print(f"\n{good}/{len(results)} restores consistent (continued at exactly snapshot max + 1, nothing rewritten)")
-    for case in CASES:
-        rr = [r for r in results if r["case"] == case_name(case)]
-        print(f"  {case_name(case):24s} {sum(r['ok'] for r in rr)}/{len(rr)}")
+    for name in dict.fromkeys(r["case"] for r in results):
+        rr = [r for r in results if r["case"] == name]
+        print(f"  {name:24s} {sum(r['ok'] for r in rr)}/{len(rr)}")
     for r in results:
         if not r["ok"]:
             print("\nFAILED CASE\n" + json.dumps(r, indent=1))
     return good
+
+
+def write_json(path: Path, results: list[dict], boot_failures: list[str] | None = None) -> None:
+    good = sum(r["ok"] for r in results)
+    path.write_text(json.dumps({"results": results, "consistent": good, "total": len(results),
+                                "guest_boot_failures": boot_failures or []}, indent=1))
 
 
 def main() -> int:
@@ -168,30 +231,39 @@ def main() -> int:
     ap.add_argument("--memory", type=int, default=256, help="guest RAM in MiB (default 256)")
     ap.add_argument("--dirty-mib", type=int, default=32, help="RAM the guest dirties continuously (default 32)")
     ap.add_argument("--budget", type=float, default=3600, help="no new restore after this many seconds (3600)")
-    ap.add_argument("--cases", default="", help="only the cases whose name is in this comma-separated list")
+    ap.add_argument("--cases", default="", help="the cases of one round, comma-separated, in order; a name given "
+                    "twice runs twice per round; any METHOD/live|not-live/none|zstd[/tmpfs] (default: the 9 paths)")
+    ap.add_argument("--cpu-load", type=int, default=0, help="busy loops added for the whole run (default 0)")
     ap.add_argument("--json", type=Path, help="write the results here (for bench/report.py)")
     args = ap.parse_args()
     pool = root = None
     results: list[dict] = []
+    boot_failures: list[str] = []
+    load: list[subprocess.Popen] = []
     try:
+        cases = rotation(args.cases)
         lab.check_lab()
         root = lab.make_run_dir("consist")
         pool = lab.create_pool("2G")
-        cases = [c for c in CASES if not args.cases or case_name(c) in args.cases.split(",")]
-        if not cases:
-            raise ValueError(f"no case matches --cases {args.cases!r}; cases: {', '.join(map(case_name, CASES))}")
+        load = start_cpu_load(args.cpu_load, args.budget + 900)
         print(f"fresh {args.memory} MiB counter guests dirtying {min(args.dirty_mib, args.memory // 8)} MiB; "
-              f"{args.n} restores over {len(cases)} cases; no new restore after {args.budget} s", flush=True)
-        run_restores(args, pool, root, cases, results)
+              f"{args.n} restores, rounds of {', '.join(map(case_name, cases))}; {args.cpu_load} busy loops added "
+              f"(load average {os.getloadavg()[0]:.1f}); no new restore after {args.budget} s", flush=True)
+        run_restores(args, pool, root, cases, results, boot_failures)
     except (BenchError, lab.LabError, ValueError) as e:
         print(f"FAILED: {e}", file=sys.stderr)
-        return 1
+        cut_short = True
+    else:
+        cut_short = False
     finally:
+        stop_cpu_load(load)
         clean_up(pool, root)
-    good = summarize(results)
+    good = summarize(results)  # also of a campaign cut short: what it measured until then
+    if boot_failures:
+        print(f"{len(boot_failures)} fresh guest(s) did not boot and were replaced (the lab's, not a restore's)")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "consistent": good, "total": len(results)}, indent=1))
-    return 0 if good == len(results) else 1
+        write_json(args.json, results, boot_failures)
+    return 0 if good == len(results) and not cut_short else 1
 
 
 if __name__ == "__main__":

@@ -62,6 +62,27 @@ def nvram_path(domain_xml: str) -> str | None:
     return el.text.strip() if el is not None and el.text else None
 
 
+# QEMU 9.0.0 in libvirt's version numbering (major * 1,000,000 + minor * 1,000 + micro): the first QEMU whose
+# live migration keeps the dirty-page tracking of a TCG guest coherent (commit 03bfc2188f06, "physmem: Fix
+# migration dirty bitmap coherency with TCG memory access"; Debian 12's 7.2.x has not got it).
+QEMU_TCG_DIRTY_TRACKING_FIXED = 9_000_000
+
+
+def live_ram_caveat(domain_xml: str, qemu_version: int) -> str | None:
+    """Why a live RAM capture of this domain may not hold one instant, or None. QEMU before 9.0 clears the
+    dirty bits of a TCG guest (domain type 'qemu': no KVM) without resetting its TLB, so stores the guest makes
+    through an already-dirty TLB entry during the capture go untracked and the file keeps an older copy of
+    those pages; a restore then resumes into memory from two moments (docs/benchmarks.md, goal 6). KVM guests
+    are not concerned; `qemu_version` 0 (unknown) gives no caveat."""
+    if ET.fromstring(domain_xml).get("type") != "qemu" or not 0 < qemu_version < QEMU_TCG_DIRTY_TRACKING_FIXED:
+        return None
+    version = f"{qemu_version // 1_000_000}.{qemu_version // 1_000 % 1_000}.{qemu_version % 1_000}"
+    return (f"live RAM capture of a TCG guest (domain type 'qemu', no KVM) on QEMU {version} can miss pages "
+            "the guest writes meanwhile (QEMU before 9.0 loses their dirty tracking under TCG, fixed by QEMU "
+            "commit 03bfc2188f06), so a restore may resume into corrupt memory: set live = false for its "
+            "datasets")
+
+
 def has_agent_channel(domain_xml: str) -> bool:
     """Whether the definition has a qemu-guest-agent channel at all (else there is nobody to ask)."""
     root = ET.fromstring(domain_xml)

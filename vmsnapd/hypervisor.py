@@ -99,6 +99,7 @@ class Hypervisor:
         self._pauses = PauseWatchers()
         self._callback_id: int | None = None
         self._lock = threading.Lock()
+        self._caveat_checked: set[str] = set()
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -252,6 +253,7 @@ class Hypervisor:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         elif live:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
+            self._say_live_ram_caveat(name)
         self._create_snapshot(name, domxml.external_snapshot_xml(_snapshot_name(), overlays, memory_file, skip_disks),
                               flags)
 
@@ -261,8 +263,23 @@ class Hypervisor:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
         if live:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
+            self._say_live_ram_caveat(name)
         self._create_snapshot(name, domxml.manual_snapshot_xml(_snapshot_name(), targets, memory_file, skip_disks),
                               flags)
+
+    def _say_live_ram_caveat(self, name: str) -> None:
+        """A warning, once per domain and process, when a live RAM capture of it is known not to be reliable
+        (domxml.live_ram_caveat: a TCG guest on QEMU before 9.0). Not knowing is no reason to stop a cycle."""
+        if name in self._caveat_checked:
+            return
+        self._caveat_checked.add(name)
+        try:
+            caveat = domxml.live_ram_caveat(self.xml(name), self.conn.getVersion())
+        except (libvirt.libvirtError, HypervisorError) as exc:
+            log.debug("cannot tell whether a live RAM capture of %s is reliable: %s", name, exc)
+            return
+        if caveat:
+            log.warning("%s: %s", name, caveat)
 
     def _create_snapshot(self, name: str, snap_xml: str, flags: int) -> None:
         if self.dry_run:

@@ -73,6 +73,18 @@ def test_nvram_agent_channel_and_files():
     assert domxml.storage_pool_path("<pool type='rbd'><source/></pool>") == ""
 
 
+def test_live_ram_caveat_names_tcg_guests_on_qemu_before_9():
+    """QEMU < 9.0 loses dirty-page tracking of TCG guests in live migration (docs/benchmarks.md, goal 6): a TCG
+    domain on such a QEMU gets the caveat (with its version), a KVM domain or QEMU 9.0 and later none."""
+    caveat = domxml.live_ram_caveat(DOMAIN, 7_002_022)
+    assert caveat and "QEMU 7.2.22" in caveat and "live = false" in caveat
+    assert domxml.live_ram_caveat(DOMAIN, 8_002_010)
+    assert domxml.live_ram_caveat(DOMAIN, 9_000_000) is None
+    assert domxml.live_ram_caveat(DOMAIN, 10_001_000) is None
+    assert domxml.live_ram_caveat(DOMAIN.replace("type='qemu'", "type='kvm'", 1), 7_002_022) is None
+    assert domxml.live_ram_caveat(DOMAIN, 0) is None  # version unknown: no claim
+
+
 def test_external_snapshot_xml():
     xml = domxml.external_snapshot_xml("vmsnapd-1", {"vda": "/ovl/a'b.qcow2"}, "/ovl/web.mem", ["vdb"])
     root = ET.fromstring(xml)
