@@ -267,17 +267,22 @@ class Hypervisor:
         self._create_snapshot(name, domxml.manual_snapshot_xml(_snapshot_name(), targets, memory_file, skip_disks),
                               flags)
 
+    def live_ram_caveat(self, name: str) -> str | None:
+        """Why a live RAM capture of `name` may not hold one instant (domxml.live_ram_caveat: a TCG guest on QEMU
+        before 9.0), or None — also when libvirt cannot tell (not knowing is no reason to stop anything)."""
+        try:
+            return domxml.live_ram_caveat(self.xml(name), self.conn.getVersion())
+        except (libvirt.libvirtError, HypervisorError) as exc:
+            log.debug("cannot tell whether a live RAM capture of %s is reliable: %s", name, exc)
+            return None
+
     def _say_live_ram_caveat(self, name: str) -> None:
         """A warning, once per domain and process, when a live RAM capture of it is known not to be reliable
-        (domxml.live_ram_caveat: a TCG guest on QEMU before 9.0). Not knowing is no reason to stop a cycle."""
+        (`vmsnapd check` says it too, as a WARNING, until the policy says live = false)."""
         if name in self._caveat_checked:
             return
         self._caveat_checked.add(name)
-        try:
-            caveat = domxml.live_ram_caveat(self.xml(name), self.conn.getVersion())
-        except (libvirt.libvirtError, HypervisorError) as exc:
-            log.debug("cannot tell whether a live RAM capture of %s is reliable: %s", name, exc)
-            return
+        caveat = self.live_ram_caveat(name)
         if caveat:
             log.warning("%s: %s", name, caveat)
 

@@ -58,6 +58,7 @@ class DatasetFacts(BaseModel):
     newest: dict[str, datetime] = Field(default_factory=dict)  # period -> creation of our newest snapshot
     domain: str | None = None
     overlays: list[str] = Field(default_factory=list)
+    live_caveat: str | None = None  # why its live RAM captures may not hold one instant
     last_cycle_error: str | None = None  # set when the last take of this dataset failed
     prune_held_back: bool = False  # the daemon's prune guard waits for `vmsnapd once --prune --confirm`
 
@@ -165,7 +166,8 @@ def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = N
 
 
 def _dataset_findings(dataset: DatasetFacts) -> list[Finding]:
-    """An overlay left behind, the last cycle failed, pruning held back by the guard."""
+    """An overlay left behind, the last cycle failed, live RAM captures known to be unreliable, pruning held back by
+    the guard."""
     found = []
     if dataset.overlays:
         found.append(Finding(state=State.CRITICAL, text=f"{dataset.domain} left on an overlay "
@@ -173,6 +175,9 @@ def _dataset_findings(dataset: DatasetFacts) -> list[Finding]:
     if dataset.last_cycle_error is not None:
         found.append(Finding(state=State.CRITICAL, text=f"{dataset.policy.name}: last cycle failed: "
                                                         f"{dataset.last_cycle_error}"))
+    if dataset.live_caveat is not None:
+        found.append(Finding(state=State.WARNING, text=f"{dataset.policy.name} ({dataset.domain}): "
+                                                       f"{dataset.live_caveat}"))
     if dataset.prune_held_back:
         found.append(Finding(state=State.WARNING, text=f"{dataset.policy.name}: pruning held back by the "
                                                        "prune guard (vmsnapd once --prune --confirm)"))

@@ -22,9 +22,15 @@ def test_a_live_ram_capture_of_a_tcg_guest_on_qemu_before_9_is_warned_about(lab,
                                   "memory": True, "quiesce": "off", "live": False}
 
     not_live = env.run("snapshot", dataset.name)
+    check_not_live = env.run("check", expect=None)
     env.datasets[dataset.name]["live"] = True
     live = env.run("snapshot", dataset.name)
+    check_live = env.run("check", expect=None)
 
     assert CAVEAT not in not_live.stdout + not_live.stderr, not_live.stderr
     assert live.stderr.count(CAVEAT) == (1 if concerned else 0), live.stderr
     assert len(lab.snapshot_names(dataset.name)) == 2  # a warning, not a refusal
+    # Monitoring says it too, as long as the policy asks for live captures of that guest.
+    assert CAVEAT not in check_not_live.stdout and check_not_live.returncode == 0, check_not_live.stdout
+    assert (CAVEAT in check_live.stdout) == concerned, check_live.stdout
+    assert check_live.returncode == (1 if concerned else 0), check_live.stdout

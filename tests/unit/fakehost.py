@@ -174,6 +174,10 @@ class FakeHypervisor(Faults):
         self._get(name)
         return []
 
+    def live_ram_caveat(self, name: str) -> str | None:
+        self._get(name)
+        return None
+
     def delete_snapshot_metadata(self, name: str, snapshots: list[str]) -> list[str]:
         self._call("delete_snapshot_metadata", name, tuple(snapshots))
         return list(snapshots)

@@ -154,3 +154,11 @@ def test_a_dataset_held_back_by_the_prune_guard_is_a_warning():
     ok = fresh(policy(daily=0), hourly=timedelta(minutes=5))
     result = plan_check(facts(ok.model_copy(update={"prune_held_back": True})), NOW)
     assert result.state == State.WARNING and "once --prune --confirm" in result.summary
+
+
+def test_a_vm_whose_live_ram_captures_are_unreliable_is_a_warning():
+    ok = fresh(policy(daily=0), hourly=timedelta(minutes=5))
+    assert plan_check(facts(ok), NOW).state == State.OK
+    caveat = "live RAM capture of a TCG guest (domain type 'qemu', no KVM) on QEMU 7.2.22 can miss pages"
+    result = plan_check(facts(ok.model_copy(update={"live_caveat": caveat, "domain": "web"})), NOW)
+    assert result.state == State.WARNING and "(web): live RAM capture of a TCG guest" in result.summary

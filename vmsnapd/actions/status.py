@@ -26,6 +26,7 @@ from vmsnapd.lag import lag_seconds
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS
 from vmsnapd.pruneguard import PruneGuard
+from vmsnapd.ports import HypervisorPort
 from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
 from vmsnapd.targets import wanted_domain
 from vmsnapd.zfs import ZfsError
@@ -60,6 +61,7 @@ class DatasetStatus(BaseModel):
     ram_bytes: int = 0
     replication_lag_s: int | None = None  # autosnap = false: age of the newest snapshot received (vmsnapd.lag)
     overlays: list[str] = Field(default_factory=list)
+    live_caveat: str | None = None  # its live RAM captures may not hold one instant (Hypervisor.live_ram_caveat)
     last_take: LastResult | None = None
     last_prune: LastResult | None = None
 
@@ -128,11 +130,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
                                                             else policy.domain)
         entry = DatasetStatus(dataset=name, domain=domain, vm_state=None)
         if domain and hv:
-            try:
-                entry.vm_state = hv.state(domain)
-                entry.overlays = [f"{d.target}: {d.source}" for d in hv.overlay_disks(domain, overlay_dir)]
-            except HypervisorError as exc:
-                entry.vm_state = f"unknown ({exc})"
+            _ask_libvirt(entry, hv, policy, overlay_dir)
         entry.periods = _periods(policy, survey, now, tz)
         entry.replication_lag_s = lag_seconds(policy, [p.newest_at for p in entry.periods.values() if p.newest_at],
                                               now)
@@ -155,6 +153,17 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
         status.leftover_overlay_files = sorted(str(p) for p in overlay_dir.iterdir()
                                                if p.name.endswith((".qcow2", ".mem")))
     return status
+
+
+def _ask_libvirt(entry: DatasetStatus, hv: HypervisorPort, policy: DatasetPolicy, overlay_dir: Path) -> None:
+    """The VM's state, the overlays it runs on, and whether its live RAM captures can be trusted."""
+    try:
+        entry.vm_state = hv.state(entry.domain)
+        entry.overlays = [f"{d.target}: {d.source}" for d in hv.overlay_disks(entry.domain, overlay_dir)]
+        if policy.memory and policy.live:
+            entry.live_caveat = hv.live_ram_caveat(entry.domain)
+    except HypervisorError as exc:
+        entry.vm_state = f"unknown ({exc})"
 
 
 def _periods(policy: DatasetPolicy, survey: Survey, now: datetime, tz) -> dict[str, PeriodStatus]:
@@ -193,7 +202,7 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
         policy = survey.policies[entry.dataset]
         digest = retention_hash(policy)
         facts.datasets.append(DatasetFacts(
-            policy=policy, domain=entry.domain, overlays=entry.overlays,
+            policy=policy, domain=entry.domain, overlays=entry.overlays, live_caveat=entry.live_caveat,
             newest={period: ps.newest_at for period, ps in entry.periods.items() if ps.newest_at is not None},
             last_cycle_error=(last.error or "failed") if last and not last.ok else None,
             prune_held_back=guard["announced"].get(policy.name) == digest != guard["confirmed"].get(policy.name)))
