@@ -64,7 +64,7 @@ bench-vms: lab
 	BENCH_OUT=$(BENCH_OUT) $(PYTHON) bench/many_vms.py
 
 bench-group: lab
-	$(PYTHON) bench/group.py
+	BENCH_OUT=$(BENCH_OUT) $(PYTHON) bench/group.py
 
 lab-clean:
 	@if [ -x $(PYTHON) ]; then $(PYTHON) tests/lab/demo.py --clean; else echo "no .venv: nothing set up"; fi
