@@ -1,7 +1,7 @@
 """VM groups on the lab (docs/groups.md): two counter guests in one group are held still together and snapshotted
 in one step; `restore --group` brings both back to that one instant (each continues at exactly its snapshot's
 max + 1, no record rewritten); a member failing before the step leaves the other running and unsnapshotted.
-The fault paths in milliseconds: tests/unit/test_groups.py."""
+The fault paths in milliseconds: tests/unit/test_groups_fakes.py."""
 from __future__ import annotations
 
 import re
