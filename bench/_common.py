@@ -75,3 +75,16 @@ def destroy_leftover_vms() -> None:
             lab.destroy_vm(name)  # a domain already gone is fine
         except Exception as e:  # noqa: BLE001 — cleanup: report and go on with the rest
             print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
+
+
+def tear_down(vms, pool, root: Path | None) -> None:
+    """What a benchmark made, whatever happened: its guests, then its pool and its run folder."""
+    for vm in vms:
+        try:
+            lab.destroy_vm(vm)
+        except Exception as e:  # noqa: BLE001 — cleanup: report and go on with the rest
+            print(f"warning: could not remove domain {vm.name}: {e}", file=sys.stderr)
+    if pool is not None:
+        destroy_pool_patiently(pool)
+    if root is not None:
+        remove_tree(root)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, destroy_pool_patiently, lab, median, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, lab, median, tear_down, vmsnapd  # noqa: E402
 from _scale import goal_rows, table, write_results  # noqa: E402
 
 GUEST_MIB = 128
@@ -143,15 +143,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        for _, vm in guests:
-            try:
-                lab.destroy_vm(vm)
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: could not remove domain {vm.name}: {e}", file=sys.stderr)
-        if pool is not None:
-            destroy_pool_patiently(pool)
-        if root is not None:
-            remove_tree(root)
+        tear_down([vm for _, vm in guests], pool, root)
 
     s_wall, m_wall = single["wall"], many["wall"]
     s_pause = next(iter(single["pauses"].values()))

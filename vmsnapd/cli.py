@@ -9,7 +9,7 @@ import os
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from vmsnapd import __version__
 from vmsnapd.actions.context import Context, Survey
@@ -451,23 +451,37 @@ def cmd_restore(args: argparse.Namespace) -> int:
         result: dict[str, object] = {"plan": plan.model_dump(mode="json"), "carried_out": False}
         if not args.json:
             _print_plan(plan)
-        if not args.yes:
-            print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
-            code = EX_PLAN_ONLY
-        else:
-            try:
-                with progress_on_tty(ctx.config.daemon.libvirt_uri, [plan.domain, plan.clone]):
-                    result["done"] = execute_restore(ctx, plan)
-                result["carried_out"], code = True, EX_OK
-            except RestoreFailed as exc:
-                print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
-                result["error"], code = str(exc), EX_FAILED
+        code = _carry_out(args, ctx, result, [plan.domain, plan.clone], lambda: execute_restore(ctx, plan))
+    _print_done(args, result)
+    return code
+
+
+def _carry_out(args: argparse.Namespace, ctx: Context, result: dict[str, object], domains: list[str | None],
+               execute: Callable[[], list[str]]) -> int:
+    """After the plan of a restore was shown: nothing more without --yes; else carry it out (the progress of
+    `domains` on a terminal) into `result`. The exit code."""
+    from vmsnapd.actions.restore import RestoreFailed
+
+    if not args.yes:
+        print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
+        return EX_PLAN_ONLY
+    try:
+        with progress_on_tty(ctx.config.daemon.libvirt_uri, domains):
+            result["done"] = execute()
+    except RestoreFailed as exc:
+        print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
+        result["error"] = str(exc)
+        return EX_FAILED
+    result["carried_out"] = True
+    return EX_OK
+
+
+def _print_done(args: argparse.Namespace, result: dict[str, object]) -> None:
     if args.json:
         _print_json(result)
     else:
         for line in result.get("done", []):
             print(f"done: {line}")
-    return code
 
 
 def _print_plan(plan) -> None:
@@ -508,22 +522,8 @@ def _cmd_restore_group(args: argparse.Namespace) -> int:
                   "verified first:")
             for plan in gplan.plans:
                 _print_plan(plan)
-        if not args.yes:
-            print(f"nothing done: add --yes to carry this out (exit {EX_PLAN_ONLY})", file=sys.stderr)
-            code = EX_PLAN_ONLY
-        else:
-            try:
-                with progress_on_tty(ctx.config.daemon.libvirt_uri, gplan.domains):
-                    result["done"] = execute_group_restore(ctx, gplan)
-                result["carried_out"], code = True, EX_OK
-            except RestoreFailed as exc:
-                print(f"vmsnapd: restore FAILED: {exc}", file=sys.stderr)
-                result["error"], code = str(exc), EX_FAILED
-    if args.json:
-        _print_json(result)
-    else:
-        for line in result.get("done", []):
-            print(f"done: {line}")
+        code = _carry_out(args, ctx, result, list(gplan.domains), lambda: execute_group_restore(ctx, gplan))
+    _print_done(args, result)
     return code
 
 
