@@ -77,14 +77,14 @@ def destroy_leftover_vms() -> None:
             print(f"warning: could not remove domain {name}: {e}", file=sys.stderr)
 
 
-def tear_down(vms, pool, root: Path | None) -> None:
-    """What a benchmark made, whatever happened: its guests, then its pool and its run folder."""
-    for vm in vms:
-        try:
-            lab.destroy_vm(vm)
-        except Exception as e:  # noqa: BLE001 — cleanup: report and go on with the rest
-            print(f"warning: could not remove domain {vm.name}: {e}", file=sys.stderr)
+def tear_down(pool, root: Path | None, watcher=None) -> None:
+    """What a benchmark made, whatever happened: the guests this process created, its pause watcher, its pool,
+    its run folder and the tmpfs folder of the same name (when it made one)."""
+    destroy_leftover_vms()
+    if watcher is not None:
+        watcher.close()
     if pool is not None:
         destroy_pool_patiently(pool)
     if root is not None:
         remove_tree(root)
+        remove_tree(Path("/dev/shm") / root.name)

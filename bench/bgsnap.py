@@ -30,7 +30,7 @@ import libvirt
 import libvirt_qemu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, destroy_leftover_vms, destroy_pool_patiently, lab, median, remove_tree  # noqa: E402
+from _common import BenchError, lab, median, tear_down  # noqa: E402
 from _window import Watcher, background_snapshot_probe, pause_method_steps, qmp  # noqa: E402
 
 QEMU_MAGIC = b"QEVM"
@@ -154,13 +154,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        destroy_leftover_vms()
-        if watcher is not None:
-            watcher.close()
-        if pool is not None:
-            destroy_pool_patiently(pool)
-        if root is not None:
-            remove_tree(root)
+        tear_down(pool, root, watcher)
     bg, hand = [r["pause_ms"] for r in out["bg"]], [r["pause_ms"] for r in out["hand"]]
     print(f"\npause median/max: pause/live by hand {median(hand):.0f}/{max(hand):.0f} ms, background-snapshot "
           f"{median(bg):.0f}/{max(bg):.0f} ms ({median(bg) / median(hand):.2f}x); restores consistent "

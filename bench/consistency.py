@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, destroy_leftover_vms, destroy_pool_patiently, lab, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, lab, tear_down, vmsnapd  # noqa: E402
 
 CASES = [{"method": m, "live": live, "ram_compression": c, "tmpfs": False}
          for m, live, c in itertools.product(("overlay", "pause"), (True, False), ("none", "zstd"))]
@@ -198,15 +198,6 @@ def run_restores(args: argparse.Namespace, pool, root: Path, cases: list, result
             print("    console: " + (r.get("console") or "")[-1500:].replace("\n", "\n    "), flush=True)
 
 
-def clean_up(pool, root: Path | None) -> None:
-    destroy_leftover_vms()
-    if pool is not None:
-        destroy_pool_patiently(pool)
-    if root is not None:
-        remove_tree(root)
-        remove_tree(Path("/dev/shm") / root.name)
-
-
 def summarize(results: list[dict]) -> int:
     good = sum(r["ok"] for r in results)
     print(f"\n{good}/{len(results)} restores consistent (continued at exactly snapshot max + 1, nothing rewritten)")
@@ -257,7 +248,7 @@ def main() -> int:
         cut_short = False
     finally:
         stop_cpu_load(load)
-        clean_up(pool, root)
+        tear_down(pool, root)
     good = summarize(results)  # also of a campaign cut short: what it measured until then
     if boot_failures:
         print(f"{len(boot_failures)} fresh guest(s) did not boot and were replaced (the lab's, not a restore's)")

@@ -111,7 +111,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        tear_down([vm for _, vm in guests.values()], pool, root)
+        tear_down(pool, root)
 
     s_med = median(result["single"])
     rows = [("pause median (ms)", f"{s_med:.0f}", "", "", "", "")]

@@ -143,7 +143,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        tear_down([vm for _, vm in guests], pool, root)
+        tear_down(pool, root)
 
     s_wall, m_wall = single["wall"], many["wall"]
     s_pause = next(iter(single["pauses"].values()))

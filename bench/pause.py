@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, destroy_leftover_vms, destroy_pool_patiently, lab, median, ratio, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, lab, median, ratio, tear_down, vmsnapd  # noqa: E402
 from _window import (Watcher, background_snapshot_probe, classic_cycle, pause_method_steps,  # noqa: E402
                      pause_ms, qmp_round_trip_ms)
 
@@ -191,14 +191,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        destroy_leftover_vms()
-        if watcher is not None:
-            watcher.close()
-        if pool is not None:
-            destroy_pool_patiently(pool)
-        if root is not None:
-            remove_tree(root)
-            remove_tree(Path("/dev/shm") / root.name)
+        tear_down(pool, root, watcher)
     print_results(guests)
     print("pause = SUSPENDED->RESUMED seen by this benchmark's own libvirt listener; 'not-live' saves all RAM with "
           "the guest stopped; 'pause' keeps it stopped through the zfs snapshot, 'overlay' switches to overlays "

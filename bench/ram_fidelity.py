@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import destroy_leftover_vms, lab, remove_tree  # noqa: E402
+from _common import lab, tear_down  # noqa: E402
 
 PAGE = 4096
 QEVM = b"QEVM\x00\x00\x00\x03"  # QEMU_VM_FILE_MAGIC, version 3
@@ -221,8 +221,7 @@ def run(args) -> list[dict]:
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
     finally:
-        destroy_leftover_vms()
-        remove_tree(root)
+        tear_down(None, root)
     return results
 
 

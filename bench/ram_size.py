@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, check_ok, destroy_leftover_vms, destroy_pool_patiently, lab, median, remove_tree, vmsnapd  # noqa: E402
+from _common import BenchError, check_ok, lab, median, tear_down, vmsnapd  # noqa: E402
 from _window import Watcher, pause_ms  # noqa: E402
 
 VARIANTS = [("no dump", False, "none"), ("dump, none", True, "none"), ("dump, zstd", True, "zstd")]
@@ -139,13 +139,7 @@ def main() -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        destroy_leftover_vms()
-        if watcher is not None:
-            watcher.close()
-        if pool is not None:
-            destroy_pool_patiently(pool)
-        if root is not None:
-            remove_tree(root)
+        tear_down(pool, root, watcher)
     if args.json:
         args.json.write_text(json.dumps({"guests": guests}, indent=1))
     return 0
