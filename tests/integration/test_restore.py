@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -33,16 +37,18 @@ def _sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _zfs_wrapper(lab, name: str, first_line: str) -> Path:
-    """A folder to put first on PATH whose `zfs` runs `first_line` (a shell line seeing the arguments), then the
-    real zfs."""
-    import shutil
-
+@contextmanager
+def _zfs_wrapper(lab, name: str, first_line: str) -> Iterator[dict[str, str]]:
+    """The environment for `vmsnapd_env.run(..., env=)` that puts first on PATH a `zfs` running `first_line` (a
+    shell line seeing the arguments), then the real zfs; removed afterwards."""
     bindir = lab.make_run_dir(name)
     wrapper = bindir / "zfs"
     wrapper.write_text(f'#!/bin/sh\n{first_line}\nexec {shutil.which("zfs")} "$@"\n')
     wrapper.chmod(0o755)
-    return bindir
+    try:
+        yield {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
 
 
 def _snap_max(lab, vm, dataset, snap) -> int:
@@ -283,10 +289,6 @@ def test_undo_of_a_force_stopped_vm_boots_it_again_with_a_child_dataset(lab, dat
 def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
     """`zfs promote` fails (a zfs wrapper first on PATH): the swap already made is undone, the VM boots again
     from its own disks."""
-    import os
-    import shutil
-
-    bindir = _zfs_wrapper(lab, "zfsfail", 'if [ "$1" = promote ]; then echo "injected failure" >&2; exit 1; fi')
     vm = lab.create_vm(dataset)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
@@ -298,11 +300,8 @@ def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
     _, pre_seen = lab.wait_counter_advances(vm, by=20, start=at_snapshot)
     pre_guids = _guids(lab, dataset)
     lab.write_token(vm, "after")  # records written from now on carry it
-    try:
-        proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=1,
-                       env={"PATH": f"{bindir}:{os.environ['PATH']}"})
-    finally:
-        shutil.rmtree(bindir, ignore_errors=True)
+    with _zfs_wrapper(lab, "zfsfail", 'if [ "$1" = promote ]; then echo "injected failure" >&2; exit 1; fi') as path:
+        proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=1, env=path)
     assert "injected failure" in proc.stderr and "undone" in proc.stderr and "booted again" in proc.stderr, \
         proc.stderr
     assert _guids(lab, dataset) == pre_guids and not _asides(lab, dataset)
@@ -319,21 +318,14 @@ def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
 def test_a_restore_killed_after_unmounting_is_undone_and_the_vm_boots(lab, dataset, vmsnapd_env):
     """vmsnapd killed (kill -9, by a zfs wrapper first on PATH) at its first `zfs rename`, i.e. after it unmounted
     the VM's dataset: `--undo` mounts it again and boots the VM from its own disk."""
-    import os
-    import shutil
-
-    bindir = _zfs_wrapper(lab, "zfskill", 'if [ "$1" = rename ]; then kill -9 "$PPID"; exit 1; fi')
     vm = lab.create_vm(dataset)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
     (snap,) = lab.snapshot_names(dataset.name)
     _, pre_seen = lab.wait_counter_advances(vm, by=20, start=_snap_max(lab, vm, dataset, snap))
-    try:
-        proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=None,
-                       env={"PATH": f"{bindir}:{os.environ['PATH']}"})
-    finally:
-        shutil.rmtree(bindir, ignore_errors=True)
+    with _zfs_wrapper(lab, "zfskill", 'if [ "$1" = rename ]; then kill -9 "$PPID"; exit 1; fi') as path:
+        proc = env.run("restore", vm.name, snap, "--force-stop", "--yes", expect=None, env=path)
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
     assert lab.zfs("get", "-H", "-o", "value", "mounted", dataset.name).strip() == "no"  # where the kill left it
 
