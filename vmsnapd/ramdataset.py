@@ -182,23 +182,23 @@ class RamDatasetStore(RamStore):
     # -- deleting ------------------------------------------------------------------------------
 
     def discard_half_made(self, domain: str, stamp: str, dry_run: bool) -> list[str]:
-        """Also the dump filesystem of an interrupted cycle that holds no dump file at all (killed between
-        `zfs create` and the dump's first byte, or while storing it): destroyed, with whatever is in it."""
-        done = super().discard_half_made(domain, stamp, dry_run)
+        """The interrupted cycle's dump filesystem (`<key>_<stamp>`, one listing): a half-written dump in it goes
+        as in the file store, and so does the filesystem when it holds no dump file at all (killed between
+        `zfs create` and the dump's first byte). Unmounted, what it holds cannot be seen: it stays."""
         try:
             dataset = dump_dataset(self.ram_dataset, domain, stamp)
-            info = self._listing().datasets.get(dataset)
-        except (InvalidName, ZfsError):
-            return done
-        try:  # unmounted: what it holds cannot be seen, so it stays
-            if info is None or not info.mountpoint or self._dump_in(dataset, Path(info.mountpoint), stamp):
-                return done
-        except OSError:
-            return done
+        except InvalidName:  # no such name could have been made for it
+            return []
+        info = self._listing().datasets.get(dataset)  # ZfsError, OSError: the caller says it could not look
+        if info is None or not info.mountpoint:
+            return []
+        dump = self._dump_in(dataset, Path(info.mountpoint), stamp)
+        if dump is not None:
+            return self._discard_if_half_written(dump, dry_run)
         if not dry_run:
             _destroy(self.zfs, dataset)
-        return done + [f"{dry_run_prefix(dry_run)}destroyed dump filesystem {dataset}, left without a dump by "
-                       "an interrupted cycle"]
+        return [f"{dry_run_prefix(dry_run)}destroyed dump filesystem {dataset}, left without a dump by an "
+                "interrupted cycle"]
 
     def delete(self, dump: RamDump, dry_run: bool, reason: str = "") -> int:
         """Destroy the dump's filesystem with its snapshots; returns the bytes freed (the dump and manifest)."""

@@ -285,7 +285,10 @@ class RamStore:
         half-written: a dump file without manifest. Delete it; returns what was done. A dump with a manifest is
         whole (the manifest is written last) and stays, also when the record could not say so any more."""
         dump = self.find(domain, stamp)
-        if dump is None or dump.manifest is not None or dump.manifest_path.exists():
+        return self._discard_if_half_written(dump, dry_run) if dump is not None else []
+
+    def _discard_if_half_written(self, dump: RamDump, dry_run: bool) -> list[str]:
+        if dump.manifest is not None or dump.manifest_path.exists():  # whole, or damaged (evidence): stays
             return []
         self.delete(dump, dry_run, "half-written by an interrupted cycle")
         return [f"{dry_run_prefix(dry_run)}deleted half-written RAM dump {dump.path}"]
