@@ -420,8 +420,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_dataset_status(entry, now)
     for pool, cap in status.pools.items():
         print(f"pool {pool}: {cap}% used")
-    for path in status.leftover_overlay_files:
-        print(f"leftover in overlay_dir: {path}")
+    for path in status.leftover_files:
+        print(f"leftover: {path}")
     sys.stdout.write("".join(f"kept aside by a restore: {line}\n" for line in status.kept_aside))
     for problem in status.problems:
         print(f"problem: {problem}")

@@ -65,6 +65,14 @@ class DaemonSettings(StrictModel):
         description="Where RAM dumps are kept, one directory per domain; may lie inside state_dir, not inside "
         "another of vmsnapd's folders or a managed dataset.",
     )
+    ram_staging_dir: str = Field(
+        "/run/vmsnapd/staging",
+        description="Where libvirt writes a cycle's fresh RAM file first, when the folder has room for the guest's "
+        "memory x 1.5 (and, on a tmpfs, leaves 10% of the host's memory available); the file is moved into the "
+        "RAM store once the guest runs again. On a tmpfs this takes the end of the RAM file's write out of the "
+        "guest's pause. Empty: overlay_dir is used, as when the folder has no room (docs/how-it-works.md, \"RAM "
+        "staging\").",
+    )
     ram_dataset: str = Field(
         "", description='"POOL/NAME": keep RAM dumps on ZFS instead, one filesystem per dump below this dataset, '
         "so that zfs send based replication (syncoid, zrepl) carries them (docs/replication.md); not with "
@@ -117,6 +125,13 @@ class DaemonSettings(StrictModel):
             raise ValueError("ram_dir and ram_dataset exclude each other: RAM dumps live in one of them")
         return self
 
+    @field_validator("ram_staging_dir")
+    @classmethod
+    def _staging(cls, value: str) -> str:
+        if value and (not value.startswith("/") or "\0" in value):
+            raise ValueError(f"must be an absolute path or empty, got {value!r}")
+        return value
+
     @field_validator("metrics_textfile")
     @classmethod
     def _textfile(cls, value: str) -> str:
@@ -128,10 +143,14 @@ class DaemonSettings(StrictModel):
     def _separate_folders(self) -> "DaemonSettings":
         """The folders vmsnapd writes must not be `/`, the same or nested (vmsnapd.ownership; the host-aware part
         of the rule runs in `config check` and before every pass: vmsnapd/actions/folders.py)."""
-        problems = folder_nesting_problems({key: str(getattr(self, key)) for key in FOLDER_KEYS})
+        problems = folder_nesting_problems(self.folders())
         if problems:
             raise ValueError("; ".join(f"{key} = {getattr(self, key)}: {why}" for key, why in problems))
         return self
+
+    def folders(self) -> dict[str, str]:
+        """The folders vmsnapd writes, by key (the staging folder only when set)."""
+        return {key: str(getattr(self, key)) for key in FOLDER_KEYS if str(getattr(self, key))}
 
     @field_validator("metrics_listen")
     @classmethod

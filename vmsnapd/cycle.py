@@ -41,6 +41,7 @@ from vmsnapd.overlaynames import memory_file_name
 from vmsnapd.policy import snapshot_names
 from vmsnapd.ramstore import DumpDisk, RamDumpInfo, RamStore, RamStoreError
 from vmsnapd.recorder import Recorder
+from vmsnapd.staging import Claim, StagingArea
 from vmsnapd.targets import Target, dataset_of_path
 from vmsnapd.zfs import SnapshotExists, Zfs, ZfsError, ZfsListing
 
@@ -68,6 +69,7 @@ class CycleEnv:
     ram_compression: str
     hook_timeout: float = 30.0
     dry_run: bool = False
+    staging: StagingArea | None = None  # where fresh RAM files go first when it has room (vmsnapd.staging)
 
 
 class Cycle:
@@ -84,6 +86,7 @@ class Cycle:
         # one step for all members (it records what was taken and enters `snapshotted`, or raises).
         self.before_hold: Callable[[Recorder], None] | None = None
         self.snapshot_step: Callable[[Recorder], None] | None = None
+        self.staged: Claim | None = None  # room in the staging folder held for this cycle's RAM file
 
     # -- entry -----------------------------------------------------------------------------------------------
 
@@ -113,8 +116,11 @@ class Cycle:
             outcome.error = f"cannot record the cycle in the journal, not starting it: {exc}"
             log.error("%scycle failed dataset=%s: %s", self.prefix, ",".join(self.target.datasets), outcome.error)
             return outcome
-        with self._hooks(rec, outcome) as pre_hook:
-            self._attempt(plan, rec, outcome, pre_hook)
+        try:
+            with self._hooks(rec, outcome) as pre_hook:
+                self._attempt(plan, rec, outcome, pre_hook)
+        finally:
+            self._release_staging()  # the RAM file is in the store or gone by now
         outcome.warnings = rec.warnings
         outcome.duration_ms = rec.elapsed_ms()
         outcome.pause_ms = rec.record.pause_ms
@@ -288,23 +294,45 @@ class Cycle:
 
     def _memory_file(self, rec: Recorder) -> str | None:
         """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
-        path = self.env.overlay_dir / memory_file_name(self.target.domain, rec.record.stamp)
-        verdict = memory_verdict(self._memory_problem(), self.target.policy.on_memory_failure)
+        memory = self.env.hypervisor.memory_bytes(self.target.domain)
+        folder = self._ram_file_folder(rec, memory)
+        verdict = memory_verdict(self._memory_problem(folder, memory), self.target.policy.on_memory_failure)
+        if not verdict.go:
+            self._release_staging()
         if verdict.fail:
             raise CycleFailed(verdict.fail)
         self._say(rec, "memory", verdict)
-        return str(path) if verdict.go else None
+        return str(folder / memory_file_name(self.target.domain, rec.record.stamp)) if verdict.go else None
 
-    def _memory_problem(self) -> str | None:
+    def _ram_file_folder(self, rec: Recorder, memory: int) -> Path:
+        """The staging folder when it has room for this guest's RAM file (vmsnapd.staging), else overlay_dir."""
+        staging = self.env.staging
+        if staging is None:
+            return self.env.overlay_dir
+        claim = staging.claim(memory)
+        if isinstance(claim, Claim):
+            self.staged = claim
+            rec.log(logging.INFO, "memory", f"RAM file staged in {claim.folder}")
+            return claim.folder
+        rec.log(logging.WARNING if claim.loud else logging.INFO, "memory",
+                f"RAM file in overlay_dir, not in ram_staging_dir {staging.folder}: {claim.reason}")
+        return self.env.overlay_dir
+
+    def _release_staging(self) -> None:
+        if self.staged is not None and self.env.staging is not None:
+            self.env.staging.release(self.staged)
+            self.staged = None
+
+    def _memory_problem(self, folder: Path, memory: int) -> str | None:
+        """Why the RAM cannot be written to `folder` and kept in the RAM store, or None."""
         domain = self.target.domain
         try:
             if not self.env.dry_run:  # a dry run creates no directory and writes no probe
                 # 0711: QEMU (libvirt-qemu) must reach the overlays in it, but not list them.
                 ensure_folder(self.env.overlay_dir, 0o711, set_mode=False)
                 _check_writable(self.env.ram_store.folder_for(domain))
-            memory = self.env.hypervisor.memory_bytes(domain)
             free = {str(where): shutil.disk_usage(_existing(where)).free
-                    for where in (self.env.overlay_dir, self.env.ram_store.ram_dir)}
+                    for where in (folder, self.env.ram_store.ram_dir)}
         except OSError as exc:
             return f"cannot write RAM dump: {exc}"
         return space_problem(free, memory, RAM_SPACE_FACTOR)

@@ -52,10 +52,16 @@ def directly_in(path: str, folder: str) -> bool:
 
 @dataclass(frozen=True)
 class Ownership:
-    """What makes something vmsnapd's on this host: overlay_dir and the managed domains."""
+    """What makes something vmsnapd's on this host: overlay_dir (and ram_staging_dir, where fresh RAM files may be
+    written too) and the managed domains."""
 
     overlay_dir: str
     managed_domains: frozenset[str] = frozenset()
+    staging_dir: str = ""  # empty: no staging folder
+
+    def holds_fresh_files(self, path: str) -> bool:
+        """`path` lies in overlay_dir or the staging folder (lexically)."""
+        return inside(path, self.overlay_dir) or bool(self.staging_dir) and inside(path, self.staging_dir)
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,9 @@ def _record_is_ours(record: SnapshotRecord, facts: DomainFacts, owner: Ownership
         return False
     if record.memory is not None:
         memory = parse_memory_file_name(os.path.basename(record.memory))
-        if memory is None or memory.domain != facts.name or not directly_in(record.memory, owner.overlay_dir):
+        if memory is None or memory.domain != facts.name or not (
+                directly_in(record.memory, owner.overlay_dir)
+                or owner.staging_dir and directly_in(record.memory, owner.staging_dir)):
             return False
     return all(_judge(facts, owner, target, path).ours for target, path in record.disks)
 
@@ -221,9 +229,9 @@ def _plan_metadata(facts: DomainFacts, owner: Ownership, plan: RecoveryPlan) -> 
             plan.steps.append(Step(StepKind.DROP_METADATA, snapshot=record.name))
             continue
         named = [p for _t, p in record.disks] + ([record.memory] if record.memory else [])
-        if any(inside(p, owner.overlay_dir) for p in named):  # an admin's own snapshots elsewhere: not our business
-            plan.warnings.append(f"libvirt snapshot {record.name} of {facts.name} names files in overlay_dir but "
-                                 "is not vmsnapd's: left alone")
+        if any(owner.holds_fresh_files(p) for p in named):  # an admin's own snapshots elsewhere: not our business
+            plan.warnings.append(f"libvirt snapshot {record.name} of {facts.name} names files in vmsnapd's "
+                                 "overlay_dir or ram_staging_dir but is not vmsnapd's: left alone")
 
 
 def foreign_domain_warnings(name: str, sources: Sequence[tuple[str, str]], owner: Ownership) -> list[str]:
@@ -232,24 +240,29 @@ def foreign_domain_warnings(name: str, sources: Sequence[tuple[str, str]], owner
             "left alone" for target, path in dict.fromkeys(sources) if inside(path, owner.overlay_dir)]
 
 
-def deletable_leftover(path: str, domain: str | None, overlay_dir: str) -> bool:
+def deletable_leftover(path: str, domain: str | None, overlay_dir: str, staging_dir: str = "") -> bool:
     """A file a journal record of `domain`'s cycle names (overlay or fresh RAM file): deleted only when it lies
-    directly in overlay_dir and its name is one vmsnapd gives such files for that domain, so a damaged or
-    forged record can never make root delete anything else. Pure: looks at the text only."""
+    directly in overlay_dir and its name is one vmsnapd gives such files for that domain, or directly in the
+    staging folder and named as that domain's fresh RAM file, so a damaged or forged record can never make root
+    delete anything else. Pure: looks at the text only."""
     if not domain or not isinstance(path, str) or "\x00" in path or not os.path.isabs(path):
         return False
-    if os.path.normpath(path) != path or os.path.dirname(path) != norm(overlay_dir):
+    if os.path.normpath(path) != path:
         return False
-    return is_file_of(os.path.basename(path), domain)
+    name, folder = os.path.basename(path), os.path.dirname(path)
+    if folder == norm(overlay_dir):
+        return is_file_of(name, domain)
+    memory = parse_memory_file_name(name)
+    return bool(staging_dir) and folder == norm(staging_dir) and memory is not None and memory.domain == domain
 
 
 # -- the folders vmsnapd writes ----------------------------------------------------------------------------------
 
-FOLDER_KEYS = ("overlay_dir", "ram_dir", "state_dir")
+FOLDER_KEYS = ("overlay_dir", "ram_dir", "state_dir", "ram_staging_dir")
 
 
 def folder_nesting_problems(folders: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Pure rules on the three folders alone: (key, reason) pairs. `/`, equal, nested (ram_dir inside state_dir
+    """Pure rules on the folders alone: (key, reason) pairs. `/`, equal, nested (ram_dir inside state_dir
     is allowed, as long as it is not state_dir's journal folder: the documented default /var/lib/vmsnapd/ram)."""
     problems: list[tuple[str, str]] = []
     roots = {key for key, path in folders.items() if norm(path) == "/"}

@@ -45,6 +45,7 @@ def write_config() -> Path:
 state_dir = "{DEMO_DIR / 'state'}"
 overlay_dir = "{overlay}"
 ram_dir = "{DEMO_DIR / 'ram'}"
+ram_staging_dir = "{DEMO_DIR / 'staging'}"
 ram_compression = "zstd"
 
 [templates.vms]

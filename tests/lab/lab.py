@@ -401,10 +401,10 @@ def toml_value(value) -> str:
 
 def write_vmsnapd_config(root: Path, datasets: dict[str, dict], templates: dict[str, dict] | None = None,
                          daemon: dict | None = None) -> Path:
-    """`root`/vmsnapd.toml (0600) with state/overlay/RAM under `root`; a dataset's "hooks" dict becomes its
+    """`root`/vmsnapd.toml (0600) with state/overlay/RAM/staging under `root`; a dataset's "hooks" dict becomes its
     hooks table."""
     settings = {"state_dir": str(root / "state"), "overlay_dir": str(root / "overlay"), "ram_dir": str(root / "ram"),
-                **(daemon or {})}
+                "ram_staging_dir": str(root / "staging"), **(daemon or {})}
     if settings.get("ram_dataset"):  # RAM dumps on ZFS instead: the two exclude each other
         settings.pop("ram_dir")
     lines = ["[daemon]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]

@@ -441,8 +441,9 @@ class Host:
         listing = self.zfs.listing()
         return Survey(listing=listing, policies=resolve(self.config(), sorted(listing.datasets)))
 
-    def cycle(self, periods: tuple[str, ...] = ("hourly",), *, dry_run: bool = False):
-        """Plan the targets as a pass does and run the cycle of the first one; returns its TargetOutcome."""
+    def cycle(self, periods: tuple[str, ...] = ("hourly",), *, dry_run: bool = False, staging=None):
+        """Plan the targets as a pass does and run the cycle of the first one; returns its TargetOutcome.
+        `staging`: the cycle's StagingArea (none: the RAM file goes to overlay_dir)."""
         from vmsnapd.cycle import Cycle, CycleEnv
         from vmsnapd.targets import plan_targets
 
@@ -451,7 +452,7 @@ class Host:
         target = plan_targets(survey.policies, survey.listing, self.hv)[0]
         env = CycleEnv(zfs=self.zfs, hypervisor=self.hv, journal=self.journal, listing=survey.listing,
                        overlay_dir=self.overlay_dir, ram_store=self.ram_store, ram_compression="none",
-                       hook_timeout=10.0, dry_run=dry_run)
+                       hook_timeout=10.0, dry_run=dry_run, staging=staging)
         return Cycle(env, target, list(periods), STAMP).run()
 
     def context(self, *, dry_run: bool = False):
@@ -522,7 +523,7 @@ def make_host(root: Path, *, state: str = RUNNING, agent: str = "answers", disks
         hv.add(domain, files, state=state, agent=agent)
     settings = {"hourly": 1, "daily": 0, "monthly": 0, "domain": domain or "none", **(policy or {})}
     text = (f'[daemon]\noverlay_dir = "{overlay_dir}"\nstate_dir = "{root}/state"\nram_dir = "{root}/ram"\n'
-            f'[datasets."tank/web"]\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
+            f'ram_staging_dir = "{root}/staging"\n[datasets."tank/web"]\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
     return Host(root=root, hv=hv, zfs=FakeZfs({"tank/web": mount}),
                 journal=FlakyJournal(root / "state", **(journal_faults or {})),
                 ram_store=FlakyRamStore(root / "ram", Runner(), failures=ram_failures),

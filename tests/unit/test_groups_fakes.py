@@ -165,7 +165,8 @@ class MemberJournal(FlakyJournal):
 def make_group_host(root: Path, *, app: dict | None = None, db: dict | None = None, journal=None) -> Host:
     hv = GroupHypervisor()
     mounts = {}
-    text = f'[daemon]\noverlay_dir = "{root}/overlay"\nstate_dir = "{root}/state"\nram_dir = "{root}/ram"\n'
+    text = (f'[daemon]\noverlay_dir = "{root}/overlay"\nstate_dir = "{root}/state"\nram_dir = "{root}/ram"\n'
+            f'ram_staging_dir = "{root}/staging"\n')
     for name, extra in (("app", app), ("db", db)):
         mount = mounts[f"tank/{name}"] = root / "tank" / name
         mount.mkdir(parents=True)
@@ -361,7 +362,7 @@ def restore_host(tmp_path, *, state=SHUTOFF, db_snaps=(S1, S2)):
                                      "tank/VM/db": list(db_snaps)})
     hv = FakeHypervisor()
     text = (f'[daemon]\noverlay_dir = "{tmp_path}/overlay"\nstate_dir = "{tmp_path}/state"\n'
-            f'ram_dir = "{tmp_path}/ram"\n')
+            f'ram_dir = "{tmp_path}/ram"\nram_staging_dir = "{tmp_path}/staging"\n')
     for name in ("app", "db"):
         hv.add(name, {"vda": f"{zfs.mountpoint_of(f'tank/VM/{name}')}/{name}-vda.img"}, state=state)
         text += f'[datasets."tank/VM/{name}"]\ndomain = "{name}"\ngroup = "shop"\n'

@@ -1,4 +1,4 @@
-"""The host-aware check of the folders vmsnapd writes (overlay_dir, ram_dir, state_dir).
+"""The host-aware check of the folders vmsnapd writes (overlay_dir, ram_dir, state_dir, ram_staging_dir).
 
 Used by `config check` (exit 78 with the reasons) and at the start of every pass and `recover`, before
 anything is touched: a config edited after the daemon started, or a host that changed under a good config
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.hvtypes import HypervisorError
-from vmsnapd.ownership import FOLDER_KEYS, HostFolders, host_folder_problems
+from vmsnapd.ownership import HostFolders, host_folder_problems
 from vmsnapd.targets import dataset_of_path
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,11 @@ def check_folders(ctx: Context, survey: Survey | None) -> FolderCheck:
     daemon = ctx.config.daemon
     result = FolderCheck()
     folders = {}
-    for key in FOLDER_KEYS:
+    for key, folder in daemon.folders().items():
         try:
-            folders[key] = os.path.realpath(str(getattr(daemon, key)))
+            folders[key] = os.path.realpath(folder)
         except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop: a reason, not a traceback
-            result.problems.append(f"daemon.{key} = {getattr(daemon, key)!r}: unusable path ({exc})")
+            result.problems.append(f"daemon.{key} = {folder!r}: unusable path ({exc})")
     if result.problems:
         return result
     mountpoints: dict[str, str] = {}

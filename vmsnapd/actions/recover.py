@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -100,17 +101,24 @@ def _survey_or_none(ctx: Context, report: RecoverReport) -> Survey | None:
 
 
 def _ownership(ctx: Context, survey: Survey | None, report: RecoverReport) -> Ownership:
-    """overlay_dir and the managed domains (those some dataset's policy maps to)."""
-    overlay_dir = norm(str(ctx.config.daemon.overlay_dir))
+    """overlay_dir, the staging folder and the managed domains (those some dataset's policy maps to)."""
+    folders = _folders(ctx)
     if survey is None or not any(p.domain != "none" for p in survey.policies.values()):
-        return Ownership(overlay_dir=overlay_dir)
+        return folders
     try:
         domains = set(ctx.hypervisor.domain_names())
     except HypervisorError as exc:
         report.warnings.append(f"cannot list domains ({exc}): only what the journal names is recovered")
-        return Ownership(overlay_dir=overlay_dir)
+        return folders
     managed = {wanted_domain(policy, domains) for policy in survey.policies.values()} - {None}
-    return Ownership(overlay_dir=overlay_dir, managed_domains=frozenset(managed))
+    return replace(folders, managed_domains=frozenset(managed))
+
+
+def _folders(ctx: Context) -> Ownership:
+    """vmsnapd's folders of fresh files, no managed domain."""
+    daemon = ctx.config.daemon
+    staging = daemon.ram_staging_dir
+    return Ownership(overlay_dir=norm(str(daemon.overlay_dir)), staging_dir=norm(staging) if staging else "")
 
 
 def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey: Survey | None,
@@ -129,7 +137,7 @@ def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey:
     for path in [record.ram_file] + overlays:
         if not path or path in in_use or not Path(path).exists():
             continue
-        if not deletable_leftover(path, record.domain, str(owner.overlay_dir)):
+        if not deletable_leftover(path, record.domain, owner.overlay_dir, owner.staging_dir):
             report.warnings.append(f"journal record {record.cycle_id} names {path}, which is not a file vmsnapd "
                                    "makes: left alone")
             continue
@@ -206,7 +214,7 @@ def _orphan_overlays(ctx: Context, record: CycleRecord, report: RecoverReport) -
         facts = OverlayFile(backing=_backing(ctx, overlay.overlay_path),
                             journal_base=os.path.realpath(overlay.base_path))
         verdict = judge_overlay(record.domain, overlay.target, overlay.overlay_path, facts,
-                                Ownership(overlay_dir=norm(str(ctx.config.daemon.overlay_dir))))
+                                _folders(ctx))
         if not verdict.ours:
             problems.append(f"overlay {overlay.overlay_path} of vanished domain {record.domain} not merged: "
                             f"{verdict.reason}")

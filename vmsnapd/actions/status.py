@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport
 from vmsnapd.asides import kept_aside_lines
-from vmsnapd.config import DatasetPolicy
+from vmsnapd.config import DaemonSettings, DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.lag import lag_seconds
@@ -69,7 +69,7 @@ class DatasetStatus(BaseModel):
 class HostStatus(BaseModel):
     datasets: list[DatasetStatus] = Field(default_factory=list)
     pools: dict[str, int] = Field(default_factory=dict)  # capacity percent
-    leftover_overlay_files: list[str] = Field(default_factory=list)
+    leftover_files: list[str] = Field(default_factory=list)  # overlays and RAM files in overlay_dir/ram_staging_dir
     kept_aside: list[str] = Field(default_factory=list)  # what in-place restores set aside, with undo/drop commands
     problems: list[str] = Field(default_factory=list)
 
@@ -149,10 +149,15 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
         except ZfsError as exc:
             status.problems.append(f"pool {pool}: {exc}")
     status.kept_aside = kept_aside_lines(ctx.state_dir)
-    if overlay_dir.exists():
-        status.leftover_overlay_files = sorted(str(p) for p in overlay_dir.iterdir()
-                                               if p.name.endswith((".qcow2", ".mem")))
+    status.leftover_files = _leftover_files(ctx.config.daemon)
     return status
+
+
+def _leftover_files(daemon: DaemonSettings) -> list[str]:
+    """Overlays and fresh RAM files lying in overlay_dir or the staging folder (a cycle's, or a crash's)."""
+    folders = [Path(daemon.overlay_dir)] + ([Path(daemon.ram_staging_dir)] if daemon.ram_staging_dir else [])
+    return sorted(str(p) for folder in folders if folder.is_dir() for p in folder.iterdir()
+                  if p.name.endswith((".qcow2", ".mem")))
 
 
 def _ask_libvirt(entry: DatasetStatus, hv: HypervisorPort, policy: DatasetPolicy, overlay_dir: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport, TargetOutcome
+from vmsnapd.staging import StagingArea
 from vmsnapd.cycle import Cycle, CycleEnv
 from vmsnapd.groupcycle import GroupCycle
 from vmsnapd.groupplan import schedule_units
@@ -76,6 +77,7 @@ def take_now(ctx: Context, survey: Survey, target_name: str, period: str) -> lis
 
 def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]],
                stamp: datetime) -> list[TargetOutcome]:
+    staging = ctx.config.daemon.ram_staging_dir
     env = CycleEnv(
         zfs=ctx.zfs,
         hypervisor=ctx.hypervisor if any(t.domain for t, _ in work) else None,
@@ -86,6 +88,7 @@ def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]
         ram_compression=ctx.config.daemon.ram_compression,
         hook_timeout=ctx.config.daemon.hook_timeout,
         dry_run=ctx.dry_run,
+        staging=StagingArea(Path(staging), dry_run=ctx.dry_run) if staging else None,
     )
     units = schedule_units(work)
     cycles = [Cycle(env, *unit.members[0], stamp) for unit in units if not unit.group]
