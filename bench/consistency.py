@@ -4,9 +4,10 @@ the snapshot's max counter + 1 with no record rewritten.
 
 A TCG counter guest (default 256 MiB, dirtying `--dirty-mib` of RAM besides writing its counter records every
 ~20 ms) on a fresh lab dataset; a fresh one for every restore (see `retire`), booted while the one before is
-being restored. Restore k (k = 1..N) uses case k mod 9: method overlay/pause × live/not-live ×
-ram_compression none/zstd, and pause/live with the RAM file on tmpfs (overlay_dir in /dev/shm, the fastest
-pause path vmsnapd offers in bench/pause.py, within the noise):
+being restored. Restore k (k = 1..N) uses case k mod 10: method overlay/pause × live/not-live ×
+ram_compression none/zstd with the RAM file written on disk (`ram_staging_dir = ""`), and overlay/live and
+pause/live with the RAM file staged on tmpfs (`ram_staging_dir` in /dev/shm: the default /run/vmsnapd/staging on a
+systemd host, the shortest pause in bench/pause.py):
 1. `vmsnapd snapshot DATASET` with that case's config;
 2. the snapshot's max counter is read (through a clone), the guest writes on past it;
 3. the token disk gets a new token `rK`;
@@ -15,7 +16,7 @@ pause path vmsnapd offers in bench/pause.py, within the noise):
    the disk (rewritten), a first new counter other than max + 1 means RAM newer than the disk (lab.resume_evidence).
 Prints k/N consistent and every failing case in full (config, counters, vmsnapd's output, console tail). The
 replaced states stay aside until the pool is destroyed at the end. `--budget S`: no new restore after S seconds
-(the count reached is printed as k/K). `--cases` replaces the round of 9 by the paths named, in that order (a
+(the count reached is printed as k/K). `--cases` replaces the round of 10 by the paths named, in that order (a
 path named twice runs twice per round: a suspect path against its neighbours); `--cpu-load N` adds N bounded busy
 loops for the run. A fresh guest that does not boot is replaced and counted apart (the lab's, not a restore's).
 Never asserts timings. Exit 0 when all N were consistent, 1 otherwise.
@@ -41,8 +42,8 @@ from _common import BenchError, check_ok, lab, tear_down, vmsnapd  # noqa: E402
 
 CASES = [{"method": m, "live": live, "ram_compression": c, "tmpfs": False}
          for m, live, c in itertools.product(("overlay", "pause"), (True, False), ("none", "zstd"))]
-# the lowest pause vmsnapd offered in bench/pause.py (within the noise): pause/live, the RAM file on tmpfs
-CASES.append({"method": "pause", "live": True, "ram_compression": "zstd", "tmpfs": True})
+# the RAM file staged on a tmpfs (the default ram_staging_dir on a systemd host): the shortest pauses of bench/pause.py
+CASES += [{"method": m, "live": True, "ram_compression": "zstd", "tmpfs": True} for m in ("overlay", "pause")]
 
 
 def case_name(case: dict) -> str:
@@ -78,12 +79,12 @@ def stop_cpu_load(procs: list[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def tmpfs_dir(root: Path, name: str) -> Path:
+def staging_dir(root: Path, name: str) -> Path:
+    """A RAM staging folder on tmpfs for guest `name` (vmsnapd creates its last part, 0700; tear_down removes
+    /dev/shm/<root's name>)."""
     path = Path("/dev/shm") / root.name / name
-    path.parent.mkdir(mode=0o755, exist_ok=True)
-    path.mkdir(mode=0o711, exist_ok=True)
-    path.chmod(0o711)
-    return path
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path / "staging"
 
 
 def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
@@ -92,8 +93,8 @@ def one_restore(root: Path, g: Guest, k: int, case: dict) -> dict:
                                                       "live": case["live"], "memory": True, "quiesce": "off",
                                                       "hourly": 100}},
                                       daemon={"ram_compression": case["ram_compression"],
-                                              "overlay_dir": str(tmpfs_dir(root, vm.name) if case["tmpfs"] else
-                                                                 root / vm.name / "overlay")})
+                                              "ram_staging_dir": str(staging_dir(root, vm.name)) if case["tmpfs"]
+                                              else ""})
     before = set(lab.snapshot_names(ds.name))
     took = vmsnapd(config, "snapshot", ds.name)
     check_ok(took, f"restore {k}: vmsnapd snapshot ({case_name(case)})")
@@ -223,7 +224,7 @@ def main() -> int:
     ap.add_argument("--dirty-mib", type=int, default=32, help="RAM the guest dirties continuously (default 32)")
     ap.add_argument("--budget", type=float, default=3600, help="no new restore after this many seconds (3600)")
     ap.add_argument("--cases", default="", help="the cases of one round, comma-separated, in order; a name given "
-                    "twice runs twice per round; any METHOD/live|not-live/none|zstd[/tmpfs] (default: the 9 paths)")
+                    "twice runs twice per round; any METHOD/live|not-live/none|zstd[/tmpfs] (default: the 10 paths)")
     ap.add_argument("--cpu-load", type=int, default=0, help="busy loops added for the whole run (default 0)")
     ap.add_argument("--json", type=Path, help="write the results here (for bench/report.py)")
     args = ap.parse_args()

@@ -5,11 +5,14 @@ side in one run on the same guest, and where the paused window goes.
 For each guest size (default 128 and 1024 MiB; the guest dirties `--dirty-mib` MiB of RAM continuously, a tmpfs
 file copied over and over, besides its disk counter) one TCG counter guest on a fresh lab dataset gets N cycles of:
 - `vmsnapd snapshot DATASET` per mode: overlay/live (the default), overlay/not-live, pause/live, pause/not-live
-  (config: domain = the VM, method, live, quiesce = "off", ram_compression = "none"); pause = vmsnapd's own
-  `pause_ms` (manifest) and, the figure compared, SUSPENDED→RESUMED seen by this benchmark's libvirt listener;
+  (config: domain = the VM, method, live, quiesce = "off", ram_compression = "none"), the RAM file staged on a
+  tmpfs (`ram_staging_dir` in /dev/shm: what the default /run/vmsnapd/staging is on a systemd host; this lab's
+  /run is no tmpfs); pause = vmsnapd's own `pause_ms` (manifest) and, the figure compared, SUSPENDED→RESUMED seen
+  by this benchmark's libvirt listener;
+- overlay/live and pause/live with `ram_staging_dir = ""`: the RAM file written in `overlay_dir` on disk, as
+  vmsnapd did before the staging folder;
 - classic: `virsh snapshot-create-as --memspec … --diskspec …` (not live) → `zfs snapshot` →
   `virsh blockcommit --active --pivot`, the scripts people ran around sanoid;
-- pause/live with `overlay_dir` on tmpfs (/dev/shm: the RAM file's fsync is free, so it leaves the paused window);
 - breakdown: vmsnapd's pause/live path done by hand with every step stamped (bench/_window.py), and the same with
   QEMU's migration downtime limit lowered to `--downtime-ms` (a prototype: fewer dirty pages left for the stop).
 After every cycle the guest's counter must advance again. Once per guest: the QMP round trip (query-status through
@@ -36,7 +39,7 @@ from _window import (Watcher, background_snapshot_probe, classic_cycle, pause_me
                      pause_ms, qmp_round_trip_ms)
 
 MODES = [("overlay", True), ("overlay", False), ("pause", True), ("pause", False)]
-TMPFS = "pause/live, RAM file on tmpfs"
+ON_DISK = ", RAM file on disk"  # ram_staging_dir = "": the RAM file in overlay_dir
 # vmsnapd's own steps (its --debug log: "cycle → STATE ... elapsed_ms=N"), in the order they happen
 STEP_RE = re.compile(r"cycle → (freezing|frozen|snapshotted|resumed|committed|unfrozen) .*? elapsed_ms=(\d+)")
 DEFAULT = "overlay/live"
@@ -73,7 +76,7 @@ def dirty_for(memory_mib: int, wanted: int) -> int:
     return min(wanted, memory_mib // 8)
 
 
-def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args, tmpfs: Path) -> dict:
+def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args, staging: Path) -> dict:
     ds = lab.create_dataset(pool, name=f"guest{memory_mib}")
     t0 = time.monotonic()
     dirty = dirty_for(memory_mib, args.dirty_mib)
@@ -89,8 +92,8 @@ def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args, tmpfs: 
         out["background_snapshot"] = background_snapshot_probe(vm.dom)
         print(f"  QMP round trip (query-status via libvirt) {out['qmp_round_trip_ms']:.1f} ms; "
               f"background-snapshot: {out['background_snapshot']}", flush=True)
-        plan = [(mode_name(m, live), ("product", m, live, root / "overlay")) for m, live in MODES]
-        plan.append((TMPFS, ("product", "pause", True, tmpfs)))
+        plan = [(mode_name(m, live), ("product", m, live, str(staging))) for m, live in MODES]
+        plan += [(mode_name(m, True) + ON_DISK, ("product", m, True, "")) for m in ("overlay", "pause")]
         plan += [(CLASSIC, ("classic",)), ("pause/live by hand", ("hand", None)),
                  (f"pause/live by hand, downtime {args.downtime_ms} ms", ("hand", args.downtime_ms))]
         for i in range(args.n):  # interleaved: load changes hit every method alike
@@ -98,7 +101,7 @@ def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args, tmpfs: 
                 if how[0] == "product":
                     config = lab.write_vmsnapd_config(root, {ds.name: {
                         "domain": vm.name, "method": how[1], "live": how[2], "memory": True, "quiesce": "off",
-                        "hourly": 100}}, daemon={"ram_compression": "none", "overlay_dir": str(how[3])})
+                        "hourly": 100}}, daemon={"ram_compression": "none", "ram_staging_dir": how[3]})
                     r = product_cycle(config, ds.name, root / "ram" / vm.name, events, name)
                 elif how[0] == "classic":
                     r = classic_cycle(vm, ds.name, events, i)
@@ -155,7 +158,7 @@ def print_results(guests: list[dict]) -> None:
                 continue
             parts = ", ".join(f"{k} {median([r[k] for r in rr if r.get(k) is not None]):.0f}" for k in BREAKDOWN_KEYS)
             print(f"  {g['memory_mib']} MiB, {name}: pause {median([r['pause_ms'] for r in rr]):.0f} = {parts}")
-        for name in ("pause/live", TMPFS):
+        for name in ("pause/live", "pause/live" + ON_DISK):
             prod = g["rows"].get(name, [])
             if not prod:
                 continue
@@ -180,13 +183,12 @@ def main() -> int:
     try:
         lab.check_lab()
         root = lab.make_run_dir("pause")
-        tmpfs = Path("/dev/shm") / root.name  # the RAM file's fsync costs nothing on tmpfs
-        tmpfs.mkdir(mode=0o711)
-        tmpfs.chmod(0o711)
+        tmpfs = Path("/dev/shm") / root.name  # the RAM file's end costs nothing on tmpfs
+        tmpfs.mkdir(mode=0o700)  # removed by tear_down
         pool = lab.create_pool("2G")
         watcher = Watcher()
         for size in (int(s) for s in args.sizes.split(",")):
-            guests.append(one_guest(root, pool, watcher, size, args, tmpfs))
+            guests.append(one_guest(root, pool, watcher, size, args, tmpfs / "staging"))
     except (BenchError, lab.LabError, ValueError) as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from vmsnapd.report import TargetOutcome
 from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
                                plan_cycle, quiesce_verdict, space_problem, subtree_root)
 from vmsnapd.domxml import nvram_path
-from vmsnapd.hvtypes import AgentUnavailable, HypervisorError
+from vmsnapd.hvtypes import AgentUnavailable, HypervisorError, NoSpace
 from vmsnapd.holdstill import COMMIT_ATTEMPTS, CycleFailed, HoldStill, StillOnOverlay, hold_for
 from vmsnapd.commitback import state_or_gone
 from vmsnapd.ports import HypervisorPort
@@ -242,9 +242,7 @@ class Cycle:
 
     def _vm(self, plan: CyclePlan, rec: Recorder) -> None:
         self._save_domain_xml(rec)
-        memory_file = self._memory_file(rec) if plan.memory else None
-        hold = hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
-                        live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
+        hold = self._hold_for(plan, rec, self._memory_file(rec) if plan.memory else None)
         self._ready_to_hold(rec)
         with self.env.hypervisor.watch_pauses(self.target.domain) as pauses:
             snapshot_error, unfreeze_error = self._hold_and_snapshot(plan, rec, hold)
@@ -269,7 +267,7 @@ class Cycle:
         paused (libvirt refuses agent commands to a paused guest)."""
         snapshot_error = unfreeze_error = None
         with self._quiesced(plan, rec) as thaw:
-            hold.freeze_disks()
+            hold = self._freeze(plan, rec, hold)
             if hold.guest_runs:
                 thaw()
             try:
@@ -281,6 +279,28 @@ class Cycle:
             except Exception as exc:  # noqa: BLE001 — keep what the snapshot gave us, then report
                 unfreeze_error = exc
         return snapshot_error, unfreeze_error
+
+    def _hold_for(self, plan: CyclePlan, rec: Recorder, memory_file: str | None) -> HoldStill:
+        return hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
+                        live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
+
+    def _freeze(self, plan: CyclePlan, rec: Recorder, hold: HoldStill) -> HoldStill:
+        """Hold the disks still (the hold used is returned). When the staging folder filled up during the RAM
+        capture (libvirt undid it: the guest is as it was, nothing half-made is left), once more with the RAM file
+        in overlay_dir."""
+        try:
+            hold.freeze_disks()
+            return hold
+        except NoSpace as exc:
+            if self.staged is None:
+                raise
+            rec.warn("memory", f"ram_staging_dir {self.staged.folder} filled up during the RAM capture ({exc}); "
+                               "again with the RAM file in overlay_dir")
+        self._release_staging()
+        memory = self.env.hypervisor.memory_bytes(self.target.domain)
+        hold = self._hold_for(plan, rec, self._memory_file_in(rec, self.env.overlay_dir, memory))
+        hold.freeze_disks()
+        return hold
 
     def _unfreeze_message(self, rec: Recorder, exc: Exception) -> str:
         if not isinstance(exc, StillOnOverlay):
@@ -295,7 +315,10 @@ class Cycle:
     def _memory_file(self, rec: Recorder) -> str | None:
         """Where libvirt writes the RAM, or None (with a warning) when it cannot be written."""
         memory = self.env.hypervisor.memory_bytes(self.target.domain)
-        folder = self._ram_file_folder(rec, memory)
+        return self._memory_file_in(rec, self._ram_file_folder(rec, memory), memory)
+
+    def _memory_file_in(self, rec: Recorder, folder: Path, memory: int) -> str | None:
+        """The RAM file's path in `folder`, or None (with a warning) when it cannot be written there."""
         verdict = memory_verdict(self._memory_problem(folder, memory), self.target.policy.on_memory_failure)
         if not verdict.go:
             self._release_staging()

@@ -36,6 +36,10 @@ class HypervisorUnavailable(HypervisorError):
     """libvirtd does not answer (not running, restarting)."""
 
 
+class NoSpace(HypervisorError):
+    """A file libvirt was writing (a RAM file, an overlay) found its file system full; libvirt undid the call."""
+
+
 class AgentUnavailable(HypervisorError):
     """The guest agent does not answer: no agent channel, agent not running, or it timed out."""
 

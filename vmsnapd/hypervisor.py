@@ -23,7 +23,7 @@ import libvirt
 from vmsnapd import domxml
 from vmsnapd.domxml import Disk
 from vmsnapd.hvtypes import (AgentUnavailable, BlockJobFailed, DomainNotFound, DomainState, HypervisorError,
-                             HypervisorUnavailable)
+                             HypervisorUnavailable, NoSpace)
 from vmsnapd.names import validate_domain_name
 from vmsnapd.overlaynames import libvirt_snapshot_name
 from vmsnapd.ownership import SnapshotRecord
@@ -61,6 +61,8 @@ def _wrap(exc: libvirt.libvirtError, what: str) -> HypervisorError:
     if code in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
                 libvirt.VIR_ERR_INTERNAL_ERROR) and "connect" in str(exc).lower():
         return HypervisorUnavailable(f"{what}: {exc}")
+    if "No space left on device" in str(exc):  # strerror(ENOSPC), as libvirt and its I/O helper quote it
+        return NoSpace(f"{what}: {exc}")
     return HypervisorError(f"{what}: {exc}")
 
 

@@ -1,5 +1,6 @@
 """The RAM staging folder on real libvirt (vmsnapd.staging): the fresh RAM file is written to a tmpfs when it has
 room for the guest's memory x 1.5 (and moved into ram_dir once the guest runs again), to overlay_dir when not;
+a tmpfs that fills up during the capture makes the cycle hold the disks again with the RAM file in overlay_dir;
 the restore point made through the tmpfs resumes exactly where the snapshot was taken."""
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ NOT_STAGED = "RAM file in overlay_dir, not in ram_staging_dir"
 
 
 @contextmanager
-def _tmpfs(where: Path, size_mib: int) -> Iterator[Path]:
-    """A tmpfs of `size_mib` MiB mounted on the new folder `where`, unmounted and removed afterwards."""
+def _tmpfs(where: Path, size_mib: int, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of `size_mib` MiB (and `inodes` files) mounted on the new folder `where`, unmounted and removed
+    afterwards."""
     where.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700", "tmpfs", str(where)], check=True)
+    options = f"size={size_mib}m,mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
     try:
         yield where
     finally:
@@ -39,9 +42,15 @@ def test_the_ram_file_is_staged_on_a_tmpfs_with_room_and_resumes_exactly(lab, da
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 5, "daily": 0, "monthly": 0, "domain": vm.name, "method": "overlay",
                                   "quiesce": "off", "live": False}
-    with _tmpfs(env.root / "small", 64) as small, _tmpfs(env.root / "big", 512) as big:
+    with _tmpfs(env.root / "small", 64) as small, _tmpfs(env.root / "big", 512) as big, \
+            _tmpfs(env.root / "noinode", 512, inodes=2) as starved:
         env.daemon["ram_staging_dir"] = str(small)
         fallback = env.run("snapshot", dataset.name)
+        # Room enough, but no inode left once vmsnapd made its folder: libvirt's write fails with ENOSPC.
+        env.daemon["ram_staging_dir"] = str(starved / "staging")
+        time.sleep(1.1)
+        retried = env.run("snapshot", dataset.name)
+        time.sleep(1.1)
         env.daemon["ram_staging_dir"] = str(big / "staging")  # created by vmsnapd, 0700
         staged = env.run("snapshot", dataset.name)
         left_in_tmpfs = list((big / "staging").iterdir())
@@ -49,10 +58,12 @@ def test_the_ram_file_is_staged_on_a_tmpfs_with_room_and_resumes_exactly(lab, da
 
     assert NOT_STAGED in fallback.stderr and "it has 64 MiB free" in fallback.stderr, fallback.stderr
     assert STAGED not in fallback.stderr
+    assert f"{STAGED} {starved / 'staging'}" in retried.stderr, retried.stderr
+    assert "filled up during the RAM capture" in retried.stderr and "No space left on device" in retried.stderr
     assert f"{STAGED} {big / 'staging'}" in staged.stderr, staged.stderr
     assert left_in_tmpfs == [] and mode == 0o700  # moved into ram_dir, the folder private
     dumps = json.loads(env.run("list", vm.name, "--json").stdout)
-    assert len(dumps) == 2 and all(p["ram_dump"] for p in dumps), dumps
+    assert len(dumps) == 3 and all(p["ram_dump"] for p in dumps), dumps
     assert not any(p.name.endswith(".mem") for p in env.overlay_dir.iterdir())
 
     snap = sorted(lab.snapshot_names(dataset.name))[-1]  # the staged one

@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 import vmsnapd.holdstill as holdstill
 from fakehost import make_host
 from vmsnapd.config import ConfigError, parse_config
+from vmsnapd.hvtypes import NoSpace
 from vmsnapd.ownership import deletable_leftover
 from vmsnapd.overlaynames import memory_file_name, overlay_file_name
 from vmsnapd.staging import (STAGING_FACTOR, Claim, Refusal, StagingArea, StagingFacts, fs_type_of, parse_meminfo,
                              staging_refusal)
 
+SNAP = "tank/web@autosnap_2026-11-29_01:00:00_hourly"
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -197,6 +199,39 @@ def test_recover_deletes_the_staged_ram_file_of_a_killed_cycle(tmp_path):
 
     assert report.errors == [] and not Path(record.ram_file).exists()
     assert host.records() == []
+
+
+@pytest.mark.parametrize("method, verb", [("overlay", "snapshot_external"), ("pause", "snapshot_manual")])
+def test_a_staging_folder_that_fills_up_during_the_capture_is_retried_in_overlay_dir(tmp_path, method, verb):
+    """libvirt undoes a RAM capture whose file system filled up (measured on the lab: guest running on its base
+    disks, no file left): the cycle holds the disks again with the RAM file in overlay_dir."""
+    host = make_host(tmp_path, policy={"method": method})
+    staging = area(tmp_path, free=GIB)
+    host.hv.fail(verb, NoSpace("snapshot of web: Unable to write /x.mem: No space left on device"))
+
+    outcome = host.cycle(staging=staging)
+
+    assert outcome.ok, outcome.error
+    assert any("filled up during the RAM capture" in w for w in outcome.warnings), outcome.warnings
+    first, second = host.hv.verbs(verb)
+    assert str(tmp_path / "staging" / host.memory_name()) in first
+    assert str(host.overlay_dir / host.memory_name()) in second
+    assert host.zfs.snapshots == [SNAP] and len([d for d in host.dumps() if d.endswith(".mem")]) == 1
+    assert host.records() == [] and host.overlay_files() == []
+    assert isinstance(staging.claim(int(GIB / STAGING_FACTOR)), Claim)
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_full_file_system_is_not_retried_without_staging_or_twice(tmp_path, staged):
+    host = make_host(tmp_path)
+    full = NoSpace("snapshot of web: No space left on device")
+    host.hv.fail("snapshot_external", full, full)
+
+    outcome = host.cycle(staging=area(tmp_path, free=GIB) if staged else None)
+
+    assert not outcome.ok and "No space left" in outcome.error
+    assert len(host.hv.verbs("snapshot_external")) == (2 if staged else 1)
+    assert host.zfs.snapshots == [] and host.records() == [] and host.overlay_files() == []
 
 
 STAGE = "/run/vmsnapd/staging"
