@@ -723,8 +723,8 @@ def destroy_vm(vm: VM | str, remove_files: bool = True) -> None:
         _undefine_with_metadata(dom)
     if remove_files:
         shutil.rmtree(VMS_DIR / name, ignore_errors=True)
-    while name in CREATED_VMS:  # gone: the teardown need not look for it again
-        CREATED_VMS.remove(name)
+        while name in CREATED_VMS:  # gone with its files: the teardown need not look for it again
+            CREATED_VMS.remove(name)
 
 
 def _stop_hard(dom) -> None:
