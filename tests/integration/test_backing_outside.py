@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_a_disk_on_a_template_outside_the_dataset_is_warned_about_and_its_restor
     assert f"warning: disk vda of {vm.name} reads backing file {template}" in taken.stdout, taken.stdout
     assert taken.stderr.count(f"reads backing file {template}") == 1, taken.stderr  # logged once
     (point,) = json.loads(env.run("list", vm.name, "--json").stdout)
-    manifest = json.loads(open(point["ram_dump"].rsplit(".mem", 1)[0] + ".json").read())
+    manifest = json.loads(Path(point["ram_dump"].rsplit(".mem", 1)[0] + ".json").read_text())
     st = template.stat()
     assert manifest["backing"] == [{"disk": "vda", "path": str(template), "dataset": None, "size": st.st_size,
                                     "mtime_ns": st.st_mtime_ns}]
