@@ -1,5 +1,5 @@
-"""PURE: disks whose backing chain leaves the datasets a VM's snapshots cover (docs/how-it-works.md, "Restore
-points that depend on a file outside the snapshot").
+"""PURE: disks whose backing chain leaves the datasets a VM's snapshots cover (docs/operations.md, "Disks on a
+backing file outside the datasets").
 
 A linked clone's disk (a qcow2 overlay on a template image, or a chain of them) reads every block it never wrote
 from its backing file. When that file lies outside the datasets snapshotted with the VM, a snapshot of the VM is

@@ -252,7 +252,7 @@ def decide(facts: RestoreFacts, snapshot: str, *, clone: str | None, no_memory: 
 
 def _decide_backing(facts: RestoreFacts, plan: RestorePlan) -> None:
     """A restored disk reading a backing file outside the datasets: refused when the file is missing, a loud
-    warning when it changed since the snapshot (docs/how-it-works.md)."""
+    warning when it changed since the snapshot (docs/operations.md, "Disks on a backing file outside the datasets")."""
     verdict = judge_restore(facts.backing, facts.backing_now)
     if verdict.missing:
         raise RestoreFailed("; ".join(verdict.missing) + "; nothing was changed")
