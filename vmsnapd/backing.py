@@ -104,10 +104,10 @@ def judge_restore(expected: list[BackingFile], now: dict[str, ChainFile]) -> Res
             verdict.missing.append(f"backing file {f.path} of disk {f.disk} (outside the snapshotted datasets) is "
                                    "missing: the restored disk could not be read; put it back first")
         elif f.changed_from(there):
+            how = (f"size {f.size} → {there.size} bytes" if f.size != there.size else "modification time differs")
             verdict.changed.append(f"WARNING: backing file {f.path} of disk {f.disk} changed since the snapshot "
-                                   f"(size {f.size} → {there.size}, modified at another time): the restored disk "
-                                   "reads its unwritten blocks from the file as it is now, which may not be what "
-                                   "it read at the snapshot — it may be silently corrupt")
+                                   f"({how}): the restored disk reads the blocks it never wrote from the file as it "
+                                   "is now, not as it was at the snapshot — it may be silently corrupt")
         else:
             verdict.verified.append(f"backing file {f.path} of disk {f.disk} is there"
                                     + (", unchanged since the snapshot (size, modification time)" if f.size is not None
