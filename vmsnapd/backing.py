@@ -37,6 +37,11 @@ class BackingFile(BaseModel):
     size: int | None = None  # when it was looked at (the cycle: recorded in the RAM dump's manifest)
     mtime_ns: int | None = None
 
+    @property
+    def missing(self) -> bool:
+        """Not there when it was looked at (for a record of the present; a manifest's record was looked at)."""
+        return self.size is None
+
     def changed_from(self, now: ChainFile) -> bool:
         """Whether the file looked at `now` differs from this record of it (size or modification time); an
         unrecorded identity (None) cannot tell."""
@@ -67,16 +72,21 @@ def _by_disk(files: list[BackingFile]) -> dict[str, list[BackingFile]]:
 
 def _where(f: BackingFile) -> str:
     where = f"{f.path} (on dataset {f.dataset}, snapshotted apart from the VM)" if f.dataset else f.path
-    return where if f.size is not None else f"{where} (MISSING now)"
+    return where if not f.missing else (f"{where} (MISSING now: the disk cannot be opened again, its next start "
+                                        "and every restore of it fail)")
+
+
+def disk_findings(domain: str, files: list[BackingFile]) -> list[tuple[str, bool]]:
+    """One (warning, a file of it is missing) per disk: what it depends on, what that means, what to do."""
+    return [(f"disk {disk} of {domain} reads backing file {', '.join(_where(f) for f in chain)} outside the "
+             f"datasets snapshotted with {domain}: its restore points are valid only while that file stays present "
+             f"and unchanged; flatten the disk (`virsh blockpull {domain} {disk} --wait` while it runs, "
+             f"`qemu-img convert -O qcow2` to a new file while it is shut off) or keep the backing file on a "
+             f"dataset of {domain}", any(f.missing for f in chain)) for disk, chain in _by_disk(files).items()]
 
 
 def outside_warnings(domain: str, files: list[BackingFile]) -> list[str]:
-    """One warning per disk: what it depends on, what that means, what to do."""
-    return [f"disk {disk} of {domain} reads backing file {', '.join(_where(f) for f in chain)} outside the "
-            f"datasets snapshotted with {domain}: its restore points are valid only while that file stays present "
-            f"and unchanged; flatten the disk (`virsh blockpull {domain} {disk} --wait` while it runs, "
-            f"`qemu-img convert -O qcow2` to a new file while it is shut off) or keep the backing file on a "
-            f"dataset of {domain}" for disk, chain in _by_disk(files).items()]
+    return [text for text, _missing in disk_findings(domain, files)]
 
 
 def unknown_chain_warning(domain: str, disk: str, error: str) -> str:

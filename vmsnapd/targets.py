@@ -178,24 +178,23 @@ def _note_backing(target: Target, vm: VmFacts) -> None:
 
 @dataclass
 class DatasetBacking:
-    """What `status` and `check` say of one dataset: the outside backing files of the VM's disks it holds."""
+    """What `status` and `check` say of one dataset: the outside backing files of the VM's disks it holds, and the
+    warnings about the disks whose chain could not be read."""
 
     files: list[BackingFile] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
 
 
 def backing_by_dataset(targets: list[Target], listing: ZfsListing) -> dict[str, DatasetBacking]:
-    """Per dataset holding a disk concerned, its outside backing files and the warnings about them."""
+    """Per dataset holding a disk concerned: its outside backing files, and its disks whose chain is unknown."""
     found: dict[str, DatasetBacking] = {}
     for target in targets:
         holder = {d.target: dataset_of_path(d.source, listing) or target.datasets[0] for d in target.disks}
         for disk in dict.fromkeys([f.disk for f in target.backing] + list(target.unknown_chains)):
             entry = found.setdefault(holder.get(disk, target.datasets[0]), DatasetBacking())
-            files = [f for f in target.backing if f.disk == disk]
-            entry.files += files
-            entry.warnings += outside_warnings(target.domain, files)
+            entry.files += [f for f in target.backing if f.disk == disk]
             if disk in target.unknown_chains:
-                entry.warnings.append(unknown_chain_warning(target.domain, disk, target.unknown_chains[disk]))
+                entry.unknown.append(unknown_chain_warning(target.domain, disk, target.unknown_chains[disk]))
     return found
 
 

@@ -58,6 +58,7 @@ def test_a_disk_on_a_template_outside_the_dataset_is_warned_about_and_its_restor
         refused.stderr
     assert "nothing was changed" in refused.stderr
     assert vm.dom.isActive() and _state(lab, dataset) == before  # nothing touched: not stopped, nothing set aside
-    assert "MISSING now" in env.run("check", expect=1).stdout
+    gone = env.run("check", expect=2)  # the VM could not start again: CRITICAL
+    assert f"{template} (MISSING now" in gone.stdout, gone.stdout
     template.with_suffix(".moved").rename(template)  # the lab reads the guest's disk through its chain
     lab.wait_counter_advances(vm, by=3)

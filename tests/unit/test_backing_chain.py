@@ -144,20 +144,27 @@ def test_an_unreadable_chain_is_a_warning_and_stops_no_cycle(tmp_path):
                                "datasets: qemu-img: Could not open"]
 
 
-def test_check_warns_per_disk_concerned(tmp_path):
-    host, template = _linked_clone(tmp_path)
+def test_check_warns_per_disk_concerned_and_is_critical_when_the_file_is_gone(tmp_path):
+    host, _ = _linked_clone(tmp_path)
     policy = host.survey().policies["tank/web"]
-    warning = f"disk vda of web reads backing file {template} outside ..."
-    result = plan_check(plan_facts(policy, [warning]), STAMP)
-    assert result.state == State.WARNING and f"tank/web: {warning}" in result.summary
-    assert plan_check(plan_facts(policy, []), STAMP).state == State.OK
+    there = [BackingFile(disk="vda", path="/i/t1.qcow2", size=1, mtime_ns=1),
+             BackingFile(disk="vda", path="/i/t0.qcow2", size=1, mtime_ns=1),
+             BackingFile(disk="vdb", path="/i/t0.qcow2", size=1, mtime_ns=1)]
+    result = plan_check(check_facts(policy, there), STAMP)
+    assert result.state == State.WARNING and [f.state for f in result.findings] == [State.WARNING] * 2
+    assert result.findings[0].text.startswith("tank/web: disk vda of web reads backing file /i/t1.qcow2, /i/t0.qcow2")
+    gone = plan_check(check_facts(policy, [there[0].model_copy(update={"size": None})]), STAMP)
+    assert gone.state == State.CRITICAL and "/i/t1.qcow2 (MISSING now" in gone.summary
+    unknown = plan_check(check_facts(policy, [], ["cannot tell whether disk vda of web depends …"]), STAMP)
+    assert unknown.state == State.WARNING and "cannot tell whether" in unknown.summary
+    assert plan_check(check_facts(policy, []), STAMP).state == State.OK
 
 
-def plan_facts(policy, warnings):
+def check_facts(policy, files, unknown=()):
     from vmsnapd.monitoring import CheckFacts
 
     return CheckFacts(configured_tables=1, datasets=[DatasetFacts(policy=policy, domain="web", newest={
-        "hourly": STAMP}, backing_warnings=warnings)])
+        "hourly": STAMP}, outside_backing=files, backing_unknown=list(unknown))])
 
 
 def test_status_shows_it_on_the_dataset_holding_the_disk(tmp_path):
@@ -166,8 +173,8 @@ def test_status_shows_it_on_the_dataset_holding_the_disk(tmp_path):
     host, template = _linked_clone(tmp_path)
     problems: list[str] = []
     found = _backing(host.survey(), host.hv, problems)
-    assert [f.path for f in found["tank/web"].files] == [str(template)] and not problems
-    assert found["tank/web"].warnings[0].startswith("disk vda of web reads backing file")
+    assert [f.path for f in found["tank/web"].files] == [str(template)] and not problems and not found[
+        "tank/web"].unknown
 
 
 # -- restore -------------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class DatasetStatus(BaseModel):
     overlays: list[str] = Field(default_factory=list)
     live_caveat: str | None = None  # its live RAM captures may not hold one instant (Hypervisor.live_ram_caveat)
     outside_backing: list[BackingFile] = Field(default_factory=list)  # its disks' backing files outside the VM's
-    backing_warnings: list[str] = Field(default_factory=list)  # datasets, and what that means (vmsnapd.backing)
+    backing_unknown: list[str] = Field(default_factory=list)  # datasets; disks whose chain is unknown (vmsnapd.backing)
     last_take: LastResult | None = None
     last_prune: LastResult | None = None
 
@@ -136,7 +136,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
         if domain and hv:
             _ask_libvirt(entry, hv, policy, overlay_dir)
         entry.periods = _periods(policy, survey, now, tz)
-        entry.outside_backing, entry.backing_warnings = backing[name].files, backing[name].warnings
+        entry.outside_backing, entry.backing_unknown = backing[name].files, backing[name].unknown
         entry.replication_lag_s = lag_seconds(policy, [p.newest_at for p in entry.periods.values() if p.newest_at],
                                               now)
         mine = [d for d in dumps if d.manifest is not None and name in d.manifest.datasets]
@@ -219,7 +219,7 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
         digest = retention_hash(policy)
         facts.datasets.append(DatasetFacts(
             policy=policy, domain=entry.domain, overlays=entry.overlays, live_caveat=entry.live_caveat,
-            backing_warnings=entry.backing_warnings,
+            outside_backing=entry.outside_backing, backing_unknown=entry.backing_unknown,
             newest={period: ps.newest_at for period, ps in entry.periods.items() if ps.newest_at is not None},
             last_cycle_error=(last.error or "failed") if last and not last.ok else None,
             prune_held_back=guard["announced"].get(policy.name) == digest != guard["confirmed"].get(policy.name)))
