@@ -388,6 +388,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def _print_dataset_status(entry: DatasetStatus, now: datetime) -> None:
     from vmsnapd.actions.status import format_age
+    from vmsnapd.backing import outside_warnings
 
     vm = f"{entry.domain} ({entry.vm_state})" if entry.domain else "no VM"
     print(f"{entry.dataset}  [{vm}]")
@@ -402,6 +403,8 @@ def _print_dataset_status(entry: DatasetStatus, now: datetime) -> None:
         print(f"  replication lag: {lag}")
     for overlay in entry.overlays:
         print(f"  ON OVERLAY: {overlay}  (run `vmsnapd recover`)")
+    for warning in outside_warnings(entry.domain or "?", entry.outside_backing) + entry.backing_unknown:
+        print(f"  WARNING: {warning}")
     for last in (entry.last_take, entry.last_prune):
         if last and not last.ok:
             print(f"  last {last.action} FAILED at {last.at:%Y-%m-%d %H:%M:%S}: {last.error}")
@@ -494,6 +497,8 @@ def _print_plan(plan) -> None:
         print(f"    kept aside (newer): {name}")
     for note in plan.notes:
         print(f"  note: {note}")
+    for warning in plan.warnings:
+        print(f"  {warning if warning.startswith('WARNING') else 'WARNING: ' + warning}")
 
 
 def _cmd_restore_group(args: argparse.Namespace) -> int:

@@ -508,6 +508,7 @@ class Cycle:
             disks=[DumpDisk(target=d.target, source=d.source,
                             dataset=dataset_of_path(d.source, self.env.listing) or self.target.datasets[0])
                    for d in self.target.disks],
+            backing=self.target.backing,  # what a restore checks is still there and unchanged (vmsnapd.backing)
             method=rec.record.method,
             live=self.target.policy.live,
             quiesced=rec.record.quiesced,

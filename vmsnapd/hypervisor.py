@@ -422,6 +422,11 @@ class Hypervisor:
         """(backing file, its format) recorded in a qcow2 overlay's header (vmsnapd.qemuimg)."""
         return self.qemuimg.backing_of(overlay_path)
 
+    def backing_chain(self, image_path: str) -> list[str]:
+        """Every backing file under a disk image, nearest first (vmsnapd.qemuimg): read from the image itself, so
+        alike for a running and a shut-off domain (libvirt's inactive XML has no <backingStore>)."""
+        return self.qemuimg.backing_chain(image_path)
+
     def commit_overlay_file(self, overlay_path: str, timeout_s: float = 3600.0) -> str:
         """Merge an overlay no QEMU has open into its backing file (vmsnapd.qemuimg); returns the base."""
         return self.qemuimg.commit(overlay_path, timeout_s)

@@ -9,8 +9,10 @@ of 31 days); with a suffix y/w/d/h/m/s (case-insensitive) it is that unit. Devia
 (sanoid 2.1 multiplies it by 31 × 365).
 
 Beyond sanoid: CRITICAL for a configured dataset that does not exist, a VM left on an overlay and a
-failed last cycle; WARNING while the prune guard holds a dataset back; pool capacity WARNING/CRITICAL at
-80 % / 95 % (sanoid's `capacity_*` defaults);
+failed last cycle; WARNING while the prune guard holds a dataset back, and per disk of a VM reading a backing
+file outside the VM's snapshotted datasets (vmsnapd.backing: its restore points hold only while that file does;
+CRITICAL when it is missing: the VM cannot start again);
+pool capacity WARNING/CRITICAL at 80 % / 95 % (sanoid's `capacity_*` defaults);
 UNKNOWN when nothing is configured or a part of the host does not answer.
 """
 
@@ -22,6 +24,7 @@ from enum import IntEnum
 
 from pydantic import BaseModel, Field
 
+from vmsnapd.backing import BackingFile, disk_findings
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.lag import KEY as LAG_KEY
 from vmsnapd.lag import lag_seconds
@@ -59,6 +62,8 @@ class DatasetFacts(BaseModel):
     domain: str | None = None
     overlays: list[str] = Field(default_factory=list)
     live_caveat: str | None = None  # why its live RAM captures may not hold one instant
+    outside_backing: list[BackingFile] = Field(default_factory=list)  # files its disks read outside the VM's datasets
+    backing_unknown: list[str] = Field(default_factory=list)  # disks whose backing chain could not be read
     last_cycle_error: str | None = None  # set when the last take of this dataset failed
     prune_held_back: bool = False  # the daemon's prune guard waits for `vmsnapd once --prune --confirm`
 
@@ -166,8 +171,8 @@ def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = N
 
 
 def _dataset_findings(dataset: DatasetFacts) -> list[Finding]:
-    """An overlay left behind, the last cycle failed, live RAM captures known to be unreliable, pruning held back by
-    the guard."""
+    """An overlay left behind, the last cycle failed, live RAM captures known to be unreliable, a disk reading a file
+    outside the VM's datasets, pruning held back by the guard."""
     found = []
     if dataset.overlays:
         found.append(Finding(state=State.CRITICAL, text=f"{dataset.domain} left on an overlay "
@@ -178,6 +183,9 @@ def _dataset_findings(dataset: DatasetFacts) -> list[Finding]:
     if dataset.live_caveat is not None:
         found.append(Finding(state=State.WARNING, text=f"{dataset.policy.name} ({dataset.domain}): "
                                                        f"{dataset.live_caveat}"))
+    found += [Finding(state=State.CRITICAL if missing else State.WARNING, text=f"{dataset.policy.name}: {text}")
+              for text, missing in disk_findings(dataset.domain or "?", dataset.outside_backing)]
+    found += [Finding(state=State.WARNING, text=f"{dataset.policy.name}: {text}") for text in dataset.backing_unknown]
     if dataset.prune_held_back:
         found.append(Finding(state=State.WARNING, text=f"{dataset.policy.name}: pruning held back by the "
                                                        "prune guard (vmsnapd once --prune --confirm)"))

@@ -31,6 +31,7 @@ from typing import Iterator
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from vmsnapd import __version__
+from vmsnapd.backing import BackingFile
 from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.files import (chmod_private, create_private_file, ensure_private_directory, fsync_directory,
                            fsync_file, write_file_atomically)
@@ -66,6 +67,7 @@ class RamDumpInfo(BaseModel):
     snapshot_names: list[str]
     domain_xml: str
     disks: list[DumpDisk] = []
+    backing: list[BackingFile] = []  # backing files of its disks outside `datasets`, as they were (vmsnapd.backing)
     method: CycleMethod
     live: bool
     quiesced: bool

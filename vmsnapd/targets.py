@@ -8,9 +8,12 @@ VM's disks are captured under one name while it is frozen. Every other dataset i
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmsnapd.backing import BackingFile, ChainFile, outside_backing, outside_warnings, unknown_chain_warning
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.domxml import Disk
 from vmsnapd.hvtypes import HypervisorError
@@ -31,6 +34,9 @@ class Target:
     skipped_disks: list[str] = field(default_factory=list)  # disk targets (vdb) left out: read-only, shared, excluded
     error: str | None = None  # planning failed: the cycle must not run, the failure is reported
     group: str = ""  # the VM group (docs/groups.md) its datasets name; "" when none
+    backing: list[BackingFile] = field(default_factory=list)  # backing files of its disks outside its datasets
+    unknown_chains: dict[str, str] = field(default_factory=dict)  # disk target → why its chain could not be read
+    warnings: list[str] = field(default_factory=list)  # for every cycle's outcome (the cycle runs all the same)
 
     @property
     def name(self) -> str:
@@ -69,6 +75,8 @@ class VmFacts:
     disks: list[Disk] = field(default_factory=list)
     disk_datasets: dict[str, str | None] = field(default_factory=dict)  # disk source → the dataset holding it
     error: str | None = None  # libvirt could not list its disks
+    chains: dict[str, list[ChainFile]] = field(default_factory=dict)  # disk source → its backing files
+    chain_errors: dict[str, str] = field(default_factory=dict)  # disk source → why its chain could not be read
 
 
 @dataclass
@@ -109,8 +117,24 @@ def _vm_facts(hypervisor: HypervisorPort, domain: str, listing: ZfsListing) -> V
         disks = hypervisor.disks(domain)
     except HypervisorError as exc:
         return VmFacts(error=str(exc))
-    return VmFacts(disks=disks, disk_datasets={d.source: dataset_of_path(d.source, listing) for d in disks
-                                               if d.snapshottable})
+    facts = VmFacts(disks=disks, disk_datasets={d.source: dataset_of_path(d.source, listing) for d in disks
+                                                if d.snapshottable})
+    for disk in disks:
+        if disk.snapshottable and disk.kind == "file" and disk.driver_type != "raw":  # raw has no backing file
+            try:
+                facts.chains[disk.source] = [look_at(path, listing) for path in hypervisor.backing_chain(disk.source)]
+            except HypervisorError as exc:
+                facts.chain_errors[disk.source] = str(exc)
+    return facts
+
+
+def look_at(path: str, listing: ZfsListing) -> ChainFile:
+    """A backing file as it is now: the dataset holding it, its size and modification time (None: not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ChainFile(path=path, dataset=dataset_of_path(path, listing))
+    return ChainFile(path=path, dataset=dataset_of_path(path, listing), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
 def group_targets(policies: dict[str, DatasetPolicy], facts: TargetFacts) -> list[Target]:
@@ -136,8 +160,59 @@ def group_targets(policies: dict[str, DatasetPolicy], facts: TargetFacts) -> lis
     targets += [Target(policy=policy, datasets=[name]) for name, policy in policies.items() if name not in absorbed]
     for target in targets:
         _set_group(target, policies)
+        if target.domain in facts.vms:
+            _note_backing(target, facts.vms[target.domain])
     _refuse_shared_datasets(targets)
     return targets
+
+
+def _note_backing(target: Target, vm: VmFacts) -> None:
+    """The backing files of the captured disks outside the target's datasets, and a warning per disk concerned
+    (vmsnapd.backing); a chain that could not be read is a warning too (not knowing stops no cycle)."""
+    target.backing = outside_backing([(d.target, d.source) for d in target.disks], vm.chains, target.datasets)
+    target.unknown_chains = {d.target: vm.chain_errors[d.source] for d in target.disks if d.source in vm.chain_errors}
+    target.warnings += outside_warnings(target.domain, target.backing)
+    target.warnings += [unknown_chain_warning(target.domain, disk, error)
+                        for disk, error in target.unknown_chains.items()]
+
+
+@dataclass
+class DatasetBacking:
+    """What `status` and `check` say of one dataset: the outside backing files of the VM's disks it holds, and the
+    warnings about the disks whose chain could not be read."""
+
+    files: list[BackingFile] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+def backing_by_dataset(targets: list[Target], listing: ZfsListing) -> dict[str, DatasetBacking]:
+    """Per dataset holding a disk concerned: its outside backing files, and its disks whose chain is unknown."""
+    found: dict[str, DatasetBacking] = {}
+    for target in targets:
+        holder = {d.target: dataset_of_path(d.source, listing) or target.datasets[0] for d in target.disks}
+        for disk in dict.fromkeys([f.disk for f in target.backing] + list(target.unknown_chains)):
+            entry = found.setdefault(holder.get(disk, target.datasets[0]), DatasetBacking())
+            entry.files += [f for f in target.backing if f.disk == disk]
+            if disk in target.unknown_chains:
+                entry.unknown.append(unknown_chain_warning(target.domain, disk, target.unknown_chains[disk]))
+    return found
+
+
+_said: set[tuple[str, str]] = set()  # (domain, warning) logged by this process
+_said_lock = threading.Lock()
+
+
+def log_warnings_once(targets: list[Target]) -> None:
+    """Log each target's warnings once per domain and process (a daemon would repeat them every pass; the
+    outcome of every cycle and `vmsnapd check` keep saying them)."""
+    for target in targets:
+        for warning in target.warnings:
+            key = (target.domain or target.name, warning)
+            with _said_lock:
+                if key in _said:
+                    continue
+                _said.add(key)
+            log.warning("%s: %s", target.domain or target.name, warning)
 
 
 def _set_group(target: Target, policies: dict[str, DatasetPolicy]) -> None:

@@ -187,6 +187,15 @@ class FakeHypervisor(Faults):
             raise HypervisorError(f"{path} has no backing file")
         return self.backing[path], "raw"
 
+    def backing_chain(self, path: str) -> list[str]:
+        """The chain under `path` as `self.backing` names it (a missing file: qemu-img's error)."""
+        self.hit("backing_chain")
+        chain: list[str] = []
+        while path in self.backing and len(chain) < 8:
+            path = self.backing[path]
+            chain.append(path)
+        return chain
+
     # -- guest agent ------------------------------------------------------------------------------------------
 
     def has_agent_channel(self, name: str) -> bool:

@@ -10,7 +10,8 @@ clones and resumed from the received RAM (or booted: `--no-memory`).
 
 Verified before anything is touched: the snapshot on every dataset, the dump's checksum (and decompression),
 the saved XML, and what must exist on this host — networks, bridges, emulator, kernel/initrd/loader and every
-other file the XML names (a missing bridge would otherwise only show when the guest is already resumed).
+other file the XML names (a missing bridge would otherwise only show when the guest is already resumed), and
+every backing file outside the datasets the manifest recorded (vmsnapd.backing: missing refuses, changed warns).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from pathlib import Path
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.restore import (MadeByRestore, RestoreFailed, RestorePlan, check_dump, free_bytes,
                                      start_restored)
+from vmsnapd.backing import judge_restore
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.names import InvalidName, parse_snapname, validate_dataset_name
 from vmsnapd.ramstore import RamDump
 from vmsnapd.runner import CommandError
+from vmsnapd.targets import look_at
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
@@ -69,14 +72,18 @@ def plan_backup_restore(ctx: Context, domain: str, snapshot: str, *, clone: str 
         raise RestoreFailed(f"the manifest does not say where disk(s) {', '.join(unmapped)} lie inside the "
                             "received datasets (a dump kept before ram_dataset recorded it): cannot restore here")
     xml = dump.manifest.domain_xml
-    problems = host_problems(ctx, xml, {d.source for d in dump.manifest.disks}) + _room_problems(ctx, dump, no_memory)
+    backing = judge_restore(dump.manifest.backing, {f.path: look_at(f.path, listing) for f in dump.manifest.backing})
+    problems = (host_problems(ctx, xml, {d.source for d in dump.manifest.disks}) + _room_problems(ctx, dump, no_memory)
+                + backing.missing)
     if problems:
         raise RestoreFailed(f"{domain} cannot run on this host as saved: " + "; ".join(problems)
                             + "; nothing was changed")
     plan.define_xml = xml
     plan.verified += [f"{snapshot} exists on {', '.join(plan.datasets)} (received)",
                       f"RAM dump {dump.path}: manifest, saved domain XML" + ("" if no_memory else ", checksum"),
-                      "networks, bridges, emulator and the files the saved XML names exist on this host"]
+                      "networks, bridges, emulator and the files the saved XML names exist on this host",
+                      *backing.verified]
+    plan.warnings += backing.changed
     plan.steps += [f"clone {ds}@{snapshot} as {c} (the received dataset stays as it is)"
                    for ds, c in plan.clone_datasets.items()]
     plan.steps.append(f"define {domain} from the definition saved with the dump, disks on the clones")

@@ -50,6 +50,7 @@ from vmsnapd.asides import (
     load_records,
     save_records,
 )
+from vmsnapd.backing import BackingFile, ChainFile, judge_restore, unknown_chain_warning
 from vmsnapd.clonexml import clone_domain_xml
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.ports import HypervisorPort, ZfsPort
@@ -62,7 +63,7 @@ from vmsnapd.names import (
 )
 from vmsnapd.ramstore import RamDump, RamStore
 from vmsnapd.runner import CommandError
-from vmsnapd.targets import Target, plan_targets
+from vmsnapd.targets import Target, look_at, plan_targets
 from vmsnapd.zfs import ZFS_FUSE, DatasetBusy, DatasetNotFound, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,11 @@ class RestoreFacts:
     domain_exists: dict[str, bool] = field(default_factory=dict)  # clone name → exists
     group: str = ""  # its VM group (docs/groups.md)
     group_others: list[str] = field(default_factory=list)  # the group's other members (domains)
+    # Backing files outside the datasets the restored disks read (vmsnapd.backing): recorded in the dump's manifest
+    # (with size and modification time) and in the current disks' chains; what is at those paths now.
+    backing: list[BackingFile] = field(default_factory=list)
+    backing_now: dict[str, ChainFile] = field(default_factory=dict)
+    backing_unknown: list[str] = field(default_factory=list)  # chains that could not be read
 
 
 class RestorePlan(BaseModel):
@@ -187,6 +193,7 @@ class RestorePlan(BaseModel):
     verified: list[str] = Field(default_factory=list)
     steps: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)  # e.g. the other members of its VM group (docs/groups.md)
+    warnings: list[str] = Field(default_factory=list)  # e.g. a backing file outside the datasets changed since
     define_xml: str | None = None  # a backup host: the domain is defined from this saved XML (backup_restore.py)
 
 
@@ -204,6 +211,8 @@ def plan_restore(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     facts = gather_facts(ctx, target_name, snapshot, clone=clone, use_memory=not no_memory and not clone)
     plan = decide(facts, snapshot, clone=clone, no_memory=no_memory, force_stop=force_stop,
                   stamp=ctx.now().strftime("%Y%m%dT%H%M%S"))
+    for warning in plan.warnings:
+        log.warning("restore of %s to %s: %s", facts.domain, snapshot, warning)
     if facts.group and not clone:
         others = ", ".join(facts.group_others) or "no other member now"
         plan.notes.append(f"{facts.domain} is in group {facts.group} with {others}: restoring {facts.domain} alone "
@@ -220,6 +229,7 @@ def decide(facts: RestoreFacts, snapshot: str, *, clone: str | None, no_memory: 
         raise RestoreFailed(f"snapshot {snapshot} does not exist on {', '.join(missing)}")
     plan = RestorePlan(domain=facts.domain, datasets=list(facts.datasets), snapshot=snapshot, clone=clone)
     plan.verified.append(f"{snapshot} exists on {', '.join(facts.datasets)}")
+    _decide_backing(facts, plan)
     if clone:
         return _decide_clone(facts, plan, clone)
     _decide_memory(facts, plan, no_memory)
@@ -238,6 +248,16 @@ def decide(facts: RestoreFacts, snapshot: str, *, clone: str | None, no_memory: 
         why = "--no-memory" if no_memory and plan.ram_dump else "no RAM dump for this snapshot"
         plan.steps.append(f"boot {facts.domain} ({why})")
     return plan
+
+
+def _decide_backing(facts: RestoreFacts, plan: RestorePlan) -> None:
+    """A restored disk reading a backing file outside the datasets: refused when the file is missing, a loud
+    warning when it changed since the snapshot (docs/operations.md, "Disks on a backing file outside the datasets")."""
+    verdict = judge_restore(facts.backing, facts.backing_now)
+    if verdict.missing:
+        raise RestoreFailed("; ".join(verdict.missing) + "; nothing was changed")
+    plan.verified += verdict.verified
+    plan.warnings += verdict.changed + facts.backing_unknown
 
 
 def _decide_clone(facts: RestoreFacts, plan: RestorePlan, clone: str) -> RestorePlan:
@@ -345,7 +365,20 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
         facts.dump = check_dump(ctx.ram_store, dump, full=use_memory)
         if facts.dump.compressed and use_memory:
             facts.free_bytes = free_bytes(ctx.state_dir / "restore")
+    _gather_backing(facts, target, dump, listing)
     return facts
+
+
+def _gather_backing(facts: RestoreFacts, target: Target, dump: RamDump | None, listing: ZfsListing) -> None:
+    """The outside backing files the restored disks read: as the cycle recorded them (the dump's manifest), and
+    those of the current disks' chains not recorded (without identity: present is all that can be checked)."""
+    recorded = list(dump.manifest.backing) if dump is not None and dump.manifest is not None else []
+    known = {f.path for f in recorded}
+    facts.backing = recorded + [f.model_copy(update={"size": None, "mtime_ns": None}) for f in target.backing
+                                if f.path not in known]
+    facts.backing_now = {f.path: look_at(f.path, listing) for f in facts.backing}
+    facts.backing_unknown = [unknown_chain_warning(target.domain, disk, error)
+                             for disk, error in target.unknown_chains.items()]
 
 
 def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:

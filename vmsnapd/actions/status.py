@@ -28,7 +28,8 @@ from vmsnapd.names import PERIODS
 from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.ports import HypervisorPort
 from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
-from vmsnapd.targets import wanted_domain
+from vmsnapd.backing import BackingFile
+from vmsnapd.targets import DatasetBacking, backing_by_dataset, plan_targets, wanted_domain
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class DatasetStatus(BaseModel):
     replication_lag_s: int | None = None  # autosnap = false: age of the newest snapshot received (vmsnapd.lag)
     overlays: list[str] = Field(default_factory=list)
     live_caveat: str | None = None  # its live RAM captures may not hold one instant (Hypervisor.live_ram_caveat)
+    outside_backing: list[BackingFile] = Field(default_factory=list)  # its disks' backing files outside the VM's
+    backing_unknown: list[str] = Field(default_factory=list)  # datasets; disks whose chain is unknown (vmsnapd.backing)
     last_take: LastResult | None = None
     last_prune: LastResult | None = None
 
@@ -125,6 +128,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
     except OSError as exc:
         status.problems.append(f"cannot read ram_dir: {exc}")
     overlay_dir = Path(ctx.config.daemon.overlay_dir)
+    backing = _backing(survey, hv, status.problems)
     for name, policy in survey.policies.items():
         domain = wanted_domain(policy, domains) if hv else (None if policy.domain in ("auto", "none")
                                                             else policy.domain)
@@ -132,6 +136,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
         if domain and hv:
             _ask_libvirt(entry, hv, policy, overlay_dir)
         entry.periods = _periods(policy, survey, now, tz)
+        entry.outside_backing, entry.backing_unknown = backing[name].files, backing[name].unknown
         entry.replication_lag_s = lag_seconds(policy, [p.newest_at for p in entry.periods.values() if p.newest_at],
                                               now)
         mine = [d for d in dumps if d.manifest is not None and name in d.manifest.datasets]
@@ -158,6 +163,17 @@ def _leftover_files(daemon: DaemonSettings) -> list[str]:
     folders = [Path(daemon.overlay_dir)] + ([Path(daemon.ram_staging_dir)] if daemon.ram_staging_dir else [])
     return sorted(str(p) for folder in folders if folder.is_dir() for p in folder.iterdir()
                   if p.name.endswith((".qcow2", ".mem")))
+
+
+def _backing(survey: Survey, hv: HypervisorPort | None, problems: list[str]) -> dict[str, DatasetBacking]:
+    """Per dataset, the backing files of its VM's disks outside the VM's datasets (vmsnapd.backing)."""
+    found: dict[str, DatasetBacking] = {}
+    if hv is not None:
+        try:
+            found = backing_by_dataset(plan_targets(survey.policies, survey.listing, hv), survey.listing)
+        except HypervisorError as exc:
+            problems.append(f"libvirt: {exc}")
+    return {name: found.get(name, DatasetBacking()) for name in survey.policies}
 
 
 def _ask_libvirt(entry: DatasetStatus, hv: HypervisorPort, policy: DatasetPolicy, overlay_dir: Path) -> None:
@@ -208,6 +224,7 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
         digest = retention_hash(policy)
         facts.datasets.append(DatasetFacts(
             policy=policy, domain=entry.domain, overlays=entry.overlays, live_caveat=entry.live_caveat,
+            outside_backing=entry.outside_backing, backing_unknown=entry.backing_unknown,
             newest={period: ps.newest_at for period, ps in entry.periods.items() if ps.newest_at is not None},
             last_cycle_error=(last.error or "failed") if last and not last.ok else None,
             prune_held_back=guard["announced"].get(policy.name) == digest != guard["confirmed"].get(policy.name)))

@@ -24,7 +24,7 @@ from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.parallel import ordered_map
 from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
-from vmsnapd.targets import Target, needs_hypervisor, plan_targets
+from vmsnapd.targets import Target, log_warnings_once, needs_hypervisor, plan_targets
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 def _targets(ctx: Context, survey: Survey) -> list[Target]:
     # Only a pass whose policies may name a domain loads the libvirt adapter (ctx.hypervisor, on first use).
     hypervisor = ctx.hypervisor if needs_hypervisor(survey.policies) else None
-    return plan_targets(survey.policies, survey.listing, hypervisor)
+    targets = plan_targets(survey.policies, survey.listing, hypervisor)
+    log_warnings_once(targets)
+    return targets
 
 
 def _stamp(ctx: Context, survey: Survey, now: datetime) -> datetime:
@@ -100,6 +102,9 @@ def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]
         with ThreadPoolExecutor(max_workers=ctx.config.daemon.max_parallel, thread_name_prefix="cycle") as pool:
             for result in pool.map(_run, vms):
                 outcomes += result
+    warnings = {target.name: target.warnings for target, _ in work}
+    for outcome in outcomes:  # what planning found (e.g. a backing file outside the datasets: vmsnapd.backing)
+        outcome.warnings[:0] = warnings.get(outcome.target, [])
     return outcomes
 
 
