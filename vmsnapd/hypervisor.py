@@ -66,6 +66,10 @@ def _wrap(exc: libvirt.libvirtError, what: str) -> HypervisorError:
     return HypervisorError(f"{what}: {exc}")
 
 
+_caveat_lock = threading.Lock()
+_caveat_checked: set[str] = set()  # domains whose live-capture caveat this process has looked at
+
+
 # -- event loop -------------------------------------------------------------------------------------------
 
 _event_loop_lock = threading.Lock()
@@ -101,7 +105,6 @@ class Hypervisor:
         self._pauses = PauseWatchers()
         self._callback_id: int | None = None
         self._lock = threading.Lock()
-        self._caveat_checked: set[str] = set()
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -281,9 +284,10 @@ class Hypervisor:
     def _say_live_ram_caveat(self, name: str) -> None:
         """A warning, once per domain and process, when a live RAM capture of it is known not to be reliable
         (`vmsnapd check` says it too, as a WARNING, until the policy says live = false)."""
-        if name in self._caveat_checked:
-            return
-        self._caveat_checked.add(name)
+        with _caveat_lock:  # per process: the daemon makes a new Hypervisor every pass
+            if name in _caveat_checked:
+                return
+            _caveat_checked.add(name)
         caveat = self.live_ram_caveat(name)
         if caveat:
             log.warning("%s: %s", name, caveat)
