@@ -15,7 +15,8 @@ from vmsnapd import __version__
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.actions.folders import check_folders
 from vmsnapd.report import PassReport, TargetOutcome
-from vmsnapd.config import ConfigError, group_members, load_config, read_regular_file, resolve, table_policy
+from vmsnapd.config import (ConfigError, DaemonSettings, group_members, load_config, read_regular_file, resolve,
+                            table_policy)
 from vmsnapd.groupplan import group_report
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging
@@ -298,7 +299,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     folders = check_folders(ctx, survey)  # the host-aware folder rules: a reason per unsafe folder, exit 78
     if not folders.ok:
         raise ConfigError(args.config, folders.problems)
-    for note in folders.notes:  # on stderr: stdout stays the policy (or the JSON document)
+    for note in folders.notes + _staging_notes(config.daemon):  # on stderr: stdout stays the policy (or JSON)
         print(f"vmsnapd: note: {note}", file=sys.stderr)
     if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
         print(f"vmsnapd: warning: {args.config} has no [datasets.\"…\"] table: it manages no dataset",
@@ -321,6 +322,19 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         for line in group_report(groups):
             print(f"  {line}")
     return EX_OK
+
+
+def _staging_notes(daemon: DaemonSettings) -> list[str]:
+    """How big a guest the RAM staging folder takes on this host now (docs/how-it-works.md, "RAM staging")."""
+    if not daemon.ram_staging_dir:
+        return []
+    from vmsnapd.staging import host_facts, staging_note
+
+    folder = Path(daemon.ram_staging_dir)
+    try:
+        return [staging_note(folder, host_facts(folder))]
+    except OSError as exc:
+        return [f"ram_staging_dir {folder} cannot be looked at ({exc}): RAM files go to overlay_dir"]
 
 
 def cmd_import_sanoid(args: argparse.Namespace) -> int:

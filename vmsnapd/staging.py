@@ -67,6 +67,28 @@ def staging_refusal(facts: StagingFacts, memory: int) -> str | None:
     return None
 
 
+def largest_staged(facts: StagingFacts) -> int:
+    """The memory (bytes) of the largest guest whose RAM file `staging_refusal` would stage now, alone."""
+    room = facts.free - facts.reserved
+    if facts.memory_backed:
+        if facts.mem_available is None or not facts.mem_total:
+            return 0
+        room = min(room, int(facts.mem_available - facts.reserved - facts.mem_total * MEMORY_KEPT))
+    return max(0, int(room / STAGING_FACTOR))
+
+
+def staging_note(folder: Path, facts: StagingFacts) -> str:
+    """What `config check` says about the staging folder on this host now."""
+    kind = f"{facts.fs_type}, " if facts.fs_type else ""
+    largest = largest_staged(facts)
+    if largest < MIB:
+        return (f"ram_staging_dir {folder} ({kind}{facts.free // MIB} MiB free) has no room for a guest's RAM file "
+                "now: RAM files go to overlay_dir")
+    return (f"ram_staging_dir {folder} ({kind}{facts.free // MIB} MiB free): RAM files of guests with up to "
+            f"{largest // MIB} MiB of memory are staged there (less while several cycles run), bigger ones go to "
+            "overlay_dir")
+
+
 # -- facts of the host (parsers pure, readers thin) ----------------------------------------------------------
 
 def parse_meminfo(text: str) -> dict[str, int]:

@@ -17,8 +17,8 @@ from vmsnapd.config import ConfigError, parse_config
 from vmsnapd.hvtypes import NoSpace
 from vmsnapd.ownership import deletable_leftover
 from vmsnapd.overlaynames import memory_file_name, overlay_file_name
-from vmsnapd.staging import (STAGING_FACTOR, Claim, Refusal, StagingArea, StagingFacts, fs_type_of, parse_meminfo,
-                             staging_refusal)
+from vmsnapd.staging import (STAGING_FACTOR, Claim, Refusal, StagingArea, StagingFacts, fs_type_of,
+                             largest_staged, parse_meminfo, staging_note, staging_refusal)
 
 SNAP = "tank/web@autosnap_2026-11-29_01:00:00_hourly"
 GIB = 1 << 30
@@ -53,6 +53,25 @@ def test_staging_refusal(given_facts, memory, refused):
 def test_memory_promised_to_other_cycles_counts_against_the_host_too():
     assert staging_refusal(facts(free=40 * GIB, available=6 * GIB, reserved=0), 2 * GIB) is None
     assert "memory" in staging_refusal(facts(free=40 * GIB, available=6 * GIB, reserved=3 * GIB), 2 * GIB)
+
+
+@given(free=st.integers(0, 1 << 45), fs_type=st.sampled_from(["tmpfs", "ramfs", "ext4", None]),
+       available=st.one_of(st.none(), st.integers(0, 1 << 42)), total=st.integers(0, 1 << 42),
+       reserved=st.integers(0, 1 << 40))
+def test_largest_staged_is_the_rules_limit(free, fs_type, available, total, reserved):
+    """`config check`'s figure is exactly the rule's: that guest is staged, one MiB more is not."""
+    given_facts = StagingFacts(free=free, fs_type=fs_type, mem_available=available, mem_total=total,
+                               reserved=reserved)
+    largest = largest_staged(given_facts)
+    if largest > 0:
+        assert staging_refusal(given_facts, largest) is None
+    assert staging_refusal(given_facts, largest + MIB) is not None
+
+
+def test_staging_note():
+    assert "guests with up to 2730 MiB of memory are staged" in staging_note(Path("/run/vmsnapd/staging"),
+                                                                           facts(free=4 * GIB))
+    assert "no room" in staging_note(Path("/run/vmsnapd/staging"), facts(free=MIB))
 
 
 # -- host facts ---------------------------------------------------------------------------------------------------
