@@ -299,7 +299,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     folders = check_folders(ctx, survey)  # the host-aware folder rules: a reason per unsafe folder, exit 78
     if not folders.ok:
         raise ConfigError(args.config, folders.problems)
-    for note in folders.notes + _staging_notes(config.daemon):  # on stderr: stdout stays the policy (or JSON)
+    for note in folders.notes:  # on stderr: stdout stays the policy (or the JSON document)
         print(f"vmsnapd: note: {note}", file=sys.stderr)
     if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
         print(f"vmsnapd: warning: {args.config} has no [datasets.\"…\"] table: it manages no dataset",
@@ -309,7 +309,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"config": args.config, "valid": True, "source": where,
                      "datasets": {name: p.model_dump(mode="json", exclude={"name"}) for name, p in policies.items()},
-                     "groups": {group: [table for table, _ in members] for group, members in groups.items()}})
+                     "groups": {group: [table for table, _ in members] for group, members in groups.items()},
+                     "ram_staging": _staging_note(config.daemon)})
         return EX_OK
     print(f"{args.config}: valid. Resolved policy for {len(policies)} dataset(s) ({where}):")
     for name, policy in policies.items():
@@ -317,24 +318,32 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"\n[{name}]")
         for key, value in data.items():
             print(f"  {key} = {json.dumps(value, default=str)}")
+    _print_host_notes(groups, _staging_note(config.daemon))
+    return EX_OK
+
+
+def _print_host_notes(groups: dict, staging: str) -> None:
+    """The end of `config check`'s text: the VM groups, and how big a guest the RAM staging folder takes."""
     if groups:
         print("\nVM groups (docs/groups.md):")
         for line in group_report(groups):
             print(f"  {line}")
-    return EX_OK
+    if staging:
+        print(f"\nRAM staging (docs/how-it-works.md): {staging}")
 
 
-def _staging_notes(daemon: DaemonSettings) -> list[str]:
-    """How big a guest the RAM staging folder takes on this host now (docs/how-it-works.md, "RAM staging")."""
+def _staging_note(daemon: DaemonSettings) -> str:
+    """How big a guest the RAM staging folder takes on this host now (docs/how-it-works.md, "RAM staging");
+    empty: no staging folder."""
     if not daemon.ram_staging_dir:
-        return []
+        return ""
     from vmsnapd.staging import host_facts, staging_note
 
     folder = Path(daemon.ram_staging_dir)
     try:
-        return [staging_note(folder, host_facts(folder))]
+        return staging_note(folder, host_facts(folder))
     except OSError as exc:
-        return [f"ram_staging_dir {folder} cannot be looked at ({exc}): RAM files go to overlay_dir"]
+        return f"ram_staging_dir {folder} cannot be looked at ({exc}): RAM files go to overlay_dir"
 
 
 def cmd_import_sanoid(args: argparse.Namespace) -> int:

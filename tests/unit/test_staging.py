@@ -286,3 +286,11 @@ def test_ram_staging_dir_setting(value, error):
     else:
         with pytest.raises(ConfigError, match=error):
             parse_config(text)
+
+
+def test_config_check_says_how_big_a_guest_the_staging_folder_takes(tmp_path):
+    from vmsnapd.cli import _staging_note
+
+    note = _staging_note(parse_config(f'[daemon]\nram_staging_dir = "{tmp_path}/staging"\n').daemon)
+    assert f"ram_staging_dir {tmp_path}/staging (" in note and "MiB" in note
+    assert _staging_note(parse_config('[daemon]\nram_staging_dir = ""\n').daemon) == ""
