@@ -238,9 +238,9 @@ def test_failed_blockcommit_is_critical_and_recover_finishes_it(lab, shared_vm, 
 
 # -- 4. the domain goes away mid-cycle ----------------------------------------------------------------------
 
-def test_domain_destroyed_by_pre_snapshot_hook(lab, dataset, vmsnapd_env):
+def test_domain_destroyed_by_pre_snapshot_hook(lab, shared_vm, vmsnapd_env):
     """Shut off after the cycle looked at it, before the freeze: the cycle fails cleanly, nothing left behind."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name,
                                   "hooks": {"pre_snapshot": ["virsh", "-c", URI, "destroy", vm.name]}}
@@ -254,10 +254,10 @@ def test_domain_destroyed_by_pre_snapshot_hook(lab, dataset, vmsnapd_env):
     _assert_vm_back_on_base(lab, vm, env, state=libvirt.VIR_DOMAIN_SHUTOFF)
 
 
-def test_domain_destroyed_while_on_overlay(lab, dataset, vmsnapd_env, tmp_path):
+def test_domain_destroyed_while_on_overlay(lab, shared_vm, vmsnapd_env, tmp_path):
     """Destroyed while running on its overlay (during `zfs snapshot`): the snapshot stands, the overlay is
     committed offline into the base file (no write lost), the domain points at its base again and boots."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     path_env = _wrapper(tmp_path, f'[ "$1" = snapshot ] && sleep 0.5 && virsh -q -c {URI} destroy {vm.name} >/dev/null')

@@ -140,7 +140,7 @@ def test_fresh_tree_gets_one_cycle_on_the_right_datasets_and_a_second_pass_does_
 
     # a dataset created after the first pass is picked up by the next, and only it gets snapshots
     c = dataset_factory(parent.name)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("once")
     after_third = all_snaps(lab, parent)
     assert after_third - after_first == {f"{c}@{n.replace(stamp, s)}" for n in expected

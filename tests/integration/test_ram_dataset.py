@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, data
     assert "ram_dataset" not in check.stderr, check.stderr  # exists and is mounted: nothing to say
 
     env.run("snapshot", dataset.name)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     snaps = sorted(lab.snapshot_names(dataset.name))
     dumps = [c for c in _children(lab, ram.name) if c != foreign.name]
@@ -87,7 +86,7 @@ def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, dat
     env.datasets[dataset.name] = {"hourly": 2, "daily": 0, "monthly": 0, "domain": vm.name}
     env.run("snapshot", dataset.name)  # a whole dump beside it: recover leaves it alone
     (kept,) = [c for c in _children(lab, ram.name) if c != foreign.name]
-    time.sleep(1.1)
+    lab.next_second()
     bindir = lab.make_run_dir("zstdkill")
     (bindir / "zstd").write_text('#!/bin/sh\nkill -9 "$PPID"; exit 1\n')
     (bindir / "zstd").chmod(0o755)

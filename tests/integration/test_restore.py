@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +67,7 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     assert "RAM" in env.run("list", dataset.name).stdout
     at_snapshot = _snap_max(lab, vm, dataset, snap)
     lab.wait_counter_advances(vm, by=20, start=at_snapshot)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)  # a newer restore point, destroyed by the rollback
     newer = [s for s in sorted(lab.snapshot_names(dataset.name)) if s != snap][0]
 
@@ -144,7 +143,7 @@ def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, dat
     cycle = sorted(lab.snapshot_names(dataset.name))
     assert len(cycle) == 3
     hourly = [s for s in cycle if s.endswith("_hourly")][0]
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     later = [s for s in sorted(lab.snapshot_names(dataset.name)) if s not in cycle]
     proc = env.run("restore", vm.name, hourly, "--yes")
@@ -196,7 +195,7 @@ def test_a_damaged_dump_is_refused_before_anything_changes(lab, dataset, vmsnapd
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
     (snap,) = lab.snapshot_names(dataset.name)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     (point,) = [p for p in json.loads(env.run("list", vm.name, "--json").stdout) if p["snapshot"] == snap]
     _damage(Path(point["ram_dump"]), manifest_matches)
@@ -220,7 +219,7 @@ def test_undo_puts_back_the_exact_pre_restore_disks_and_newer_snapshots(lab, dat
     (snap,) = lab.snapshot_names(dataset.name)
     at_snapshot = _snap_max(lab, vm, dataset, snap)
     lab.wait_counter_advances(vm, by=20, start=at_snapshot)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     lab.wait_counter_advances(vm, by=20)
     lab.stop_vm(vm)
@@ -295,7 +294,7 @@ def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
     env.run("snapshot", dataset.name)
     (snap,) = lab.snapshot_names(dataset.name)
     at_snapshot = _snap_max(lab, vm, dataset, snap)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     _, pre_seen = lab.wait_counter_advances(vm, by=20, start=at_snapshot)
     pre_guids = _guids(lab, dataset)

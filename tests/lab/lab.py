@@ -374,6 +374,13 @@ def snapshot(dataset: str | Dataset, snapname: str | None = None) -> str:
     return snap
 
 
+def next_second() -> None:
+    """Sleep into the next wall-clock second (at most 1 s, half on average): vmsnapd names a pass's snapshots with
+    its start truncated to the second, so a pass started after this never shares a name with one that ended before."""
+    now = time.time()
+    time.sleep(int(now) + 1 - now + 0.01)
+
+
 def snapshot_names(dataset: str | Dataset) -> list[str]:
     """Short names of the snapshots of `dataset` itself (not its children), in the order zfs lists them."""
     out = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", str(dataset))
