@@ -20,8 +20,8 @@ def _stamp(name: str) -> str:
     return name[len("autosnap_"):].rsplit("_", 1)[0]
 
 
-def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, dataset, dataset_factory, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, shared_vm, dataset_factory, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     ram = dataset_factory()
     foreign = lab.create_dataset(ram, "not-a-dump")  # below ram_dataset but not ours: never touched
     env = vmsnapd_env
@@ -71,13 +71,13 @@ def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, data
     assert sorted(lab.snapshot_names(dataset.name)) == snaps[1:]
 
 
-def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, dataset, dataset_factory, vmsnapd_env):
+def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, shared_vm, dataset_factory, vmsnapd_env):
     """vmsnapd killed (kill -9, by a zstd wrapper first on PATH) while it stores the dump: the cycle's snapshot
     exists, its dump filesystem is empty. `recover` destroys that filesystem and nothing else below ram_dataset."""
     import os
     import shutil
 
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     ram = dataset_factory()
     foreign = lab.create_dataset(ram, "not-a-dump")
     env = vmsnapd_env
