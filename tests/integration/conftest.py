@@ -148,13 +148,28 @@ def _shared_guest(lab, pool):
         _retire(lab, home.vm)
 
 
+def _reusable(lab, vm: labmod.VM) -> bool:
+    """Running on its own disks, its dataset mounted and cleared (snapshots destroyed, stray files removed)."""
+    if not _as_booted(vm):
+        return False
+    ds = vm.disk.dataset
+    try:
+        if lab.zfs("get", "-H", "-o", "value", "mounted", str(ds), check=False).strip() != "yes":
+            return False
+        _clear_dataset(lab, vm)
+    except (lab.LabError, OSError) as e:
+        print(f"lab: shared guest {vm.name} replaced: its dataset {ds} could not be cleared: {e}")
+        return False
+    return True
+
+
 @pytest.fixture
 def shared_vm(lab, pool, _shared_guest) -> labmod.VM:
     """A running one-disk counter guest on a dataset of its own (``vm.disk.dataset``), shared by the tests of a
     module that use this fixture: each must leave it running (or paused) on its base disk — else the next test
     gets a fresh guest. Use ``running_vm`` for a test that changes the domain or its dataset otherwise."""
     home = _shared_guest
-    if home.vm is not None and not _as_booted(home.vm):
+    if home.vm is not None and not _reusable(lab, home.vm):
         _retire(lab, home.vm)
         home.vm = None
     if home.vm is None:
@@ -163,11 +178,9 @@ def shared_vm(lab, pool, _shared_guest) -> labmod.VM:
         # the per-test fixtures (dataset, dataset_factory) remove the domains created during their test
         lab.CREATED_VMS.remove(home.vm.name)
     vm = home.vm
-    _clear_dataset(lab, vm)
     lab.write_token(vm, "t0")
     lab.wait_counter_advances(vm, by=3)  # running, and writing records with the token "t0" again
     _forget_other_tokens(lab, vm)
     yield vm
-    if _as_booted(vm):
-        _clear_dataset(lab, vm)
+    if _reusable(lab, vm):
         vm.dom.suspend()  # no CPU for it while the module's other tests run their own guests (2 cores)

@@ -358,11 +358,12 @@ def test_paused_vm_gets_ram_and_snapshot_and_stays_paused(lab, shared_vm, vmsnap
 # -- 7. max_parallel --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("max_parallel", [1, 2])
-def test_max_parallel(lab, dataset_factory, vmsnapd_env, tmp_path, max_parallel):
+def test_max_parallel(lab, shared_vm, dataset_factory, vmsnapd_env, tmp_path, max_parallel):
     """Two VMs in one `once`: both succeed; cycles overlap only when max_parallel allows it; a third dataset
     naming the first VM joins that VM's cycle instead of starting a second cycle of it."""
-    ds1, ds2, ds3 = dataset_factory(), dataset_factory(), dataset_factory()
-    vm1, vm2 = lab.create_vm(ds1), lab.create_vm(ds2)
+    vm1, ds1 = shared_vm, shared_vm.disk.dataset
+    ds2, ds3 = dataset_factory(), dataset_factory()
+    vm2 = lab.create_vm(ds2)
     env = vmsnapd_env
     env.daemon["max_parallel"] = max_parallel
     env.datasets[ds1.name] = {**ONE_HOURLY, "domain": vm1.name}
