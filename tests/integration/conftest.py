@@ -72,11 +72,6 @@ def vmsnapd_env(lab) -> VmsnapdEnv:
 _SOURCE_RE = re.compile(r"<source file='([^']+)'")
 
 
-@dataclass
-class _SharedGuest:
-    vm: labmod.VM | None = None
-
-
 def _sources(xml: str) -> set[str]:
     return set(_SOURCE_RE.findall(xml))
 
@@ -95,8 +90,13 @@ def _as_booted(vm: labmod.VM) -> bool:
         if state == libvirt.VIR_DOMAIN_PAUSED:
             dom.resume()
             state = dom.state()[0]
-        return state == libvirt.VIR_DOMAIN_RUNNING
-    except libvirt.libvirtError:
+        if state != libvirt.VIR_DOMAIN_RUNNING:
+            return False
+        if vm.agent:  # its agent answers and its file system is not left frozen
+            labmod.wait_agent(dom)
+            return labmod.agent_command(dom, "guest-fsfreeze-status") == "thawed"
+        return True
+    except (libvirt.libvirtError, AssertionError):
         return False
 
 
@@ -116,7 +116,7 @@ def _clear_dataset(lab, vm: labmod.VM) -> None:
     ds = vm.disk.dataset
     for snap in lab.snapshot_names(ds):
         lab.zfs("destroy", "-R", f"{ds}@{snap}")
-    keep = {d.path for d in vm.disks}
+    keep = {d.path for d in vm.disks} | ({vm.fs_disk.path} if vm.fs_disk else set())
     for entry in ds.mountpoint.iterdir():
         if entry in keep:
             continue
@@ -140,14 +140,6 @@ def _forget_other_tokens(lab, vm: labmod.VM, token: str = "t0") -> None:
         os.close(fd)
 
 
-@pytest.fixture(scope="module")
-def _shared_guest(lab, pool):
-    home = _SharedGuest()
-    yield home
-    if home.vm is not None:
-        _retire(lab, home.vm)
-
-
 def _reusable(lab, vm: labmod.VM) -> bool:
     """Running on its own disks, its dataset mounted and cleared (snapshots destroyed, stray files removed)."""
     if not _as_booted(vm):
@@ -163,24 +155,52 @@ def _reusable(lab, vm: labmod.VM) -> bool:
     return True
 
 
-@pytest.fixture
-def shared_vm(lab, pool, _shared_guest) -> labmod.VM:
-    """A running one-disk counter guest on a dataset of its own (``vm.disk.dataset``), shared by the tests of a
-    module that use this fixture: each must leave it running (or paused) on its base disk — else the next test
-    gets a fresh guest. Use ``running_vm`` for a test that changes the domain or its dataset otherwise."""
-    home = _shared_guest
-    if home.vm is not None and not _reusable(lab, home.vm):
-        _retire(lab, home.vm)
-        home.vm = None
-    if home.vm is None:
+@pytest.fixture(scope="module")
+def _shared_guests(lab, pool):
+    """The module's shared guests by kind ("plain", "agent"); removed with their datasets at the module's end."""
+    guests: dict[str, labmod.VM] = {}
+    yield guests
+    for vm in guests.values():
+        _retire(lab, vm)
+
+
+def _hand_out(lab, pool, guests: dict, kind: str) -> labmod.VM:
+    vm = guests.get(kind)
+    if vm is not None and not _reusable(lab, vm):
+        _retire(lab, vm)
+        vm = None
+    if vm is None:
         ds = lab.create_dataset(pool)
-        home.vm = lab.create_vm(ds)
+        vm = guests[kind] = lab.create_vm(ds, agent=kind == "agent", fs_dataset=ds if kind == "agent" else None)
         # the per-test fixtures (dataset, dataset_factory) remove the domains created during their test
-        lab.CREATED_VMS.remove(home.vm.name)
-    vm = home.vm
+        lab.CREATED_VMS.remove(vm.name)
+        if vm.agent:
+            labmod.wait_agent(vm.dom)
     lab.write_token(vm, "t0")
     lab.wait_counter_advances(vm, by=3)  # running, and writing records with the token "t0" again
     _forget_other_tokens(lab, vm)
-    yield vm
+    return vm
+
+
+def _put_back(lab, vm: labmod.VM) -> None:
     if _reusable(lab, vm):
         vm.dom.suspend()  # no CPU for it while the module's other tests run their own guests (2 cores)
+
+
+@pytest.fixture
+def shared_vm(lab, pool, _shared_guests) -> labmod.VM:
+    """A running one-disk counter guest on a dataset of its own (``vm.disk.dataset``), shared by the tests of a
+    module that use this fixture: each must leave it running (or paused) on its base disk — else the next test
+    gets a fresh guest. Use ``running_vm`` for a test that changes the domain or its dataset otherwise."""
+    vm = _hand_out(lab, pool, _shared_guests, "plain")
+    yield vm
+    _put_back(lab, vm)
+
+
+@pytest.fixture
+def shared_agent_vm(lab, pool, _shared_guests) -> labmod.VM:
+    """``shared_vm`` with the guest agent (as ``agent_vm``: ext4 disk ``vm.fs_disk`` mounted at /mnt, here on the
+    same dataset as the counter disk); also replaced when a test leaves its file system frozen."""
+    vm = _hand_out(lab, pool, _shared_guests, "agent")
+    yield vm
+    _put_back(lab, vm)
