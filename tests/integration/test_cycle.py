@@ -67,8 +67,8 @@ def _restore_and_check(lab, vm, dataset: str, snapname: str, memfile: Path) -> N
 
 
 @pytest.mark.parametrize("method,live", [("overlay", True), ("overlay", False), ("pause", True), ("pause", False)])
-def test_cycle_of_running_vm_is_consistent(lab, dataset, vmsnapd_env, method, live):
-    vm = lab.create_vm(dataset)
+def test_cycle_of_running_vm_is_consistent(lab, shared_vm, vmsnapd_env, method, live):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.daemon["ram_compression"] = "zstd" if method == "pause" and live else "none"
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "method": method, "live": live}
@@ -126,9 +126,9 @@ def test_shut_off_vm_gets_a_plain_snapshot_and_no_dump(lab, dataset, vmsnapd_env
     assert (dataset.mountpoint / ".vmsnapd" / f"{vm.name}.xml").exists()
 
 
-def test_failed_zfs_snapshot_still_commits_the_overlay(lab, dataset, vmsnapd_env, tmp_path):
+def test_failed_zfs_snapshot_still_commits_the_overlay(lab, shared_vm, vmsnapd_env, tmp_path):
     """zfs snapshot fails (a wrapper first on PATH) → the VM is committed back, nothing left, exit 1."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     wrapper = tmp_path / "zfs"
@@ -143,9 +143,9 @@ def test_failed_zfs_snapshot_still_commits_the_overlay(lab, dataset, vmsnapd_env
     assert list((env.state_dir / "cycles").iterdir()) == []
 
 
-def test_kill_9_while_on_overlay_is_recovered(lab, dataset, vmsnapd_env, tmp_path):
+def test_kill_9_while_on_overlay_is_recovered(lab, shared_vm, vmsnapd_env, tmp_path):
     """vmsnapd killed while the VM runs on its overlay: `once` brings the VM back, counter intact."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     wrapper = tmp_path / "zfs"
@@ -183,8 +183,8 @@ def test_kill_9_while_on_overlay_is_recovered(lab, dataset, vmsnapd_env, tmp_pat
     assert "nothing to recover" in env.run("recover").stdout  # idempotent
 
 
-def test_dry_run_of_a_vm_cycle_touches_nothing(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_dry_run_of_a_vm_cycle_touches_nothing(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     xml_before = vm.dom.XMLDesc(0)

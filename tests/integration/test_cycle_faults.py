@@ -95,8 +95,8 @@ def test_quiesce_required_with_agent_freezes_and_thaws(lab, dataset, vmsnapd_env
     assert labmod.agent_command(vm.dom, "guest-fsfreeze-status") == "thawed"
 
 
-def test_quiesce_required_without_agent_fails_cleanly(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_quiesce_required_without_agent_fails_cleanly(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "quiesce": "required"}
 
@@ -109,9 +109,9 @@ def test_quiesce_required_without_agent_fails_cleanly(lab, dataset, vmsnapd_env)
     _assert_vm_back_on_base(lab, vm, env)
 
 
-def test_quiesce_auto_without_agent_channel_snapshots_quietly(lab, dataset, vmsnapd_env):
+def test_quiesce_auto_without_agent_channel_snapshots_quietly(lab, shared_vm, vmsnapd_env):
     """No agent channel at all: the admin chose no agent; no warning every cycle, just not quiesced."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "quiesce": "auto"}
 
@@ -146,9 +146,9 @@ def test_quiesce_auto_with_a_silent_agent_warns_and_snapshots(lab, dataset, vmsn
 # -- 2. on_memory_failure ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("on_failure", ["disk-only", "fail"])
-def test_unwritable_ram_dir(lab, dataset, vmsnapd_env, on_failure):
+def test_unwritable_ram_dir(lab, shared_vm, vmsnapd_env, on_failure):
     """ram_dir below a regular file (root ignores mode bits): disk-only snapshot with a warning, or a clean failure."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     blocker = env.root / "not-a-dir"
     blocker.write_text("in the way\n")
@@ -173,10 +173,10 @@ def test_unwritable_ram_dir(lab, dataset, vmsnapd_env, on_failure):
 
 
 @pytest.mark.parametrize("on_failure", ["disk-only", "fail"])
-def test_ram_dump_that_cannot_be_stored_after_the_snapshot(lab, dataset, vmsnapd_env, tmp_path, on_failure):
+def test_ram_dump_that_cannot_be_stored_after_the_snapshot(lab, shared_vm, vmsnapd_env, tmp_path, on_failure):
     """The RAM was captured but storing it fails (a `zstd` that dies, first on PATH): the snapshot stands;
     disk-only → a warning and exit 0; fail → exit 1; either way no RAM file is left behind in overlay_dir."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.daemon["ram_compression"] = "zstd"
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "on_memory_failure": on_failure}
@@ -197,11 +197,11 @@ def test_ram_dump_that_cannot_be_stored_after_the_snapshot(lab, dataset, vmsnapd
 
 # -- 3. blockcommit fails ---------------------------------------------------------------------------------
 
-def test_failed_blockcommit_is_critical_and_recover_finishes_it(lab, dataset, vmsnapd_env, tmp_path):
+def test_failed_blockcommit_is_critical_and_recover_finishes_it(lab, shared_vm, vmsnapd_env, tmp_path):
     """QEMU may not write the base file when the commit starts (mode 0444; QEMU runs as libvirt-qemu): every
     attempt fails, the cycle says CRITICAL with the exact state, the VM keeps running on its overlay, the journal
     keeps the record; once the cause is gone `recover` commits it back."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     base = vm.disks[0].path
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
@@ -238,9 +238,9 @@ def test_failed_blockcommit_is_critical_and_recover_finishes_it(lab, dataset, vm
 
 # -- 4. the domain goes away mid-cycle ----------------------------------------------------------------------
 
-def test_domain_destroyed_by_pre_snapshot_hook(lab, dataset, vmsnapd_env):
+def test_domain_destroyed_by_pre_snapshot_hook(lab, shared_vm, vmsnapd_env):
     """Shut off after the cycle looked at it, before the freeze: the cycle fails cleanly, nothing left behind."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name,
                                   "hooks": {"pre_snapshot": ["virsh", "-c", URI, "destroy", vm.name]}}
@@ -254,10 +254,10 @@ def test_domain_destroyed_by_pre_snapshot_hook(lab, dataset, vmsnapd_env):
     _assert_vm_back_on_base(lab, vm, env, state=libvirt.VIR_DOMAIN_SHUTOFF)
 
 
-def test_domain_destroyed_while_on_overlay(lab, dataset, vmsnapd_env, tmp_path):
+def test_domain_destroyed_while_on_overlay(lab, shared_vm, vmsnapd_env, tmp_path):
     """Destroyed while running on its overlay (during `zfs snapshot`): the snapshot stands, the overlay is
     committed offline into the base file (no write lost), the domain points at its base again and boots."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     path_env = _wrapper(tmp_path, f'[ "$1" = snapshot ] && sleep 0.5 && virsh -q -c {URI} destroy {vm.name} >/dev/null')
@@ -290,10 +290,10 @@ fi
 """
 
 
-def test_libvirt_connection_dropped_mid_cycle_reconnects(lab, dataset, vmsnapd_env, tmp_path):
+def test_libvirt_connection_dropped_mid_cycle_reconnects(lab, shared_vm, vmsnapd_env, tmp_path):
     """libvirtd drops vmsnapd's connection while the VM is on its overlay (what a libvirtd restart does to a
     client, without disturbing anyone else on this host): the cycle reconnects and commits."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     log = tmp_path / "disconnected"
@@ -322,8 +322,8 @@ fi
 @pytest.mark.skipif(os.environ.get("VMSNAPD_LAB_DISRUPTIVE") != "1",
                     reason="restarts the host's shared libvirtd (breaks other lab users' connections): "
                            "set VMSNAPD_LAB_DISRUPTIVE=1 on a lab of your own")
-def test_libvirtd_restart_mid_cycle(lab, dataset, vmsnapd_env, tmp_path):
-    vm = lab.create_vm(dataset)
+def test_libvirtd_restart_mid_cycle(lab, shared_vm, vmsnapd_env, tmp_path):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
 
@@ -337,8 +337,8 @@ def test_libvirtd_restart_mid_cycle(lab, dataset, vmsnapd_env, tmp_path):
 
 # -- 6. paused VM -----------------------------------------------------------------------------------------
 
-def test_paused_vm_gets_ram_and_snapshot_and_stays_paused(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_paused_vm_gets_ram_and_snapshot_and_stays_paused(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     vm.dom.suspend()
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
@@ -358,11 +358,12 @@ def test_paused_vm_gets_ram_and_snapshot_and_stays_paused(lab, dataset, vmsnapd_
 # -- 7. max_parallel --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("max_parallel", [1, 2])
-def test_max_parallel(lab, dataset_factory, vmsnapd_env, tmp_path, max_parallel):
+def test_max_parallel(lab, shared_vm, dataset_factory, vmsnapd_env, tmp_path, max_parallel):
     """Two VMs in one `once`: both succeed; cycles overlap only when max_parallel allows it; a third dataset
     naming the first VM joins that VM's cycle instead of starting a second cycle of it."""
-    ds1, ds2, ds3 = dataset_factory(), dataset_factory(), dataset_factory()
-    vm1, vm2 = lab.create_vm(ds1), lab.create_vm(ds2)
+    vm1, ds1 = shared_vm, shared_vm.disk.dataset
+    ds2, ds3 = dataset_factory(), dataset_factory()
+    vm2 = lab.create_vm(ds2)
     env = vmsnapd_env
     env.daemon["max_parallel"] = max_parallel
     env.datasets[ds1.name] = {**ONE_HOURLY, "domain": vm1.name}

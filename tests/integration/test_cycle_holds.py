@@ -15,12 +15,11 @@ ONE_HOURLY = {"hourly": 1, "daily": 0, "monthly": 0}
 
 
 @pytest.mark.parametrize("memory", [True, False])
-def test_pause_method_with_quiesce_leaves_the_guest_running_and_thawed(lab, dataset, vmsnapd_env, memory):
+def test_pause_method_with_quiesce_leaves_the_guest_running_and_thawed(lab, shared_agent_vm, vmsnapd_env, memory):
     """The pause method holds the guest paused for zfs (libvirt's manual snapshot, or a plain pause without RAM).
     libvirt refuses the agent's thaw while the guest is paused ("domain is not running"), so the file systems are
     thawed once the guest runs again: the guest must never be left frozen."""
-    vm = lab.create_vm(dataset, agent=True, fs_dataset=dataset)
-    labmod.wait_agent(vm.dom)
+    vm, dataset = shared_agent_vm, shared_agent_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "method": "pause", "quiesce": "required",
                                   "memory": memory}
@@ -36,10 +35,9 @@ def test_pause_method_with_quiesce_leaves_the_guest_running_and_thawed(lab, data
     lab.wait_counter_advances(vm, by=5, timeout=30)
 
 
-def test_fs_thaw_of_a_paused_guest_is_refused(lab, dataset):
+def test_fs_thaw_of_a_paused_guest_is_refused(lab, shared_agent_vm):
     """The libvirt behaviour the cycle's order rests on: no agent command while the guest is paused."""
-    vm = lab.create_vm(dataset, agent=True, fs_dataset=dataset)
-    labmod.wait_agent(vm.dom)
+    vm = shared_agent_vm
     vm.dom.fsFreeze(None, 0)
     vm.dom.suspend()
     try:

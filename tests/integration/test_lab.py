@@ -10,7 +10,8 @@ import pytest
 pytestmark = pytest.mark.lab
 
 
-def test_counter_advances_on_host_visible_disk(lab, running_vm):
+def test_counter_advances_on_host_visible_disk(lab, shared_vm):
+    running_vm = shared_vm
     before, after = lab.wait_counter_advances(running_vm, by=10, timeout=30)
     assert after >= before + 10
     recs = running_vm.records()
@@ -22,7 +23,8 @@ def test_counter_advances_on_host_visible_disk(lab, running_vm):
     assert any(tok == "fresh" for s, tok in running_vm.records().values() if s <= seen)
 
 
-def test_zfs_snapshot_clone_shows_earlier_counter(lab, running_vm):
+def test_zfs_snapshot_clone_shows_earlier_counter(lab, shared_vm):
+    running_vm = shared_vm
     disk = running_vm.disk
     snap = lab.snapshot(disk.dataset)
     at_snap = lab.snapshot_max_counter(snap, disk.relpath)
@@ -65,12 +67,12 @@ def _wait_block_job_ready(dom, disk: str, timeout: float = 60) -> None:
     raise AssertionError(f"block job on {disk} not ready within {timeout}s: {dom.blockJobInfo(disk, 0)}")
 
 
-def test_hand_made_cycle_restores_counter_exactly(lab, running_vm):
+def test_hand_made_cycle_restores_counter_exactly(lab, shared_vm):
     """overlay + memory snapshot → zfs snapshot → blockcommit --active + pivot → metadata delete; later:
     destroy → zfs rollback → new token → restore from the memory file → counter continues at max + 1."""
     import libvirt
 
-    vm, disk = running_vm, running_vm.disk
+    vm, disk = shared_vm, shared_vm.disk
     dom = vm.dom
     lab.wait_counter_advances(vm, by=5)
     overlay = vm.workdir / "overlay-vda.qcow2"   # outside the snapshotted dataset
@@ -167,9 +169,9 @@ def _dirty_rate_mib_s(dom) -> int:
     raise AssertionError(f"no dirty rate measured: {stats}")
 
 
-def test_busy_guest_dirties_its_memory_and_keeps_counting(lab, vm_factory):
+def test_busy_guest_dirties_its_memory_and_keeps_counting(lab, vm_factory, shared_vm):
     """dirty_mib=N (bench/pause.py's busy guest): a tmpfs file copied over and over besides the counter."""
-    idle = vm_factory(memory_mib=256)
+    idle = shared_vm  # a plain counter guest: only its records dirty memory (MiB/s, whatever its size)
     busy = vm_factory(memory_mib=256, dirty_mib=16)
     assert "dirtying 16 MiB of RAM continuously" in busy.console()
     assert "dirtying" not in idle.console()

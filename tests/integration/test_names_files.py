@@ -118,10 +118,10 @@ def _disks(vm):
     return [d for d in parse_disks(vm.dom.XMLDesc(0)) if d.target == vm.disk.target]
 
 
-def test_links_planted_where_a_vm_cycle_writes(lab, dataset, vmsnapd_env):
+def test_links_planted_where_a_vm_cycle_writes(lab, shared_vm, vmsnapd_env):
     """ram_dir/<domain> and the dataset's .vmsnapd/ are links to folders of someone else: nothing is written
     through them, the snapshot is still taken (disk-only) and the output says why."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     victim_ram, victim_xml = env.root / "victim-ram", env.root / "victim-xml"
@@ -146,8 +146,8 @@ def test_links_planted_where_a_vm_cycle_writes(lab, dataset, vmsnapd_env):
     assert vm.dom.isActive()
 
 
-def test_a_ram_dir_owned_by_another_user_is_not_used(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_a_ram_dir_owned_by_another_user_is_not_used(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "on_memory_failure": "fail"}
     env.ram_dir.mkdir(mode=0o700)

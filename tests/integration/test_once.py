@@ -140,7 +140,7 @@ def test_fresh_tree_gets_one_cycle_on_the_right_datasets_and_a_second_pass_does_
 
     # a dataset created after the first pass is picked up by the next, and only it gets snapshots
     c = dataset_factory(parent.name)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("once")
     after_third = all_snaps(lab, parent)
     assert after_third - after_first == {f"{c}@{n.replace(stamp, s)}" for n in expected
@@ -413,26 +413,37 @@ def _vmsnapd(*args: str, env: dict | None = None):
                           env={**os.environ, **(env or {})})
 
 
+def _vmsnapd_each(argvs: list[list[str]], env: dict | None = None) -> list:
+    """`_vmsnapd` for each argv, a few at a time (each is a separate process that only starts Python and reads a
+    config: ~0.5 s, mostly interpreter start; one after another they made this the suite's slowest non-guest test)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return list(pool.map(lambda argv: _vmsnapd(*argv, env=env), argvs))
+
+
 def test_invalid_configs_exit_78_naming_the_key_and_touch_nothing(tmp_path):
     log = tmp_path / "zfs-calls"
     path_env = zfs_wrapper(tmp_path, f'echo "$@" >> {log}')
     invalid = sorted((ROOT / "config" / "invalid").glob("*.toml"))
     assert len(invalid) >= 20
-    problems = []
+    cases = []
     for sample in invalid:
         expected = re.match(rb"# expect: (.+)", sample.read_bytes()).group(1).decode().strip()  # some are not UTF-8
         copy = _private_copy(tmp_path, sample)
-        for args in (["config", "check"], ["once"]):
-            proc = _vmsnapd("-c", str(copy), *args, env=path_env)
-            if proc.returncode != 78 or expected not in proc.stderr or str(copy) not in proc.stderr:
-                problems.append(f"{sample.name} {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}")
+        cases += [(sample, expected, copy, args) for args in (["config", "check"], ["once"])]
+    procs = _vmsnapd_each([["-c", str(copy), *args] for _, _, copy, args in cases], env=path_env)
+    assert len(procs) == len(cases) == 2 * len(invalid)
+    problems = [f"{sample.name} {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}"
+                for (sample, expected, copy, args), proc in zip(cases, procs, strict=True)
+                if proc.returncode != 78 or expected not in proc.stderr or str(copy) not in proc.stderr]
     assert not problems, "\n".join(problems)
     assert not log.exists(), f"zfs ran for an invalid config: {log.read_text()}"
 
 
 def test_valid_configs_pass_config_check(tmp_path):
-    for sample in sorted((ROOT / "config" / "valid").glob("*.toml")) + [ROOT / "config" / "vmsnapd.toml"]:
-        proc = _vmsnapd("-c", str(_private_copy(tmp_path, sample)), "config", "check")
+    samples = sorted((ROOT / "config" / "valid").glob("*.toml")) + [ROOT / "config" / "vmsnapd.toml"]
+    procs = _vmsnapd_each([["-c", str(_private_copy(tmp_path, sample)), "config", "check"] for sample in samples])
+    for sample, proc in zip(samples, procs, strict=True):
         assert proc.returncode == 0, f"{sample.name}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         assert "valid" in proc.stdout
 

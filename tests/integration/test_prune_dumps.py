@@ -19,8 +19,8 @@ def _stamp(name: str) -> str:
     return name[len("autosnap_"):].rsplit("_", 1)[0]
 
 
-def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 1, "daily": 1, "monthly": 0, "domain": vm.name}
 
@@ -35,7 +35,7 @@ def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, dataset, vmsnapd_env
     first_dump = _dumps(env, vm.name)
     assert len(first_dump) == 1 and _stamp(first[0]) in first_dump[0].name
 
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name, "--period", "hourly")
     dumps = _dumps(env, vm.name)
     assert len(dumps) == 2
@@ -58,13 +58,13 @@ def test_dump_lives_as_long_as_a_snapshot_of_its_cycle(lab, dataset, vmsnapd_env
     assert not Path(str(first_dump[0]).rsplit(".mem", 1)[0] + ".json").exists()
 
 
-def test_ram_keep_keeps_dumps_of_the_newest_cycles_only(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_ram_keep_keeps_dumps_of_the_newest_cycles_only(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 3, "daily": 0, "monthly": 0, "domain": vm.name, "ram_keep": 1}
     for _ in range(3):
         env.run("snapshot", dataset.name)
-        time.sleep(1.1)
+        lab.next_second()
     assert len(_dumps(env, vm.name)) == 3
     env.run("once", "--prune")
     snaps = sorted(lab.snapshot_names(dataset.name))
@@ -73,8 +73,8 @@ def test_ram_keep_keeps_dumps_of_the_newest_cycles_only(lab, dataset, vmsnapd_en
     assert len(dumps) == 1 and _stamp(snaps[-1]) in dumps[0].name
 
 
-def test_orphan_dump_swept_and_foreign_files_untouched(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_orphan_dump_swept_and_foreign_files_untouched(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 5, "daily": 0, "monthly": 0, "domain": vm.name}
     env.run("snapshot", dataset.name)
@@ -116,8 +116,8 @@ def _hook(tmp_path: Path, body: str = HOOK) -> Path:
     return path
 
 
-def test_hooks_get_sanoid_environment_and_verbatim_argv(lab, dataset, vmsnapd_env, tmp_path):
-    vm = lab.create_vm(dataset)
+def test_hooks_get_sanoid_environment_and_verbatim_argv(lab, shared_vm, vmsnapd_env, tmp_path):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     out = tmp_path / "calls.jsonl"
     hook = _hook(tmp_path)
@@ -148,8 +148,8 @@ def test_hooks_get_sanoid_environment_and_verbatim_argv(lab, dataset, vmsnapd_en
     assert post["env"]["VMSNAPD_RAM_DUMP"] == str(dump)
 
 
-def test_failing_pre_snapshot_hook_means_no_snapshot_and_no_overlay(lab, dataset, vmsnapd_env, tmp_path):
-    vm = lab.create_vm(dataset)
+def test_failing_pre_snapshot_hook_means_no_snapshot_and_no_overlay(lab, shared_vm, vmsnapd_env, tmp_path):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     out = tmp_path / "calls.jsonl"
     hook = _hook(tmp_path)

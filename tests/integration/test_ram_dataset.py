@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ def _stamp(name: str) -> str:
     return name[len("autosnap_"):].rsplit("_", 1)[0]
 
 
-def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, dataset, dataset_factory, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, shared_vm, dataset_factory, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     ram = dataset_factory()
     foreign = lab.create_dataset(ram, "not-a-dump")  # below ram_dataset but not ours: never touched
     env = vmsnapd_env
@@ -33,7 +32,7 @@ def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, data
     assert "ram_dataset" not in check.stderr, check.stderr  # exists and is mounted: nothing to say
 
     env.run("snapshot", dataset.name)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     snaps = sorted(lab.snapshot_names(dataset.name))
     dumps = [c for c in _children(lab, ram.name) if c != foreign.name]
@@ -72,13 +71,13 @@ def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, data
     assert sorted(lab.snapshot_names(dataset.name)) == snaps[1:]
 
 
-def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, dataset, dataset_factory, vmsnapd_env):
+def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, shared_vm, dataset_factory, vmsnapd_env):
     """vmsnapd killed (kill -9, by a zstd wrapper first on PATH) while it stores the dump: the cycle's snapshot
     exists, its dump filesystem is empty. `recover` destroys that filesystem and nothing else below ram_dataset."""
     import os
     import shutil
 
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     ram = dataset_factory()
     foreign = lab.create_dataset(ram, "not-a-dump")
     env = vmsnapd_env
@@ -87,7 +86,7 @@ def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, dat
     env.datasets[dataset.name] = {"hourly": 2, "daily": 0, "monthly": 0, "domain": vm.name}
     env.run("snapshot", dataset.name)  # a whole dump beside it: recover leaves it alone
     (kept,) = [c for c in _children(lab, ram.name) if c != foreign.name]
-    time.sleep(1.1)
+    lab.next_second()
     bindir = lab.make_run_dir("zstdkill")
     (bindir / "zstd").write_text('#!/bin/sh\nkill -9 "$PPID"; exit 1\n')
     (bindir / "zstd").chmod(0o755)

@@ -116,12 +116,21 @@ print(json.dumps({"recover": recovered.model_dump(), "pass": report.model_dump(m
 """
 
 
-def test_recovery_itself_leaves_an_unmanaged_linked_clone_alone(lab, dataset, vmsnapd_env):
+@pytest.fixture
+def linked_clone(lab):
+    """_linked_clone, its domain removed at teardown (for a test without a `dataset` fixture, whose teardown
+    removes the domains created during the test)."""
+    clone = _linked_clone(lab)
+    yield clone
+    lab.destroy_vm(clone.name)
+
+
+def test_recovery_itself_leaves_an_unmanaged_linked_clone_alone(lab, shared_vm, linked_clone, vmsnapd_env):
     """Second line of defence: with the folder check bypassed, overlay_dir = the clone's folder, a managed running
     VM taking a full overlay cycle in that very folder: recovery reports the clone (not vmsnapd's) and the pass
     commits only its own overlay; the clone and its base keep every byte."""
-    clone = _linked_clone(lab)
-    vm = lab.create_vm(dataset)
+    clone = linked_clone
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     before = clone.hashes()
     env = vmsnapd_env
     env.daemon["overlay_dir"] = str(clone.folder)
@@ -160,9 +169,11 @@ def _define_next_boot_on_overlay(lab, vm, overlay_dir: Path) -> Path:
     return overlay
 
 
-def test_stale_persistent_definition_is_repaired_for_managed_domains_only(lab, dataset_factory, vmsnapd_env):
-    ds_managed, ds_other = dataset_factory(), dataset_factory()
-    managed, other = lab.create_vm(ds_managed), lab.create_vm(ds_other)
+def test_stale_persistent_definition_is_repaired_for_managed_domains_only(lab, shared_vm, dataset_factory,
+                                                                         vmsnapd_env):
+    managed, ds_managed = shared_vm, shared_vm.disk.dataset
+    ds_other = dataset_factory()
+    other = lab.create_vm(ds_other)
     env = vmsnapd_env
     env.datasets[ds_managed.name] = {**ONE_HOURLY, "domain": managed.name}
     env.datasets[ds_other.name] = {**ONE_HOURLY, "domain": "none"}
@@ -189,10 +200,10 @@ def test_stale_persistent_definition_is_repaired_for_managed_domains_only(lab, d
     assert str(mine) not in managed.dom.XMLDesc(0)
 
 
-def test_foreign_overlay_in_overlay_dir_is_refused_and_left_alone(lab, dataset, vmsnapd_env):
+def test_foreign_overlay_in_overlay_dir_is_refused_and_left_alone(lab, shared_vm, vmsnapd_env):
     """A hand-written script left a managed VM running on `handmade.qcow2` in overlay_dir: not vmsnapd's name, so
     `config check` says so (exit 78) and `recover` refuses rather than guess; the VM keeps running on it."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     overlay = env.overlay_dir / "handmade.qcow2"

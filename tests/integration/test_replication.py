@@ -97,7 +97,7 @@ def test_replicated_dumps_prune_on_the_replica_and_restore_there(lab):
                 env_a.run("snapshot", ds_a.name)
             # The replication pass after each cycle (docs/replication.md: a timer or a post_snapshot hook).
             sent.append(syncoid.run(ds_a.name, ds_b) + syncoid.run("-r", "--skip-parent", ram_a.name, ram_b.name))
-            time.sleep(1.1)
+            lab.next_second()
         # The third pass runs as vmsnapd's post_snapshot hook (argv; PATH is passed on to hooks).
         hook = syncoid.hook_script(root_a / "replicate", [ds_a.name, ds_b],
                                    ["-r", "--skip-parent", ram_a.name, ram_b.name])

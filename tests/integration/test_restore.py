@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,8 +55,8 @@ def _snap_max(lab, vm, dataset, snap) -> int:
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])
-def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compression):
-    vm = lab.create_vm(dataset)
+def test_restore_resumes_from_the_dump_exactly(lab, shared_vm, vmsnapd_env, compression):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.daemon["ram_compression"] = compression
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
@@ -68,7 +67,7 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     assert "RAM" in env.run("list", dataset.name).stdout
     at_snapshot = _snap_max(lab, vm, dataset, snap)
     lab.wait_counter_advances(vm, by=20, start=at_snapshot)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)  # a newer restore point, destroyed by the rollback
     newer = [s for s in sorted(lab.snapshot_names(dataset.name)) if s != snap][0]
 
@@ -94,8 +93,8 @@ def test_restore_resumes_from_the_dump_exactly(lab, dataset, vmsnapd_env, compre
     assert not _asides(lab, dataset) and "kept aside" not in env.run("status").stdout
 
 
-def test_restore_without_memory_boots_from_the_rolled_back_disk(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_restore_without_memory_boots_from_the_rolled_back_disk(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
@@ -111,8 +110,8 @@ def test_restore_without_memory_boots_from_the_rolled_back_disk(lab, dataset, vm
     env.run("restore", "--drop-aside", vm.name, "--yes")
 
 
-def test_restore_as_a_clone_leaves_the_original_alone(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_restore_as_a_clone_leaves_the_original_alone(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
@@ -135,8 +134,8 @@ def test_restore_as_a_clone_leaves_the_original_alone(lab, dataset, vmsnapd_env)
         lab.destroy_dataset(clone_ds)
 
 
-def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     lab.stop_vm(vm)
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 2, "daily": 2, "monthly": 2, "domain": vm.name}
@@ -144,7 +143,7 @@ def test_restoring_one_period_of_a_cycle_keeps_the_cycles_other_periods(lab, dat
     cycle = sorted(lab.snapshot_names(dataset.name))
     assert len(cycle) == 3
     hourly = [s for s in cycle if s.endswith("_hourly")][0]
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     later = [s for s in sorted(lab.snapshot_names(dataset.name)) if s not in cycle]
     proc = env.run("restore", vm.name, hourly, "--yes")
@@ -188,15 +187,15 @@ def _damage(dump: Path, manifest_matches: bool) -> None:
 
 @pytest.mark.parametrize("compression,manifest_matches", [("none", False), ("zstd", False), ("zstd", True)],
                          ids=["plain", "zstd-checksum", "zstd-decompression"])
-def test_a_damaged_dump_is_refused_before_anything_changes(lab, dataset, vmsnapd_env, compression,
+def test_a_damaged_dump_is_refused_before_anything_changes(lab, shared_vm, vmsnapd_env, compression,
                                                            manifest_matches):
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.daemon["ram_compression"] = compression
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
     (snap,) = lab.snapshot_names(dataset.name)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     (point,) = [p for p in json.loads(env.run("list", vm.name, "--json").stdout) if p["snapshot"] == snap]
     _damage(Path(point["ram_dump"]), manifest_matches)
@@ -212,15 +211,15 @@ def test_a_damaged_dump_is_refused_before_anything_changes(lab, dataset, vmsnapd
     lab.wait_counter_advances(vm, by=5, timeout=30)  # still writing to the very same disk
 
 
-def test_undo_puts_back_the_exact_pre_restore_disks_and_newer_snapshots(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)
+def test_undo_puts_back_the_exact_pre_restore_disks_and_newer_snapshots(lab, shared_vm, vmsnapd_env):
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
     (snap,) = lab.snapshot_names(dataset.name)
     at_snapshot = _snap_max(lab, vm, dataset, snap)
     lab.wait_counter_advances(vm, by=20, start=at_snapshot)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     lab.wait_counter_advances(vm, by=20)
     lab.stop_vm(vm)
@@ -286,16 +285,16 @@ def test_undo_of_a_force_stopped_vm_boots_it_again_with_a_child_dataset(lab, dat
 
 
 
-def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
+def test_a_failing_step_puts_everything_back(lab, shared_vm, vmsnapd_env):
     """`zfs promote` fails (a zfs wrapper first on PATH): the swap already made is undone, the VM boots again
     from its own disks."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)
     (snap,) = lab.snapshot_names(dataset.name)
     at_snapshot = _snap_max(lab, vm, dataset, snap)
-    time.sleep(1.1)
+    lab.next_second()
     env.run("snapshot", dataset.name)
     _, pre_seen = lab.wait_counter_advances(vm, by=20, start=at_snapshot)
     pre_guids = _guids(lab, dataset)
@@ -315,10 +314,10 @@ def test_a_failing_step_puts_everything_back(lab, dataset, vmsnapd_env):
     assert not any(tok == "after" and seq <= pre_seen for seq, tok in records), "booted from the snapshot's disk"
 
 
-def test_a_restore_killed_after_unmounting_is_undone_and_the_vm_boots(lab, dataset, vmsnapd_env):
+def test_a_restore_killed_after_unmounting_is_undone_and_the_vm_boots(lab, shared_vm, vmsnapd_env):
     """vmsnapd killed (kill -9, by a zfs wrapper first on PATH) at its first `zfs rename`, i.e. after it unmounted
     the VM's dataset: `--undo` mounts it again and boots the VM from its own disk."""
-    vm = lab.create_vm(dataset)
+    vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
     env.run("snapshot", dataset.name)

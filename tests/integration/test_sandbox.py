@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -87,7 +86,7 @@ def test_cycle_prune_hooks_and_restore_work_inside_the_units_sandbox(lab, datase
     (old,) = lab.snapshot_names(dataset.name)
     old_dumps = sorted((env.ram_dir / vm.name).glob("*"))
     assert old_dumps, "the cycle kept no RAM dump"
-    time.sleep(1.1)
+    lab.next_second()
     sandboxed(env, "snapshot", dataset.name)
     (new,) = [s for s in lab.snapshot_names(dataset.name) if s != old]
     at_new = lab.snapshot_max_counter(f"{dataset.name}@{new}", vm.disk.relpath)
