@@ -57,9 +57,9 @@ def lab():
     removed = labmod.cleanup_leftovers()
     if removed:
         print(f"\nlab: removed leftovers of an earlier run: {removed}")
-    labmod.reset_faketime()
+    labmod.reset_faketime_unless_held()
     yield labmod
-    labmod.reset_faketime()
+    labmod.reset_faketime_unless_held()
 
 
 @pytest.fixture(scope="session")
@@ -184,6 +184,6 @@ def _faketime_guard():
     yield
     try:
         if labmod.FAKETIME_FILE.exists() and labmod.get_faketime() != "+0":
-            labmod.reset_faketime()
+            labmod.reset_faketime_unless_held()  # another session's locked window is theirs, not a leak
     except OSError:
         pass

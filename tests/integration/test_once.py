@@ -48,23 +48,20 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def make_old(lab, dataset, items: list[tuple[str, str]]) -> None:
     """items: (faketime offset like "-3d", snapshot name); each made with that creation time, verified.
 
-    The zfs-fuse clock is shared by every lab user: a concurrent set_faketime/reset_faketime elsewhere can slip
-    between ours and the snapshot, so each creation is checked and the snapshot made again when it is off."""
-    try:
-        for offset, name in items:
-            want = int(offset[:-1]) * _UNIT_S[offset[-1]]
-            for _attempt in range(5):
-                lab.set_faketime(offset)
+    The zfs-fuse clock is shared by every lab user: each snapshot is made in a locked `lab.faketime` window, and
+    its creation is still checked (a lab user shifting the clock without the lock) and made again when it is off."""
+    for offset, name in items:
+        want = int(offset[:-1]) * _UNIT_S[offset[-1]]
+        for _attempt in range(5):
+            with lab.faketime(offset):
                 lab.snapshot(dataset, name)
-                created = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", f"{dataset}@{name}").strip())
-                if abs(created - time.time() - want) < 120:
-                    break
-                lab.zfs("destroy", f"{dataset}@{name}")
-            else:
-                pytest.fail(f"could not make {dataset}@{name} {offset} old: the zfs-fuse clock keeps being "
-                            "shifted by another lab user")
-    finally:
-        lab.reset_faketime()
+            created = int(lab.zfs("get", "-H", "-p", "-o", "value", "creation", f"{dataset}@{name}").strip())
+            if abs(created - time.time() - want) < 120:
+                break
+            lab.zfs("destroy", f"{dataset}@{name}")
+        else:
+            pytest.fail(f"could not make {dataset}@{name} {offset} old: the zfs-fuse clock keeps being "
+                        "shifted by another lab user")
 
 
 def assert_made_now(lab, dataset, names) -> None:

@@ -38,7 +38,7 @@ def _dump_files(ram_dir: Path) -> list[str]:
 
 
 def test_the_ram_file_is_staged_on_a_tmpfs_with_room_and_resumes_exactly(lab, dataset, vmsnapd_env):
-    vm = lab.create_vm(dataset)  # 128 MiB of RAM: the RAM file may need 192 MiB
+    vm = lab.create_vm(dataset)  # lab.GUEST_MIB (80 MiB) of RAM: the RAM file may need 120 MiB
     env = vmsnapd_env
     env.datasets[dataset.name] = {"hourly": 5, "daily": 0, "monthly": 0, "domain": vm.name, "method": "overlay",
                                   "quiesce": "off", "live": False}

@@ -28,11 +28,8 @@ def _old_hourly(lab, dataset, hours: int) -> str:
     """An hourly snapshot whose creation really is `hours` old (zfs-fuse's clock moved back)."""
     when = datetime.now(timezone.utc) - timedelta(hours=hours)
     name = f"autosnap_{when:%Y-%m-%d_%H:%M:%S}_hourly"
-    lab.set_faketime(f"-{hours}h")
-    try:
+    with lab.faketime(f"-{hours}h"):
         lab.snapshot(dataset, name)
-    finally:
-        lab.reset_faketime()
     return name
 
 

@@ -77,11 +77,8 @@ def test_list_tree_is_one_call_with_mountpoints_creation_and_userrefs(lab, pool,
 
 
 def test_list_tree_sees_real_creation_time(lab, dataset, zfs):
-    lab.set_faketime("-3d")
-    try:
+    with lab.faketime("-3d"):
         lab.snapshot(dataset, "old")
-    finally:
-        lab.reset_faketime()
     lab.snapshot(dataset, "new")
     by_name = {s.name: s.creation for s in zfs.list_tree([dataset.name]).snapshots}
     age = by_name["new"] - by_name["old"]

@@ -213,6 +213,22 @@ def faketime(offset: str):
             fcntl.flock(lockf, fcntl.LOCK_UN)
 
 
+def reset_faketime_unless_held() -> None:
+    """Put the clock back to +0 unless some session's `faketime` window holds it right now (then the offset is
+    theirs, not a leak: resetting it would break their test)."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LAB_DIR / "faketime.lock", "w") as lockf:
+        try:
+            fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        try:
+            if get_faketime() != "+0":
+                reset_faketime()
+        finally:
+            fcntl.flock(lockf, fcntl.LOCK_UN)
+
+
 def get_faketime() -> str:
     try:
         return FAKETIME_FILE.read_text().strip()
