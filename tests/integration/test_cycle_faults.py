@@ -391,7 +391,7 @@ def test_max_parallel(lab, shared_vm, dataset_factory, vmsnapd_env, tmp_path, ma
     if max_parallel == 1:
         assert overlap < 0, f"cycles of two VMs overlapped by {overlap:.2f}s with max_parallel = 1"
     else:
-        assert overlap > 0.5, f"cycles did not run in parallel with max_parallel = 2 (overlap {overlap:.2f}s)"
+        assert overlap > 0, f"cycles did not run in parallel with max_parallel = 2 (overlap {overlap:.2f}s)"
     _assert_vm_back_on_base(lab, vm1, env)
     _assert_vm_back_on_base(lab, vm2, env)
 

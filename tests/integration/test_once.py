@@ -316,7 +316,7 @@ def test_second_pass_waits_then_gives_up_clearly(lab, unmounted, vmsnapd_env):
         started = time.monotonic()
         proc = env.run("--lock-wait", "1.5", "once", expect=1)
         waited = time.monotonic() - started
-    assert 1.5 <= waited < 15, waited
+    assert waited >= 1.5, waited  # it waited --lock-wait, then gave up (a bound of the behaviour, not a timing)
     assert "another vmsnapd pass" in proc.stderr and f"pid {os.getpid()}" in proc.stderr, proc.stderr
     assert snaps(lab, unmounted) == set()
     env.run("--lock-wait", "1.5", "once")
