@@ -3,7 +3,9 @@
 by one `vmsnapd once --take`, against one guest alone, in the same run.
 
 Each guest: a 128 MiB TCG counter guest (tests/lab/lab.py) with its disk on a dataset of its own; config per
-dataset `domain = <guest>`, memory on, quiesce off (the counter guest has no agent), the default capture method;
+dataset `domain = <guest>`, memory on, quiesce off (the counter guest has no agent), the default capture method,
+the RAM files staged on a tmpfs (`ram_staging_dir` in /dev/shm: the default /run/vmsnapd/staging on a systemd host;
+this lab's /run is no tmpfs);
 `[daemon] max_parallel = N` (VM cycles at once; the shipped default is 2) unless --max-parallel says otherwise.
 First the single-guest figure: a config with guest 1 only (hourly) and one pass; then all N guests in one pass
 (daily: due on every guest, guest 1 included). Pauses are what vmsnapd measured (libvirt SUSPENDED->RESUMED,
@@ -54,7 +56,10 @@ def one_pass(root: Path, guests: list, period: str, max_parallel: int) -> dict:
     """`vmsnapd once --take` with a config of `guests` (dataset, vm), each due `period`; wall time, pause per guest."""
     datasets = {ds.name: {"domain": vm.name, "memory": True, "quiesce": "off", "hourly": 0, "daily": 0,
                           "monthly": 0, period: 3} for ds, vm in guests}
-    config = lab.write_vmsnapd_config(root, datasets, daemon={"max_parallel": max_parallel})
+    staging = Path("/dev/shm") / root.name  # removed by tear_down
+    staging.mkdir(mode=0o700, exist_ok=True)
+    config = lab.write_vmsnapd_config(root, datasets, daemon={"max_parallel": max_parallel,
+                                                              "ram_staging_dir": str(staging / "staging")})
     seen = set(manifests(root / "ram"))
     t0 = time.monotonic()
     proc = vmsnapd(config, "once", "--take", timeout=1800)
