@@ -73,7 +73,8 @@ def test_dumps_live_in_snapshotted_filesystems_and_go_with_their_cycle(lab, shar
 
 def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, shared_vm, dataset_factory, vmsnapd_env):
     """vmsnapd killed (kill -9, by a zstd wrapper first on PATH) while it stores the dump: the cycle's snapshot
-    exists, its dump filesystem is empty. `recover` destroys that filesystem and nothing else below ram_dataset."""
+    exists, its dump filesystem is empty, its fresh RAM file is still in the staging folder. `recover` destroys that
+    filesystem and nothing else below ram_dataset, and deletes the staged RAM file."""
     import os
     import shutil
 
@@ -99,9 +100,12 @@ def test_recover_destroys_the_dump_filesystem_a_killed_cycle_left_empty(lab, sha
     assert len(snaps) == 2, snaps
     empty = f"{ram.name}/{vm.name}_{_stamp(snaps[1])}"
     assert empty in _children(lab, ram.name)
+    staging = env.root / "staging"  # the lab's ram_staging_dir: the killed cycle's fresh RAM file is still there
+    (staged,) = staging.glob("*.mem")
 
     proc = env.run("recover")
 
     assert f"destroyed dump filesystem {empty}" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert f"deleted {staged}" in proc.stdout + proc.stderr and list(staging.iterdir()) == []
     assert sorted(_children(lab, ram.name)) == sorted([kept, foreign.name])
     assert sorted(lab.snapshot_names(dataset.name)) == snaps and vm.dom.isActive()
