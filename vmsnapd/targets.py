@@ -75,8 +75,6 @@ class VmFacts:
     disks: list[Disk] = field(default_factory=list)
     disk_datasets: dict[str, str | None] = field(default_factory=dict)  # disk source → the dataset holding it
     error: str | None = None  # libvirt could not list its disks
-    chains: dict[str, list[ChainFile]] = field(default_factory=dict)  # disk source → its backing files
-    chain_errors: dict[str, str] = field(default_factory=dict)  # disk source → why its chain could not be read
 
 
 @dataclass
@@ -117,15 +115,8 @@ def _vm_facts(hypervisor: HypervisorPort, domain: str, listing: ZfsListing) -> V
         disks = hypervisor.disks(domain)
     except HypervisorError as exc:
         return VmFacts(error=str(exc))
-    facts = VmFacts(disks=disks, disk_datasets={d.source: dataset_of_path(d.source, listing) for d in disks
-                                                if d.snapshottable})
-    for disk in disks:
-        if disk.snapshottable and disk.kind == "file" and disk.driver_type != "raw":  # raw has no backing file
-            try:
-                facts.chains[disk.source] = [look_at(path, listing) for path in hypervisor.backing_chain(disk.source)]
-            except HypervisorError as exc:
-                facts.chain_errors[disk.source] = str(exc)
-    return facts
+    return VmFacts(disks=disks, disk_datasets={d.source: dataset_of_path(d.source, listing) for d in disks
+                                               if d.snapshottable})
 
 
 def look_at(path: str, listing: ZfsListing) -> ChainFile:
@@ -160,20 +151,35 @@ def group_targets(policies: dict[str, DatasetPolicy], facts: TargetFacts) -> lis
     targets += [Target(policy=policy, datasets=[name]) for name, policy in policies.items() if name not in absorbed]
     for target in targets:
         _set_group(target, policies)
-        if target.domain in facts.vms:
-            _note_backing(target, facts.vms[target.domain])
     _refuse_shared_datasets(targets)
     return targets
 
 
-def _note_backing(target: Target, vm: VmFacts) -> None:
-    """The backing files of the captured disks outside the target's datasets, and a warning per disk concerned
-    (vmsnapd.backing); a chain that could not be read is a warning too (not knowing stops no cycle)."""
-    target.backing = outside_backing([(d.target, d.source) for d in target.disks], vm.chains, target.datasets)
-    target.unknown_chains = {d.target: vm.chain_errors[d.source] for d in target.disks if d.source in vm.chain_errors}
-    target.warnings += outside_warnings(target.domain, target.backing)
-    target.warnings += [unknown_chain_warning(target.domain, disk, error)
-                        for disk, error in target.unknown_chains.items()]
+def read_backing(targets: list[Target], hypervisor: HypervisorPort | None, listing: ZfsListing) -> None:
+    """Each VM target's backing files outside its datasets, and a warning per disk concerned (vmsnapd.backing); a
+    chain that could not be read is a warning too (not knowing stops no cycle). One qemu-img per captured disk that
+    is a file and not raw, so only for the targets that need it — the cycles about to run, `status`, a restore —
+    never for every target of every pass."""
+    if hypervisor is None:
+        return
+    for target in targets:
+        chains: dict[str, list[ChainFile]] = {}
+        errors: dict[str, str] = {}
+        for disk in target.disks:
+            if disk.kind == "file" and disk.driver_type != "raw":  # raw has no backing file
+                try:
+                    chains[disk.source] = [look_at(path, listing) for path in hypervisor.backing_chain(disk.source)]
+                except HypervisorError as exc:
+                    errors[disk.source] = str(exc)
+        _note_backing(target, chains, errors)
+
+
+def _note_backing(target: Target, chains: dict[str, list[ChainFile]], errors: dict[str, str]) -> None:
+    target.backing = outside_backing([(d.target, d.source) for d in target.disks], chains, target.datasets)
+    target.unknown_chains = {d.target: errors[d.source] for d in target.disks if d.source in errors}
+    target.warnings = (outside_warnings(target.domain, target.backing)
+                       + [unknown_chain_warning(target.domain, disk, error)
+                          for disk, error in target.unknown_chains.items()])
 
 
 @dataclass

@@ -454,11 +454,12 @@ class Host:
         """Plan the targets as a pass does and run the cycle of the first one; returns its TargetOutcome.
         `staging`: the cycle's StagingArea (none: the RAM file goes to overlay_dir)."""
         from vmsnapd.cycle import Cycle, CycleEnv
-        from vmsnapd.targets import plan_targets
+        from vmsnapd.targets import plan_targets, read_backing
 
         self.hv.dry_run = self.zfs.dry_run = dry_run
         survey = self.survey()
         target = plan_targets(survey.policies, survey.listing, self.hv)[0]
+        read_backing([target], self.hv, survey.listing)
         env = CycleEnv(zfs=self.zfs, hypervisor=self.hv, journal=self.journal, listing=survey.listing,
                        overlay_dir=self.overlay_dir, ram_store=self.ram_store, ram_compression="none",
                        hook_timeout=10.0, dry_run=dry_run, staging=staging)

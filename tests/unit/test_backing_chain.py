@@ -19,6 +19,7 @@ from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.monitoring import DatasetFacts, State, plan_check
 from vmsnapd.qemuimg import MAX_CHAIN, QemuImg, parse_backing_chain
 from vmsnapd.runner import CommandError, CommandResult
+from vmsnapd.targets import log_warnings_once, read_backing
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = st.sampled_from(["full-backing-filename", "backing-filename", "filename", "format"])
@@ -118,9 +119,12 @@ def _linked_clone(tmp_path: Path):
 def test_a_cycle_of_a_linked_clone_warns_logs_once_and_records_the_template(tmp_path, caplog):
     host, template = _linked_clone(tmp_path)
     ctx, survey = host.context(), host.survey()
+    (target,) = _targets(ctx, survey)
+    assert target.backing == [] and target.warnings == []  # planning alone reads no chain (a qemu-img per disk)
     with caplog.at_level(logging.WARNING, logger="vmsnapd.targets"):
-        (target,) = _targets(ctx, survey)
-        _targets(ctx, survey)  # a second pass of the same process: said once
+        for _pass in range(2):  # a second pass of the same process: said once
+            read_backing([target], host.hv, survey.listing)
+            log_warnings_once([target])
     assert target.error is None and [f.path for f in target.backing] == [str(template)]
     assert [r.getMessage() for r in caplog.records].count(f"web: {target.warnings[0]}") == 1
     assert f"disk vda of web reads backing file {template}" in target.warnings[0]
@@ -139,6 +143,7 @@ def test_an_unreadable_chain_is_a_warning_and_stops_no_cycle(tmp_path):
     host.hv.fail("backing_chain", HypervisorError("qemu-img: Could not open"))
     ctx, survey = host.context(), host.survey()
     (target,) = _targets(ctx, survey)
+    read_backing([target], host.hv, survey.listing)
     assert target.error is None and target.unknown_chains == {"vda": "qemu-img: Could not open"}
     assert target.warnings == ["cannot tell whether disk vda of web depends on a file outside its snapshotted "
                                "datasets: qemu-img: Could not open"]

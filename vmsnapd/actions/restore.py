@@ -63,7 +63,7 @@ from vmsnapd.names import (
 )
 from vmsnapd.ramstore import RamDump, RamStore
 from vmsnapd.runner import CommandError
-from vmsnapd.targets import Target, look_at, plan_targets
+from vmsnapd.targets import Target, look_at, plan_targets, read_backing
 from vmsnapd.zfs import ZFS_FUSE, DatasetBusy, DatasetNotFound, ZfsError, ZfsListing
 
 log = logging.getLogger(__name__)
@@ -344,6 +344,7 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     target = _find_target(targets, target_name)
     if target.error:
         raise RestoreFailed(target.error)
+    read_backing([target], ctx.hypervisor, survey.listing)
     listing = survey.listing
     facts = RestoreFacts(domain=target.domain, datasets=list(target.datasets), vm_state="",
                          snapshots={ds: [s.name for s in listing.snapshots_of(ds)] for ds in target.datasets},

@@ -29,7 +29,7 @@ from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.ports import HypervisorPort
 from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
 from vmsnapd.backing import BackingFile
-from vmsnapd.targets import DatasetBacking, backing_by_dataset, plan_targets, wanted_domain
+from vmsnapd.targets import DatasetBacking, backing_by_dataset, plan_targets, read_backing, wanted_domain
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,9 @@ def _backing(survey: Survey, hv: HypervisorPort | None, problems: list[str]) -> 
     found: dict[str, DatasetBacking] = {}
     if hv is not None:
         try:
-            found = backing_by_dataset(plan_targets(survey.policies, survey.listing, hv), survey.listing)
+            targets = plan_targets(survey.policies, survey.listing, hv)
+            read_backing(targets, hv, survey.listing)
+            found = backing_by_dataset(targets, survey.listing)
         except HypervisorError as exc:
             problems.append(f"libvirt: {exc}")
     return {name: found.get(name, DatasetBacking()) for name in survey.policies}

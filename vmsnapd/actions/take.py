@@ -24,7 +24,7 @@ from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.logsetup import dry_run_prefix
 from vmsnapd.parallel import ordered_map
 from vmsnapd.policy import cycle_stamp, due_periods, schedule_zone
-from vmsnapd.targets import Target, log_warnings_once, needs_hypervisor, plan_targets
+from vmsnapd.targets import Target, log_warnings_once, needs_hypervisor, plan_targets, read_backing
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ log = logging.getLogger(__name__)
 def _targets(ctx: Context, survey: Survey) -> list[Target]:
     # Only a pass whose policies may name a domain loads the libvirt adapter (ctx.hypervisor, on first use).
     hypervisor = ctx.hypervisor if needs_hypervisor(survey.policies) else None
-    targets = plan_targets(survey.policies, survey.listing, hypervisor)
-    log_warnings_once(targets)
-    return targets
+    return plan_targets(survey.policies, survey.listing, hypervisor)
 
 
 def _stamp(ctx: Context, survey: Survey, now: datetime) -> datetime:
@@ -80,9 +78,12 @@ def take_now(ctx: Context, survey: Survey, target_name: str, period: str) -> lis
 def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]],
                stamp: datetime) -> list[TargetOutcome]:
     staging = ctx.config.daemon.ram_staging_dir
+    hypervisor = ctx.hypervisor if any(t.domain for t, _ in work) else None
+    read_backing([t for t, _ in work], hypervisor, survey.listing)  # only the targets a cycle runs for
+    log_warnings_once([t for t, _ in work])
     env = CycleEnv(
         zfs=ctx.zfs,
-        hypervisor=ctx.hypervisor if any(t.domain for t, _ in work) else None,
+        hypervisor=hypervisor,
         journal=ctx.journal,
         listing=survey.listing,
         overlay_dir=Path(ctx.config.daemon.overlay_dir),
