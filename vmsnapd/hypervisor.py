@@ -22,6 +22,7 @@ import libvirt
 
 from vmsnapd import domxml
 from vmsnapd.domxml import Disk
+from vmsnapd.logsetup import first_time
 from vmsnapd.hvtypes import (AgentUnavailable, BlockJobFailed, DomainNotFound, DomainState, HypervisorError,
                              HypervisorUnavailable, NoSpace)
 from vmsnapd.names import validate_domain_name
@@ -64,10 +65,6 @@ def _wrap(exc: libvirt.libvirtError, what: str) -> HypervisorError:
     if "No space left on device" in str(exc):  # strerror(ENOSPC), as libvirt and its I/O helper quote it
         return NoSpace(f"{what}: {exc}")
     return HypervisorError(f"{what}: {exc}")
-
-
-_caveat_lock = threading.Lock()
-_caveat_checked: set[str] = set()  # domains whose live-capture caveat this process has looked at
 
 
 # -- event loop -------------------------------------------------------------------------------------------
@@ -284,10 +281,8 @@ class Hypervisor:
     def _say_live_ram_caveat(self, name: str) -> None:
         """A warning, once per domain and process, when a live RAM capture of it is known not to be reliable
         (`vmsnapd check` says it too, as a WARNING, until the policy says live = false)."""
-        with _caveat_lock:  # per process: the daemon makes a new Hypervisor every pass
-            if name in _caveat_checked:
-                return
-            _caveat_checked.add(name)
+        if not first_time(("live RAM caveat", name)):  # per process: the daemon makes a new Hypervisor every pass
+            return
         caveat = self.live_ram_caveat(name)
         if caveat:
             log.warning("%s: %s", name, caveat)

@@ -36,7 +36,8 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 NOTICE = 25
@@ -59,6 +60,20 @@ _SYSLOG_PRIORITY = {
 _NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 _context_fields: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("vmsnapd_log_fields",
                                                                                       default=_NO_FIELDS)
+
+
+_said: set[Hashable] = set()
+_said_lock = threading.Lock()
+
+
+def first_time(key: Hashable) -> bool:
+    """True the first time this process asks about `key`, False after: for a warning logged once per process,
+    however many passes the daemon makes (each pass builds its objects anew)."""
+    with _said_lock:
+        if key in _said:
+            return False
+        _said.add(key)
+        return True
 
 
 def dry_run_prefix(dry_run: bool) -> str:

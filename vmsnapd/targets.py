@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from vmsnapd.backing import BackingFile, ChainFile, outside_backing, outside_war
 from vmsnapd.config import DatasetPolicy
 from vmsnapd.domxml import Disk
 from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.logsetup import first_time
 from vmsnapd.ports import HypervisorPort
 from vmsnapd.zfs import ZfsListing
 
@@ -204,21 +204,13 @@ def backing_by_dataset(targets: list[Target], listing: ZfsListing) -> dict[str, 
     return found
 
 
-_said: set[tuple[str, str]] = set()  # (domain, warning) logged by this process
-_said_lock = threading.Lock()
-
-
 def log_warnings_once(targets: list[Target]) -> None:
     """Log each target's warnings once per domain and process (a daemon would repeat them every pass; the
     outcome of every cycle and `vmsnapd check` keep saying them)."""
     for target in targets:
         for warning in target.warnings:
-            key = (target.domain or target.name, warning)
-            with _said_lock:
-                if key in _said:
-                    continue
-                _said.add(key)
-            log.warning("%s: %s", target.domain or target.name, warning)
+            if first_time(("target warning", target.domain or target.name, warning)):
+                log.warning("%s: %s", target.domain or target.name, warning)
 
 
 def _set_group(target: Target, policies: dict[str, DatasetPolicy]) -> None:
