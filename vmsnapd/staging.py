@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -192,9 +192,7 @@ class StagingArea:
             if not self.dry_run:  # a dry run creates no folder
                 ensure_private_directory(self.folder)
             with self._lock:
-                facts = self._facts(self.folder)
-                facts = StagingFacts(free=facts.free, fs_type=facts.fs_type, mem_available=facts.mem_available,
-                                     mem_total=facts.mem_total, reserved=self._reserved)
+                facts = replace(self._facts(self.folder), reserved=self._reserved)
                 refusal = staging_refusal(facts, memory)
                 if refusal is not None:
                     return Refusal(refusal)

@@ -425,6 +425,10 @@ class FlakyRamStore(RamStore):
         return super().keep(fresh_file, info, compression)
 
 
+class Killed(BaseException):
+    """vmsnapd killed where a fault raises it: no except clause of the code under test catches it."""
+
+
 @dataclass
 class Host:
     """One fake host: a domain `web` with one disk on dataset tank/web (or a plain dataset), the config, and the
@@ -464,6 +468,16 @@ class Host:
                        overlay_dir=self.overlay_dir, ram_store=self.ram_store, ram_compression="none",
                        hook_timeout=10.0, dry_run=dry_run, staging=staging)
         return Cycle(env, target, list(periods), STAMP).run()
+
+    def cycle_killed_at_zfs_snapshot(self, *, staging=None) -> None:
+        """The cycle as vmsnapd killed (SIGKILL, power loss) while its `zfs snapshot` ran: the journal keeps the
+        record of the step reached, nothing is cleaned up — what `recover` finds."""
+        self.zfs.fail("snapshot", Killed())
+        try:
+            self.cycle(staging=staging)
+        except Killed:
+            return
+        raise AssertionError("the cycle was not killed at its zfs snapshot")
 
     def context(self, *, dry_run: bool = False):
         from vmsnapd.actions.context import Context

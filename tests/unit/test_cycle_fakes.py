@@ -589,12 +589,7 @@ def test_recover_after_a_crash_while_paused_resumes_the_guest(tmp_path):
     """vmsnapd killed while the pause method held the guest: the record says paused_by_us; recover resumes."""
     host = make_host(tmp_path, policy={"method": "pause", "quiesce": "off"})
 
-    class Killed(BaseException):
-        pass
-
-    host.zfs.fail("snapshot", Killed())
-    with pytest.raises(Killed):
-        host.cycle()
+    host.cycle_killed_at_zfs_snapshot()
     [record] = host.records()
     assert record.state == "frozen" and record.paused_by_us and record.ram_file
     assert host.hv.domains["web"].state == PAUSED
@@ -611,12 +606,7 @@ def test_recover_after_a_crash_while_paused_resumes_the_guest(tmp_path):
 def test_recover_after_a_crash_on_the_overlay_when_the_domain_went_away(tmp_path, gone):
     host = make_host(tmp_path, policy={"quiesce": "off"})
 
-    class Killed(BaseException):
-        pass
-
-    host.zfs.fail("snapshot", Killed())
-    with pytest.raises(Killed):
-        host.cycle()
+    host.cycle_killed_at_zfs_snapshot()
     getattr(host.hv, gone)("web")
 
     report = host.recover()

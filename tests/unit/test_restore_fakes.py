@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from fakehost import FakeHypervisor, TreeZfs
+from fakehost import FakeHypervisor, Killed, TreeZfs
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.restore import (RestoreFailed, execute_drop, execute_restore, execute_undo, load_records,
                                      plan_drop, plan_restore, plan_undo)
@@ -27,10 +27,6 @@ NOW = datetime(2026, 11, 30, 1, 2, 3, tzinfo=timezone.utc)
 def _no_fsync(monkeypatch):
     """Durability is test_files.py's; here it only costs time on a busy disk."""
     monkeypatch.setattr("os.fsync", lambda fd: None)
-
-
-class Killed(BaseException):
-    """vmsnapd killed mid-step (kill -9): nothing of the restore's own error handling runs."""
 
 
 def setup(tmp_path, *, state=SHUTOFF, child=False):
