@@ -5,7 +5,9 @@ A linked clone's disk (a qcow2 overlay on a template image, or a chain of them) 
 from its backing file. When that file lies outside the datasets snapshotted with the VM, a snapshot of the VM is
 a restore point only as long as that file stays present and unchanged: `check` warns, the cycle warns (once per
 domain and process in the log, every time in its outcome), the RAM dump's manifest records the file's size and
-modification time, and a restore refuses when the file is gone and warns loudly when it changed since.
+modification time (and so does the user property `vmsnapd:backing` on every snapshot the cycle took: the one
+record a snapshot without a RAM dump has), and a restore refuses when the file is gone and warns loudly when it
+changed since.
 
 The chains are read by `qemu-img info --backing-chain -U` (vmsnapd.qemuimg, gathered in vmsnapd.targets): it
 works alike for running and shut-off domains, where libvirt's inactive XML has no `<backingStore>`.
@@ -13,9 +15,17 @@ works alike for running and shut-off domains, where libvirt's inactive XML has n
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+# The user property a cycle sets on the snapshots it took of a VM whose disks read backing files outside its
+# datasets: those files as they were (JSON, ASCII only). It lives and dies with the snapshot, and is there for a
+# snapshot without a RAM dump (a shut-off VM, `memory = false`) too.
+BACKING_PROPERTY = "vmsnapd:backing"
+# ZFS refuses a user property value of 8192 bytes or more (zfs-fuse aborts on 9000, measured on the lab).
+MAX_PROPERTY_VALUE = 8000
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,27 @@ def outside_backing(disks: list[tuple[str, str]], chains: dict[str, list[ChainFi
                 found.append(BackingFile(disk=target, path=link.path, dataset=link.dataset, size=link.size,
                                          mtime_ns=link.mtime_ns))
     return found
+
+
+_FILES = TypeAdapter(list[BackingFile])
+
+
+def backing_property(files: list[BackingFile]) -> str | None:
+    """The value of BACKING_PROPERTY recording `files`; None when it would be too long for ZFS to keep."""
+    value = json.dumps([f.model_dump() for f in files], separators=(",", ":"))  # ASCII: no tab, no newline
+    return value if len(value) <= MAX_PROPERTY_VALUE else None
+
+
+def parse_backing_property(value: str) -> list[BackingFile] | None:
+    """The backing files BACKING_PROPERTY's `value` records; None when the snapshot has none (`zfs get` prints
+    `-`); ValueError saying why when it is something else than vmsnapd wrote."""
+    if value.strip() in ("", "-"):
+        return None
+    try:
+        return _FILES.validate_json(value)
+    except ValidationError as exc:
+        raise ValueError(f"{BACKING_PROPERTY} is not a record of backing files: "
+                         f"{exc.errors()[0]['msg']} ({value[:80]!r})") from None
 
 
 def _by_disk(files: list[BackingFile]) -> dict[str, list[BackingFile]]:

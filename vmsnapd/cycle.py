@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from vmsnapd.report import TargetOutcome
+from vmsnapd.backing import BACKING_PROPERTY, backing_property
 from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
                                plan_cycle, quiesce_verdict, space_problem, subtree_root)
 from vmsnapd.domxml import nvram_path
@@ -225,6 +226,7 @@ class Cycle:
             self._save_domain_xml(rec)
         self._ready_to_hold(rec)
         self._snapshot_datasets(rec, atomic_needed=True)
+        self._record_backing(rec)
 
     def _ready_to_hold(self, rec: Recorder) -> None:
         if self.before_hold is not None:
@@ -254,6 +256,7 @@ class Cycle:
             if unfreeze_error is not None:
                 raise CycleFailed(f"{snapshot_error}; and then: {self._unfreeze_message(rec, unfreeze_error)}")
             raise snapshot_error
+        self._record_backing(rec)
         if rec.record.ram_file:
             # The RAM matches the snapshot even when the commit afterwards failed: keep it.
             self._keep_dump_or_say_why(rec)
@@ -476,6 +479,26 @@ class Cycle:
                 rec.warn("snapshot", f"snapshots of {','.join(datasets)} were taken one by one, not atomically "
                                      "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
         rec.enter(CycleState.SNAPSHOTTED)
+
+    def _record_backing(self, rec: Recorder) -> None:
+        """The outside backing files as they are, on every snapshot just taken (vmsnapd.backing): what a restore
+        of a snapshot without a RAM dump checks them against. Not recorded: a warning, the snapshot stays."""
+        if not self.target.backing or not rec.taken:
+            return
+        value = backing_property(self.target.backing)
+        if value is None:
+            rec.warn("backing", f"the backing files of {self.target.domain} are too many to record on its "
+                                "snapshots: a restore can check only that they are there")
+            return
+        if self.env.dry_run:
+            log.info("dry-run: would record %s on %s", BACKING_PROPERTY, ", ".join(rec.taken))
+            return
+        for snapshot in rec.taken:
+            try:
+                self.env.zfs.set_property(snapshot, BACKING_PROPERTY, value)
+            except ZfsError as exc:
+                rec.warn("backing", f"{BACKING_PROPERTY} not recorded on {snapshot} (a restore of it can check only "
+                                    f"that the backing files are there): {exc}")
 
     def _keep_dump_or_say_why(self, rec: Recorder) -> None:
         if not self._names_taken(rec):

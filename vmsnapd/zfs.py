@@ -241,6 +241,13 @@ def _snapshot_target(dataset: str, snapname: str) -> str:
     return f"{validate_dataset_name(dataset)}@{validate_snapshot_name(snapname)}"
 
 
+def _dataset_or_snapshot(target: str) -> str:
+    if "@" in target:
+        dataset, snapname = target.split("@", 1)
+        return _snapshot_target(dataset, snapname)
+    return validate_dataset_name(target)
+
+
 _PROPERTY = re.compile(r"[a-z][a-z0-9_.:-]*")
 
 
@@ -343,13 +350,9 @@ class Zfs:
         return listing
 
     def get_property(self, target: str, prop: str) -> str:
+        """A property of a dataset or a snapshot (`ds@name`); `-` when a user property is not set."""
+        name = _dataset_or_snapshot(target)
         _property_name(prop)
-        name = target
-        if "@" in target:
-            ds, snap = target.split("@", 1)
-            name = _snapshot_target(ds, snap)
-        else:
-            validate_dataset_name(target)
         return self._read([self.zfs_bin, "get", "-H", "-p", "-o", "value", prop, name], name).strip()
 
     # -- changing -------------------------------------------------------------------------------------
@@ -473,12 +476,13 @@ class Zfs:
                     raise
                 time.sleep(BUSY_RETRY_DELAY_S)
 
-    def set_property(self, dataset: str, prop: str, value: str) -> None:
-        validate_dataset_name(dataset)
+    def set_property(self, target: str, prop: str, value: str) -> None:
+        """Set a property of a dataset or a snapshot (`ds@name`: user properties only)."""
+        name = _dataset_or_snapshot(target)
         _property_name(prop)
         if "\0" in value:
             raise InvalidName(f"{prop}: a property value must not contain NUL")
-        self._change([self.zfs_bin, "set", f"{prop}={value}", dataset], dataset)
+        self._change([self.zfs_bin, "set", f"{prop}={value}", name], name)
 
     # -- restore: setting a dataset aside and back (verbs both dialects have) -------------------------
 

@@ -28,19 +28,25 @@ def test_a_disk_on_a_template_outside_the_dataset_is_warned_about_and_its_restor
     template = vm.workdir / "template.qcow2"  # the guest's work dir: on no dataset
     lab.run("qemu-img", "create", "-q", "-f", "qcow2", template, "16M")
     lab.run("qemu-img", "create", "-q", "-f", "qcow2", "-b", template, "-F", "qcow2", vm.disk.path)
-    lab.start_vm(vm)
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
+    env.run("snapshot", dataset.name)  # shut off: a disk-only snapshot, no RAM dump
+    (cold,) = lab.snapshot_names(dataset.name)
+    lab.start_vm(vm)
+    lab.next_second()
 
     taken = env.run("snapshot", dataset.name)
-    (snap,) = lab.snapshot_names(dataset.name)  # a warning, not a refusal
+    (snap,) = set(lab.snapshot_names(dataset.name)) - {cold}  # a warning, not a refusal
     assert f"warning: disk vda of {vm.name} reads backing file {template}" in taken.stdout, taken.stdout
     assert taken.stderr.count(f"reads backing file {template}") == 1, taken.stderr  # logged once
-    (point,) = json.loads(env.run("list", vm.name, "--json").stdout)
+    (point,) = [p for p in json.loads(env.run("list", vm.name, "--json").stdout) if p["snapshot"] == snap]
     manifest = json.loads(Path(point["ram_dump"].rsplit(".mem", 1)[0] + ".json").read_text())
     st = template.stat()
     assert manifest["backing"] == [{"disk": "vda", "path": str(template), "dataset": None, "size": st.st_size,
                                     "mtime_ns": st.st_mtime_ns}]
+    for name in (cold, snap):  # recorded on the snapshots too: the disk-only one has no other record
+        recorded = lab.zfs("get", "-H", "-o", "value", "vmsnapd:backing", f"{dataset.name}@{name}")
+        assert json.loads(recorded) == manifest["backing"], recorded
 
     check = env.run("check", expect=1)
     assert check.stdout.startswith("VMSNAPD WARNING") and str(template) in check.stdout, check.stdout
@@ -48,8 +54,9 @@ def test_a_disk_on_a_template_outside_the_dataset_is_warned_about_and_its_restor
     assert [f["path"] for f in entry["outside_backing"]] == [str(template)]
 
     os.utime(template, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # "changed" (same bytes: the guest is fine)
-    plan = env.run("restore", vm.name, snap, "--force-stop", expect=10)
-    assert f"WARNING: backing file {template} of disk vda changed since the snapshot" in plan.stdout, plan.stdout
+    for name in (snap, cold):
+        plan = env.run("restore", vm.name, name, "--force-stop", expect=10)
+        assert f"WARNING: backing file {template} of disk vda changed since the snapshot" in plan.stdout, plan.stdout
 
     before = _state(lab, dataset)
     template.rename(template.with_suffix(".moved"))  # QEMU keeps its open file: the guest runs on

@@ -340,11 +340,16 @@ class FakeZfs(Faults):
         super().__init__()
         self.mounts = mounts  # dataset -> its mountpoint
         self.snapshots: list[str] = []  # "ds@name", in the order taken
+        self.properties: dict[tuple[str, str], str] = {}  # (snapshot, property) -> value
         self.calls: list[tuple] = []
         self.dry_run = False
 
     def listing(self) -> ZfsListing:
-        return ZfsListing(datasets={ds: DatasetInfo(ds, str(mp), NOW) for ds, mp in self.mounts.items()})
+        from vmsnapd.models import Snapshot
+
+        return ZfsListing(datasets={ds: DatasetInfo(ds, str(mp), NOW) for ds, mp in self.mounts.items()},
+                          snapshots=[Snapshot(dataset=s.split("@")[0], name=s.split("@")[1], creation=NOW)
+                                     for s in self.snapshots])
 
     def snapshot(self, datasets, snapname: str) -> bool:
         self.calls.append(("snapshot", tuple(datasets), snapname))
@@ -357,6 +362,23 @@ class FakeZfs(Faults):
         self.snapshots += names
         self.done("snapshot")
         return True
+
+    def list_tree(self, roots) -> ZfsListing:
+        return self.listing()
+
+    def property_source(self, dataset: str, prop: str) -> tuple[str, str]:
+        assert prop == "mountpoint", prop
+        return str(self.mounts[dataset]), "default"
+
+    def set_property(self, target: str, prop: str, value: str) -> None:
+        self.calls.append(("set_property", target, prop))
+        self.hit("set_property")
+        assert target in self.snapshots, target
+        self.properties[(target, prop)] = value
+
+    def get_property(self, target: str, prop: str) -> str:
+        self.hit("get_property")
+        return self.properties.get((target, prop), "-")
 
     def destroy_snapshots(self, dataset: str, snapnames) -> dict:
         self.calls.append(("destroy_snapshots", dataset, tuple(snapnames)))
@@ -572,6 +594,7 @@ class TreeZfs(Faults):
         super().__init__()
         self.root = root  # where inherited mountpoints live: root/<dataset name>
         self.sets: dict[str, FakeDataset] = {name: FakeDataset(list(snaps)) for name, snaps in datasets.items()}
+        self.properties: dict[tuple[str, str], str] = {}  # (snapshot, user property) -> value
         self.calls: list[tuple] = []
         self.dry_run = False
 
@@ -610,6 +633,9 @@ class TreeZfs(Faults):
             missing_roots=[r for r in roots if r not in self.sets])
 
     def get_property(self, target: str, prop: str) -> str:
+        self._call("get_property", target, prop)
+        if prop == "vmsnapd:backing":
+            return self.properties.get((target, prop), "-")
         assert prop == "origin", prop
         return self._get(target).origin or "-"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 
 from vmsnapd.actions.restore import RestoreFacts, RestoreFailed, decide
 from vmsnapd.actions.take import _targets, run_cycles
-from vmsnapd.backing import BackingFile, ChainFile, judge_restore, outside_backing
+from vmsnapd.backing import (BACKING_PROPERTY, MAX_PROPERTY_VALUE, BackingFile, ChainFile, backing_property,
+                             judge_restore, outside_backing, parse_backing_property)
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.monitoring import DatasetFacts, State, plan_check
 from vmsnapd.qemuimg import MAX_CHAIN, QemuImg, parse_backing_chain
@@ -217,3 +219,114 @@ def test_a_changed_backing_file_is_a_loud_warning_an_unchanged_one_verified():
     unrecorded = judge_restore([RECORDED.model_copy(update={"size": None, "mtime_ns": None})],
                                {TEMPLATE: ChainFile(TEMPLATE, None, 1, 1)})
     assert not unrecorded.changed and "present only" in unrecorded.verified[0]
+
+
+# -- the record on the snapshots (BACKING_PROPERTY): a restore point without a RAM dump checks it too --------------
+
+backing_files = st.lists(st.builds(BackingFile, disk=st.text(max_size=6), path=st.text(max_size=40),
+                                   dataset=st.none() | st.text(max_size=10),
+                                   size=st.none() | st.integers(0, 2**63), mtime_ns=st.none() | st.integers(0, 2**63)),
+                         max_size=150)
+
+
+@FUZZ
+@given(files=backing_files)
+def test_the_record_reads_back_as_written_and_is_safe_in_a_zfs_property(files):
+    value = backing_property(files)
+    if value is None:  # too long for ZFS: not recorded, said so by the cycle
+        assert len(json.dumps([f.model_dump() for f in files], separators=(",", ":"))) > MAX_PROPERTY_VALUE
+        return
+    assert len(value) <= MAX_PROPERTY_VALUE and value.isascii() and value.isprintable()  # no tab, newline, NUL
+    assert parse_backing_property(value) == files
+
+
+@FUZZ
+@given(value=values.map(json.dumps) | st.text(max_size=60))
+def test_any_property_value_is_a_record_none_or_a_clear_error(value):
+    try:
+        recorded = parse_backing_property(value)
+    except ValueError as exc:
+        assert str(exc).startswith("vmsnapd:backing is not a record of backing files")
+    else:
+        assert recorded is None or all(isinstance(f, BackingFile) for f in recorded)
+
+
+@pytest.mark.parametrize("state", ["running", "shutoff"])  # the RAM dump's path and the plain one
+def test_every_snapshot_of_a_linked_clone_records_its_backing_files(tmp_path, state):
+    host, template = _linked_clone(tmp_path)
+    if state == "shutoff":
+        host.hv.shut_off("web")
+    outcome = host.cycle(("hourly", "daily"))
+    assert outcome.ok, outcome.error
+    st_ = template.stat()
+    expected = [BackingFile(disk="vda", path=str(template), size=st_.st_size, mtime_ns=st_.st_mtime_ns)]
+    assert sorted(snap for snap, prop in host.zfs.properties) == sorted(host.zfs.snapshots) and len(
+        host.zfs.snapshots) == 2
+    assert all(parse_backing_property(v) == expected for v in host.zfs.properties.values())
+
+
+def test_no_record_without_outside_backing_files_or_in_a_dry_run(tmp_path):
+    plain = make_host(tmp_path / "plain")
+    assert plain.cycle().ok and plain.zfs.snapshots and plain.zfs.properties == {}
+    host, _ = _linked_clone(tmp_path / "clone")
+    assert host.cycle(dry_run=True).ok and host.zfs.properties == {}
+
+
+def test_a_record_that_cannot_be_set_is_a_warning_and_the_snapshot_and_dump_stay(tmp_path):
+    from vmsnapd.zfs import ZfsError
+
+    host, _ = _linked_clone(tmp_path)
+    host.zfs.fail("set_property", ZfsError("cannot set property: permission denied"))
+    outcome = host.cycle()
+    assert outcome.ok and host.zfs.snapshots and host.dumps()
+    assert any(w.startswith("vmsnapd:backing not recorded on tank/web@autosnap_") and "permission denied" in w
+               for w in outcome.warnings), outcome.warnings
+
+
+def test_a_restore_of_a_snapshot_without_ram_dump_warns_when_the_recorded_template_changed(tmp_path):
+    from vmsnapd.actions.restore import plan_restore
+
+    host, template = _linked_clone(tmp_path)
+    host.hv.shut_off("web")
+    assert host.cycle().ok and host.dumps() == []
+    (snap,) = host.zfs.snapshots
+
+    def plan():
+        return plan_restore(host.context(), "web", snap, clone=None, no_memory=False, force_stop=False)
+
+    assert not plan().warnings
+    st_ = template.stat()
+    os.utime(template, ns=(st_.st_atime_ns, st_.st_mtime_ns + 10**9))
+    (warning,) = plan().warnings
+    assert warning.startswith(f"WARNING: backing file {template} of disk vda changed since the snapshot")
+    host.zfs.properties[(snap, BACKING_PROPERTY)] = "{not json"
+    (warning,) = plan().warnings  # the current chain is still checked for presence
+    assert warning.startswith(f"the backing files recorded on {snap} cannot be read (vmsnapd:backing is not")
+    template.unlink()
+    with pytest.raises(RestoreFailed, match=f"backing file {template} of disk vda .* is missing"):
+        plan()
+
+
+def test_the_adapter_sets_and_reads_a_snapshot_property_and_refuses_a_bad_name():
+    from vmsnapd.names import InvalidName
+    from vmsnapd.runner import Runner
+    from vmsnapd.zfs import Zfs
+
+    class Recording(Runner):
+        def __init__(self):
+            super().__init__()
+            self.argvs = []
+
+        def run(self, argv, **kwargs):
+            self.argvs.append(list(argv))
+            return CommandResult(tuple(argv), 0, "-\n", "", 1)
+
+    runner = Recording()
+    zfs = Zfs(runner)
+    zfs.set_property("tank/web@autosnap_x", BACKING_PROPERTY, "[]")
+    assert zfs.get_property("tank/web@autosnap_x", BACKING_PROPERTY) == "-"
+    assert runner.argvs == [["zfs", "set", "vmsnapd:backing=[]", "tank/web@autosnap_x"],
+                            ["zfs", "get", "-H", "-p", "-o", "value", "vmsnapd:backing", "tank/web@autosnap_x"]]
+    for bad in ("tank/web@a/b", "tank/web@", "-o@x", "tank/web@a@b"):
+        with pytest.raises(InvalidName):
+            zfs.set_property(bad, BACKING_PROPERTY, "[]")

@@ -50,7 +50,8 @@ from vmsnapd.asides import (
     load_records,
     save_records,
 )
-from vmsnapd.backing import BackingFile, ChainFile, judge_restore, unknown_chain_warning
+from vmsnapd.backing import (BACKING_PROPERTY, BackingFile, ChainFile, judge_restore, parse_backing_property,
+                             unknown_chain_warning)
 from vmsnapd.clonexml import clone_domain_xml
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.ports import HypervisorPort, ZfsPort
@@ -366,20 +367,38 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
         facts.dump = check_dump(ctx.ram_store, dump, full=use_memory)
         if facts.dump.compressed and use_memory:
             facts.free_bytes = free_bytes(ctx.state_dir / "restore")
-    _gather_backing(facts, target, dump, listing)
+    first = target.datasets[0]
+    _gather_backing(ctx.zfs, facts, target, dump, f"{first}@{snapshot}" if snapshot in facts.snapshots[first] else "",
+                    listing)
     return facts
 
 
-def _gather_backing(facts: RestoreFacts, target: Target, dump: RamDump | None, listing: ZfsListing) -> None:
-    """The outside backing files the restored disks read: as the cycle recorded them (the dump's manifest), and
-    those of the current disks' chains not recorded (without identity: present is all that can be checked)."""
-    recorded = list(dump.manifest.backing) if dump is not None and dump.manifest is not None else []
+def _gather_backing(zfs: ZfsPort, facts: RestoreFacts, target: Target, dump: RamDump | None, snapshot: str,
+                    listing: ZfsListing) -> None:
+    """The outside backing files the restored disks read: as the cycle recorded them (the dump's manifest, else
+    the snapshot's BACKING_PROPERTY), and those of the current disks' chains not recorded (without identity:
+    present is all that can be checked)."""
+    facts.backing_unknown = [unknown_chain_warning(target.domain, disk, error)
+                             for disk, error in target.unknown_chains.items()]
+    if dump is not None and dump.manifest is not None:
+        recorded = list(dump.manifest.backing)
+    else:  # a snapshot that is not there is refused by decide()
+        recorded = _recorded_on(zfs, snapshot, facts.backing_unknown) if snapshot else []
     known = {f.path for f in recorded}
     facts.backing = recorded + [f.model_copy(update={"size": None, "mtime_ns": None}) for f in target.backing
                                 if f.path not in known]
     facts.backing_now = {f.path: look_at(f.path, listing) for f in facts.backing}
-    facts.backing_unknown = [unknown_chain_warning(target.domain, disk, error)
-                             for disk, error in target.unknown_chains.items()]
+
+
+def _recorded_on(zfs: ZfsPort, snapshot: str, warnings: list[str]) -> list[BackingFile]:
+    """The backing files the cycle recorded on `snapshot` (none: not recorded — taken before vmsnapd recorded them,
+    by another tool, or of a VM without any); a record that cannot be read is a warning, not a refusal."""
+    try:
+        return parse_backing_property(zfs.get_property(snapshot, BACKING_PROPERTY)) or []
+    except (ZfsError, ValueError) as exc:
+        warnings.append(f"the backing files recorded on {snapshot} cannot be read ({exc}): a restore can check only "
+                        "that they are there")
+        return []
 
 
 def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:
