@@ -250,6 +250,16 @@ def log_target() -> str:
     return "stderr"
 
 
+def _text_formatter(level: int) -> logging.Formatter:
+    """`HH:MM:SS LEVEL logger: message`; with --debug also milliseconds and the thread (`cycle_3`: the VM cycles
+    of one pass run side by side, and a command's argv line must be told apart from another cycle's), so where
+    a pass's time goes can be read off the lines (docs/benchmarks.md, "8 running VMs")."""
+    if level <= logging.DEBUG:
+        return logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s [%(threadName)s] %(name)s: %(message)s",
+                                 "%H:%M:%S")
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+
 def setup_logging(level: int) -> None:
     if log_target() == "journal":
         handler: logging.Handler = JournalHandler()
@@ -258,7 +268,7 @@ def setup_logging(level: int) -> None:
         if under_systemd():
             handler.setFormatter(SyslogPrefixFormatter("%(name)s: %(message)s"))
         else:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+            handler.setFormatter(_text_formatter(level))
     root = logging.getLogger()
     for old in root.handlers:
         old.close()
