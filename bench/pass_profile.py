@@ -115,9 +115,9 @@ def idle_baseline(guests: list, seconds: float = 5.0) -> dict:
             "cores": os.cpu_count()}
 
 
-def write_config(root: Path, guests: list, max_parallel: int, staging: Path) -> Path:
+def write_config(root: Path, guests: list, max_parallel: int, staging: Path, method: str | None) -> Path:
     datasets = {ds.name: {"domain": vm.name, "memory": True, "quiesce": "off", "hourly": 3, "daily": 0,
-                          "monthly": 0} for ds, vm in guests}
+                          "monthly": 0, **({"method": method} if method else {})} for ds, vm in guests}
     return lab.write_vmsnapd_config(root, datasets, daemon={"max_parallel": max_parallel,
                                                             "ram_staging_dir": str(staging / "staging")})
 
@@ -162,9 +162,10 @@ def steps(tl: dict) -> dict[str, list[tuple[int, str]]]:
 
 MARKS = (("begin", "journal: begin"), ("xml_saved", "→ xml_saved"), ("freezing", "→ freezing"),
          ("libvirt", "snapshotCreateXML"), ("frozen", "→ frozen"), ("snapshotted", "→ snapshotted"),
-         ("committed", "→ committed"), ("unfrozen", "→ unfrozen"), ("kept", "→ dump_kept"), ("done", "→ done"))
+         ("committed", "→ committed"), ("resumed", "→ resumed"), ("unfrozen", "→ unfrozen"), ("kept", "→ dump_kept"), ("done", "→ done"))
 PHASES = (("prepare", "begin", "libvirt"), ("libvirt snapshot (RAM + overlay)", "libvirt", "frozen"),
           ("zfs snapshot", "frozen", "snapshotted"), ("blockcommit + pivot", "snapshotted", "committed"),
+          ("resume (pause method)", "snapshotted", "resumed"),
           ("RAM file into the store", "unfrozen", "kept"), ("cycle", "begin", "done"))
 
 
@@ -199,9 +200,9 @@ def pass_phases(tl: dict, wall_ms: int) -> dict[str, int]:
 
 
 def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir: Path, tag: str,
-             py_spy: bool, code: Path | None = None) -> dict:
+             py_spy: bool, code: Path | None = None, method: str | None = None) -> dict:
     clear(guests, root)
-    config = write_config(root, guests, max_parallel, staging)
+    config = write_config(root, guests, max_parallel, staging, method)
     mine = {vm.name: qemu_pid(vm.name) for _, vm in guests}
     others = [p for p in pids_named("qemu-system-x86") if p not in mine.values()]
     daemons = {n: pids_named(n) for n in ("zfs-fuse", "libvirtd", "virtlogd")}
@@ -236,12 +237,13 @@ def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir
            "qemu (other guests on the host)": after["others"] - before["others"],
            **{n: after["daemons"][n] - before["daemons"][n] for n in daemons},
            "host busy (all cores)": busy1 - busy0, "host idle (all cores)": idle1 - idle0}
+    pauses = sorted(json.loads(f.read_text()).get("pause_ms") or 0 for f in (root / "ram").glob("*/*.json"))
     cycles = {m.group(1): int(m.group(2)) for m in re.finditer(r"^ok\s+(\S+) .*\[(\d+) ms\]$", proc.stdout, re.M)}
     result = {"tag": tag, "guests": len(guests), "max_parallel": max_parallel, "wall_s": round(wall, 3),
               "load": os.getloadavg(), "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
               "cpu_by_command": top_commands(every0, every1),
               "cpu_per_guest_qemu": {n: round(after["qemu"][n] - before["qemu"].get(n, 0), 2) for n in after["qemu"]},
-              "cycle_ms": cycles, "phases": phases(tl), "pass": pass_phases(tl, round(wall * 1000)),
+              "cycle_ms": cycles, "pause_ms": pauses, "phases": phases(tl), "pass": pass_phases(tl, round(wall * 1000)),
               "steps": steps(tl)}
     (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -253,7 +255,7 @@ def show(r: dict) -> None:
     print("  CPU seconds during the pass: " + ", ".join(f"{k} {v}" for k, v in r["cpu_s"].items()))
     print("  CPU seconds by command (long-lived processes): "
           + ", ".join(f"{k} {v}" for k, v in r["cpu_by_command"].items()))
-    print(f"  cycles (ms): {sorted(r['cycle_ms'].values())}")
+    print(f"  cycles (ms): {sorted(r['cycle_ms'].values())}; pauses (ms): {r['pause_ms']}")
     print("  pass (ms): " + ", ".join(f"{k} {v}" for k, v in r["pass"].items()))
     names = [name for name, *_ in PHASES]
     print("  " + " | ".join(["guest", "start", "end"] + names))
@@ -268,6 +270,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-parallel", type=int, default=None)
     ap.add_argument("--py-spy", action="store_true")
+    ap.add_argument("--method", choices=("overlay", "pause"), default=None, help="capture method (default: "
+                    "vmsnapd's default)")
     ap.add_argument("--only-many", action="store_true", help="skip the single-guest passes")
     ap.add_argument("--compare", type=Path, default=None,
                     help="a source tree holding another vmsnapd package (e.g. `git archive` of main): each round "
@@ -299,7 +303,8 @@ def main() -> int:
                 for tag, subset in (("single", guests[:1]), ("many", guests)):
                     if tag == "single" and args.only_many:
                         continue
-                    r = one_pass(root, subset, jobs, staging, out_dir, f"r{i + 1}-{label}{tag}", args.py_spy, code)
+                    r = one_pass(root, subset, jobs, staging, out_dir, f"r{i + 1}-{label}{tag}", args.py_spy, code,
+                                 args.method)
                     r["code"] = str(code or "this tree")
                     show(r)
                     results.append(r)
