@@ -8,7 +8,8 @@
 - CPU seconds used during the pass by vmsnapd (with the commands it ran), each guest's QEMU, zfs-fuse, libvirtd,
   virtlogd, every other QEMU on the host (other people's guests) and the whole host (/proc/stat: busy vs idle of
   all cores), so "the machine was saturated" is a number, not a guess;
-- optionally (`--py-spy`) a `py-spy record` of the vmsnapd process (raw folded stacks, idle threads included).
+- optionally (`--py-spy [cpu|idle]`) a `py-spy record` of the vmsnapd process (raw folded stacks; `idle`: waiting
+  threads too, e.g. a call waiting for libvirtd).
 
 Between passes the guests' snapshots and RAM dumps are removed, so the same period is due again. Prints one
 table per pass and writes everything (the log too) to bench/results/pass_profile-<time>/. Never asserts timings.
@@ -200,7 +201,7 @@ def pass_phases(tl: dict, wall_ms: int) -> dict[str, int]:
 
 
 def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir: Path, tag: str,
-             py_spy: bool, code: Path | None = None, method: str | None = None) -> dict:
+             py_spy: str | None, code: Path | None = None, method: str | None = None) -> dict:
     clear(guests, root)
     config = write_config(root, guests, max_parallel, staging, method)
     mine = {vm.name: qemu_pid(vm.name) for _, vm in guests}
@@ -215,7 +216,7 @@ def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir
     argv = [PYTHON, "-m", "vmsnapd", "--debug", "-c", str(config), "once", "--take"]
     if py_spy:
         argv = [str(Path(PYTHON).parent / "py-spy"), "record", "--threads", "--rate", "200", "-f", "raw",
-                "-o", str(out_dir / f"{tag}.pyspy.txt"), "--"] + argv
+                *(["--idle"] if py_spy == "idle" else []), "-o", str(out_dir / f"{tag}.pyspy.txt"), "--"] + argv
     t0_wall = time.time()
     t0 = time.monotonic()
     env = {**os.environ, "PYTHONPATH": str(code)} if code else None  # another tree's vmsnapd, side by side
@@ -269,7 +270,8 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-parallel", type=int, default=None)
-    ap.add_argument("--py-spy", action="store_true")
+    ap.add_argument("--py-spy", nargs="?", const="cpu", choices=("cpu", "idle"), default=None,
+                    help="py-spy record of vmsnapd: samples on CPU (default), or `idle`: waiting threads too")
     ap.add_argument("--method", choices=("overlay", "pause"), default=None, help="capture method (default: "
                     "vmsnapd's default)")
     ap.add_argument("--only-many", action="store_true", help="skip the single-guest passes")
