@@ -234,6 +234,8 @@ def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir
         raise BenchError(f"{tag}: vmsnapd exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     tl = timeline(proc.stderr, t0_wall)
     cpu = {"vmsnapd+commands": (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime),
+           "vmsnapd+commands system": children1.ru_stime - children0.ru_stime,
+           "vmsnapd+commands minor faults (thousands)": (children1.ru_minflt - children0.ru_minflt) / 1000,
            "qemu (these guests)": sum(after["qemu"][n] - before["qemu"].get(n, 0) for n in after["qemu"]),
            "qemu (other guests on the host)": after["others"] - before["others"],
            **{n: after["daemons"][n] - before["daemons"][n] for n in daemons},
