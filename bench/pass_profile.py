@@ -26,6 +26,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -200,6 +201,39 @@ def pass_phases(tl: dict, wall_ms: int) -> dict[str, int]:
             "cycles (first begin to last finish)": max(ends) - min(begins), "after the cycles": wall_ms - max(ends)}
 
 
+def run_watching_threads(argv: list[str], env: dict | None) -> tuple[subprocess.CompletedProcess, list[float]]:
+    """Run `argv`; meanwhile read the CPU seconds of each of the vmsnapd process's threads every 50 ms (the last
+    reading of each counts): which of its threads used the CPU — under py-spy, the vmsnapd process is py-spy's
+    child and is found as the python process below it."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
+                          env=env) as popen:
+        seen: dict[int, float] = {}
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(popen.stderr.read()), daemon=True)
+        reader.start()
+        while popen.poll() is None:
+            pid = popen.pid
+            kids = Path(f"/proc/{pid}/task/{pid}/children")
+            try:
+                child = kids.read_text().split()
+                if child and "py-spy" in argv[0]:
+                    pid = int(child[0])
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    seen[int(task.name)] = cpu_of_task(pid, int(task.name))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        stdout = popen.stdout.read()
+        reader.join()
+    return (subprocess.CompletedProcess(argv, popen.returncode, stdout, out[0] if out else ""),
+            sorted((round(v, 2) for v in seen.values() if v > 0.005), reverse=True))
+
+
+def cpu_of_task(pid: int, tid: int) -> float:
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir: Path, tag: str,
              py_spy: str | None, code: Path | None = None, method: str | None = None) -> dict:
     clear(guests, root)
@@ -220,7 +254,7 @@ def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir
     t0_wall = time.time()
     t0 = time.monotonic()
     env = {**os.environ, "PYTHONPATH": str(code)} if code else None  # another tree's vmsnapd, side by side
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, cwd=str(REPO), env=env)
+    proc, threads = run_watching_threads(argv, env)
     wall = time.monotonic() - t0
     busy1, idle1 = host_cpu()
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -245,6 +279,7 @@ def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir
     result = {"tag": tag, "guests": len(guests), "max_parallel": max_parallel, "wall_s": round(wall, 3),
               "load": os.getloadavg(), "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
               "cpu_by_command": top_commands(every0, every1),
+              "vmsnapd_threads_cpu_s": threads, "vmsnapd_self_cpu_s": round(sum(threads), 2),
               "cpu_per_guest_qemu": {n: round(after["qemu"][n] - before["qemu"].get(n, 0), 2) for n in after["qemu"]},
               "cycle_ms": cycles, "pause_ms": pauses, "phases": phases(tl), "pass": pass_phases(tl, round(wall * 1000)),
               "steps": steps(tl)}
@@ -258,6 +293,8 @@ def show(r: dict) -> None:
     print("  CPU seconds during the pass: " + ", ".join(f"{k} {v}" for k, v in r["cpu_s"].items()))
     print("  CPU seconds by command (long-lived processes): "
           + ", ".join(f"{k} {v}" for k, v in r["cpu_by_command"].items()))
+    print(f"  vmsnapd's own threads (CPU s, without the commands it ran): {r['vmsnapd_self_cpu_s']} = "
+          f"{r['vmsnapd_threads_cpu_s']}")
     print(f"  cycles (ms): {sorted(r['cycle_ms'].values())}; pauses (ms): {r['pause_ms']}")
     print("  pass (ms): " + ", ".join(f"{k} {v}" for k, v in r["pass"].items()))
     names = [name for name, *_ in PHASES]
