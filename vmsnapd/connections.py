@@ -12,11 +12,14 @@ cycles run at once (`max_parallel`, plus the members of a VM group) are open.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from vmsnapd.ports import HypervisorPort
+
+log = logging.getLogger(__name__)
 
 
 class Connections:
@@ -32,11 +35,17 @@ class Connections:
 
     @contextmanager
     def lease(self) -> Iterator[HypervisorPort]:
-        """A connection no other cycle uses until this one gives it back."""
+        """A connection no other cycle uses until this one gives it back; when no further one can be made, the
+        pass's own, shared (as before there were several: slower, never a failed cycle)."""
         with self._lock:
             hypervisor = self._idle.pop() if self._idle else None
         if hypervisor is None:
-            hypervisor = self._open_one()  # connects on its first call, in the cycle's thread
+            try:
+                hypervisor = self._open_one()  # connects on its first call, in the cycle's thread
+            except Exception as exc:  # noqa: BLE001 — one cycle's connection must not stop the others
+                log.warning("cannot open another connection to the hypervisor (%s); sharing the pass's", exc)
+                yield self.first
+                return
             with self._lock:
                 self._opened.append(hypervisor)
         try:

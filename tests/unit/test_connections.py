@@ -139,3 +139,22 @@ def test_a_lease_comes_back_for_the_next_cycle_and_close_spares_the_first():
     pool.close()
     assert [c.closed for c in opener.made] == [True, True] and not first.closed
     assert pool.opened == 0
+
+
+def test_a_connection_that_cannot_be_opened_shares_the_first(caplog):
+    first, opener = Connection(FakeHypervisor(), 0, []), Opener(FakeHypervisor())
+    failures = [OSError("Too many open files")]
+
+    def open_one():
+        if failures:
+            raise failures.pop()
+        return opener()
+
+    pool = Connections(first, open_one)
+    with pool.lease() as a, pool.lease() as b:
+        assert a is first and b is first  # shared, as with one connection: the cycle still runs
+    assert "cannot open another connection" in caplog.text
+    with pool.lease() as x, pool.lease() as y:
+        assert x is first and y is opener.made[0]  # the first was given back once, not twice
+    pool.close()
+    assert opener.made[0].closed and not first.closed
