@@ -11,7 +11,7 @@ Where lines go (`VMSNAPD_LOG_TARGET` = `auto` (default) | `journal` | `stderr` o
   whose descriptor is passed with SCM_RIGHTS, as sd_journal_send() does. If sending fails the line is
   written to stderr instead (never lost, never an exception in the caller).
 - stderr: with syslog priority prefixes (`<3>` …) when systemd reads our stderr (journald parses them),
-  else `HH:MM:SS LEVEL logger: message`.
+  else `HH:MM:SS LEVEL logger: message` (with --debug `HH:MM:SS.mmm LEVEL [thread] logger: message`).
 
 Fields: `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER=vmsnapd`, `CODE_FILE`/`CODE_LINE`/`CODE_FUNC`,
 `VMSNAPD_LOGGER`, and `VMSNAPD_DATASET`, `VMSNAPD_DOMAIN`, `VMSNAPD_SNAPSHOT`, `VMSNAPD_CYCLE`,
