@@ -313,6 +313,8 @@ def main() -> int:
                     help="py-spy record of vmsnapd: samples on CPU (default), or `idle`: waiting threads too")
     ap.add_argument("--method", choices=("overlay", "pause"), default=None, help="capture method (default: "
                     "vmsnapd's default)")
+    ap.add_argument("--paused", action="store_true",
+                    help="pause the guests after boot: the cycles (of paused VMs) without the guests' own CPU")
     ap.add_argument("--only-many", action="store_true", help="skip the single-guest passes")
     ap.add_argument("--compare", type=Path, default=None,
                     help="a source tree holding another vmsnapd package (e.g. `git archive` of main): each round "
@@ -338,6 +340,12 @@ def main() -> int:
         print(f"  no pass, 5 s: the {len(guests)} guests' QEMU {out['qemu_s']} CPU-s, host busy {out['busy_s']}, "
               f"idle {out['idle_s']} CPU-s (of {out['cores'] * 5} on {out['cores']} cores)", flush=True)
         results_extra = {"idle_baseline": out}
+        if args.paused:  # the guests' own CPU out of the way: what is left is the cycles' work
+            for _, vm in guests:
+                vm.dom.suspend()
+            out = idle_baseline(guests)
+            print(f"  guests paused, 5 s: their QEMU {out['qemu_s']} CPU-s, host idle {out['idle_s']} CPU-s", flush=True)
+            results_extra["paused_baseline"] = out
         codes = [("", None)] + ([("old-", args.compare)] if args.compare else [])
         for i in range(args.rounds):
             for label, code in (codes if i % 2 == 0 else codes[::-1]):
