@@ -235,8 +235,13 @@ def cpu_of_task(pid: int, tid: int) -> float:
 
 
 def one_pass(root: Path, guests: list, max_parallel: int, staging: Path, out_dir: Path, tag: str,
-             py_spy: str | None, code: Path | None = None, method: str | None = None) -> dict:
+             py_spy: str | None, code: Path | None = None, method: str | None = None,
+             paused: bool = False) -> dict:
     clear(guests, root)
+    if paused:  # QEMU refuses a second RAM capture of a guest paused since the last one ("postmigrate"): run it once
+        for _, vm in guests:
+            vm.dom.resume()
+            vm.dom.suspend()
     config = write_config(root, guests, max_parallel, staging, method)
     mine = {vm.name: qemu_pid(vm.name) for _, vm in guests}
     others = [p for p in pids_named("qemu-system-x86") if p not in mine.values()]
@@ -353,7 +358,7 @@ def main() -> int:
                     if tag == "single" and args.only_many:
                         continue
                     r = one_pass(root, subset, jobs, staging, out_dir, f"r{i + 1}-{label}{tag}", args.py_spy, code,
-                                 args.method)
+                                 args.method, args.paused)
                     r["code"] = str(code or "this tree")
                     show(r)
                     results.append(r)
