@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -119,7 +120,7 @@ def main() -> int:
     args = ap.parse_args()
     pool = root = None
     guests: list = []
-    out: dict = {"asked": args.n}
+    out: dict = {"asked": args.n, "load_at_start": os.getloadavg()}
     try:
         lab.check_lab()
         root = lab.make_run_dir("manyvms")
@@ -142,6 +143,7 @@ def main() -> int:
         print(f"  restore of {check['guest']}: continues at {check['first_new']} after snapshot max "
               f"{check['snapshot_max']}, rewritten {check['rewritten']}: "
               f"{'consistent' if check['consistent'] else 'NOT consistent'}", flush=True)
+        out["load_after_passes"] = os.getloadavg()  # the 1-minute figure covers both passes
         out.update(single={k: v for k, v in single.items() if k != "config"},
                    many={k: v for k, v in many.items() if k != "config"}, restore=check)
     except (BenchError, lab.LabError) as e:
@@ -167,7 +169,8 @@ def main() -> int:
              "met" if check["consistent"] else "NOT met")]
     print()
     print(f"{len(guests)} running {GUEST_MIB} MiB TCG counter guests vs one; max_parallel = {jobs}; "
-          f"method {many['method']}; one run on a shared 2-core machine (noisy)")
+          f"method {many['method']}; one run on a shared 2-core machine (noisy); load average "
+          f"{out['load_at_start'][0]:.2f} before the guests, {out['load_after_passes'][0]:.2f} after the passes")
     print(table(rows, ("", "1 guest", f"{len(guests)} guests", "ratio", "goal", "")))
     ratios = goal_rows(rows, lambda r: f"{r[3] or r[2]} (1 guest {r[1]}, {len(guests)} guests {r[2]})", 4)
     print(f"results: {write_results('many_vms', out, ratios)}")

@@ -11,7 +11,7 @@ Where lines go (`VMSNAPD_LOG_TARGET` = `auto` (default) | `journal` | `stderr` o
   whose descriptor is passed with SCM_RIGHTS, as sd_journal_send() does. If sending fails the line is
   written to stderr instead (never lost, never an exception in the caller).
 - stderr: with syslog priority prefixes (`<3>` …) when systemd reads our stderr (journald parses them),
-  else `HH:MM:SS LEVEL logger: message`.
+  else `HH:MM:SS LEVEL logger: message` (with --debug `HH:MM:SS.mmm LEVEL [thread] logger: message`).
 
 Fields: `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER=vmsnapd`, `CODE_FILE`/`CODE_LINE`/`CODE_FUNC`,
 `VMSNAPD_LOGGER`, and `VMSNAPD_DATASET`, `VMSNAPD_DOMAIN`, `VMSNAPD_SNAPSHOT`, `VMSNAPD_CYCLE`,
@@ -250,6 +250,16 @@ def log_target() -> str:
     return "stderr"
 
 
+def _text_formatter(level: int) -> logging.Formatter:
+    """`HH:MM:SS LEVEL logger: message`; with --debug also milliseconds and the thread (`cycle_3`: the VM cycles
+    of one pass run side by side, and a command's argv line must be told apart from another cycle's), so where
+    a pass's time goes can be read off the lines (docs/benchmarks.md, "8 running VMs")."""
+    if level <= logging.DEBUG:
+        return logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s [%(threadName)s] %(name)s: %(message)s",
+                                 "%H:%M:%S")
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+
 def setup_logging(level: int) -> None:
     if log_target() == "journal":
         handler: logging.Handler = JournalHandler()
@@ -258,7 +268,7 @@ def setup_logging(level: int) -> None:
         if under_systemd():
             handler.setFormatter(SyslogPrefixFormatter("%(name)s: %(message)s"))
         else:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+            handler.setFormatter(_text_formatter(level))
     root = logging.getLogger()
     for old in root.handlers:
         old.close()

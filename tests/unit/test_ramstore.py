@@ -12,6 +12,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmsnapd.ramstore import (
     DumpDisk,
@@ -19,6 +21,8 @@ from vmsnapd.ramstore import (
     RamManifest,
     RamStore,
     RamStoreError,
+    copy_hashing,
+    hash_file,
 )
 from vmsnapd.ramsweep import plan_ram_sweep
 from vmsnapd.runner import Runner
@@ -344,3 +348,20 @@ def test_manifest_json_is_readable_by_humans(store: RamStore, tmp_path: Path) ->
                 "quiesced", "pause_ms", "size", "raw_size", "sha256", "compression", "created_at",
                 "vmsnapd_version"):
         assert key in data
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(min_value=0, max_value=5 * 16 + 3), seed=st.binary(min_size=1, max_size=8))
+def test_copy_and_hash_through_one_buffer_keep_every_byte(tmp_path_factory, size: int, seed: bytes) -> None:
+    """copy_hashing and hash_file read into one reused buffer (ramstore.chunks): any size around the chunk
+    boundaries gives the exact bytes and their sha256 (a 16-byte chunk here)."""
+    folder = tmp_path_factory.mktemp("chunks")
+    data = (seed * (size // len(seed) + 1))[:size]
+    (folder / "fresh").write_bytes(data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("vmsnapd.ramstore.COPY_CHUNK", 16)
+        copied = copy_hashing(folder / "fresh", folder / "copy")
+        hashed = hash_file(folder / "fresh")
+    expected = (len(data), hashlib.sha256(data).hexdigest())
+    assert copied == hashed == expected
+    assert (folder / "copy").read_bytes() == data

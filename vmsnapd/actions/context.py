@@ -29,6 +29,12 @@ class Context:
     dry_run: bool = False
     now: Callable[[], datetime] = utc_now
     _hypervisor: HypervisorPort | None = None  # given (a fake in tests) or made on first use
+    # Further connections (vmsnapd.connections), for VM cycles side by side: given (fakes in tests), else a new
+    # adapter like the first; a given `_hypervisor` without it is shared.
+    _open_hypervisor: Callable[[], HypervisorPort] | None = None
+
+    def __post_init__(self) -> None:
+        self._given = self._hypervisor is not None  # a test's fake
 
     @property
     def state_dir(self) -> Path:
@@ -39,12 +45,23 @@ class Context:
         """Connected on first use: a host with only `domain = "none"` datasets never needs libvirtd, and only
         a context that talks to a hypervisor imports libvirt (the adapter is imported here, not at the top)."""
         if self._hypervisor is None:
-            try:
-                from vmsnapd.hypervisor import Hypervisor
-            except ImportError as exc:  # the same answer as a libvirtd that does not answer: every caller handles it
-                raise HypervisorUnavailable(f"libvirt-python cannot be imported ({exc})") from exc
-            self._hypervisor = Hypervisor(self.config.daemon.libvirt_uri, dry_run=self.dry_run, runner=self.runner)
+            self._hypervisor = self._new_hypervisor()
         return self._hypervisor
+
+    def open_hypervisor(self) -> HypervisorPort:
+        """Another connection to the same hypervisor (not `hypervisor`'s: the caller closes it)."""
+        if self._open_hypervisor is not None:
+            return self._open_hypervisor()
+        if self._given:
+            return self.hypervisor  # a test's fake: one host, one object
+        return self._new_hypervisor()
+
+    def _new_hypervisor(self) -> HypervisorPort:
+        try:
+            from vmsnapd.hypervisor import Hypervisor
+        except ImportError as exc:  # the same answer as a libvirtd that does not answer: every caller handles it
+            raise HypervisorUnavailable(f"libvirt-python cannot be imported ({exc})") from exc
+        return Hypervisor(self.config.daemon.libvirt_uri, dry_run=self.dry_run, runner=self.runner)
 
     def close(self) -> None:
         """Close the hypervisor's connection if one was opened (the daemon does after every pass)."""

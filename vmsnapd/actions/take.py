@@ -1,20 +1,24 @@
 """Take what is due: ask the policy which periods are due per target, then run one cycle per target.
 
 All periods due in one pass share one timestamp (one cycle). VM cycles run in parallel up to
-`max_parallel`; a VM is one target, so never two cycles of one VM at once. A VM group
-(vmsnapd.groupcycle) takes one of those slots, its members each run in a thread of their own (they must
-be held still at once). One failing target never stops the others: its failure is logged and counted in
-the report.
+`max_parallel`, each on a hypervisor connection of its own (vmsnapd.connections); a VM is one target, so never
+two cycles of one VM at once. A VM group (vmsnapd.groupcycle) takes one of those slots, its members each run in
+a thread (and on a connection) of their own (they must be held still at once). One failing target never stops
+the others: its failure is logged and counted in the report.
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from vmsnapd.actions.context import Context, Survey
+from vmsnapd.connections import Connections
 from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.staging import StagingArea
 from vmsnapd.cycle import Cycle, CycleEnv
@@ -100,15 +104,31 @@ def run_cycles(ctx: Context, survey: Survey, work: list[tuple[Target, list[str]]
     vms += [GroupCycle(env, unit, stamp, ctx.config.daemon.group_timeout) for unit in units if unit.group]
     outcomes = ordered_map(lambda c: c.run(), plain, ctx.config.daemon.zfs_jobs, "take")  # datasets side by side
     if vms:
-        with ThreadPoolExecutor(max_workers=ctx.config.daemon.max_parallel, thread_name_prefix="cycle") as pool:
-            for result in pool.map(_run, vms):
-                outcomes += result
+        outcomes += _run_vm_cycles(ctx, vms)
     warnings = {target.name: target.warnings for target, _ in work}
     for outcome in outcomes:  # what planning found (e.g. a backing file outside the datasets: vmsnapd.backing)
         outcome.warnings[:0] = warnings.get(outcome.target, [])
     return outcomes
 
 
-def _run(unit: Cycle | GroupCycle) -> list[TargetOutcome]:
-    result = unit.run()
+def _run_vm_cycles(ctx: Context, vms: list[Cycle | GroupCycle]) -> list[TargetOutcome]:
+    """The VM cycles, `max_parallel` at once, each on a hypervisor connection of its own (vmsnapd.connections:
+    libvirtd serves few calls of one connection at once)."""
+    outcomes: list[TargetOutcome] = []
+    connections = Connections(ctx.hypervisor, ctx.open_hypervisor)
+    try:
+        with ThreadPoolExecutor(max_workers=ctx.config.daemon.max_parallel, thread_name_prefix="cycle") as pool:
+            for result in pool.map(partial(_run, connections), vms):
+                outcomes += result
+    finally:
+        connections.close()
+    return outcomes
+
+
+def _run(connections: Connections, unit: Cycle | GroupCycle) -> list[TargetOutcome]:
+    members = unit.cycles if isinstance(unit, GroupCycle) else [unit]
+    with ExitStack() as leases:
+        for cycle in members:  # a group's members are held still at once: one connection each
+            cycle.env = replace(cycle.env, hypervisor=leases.enter_context(connections.lease()))
+        result = unit.run()
     return result if isinstance(result, list) else [result]
