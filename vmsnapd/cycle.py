@@ -28,7 +28,7 @@ from vmsnapd.backing import BACKING_PROPERTY, backing_property
 from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
                                plan_cycle, quiesce_verdict, space_problem, subtree_root)
 from vmsnapd.domxml import nvram_path
-from vmsnapd.hvtypes import AgentUnavailable, HypervisorError, NoSpace
+from vmsnapd.hvtypes import AgentUnavailable, HypervisorError, NoSpace, RamAlreadyCaptured
 from vmsnapd.holdstill import COMMIT_ATTEMPTS, CycleFailed, HoldStill, StillOnOverlay, hold_for
 from vmsnapd.commitback import state_or_gone
 from vmsnapd.ports import HypervisorPort
@@ -288,9 +288,10 @@ class Cycle:
                         live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
 
     def _freeze(self, plan: CyclePlan, rec: Recorder, hold: HoldStill) -> HoldStill:
-        """Hold the disks still (the hold used is returned). When the staging folder filled up during the RAM
-        capture (libvirt undid it: the guest is as it was, nothing half-made is left), once more with the RAM file
-        in overlay_dir."""
+        """Hold the disks still (the hold used is returned). libvirt undoes a RAM capture that fails (the guest is
+        as it was, nothing half-made is left), so two failures get a second hold: the staging folder filled up
+        during the capture → once more with the RAM file in overlay_dir; QEMU refuses a second capture of a guest
+        paused since the last one → disk-only (`on_memory_failure`)."""
         try:
             hold.freeze_disks()
             return hold
@@ -299,11 +300,25 @@ class Cycle:
                 raise
             rec.warn("memory", f"ram_staging_dir {self.staged.folder} filled up during the RAM capture ({exc}); "
                                "again with the RAM file in overlay_dir")
-        self._release_staging()
-        memory = self.env.hypervisor.memory_bytes(self.target.domain)
-        hold = self._hold_for(plan, rec, self._memory_file_in(rec, self.env.overlay_dir, memory))
+            self._release_staging()
+            memory = self.env.hypervisor.memory_bytes(self.target.domain)
+            hold = self._hold_for(plan, rec, self._memory_file_in(rec, self.env.overlay_dir, memory))
+        except RamAlreadyCaptured as exc:
+            self._release_staging()
+            self._no_second_capture(rec, exc)
+            hold = self._hold_for(plan, rec, None)
         hold.freeze_disks()
         return hold
+
+    def _no_second_capture(self, rec: Recorder, exc: RamAlreadyCaptured) -> None:
+        """A guest paused since its RAM was last captured (by an earlier cycle, most likely): its RAM has not
+        changed since, and that capture's dump still holds it; this snapshot is disk-only, or the cycle fails."""
+        problem = (f"{self.target.domain} has stayed paused since its RAM was last captured and QEMU takes no other "
+                   f"capture until it runs again ({exc}); the RAM dump of that capture still holds its memory")
+        verdict = memory_verdict(problem, self.target.policy.on_memory_failure)
+        if verdict.fail:
+            raise CycleFailed(verdict.fail)
+        self._say(rec, "memory", verdict)
 
     def _unfreeze_message(self, rec: Recorder, exc: Exception) -> str:
         if not isinstance(exc, StillOnOverlay):

@@ -40,6 +40,11 @@ class NoSpace(HypervisorError):
     """A file libvirt was writing (a RAM file, an overlay) found its file system full; libvirt undid the call."""
 
 
+class RamAlreadyCaptured(HypervisorError):
+    """QEMU takes no RAM capture of a guest that has stayed paused since the last one (its "postmigrate" state
+    lasts until the guest runs again); libvirt made nothing of the call."""
+
+
 class AgentUnavailable(HypervisorError):
     """The guest agent does not answer: no agent channel, agent not running, or it timed out."""
 

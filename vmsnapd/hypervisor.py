@@ -24,7 +24,7 @@ from vmsnapd import domxml
 from vmsnapd.domxml import Disk
 from vmsnapd.logsetup import first_time
 from vmsnapd.hvtypes import (AgentUnavailable, BlockJobFailed, DomainNotFound, DomainState, HypervisorError,
-                             HypervisorUnavailable, NoSpace)
+                             HypervisorUnavailable, NoSpace, RamAlreadyCaptured)
 from vmsnapd.names import validate_domain_name
 from vmsnapd.overlaynames import libvirt_snapshot_name
 from vmsnapd.ownership import SnapshotRecord
@@ -64,6 +64,8 @@ def _wrap(exc: libvirt.libvirtError, what: str) -> HypervisorError:
         return HypervisorUnavailable(f"{what}: {exc}")
     if "No space left on device" in str(exc):  # strerror(ENOSPC), as libvirt and its I/O helper quote it
         return NoSpace(f"{what}: {exc}")
+    if "paused due to previous migration" in str(exc):  # QEMU's migrate refusal in its postmigrate state
+        return RamAlreadyCaptured(f"{what}: {exc}")
     return HypervisorError(f"{what}: {exc}")
 
 

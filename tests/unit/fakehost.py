@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from vmsnapd.domxml import parse_disks
-from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, AgentUnavailable, DomainNotFound, HypervisorError
+from vmsnapd.hvtypes import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, DomainNotFound, HypervisorError,
+                             RamAlreadyCaptured)
 from vmsnapd.journal import Journal, JournalError
 from vmsnapd.ramstore import RamStore, RamStoreError
 from vmsnapd.zfs import DatasetInfo, SnapshotExists, ZfsListing
@@ -66,6 +67,8 @@ class FakeDomain:
     fs_frozen: bool = False
     memory: int = 1 << 20
     readonly: tuple[str, ...] = ()  # targets of read-only disks (a cycle skips them)
+    # QEMU's "postmigrate": its RAM was captured and it has stayed paused since; no other capture until it runs
+    postmigrate: bool = False
 
 
 def domain_xml(name: str, disks: dict[str, str], agent: bool, readonly: tuple[str, ...] = ()) -> str:
@@ -237,6 +240,7 @@ class FakeHypervisor(Faults):
         if not self._call("snapshot_external", name, tuple(sorted(overlays.items())), memory_file, tuple(skip_disks)):
             return
         dom = self._active(name, "snapshot of")
+        self._capture_allowed(dom, memory_file)
         for target in overlays:  # atomic: all or nothing, as with VIR_..._CREATE_ATOMIC
             if target not in dom.live:
                 raise HypervisorError(f"snapshot of {name}: no disk {target}")
@@ -246,15 +250,24 @@ class FakeHypervisor(Faults):
             dom.live[target] = dom.persistent[target] = overlay
         if memory_file:
             Path(memory_file).write_bytes(b"ram" * 100)
+            dom.postmigrate = dom.state == PAUSED  # libvirt resumes a guest it paused for the capture
         self.done("snapshot_external")
+
+    @staticmethod
+    def _capture_allowed(dom: FakeDomain, memory_file: str | None) -> None:
+        if memory_file and dom.postmigrate:
+            raise RamAlreadyCaptured(f"snapshot of {dom.name}: internal error: unable to execute QEMU command "
+                                     "'migrate': Can't migrate the vm that was paused due to previous migration")
 
     def snapshot_manual(self, name: str, targets: list[str], memory_file: str, *, live: bool,
                         skip_disks: list[str]) -> None:
         if not self._call("snapshot_manual", name, tuple(targets), memory_file, tuple(skip_disks)):
             return
         dom = self._active(name, "snapshot of")
+        self._capture_allowed(dom, memory_file)
         Path(memory_file).write_bytes(b"ram" * 100)
         dom.state = PAUSED
+        dom.postmigrate = True
         self.done("snapshot_manual")
 
     def suspend(self, name: str) -> None:
@@ -270,6 +283,7 @@ class FakeHypervisor(Faults):
         if dom.state != PAUSED:
             raise HypervisorError(f"resume {name}: Requested operation is not valid: domain is not paused")
         dom.state = RUNNING
+        dom.postmigrate = False
 
     # -- committing back --------------------------------------------------------------------------------------
 

@@ -373,6 +373,47 @@ def test_thaw_follows_a_freeze_that_failed(tmp_path):
     assert_safe(host)
 
 
+# -- a guest paused since its last RAM capture ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["overlay", "pause"])
+def test_a_guest_paused_since_its_last_capture_gets_disk_only_snapshots(tmp_path, method):
+    """QEMU refuses a second RAM capture until the guest runs (its postmigrate state; seen on the lab): the next
+    cycles of a guest that stays paused take disk-only snapshots (the first capture's dump still holds its RAM)
+    instead of failing every pass with no snapshot at all."""
+    from test_staging import GIB, area
+
+    from vmsnapd.staging import STAGING_FACTOR, Claim
+
+    host = make_host(tmp_path, state=PAUSED, policy={"method": method, "quiesce": "off"})
+    assert host.cycle(("hourly",)).ok and len(host.dumps()) == 2  # the RAM file and its manifest
+    staging = area(tmp_path, free=GIB)
+
+    second = host.cycle(("daily",), staging=staging)
+
+    assert second.ok, second.error
+    assert any("has stayed paused since its RAM was last captured" in w and "disk-only" in w
+               for w in second.warnings), second.warnings
+    assert len(host.zfs.snapshots) == 2 and len(host.dumps()) == 2
+    assert host.hv.domains["web"].state == PAUSED and host.hv.verbs("resume") == []
+    assert host.records() == [] and host.overlay_files() == [] and list((tmp_path / "staging").iterdir()) == []
+    assert isinstance(staging.claim(int(GIB / STAGING_FACTOR)), Claim)  # the room it was promised is free again
+    host.hv.resume("web")
+    host.cycle(("monthly",))
+    assert host.hv.verbs("snapshot_external", "snapshot_manual")[-1][3]  # ran meanwhile: its RAM captured again
+
+
+def test_a_guest_paused_since_its_last_capture_fails_the_cycle_when_memory_must_not_fail(tmp_path):
+    host = make_host(tmp_path, state=PAUSED, policy={"quiesce": "off", "on_memory_failure": "fail"})
+    assert host.cycle(("hourly",)).ok
+
+    second = host.cycle(("daily",))
+
+    assert not second.ok and 'has stayed paused since its RAM was last captured' in second.error
+    assert '(on_memory_failure = "fail")' in second.error
+    assert len(host.zfs.snapshots) == 1 and host.hv.domains["web"].state == PAUSED
+    assert host.records() == [] and host.overlay_files() == []
+
+
 # -- zfs fails -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["overlay", "pause"])
