@@ -61,8 +61,10 @@ class Recorder:
 
     @property
     def vm_safe(self) -> bool:
-        """Nothing the record says needs `recover`: no overlay in use, no guest paused or frozen by the cycle."""
-        return not (self.record.overlays or self.record.paused_by_us or self.record.fs_frozen)
+        """Nothing the record says needs `recover`: no overlay in use, no guest paused or frozen by the cycle, no
+        migration downtime limit left lowered."""
+        return not (self.record.overlays or self.record.paused_by_us or self.record.fs_frozen
+                    or self.record.downtime_limit_ms is not None)
 
     # -- what is said --------------------------------------------------------------------------------------------
 
