@@ -214,6 +214,7 @@ def external_cycle(vm, dataset: str, events: Events, overlay_dir: Path, staging:
             "precreate_ms": create_ms, "live_before_stop_ms": ms(t_call, s), "stop_to_return_ms": ms(s, t_ret),
             "resumed_to_return_ms": ms(r, t_ret), "zfs_ms": ms(t_ret, t_zfs), "commit_ms": ms(t_zfs, t_commit),
             "downtime_ms": stats.get("downtime"), "setup_ms": stats.get("setup_time"),
+            "passes": stats.get("memory_iteration"),
             "job_ms": stats.get("time_elapsed"), "wall_call": wall_call, "wall_end": time.time(),
             "owner_while_used": f"{st.st_uid}:{st.st_gid} {stat.filemode(st.st_mode)}",
             "owner_after_commit": f"{after.st_uid}:{after.st_gid} {stat.filemode(after.st_mode)}"}
@@ -263,6 +264,10 @@ def summary(rows: list[dict]) -> None:
               f"   {', '.join(f'{p:.0f}' for p in first) or '-':>16s}   "
               f"{median(later):6.0f} / {max(later, default=float('nan')):4.0f} ms   {median(dt):6.0f} ms"
               f"   {median(rest):6.1f} / {max(rest, default=float('nan')):5.1f} ms")
+    for way in WAYS:
+        passes = sorted(r.get("passes") for r in rows if r["way"] == way and r.get("passes") is not None)
+        if passes:
+            print(f"RAM passes per capture ({way}): median {median(passes):.0f}, {passes[0]}-{passes[-1]}")
     pre = [r["precreate_ms"] for r in rows if r["precreate_ms"] is not None]
     print(f"qemu-img create before the guest is touched: median {median(pre):.0f} ms (outside the window)")
     print("overlay owner while used / after commit: "
