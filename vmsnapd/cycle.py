@@ -160,8 +160,7 @@ class Cycle:
             # What this cycle took: a name that existed already is someone else's snapshot (warned about).
             outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names
                                  if f"{ds}@{n}" in rec.taken]
-            if rec.vm_safe:  # else (a downtime limit not put back) the record stays for `recover`
-                rec.finish()
+            rec.finish()
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             self._failed(rec, outcome, exc)
 

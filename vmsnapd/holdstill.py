@@ -12,8 +12,6 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from vmsnapd.commitback import commit_back, state_or_gone
@@ -26,20 +24,6 @@ from vmsnapd.recorder import Recorder
 
 COMMIT_ATTEMPTS = 3
 COMMIT_RETRY_DELAY_S = 1.0
-# QEMU's migration downtime limit during a live RAM capture, ms (QEMU's default: 300). QEMU stops the guest for the
-# last pass once it estimates the pages still dirty can be written within the limit; with the RAM file on a tmpfs
-# the estimate is so generous at 300 ms that QEMU stops after the first pass with everything the guest dirtied
-# meanwhile still to write (docs/benchmarks.md, goal 1: 40-70 ms of a busy 1 GiB guest's pause, ~10 ms at 20).
-CAPTURE_DOWNTIME_MS = 20
-# After this long (plus the guest's first full pass, at >= 512 MiB/s) the limit goes back to what it was: a guest
-# dirtying its RAM faster than 20 ms allows then converges as it would have without vmsnapd's lower limit.
-CAPTURE_GUARD_S = 3.0
-FIRST_PASS_BYTES_PER_S = 512 << 20
-
-
-def capture_guard_s(memory_bytes: int) -> float:
-    """How long a live RAM capture of a guest of `memory_bytes` may run at the lowered downtime limit."""
-    return CAPTURE_GUARD_S + max(memory_bytes, 0) / FIRST_PASS_BYTES_PER_S
 
 
 class CycleFailed(Exception):
@@ -92,12 +76,9 @@ class HoldStill(ABC):
     # -- the steps --------------------------------------------------------------------------------------------
 
     def freeze_disks(self) -> None:
-        intent = self.intent()
-        previous = self._downtime_to_lower()
-        self.rec.enter(CycleState.FREEZING, **intent, downtime_limit_ms=previous)
+        self.rec.enter(CycleState.FREEZING, **self.intent())
         try:
-            with self._capture_downtime(previous):
-                self.hold()
+            self.hold()
         except HypervisorError as exc:
             self.settle(exc)
             raise
@@ -106,56 +87,6 @@ class HoldStill(ABC):
         except Exception:
             self.unfreeze_disks()  # never leave the guest held because the journal cannot say it is
             raise
-
-    # -- the live RAM capture's downtime limit (docs/how-it-works.md, "The capture's downtime") ---------------
-
-    def _downtime_to_lower(self) -> int | None:
-        """QEMU's downtime limit now, when this hold is a live RAM capture and the limit is above the capture's;
-        None: nothing to lower (no live RAM capture, a limit already as low, or one that cannot be read)."""
-        if not (self.live and self.memory_file):
-            return None
-        try:
-            current = self.hv.migration_downtime(self.domain)
-        except HypervisorError as exc:
-            self.rec.log(logging.INFO, "downtime", f"migration downtime limit unreadable, left as it is: {exc}")
-            return None
-        return current if current > CAPTURE_DOWNTIME_MS else None
-
-    @contextmanager
-    def _capture_downtime(self, previous: int | None) -> Iterator[None]:
-        """The body (the libvirt call) with the downtime limit lowered, when `previous` (recorded already) says
-        so, and a guard putting it back if the capture does not converge; put back afterwards whatever happens."""
-        if previous is None:
-            yield
-            return
-        try:
-            self.hv.set_migration_downtime(self.domain, CAPTURE_DOWNTIME_MS)
-        except HypervisorError as exc:
-            self.rec.note(downtime_limit_ms=None)  # unchanged: nothing to put back
-            self.rec.log(logging.INFO, "downtime", f"migration downtime limit not lowered: {exc}")
-            yield
-            return
-        self.rec.log(logging.DEBUG, "downtime", f"migration downtime limit {previous} -> {CAPTURE_DOWNTIME_MS} ms "
-                                                "for the live RAM capture")
-        try:
-            with self.hv.downtime_guard(self.domain, capture_guard_s(self.hv.memory_bytes(self.domain)), previous):
-                yield
-        finally:
-            self._put_back_downtime(previous)
-
-    def _put_back_downtime(self, previous: int) -> None:
-        try:
-            self.hv.set_migration_downtime(self.domain, previous)
-        except HypervisorError as exc:
-            try:
-                alive = state_or_gone(self.hv, self.domain) in ACTIVE
-            except HypervisorError:
-                alive = True  # cannot tell: the record keeps it for `recover`
-            if alive:
-                self.rec.warn("downtime", f"migration downtime limit of {self.domain} not put back to {previous} ms "
-                                          f"({exc}); `vmsnapd recover` does it")
-                return  # the record keeps it
-        self.rec.note(downtime_limit_ms=None)
 
     def settle(self, exc: Exception) -> None:
         """The freeze failed: find out what libvirt really did, undo it, and leave a journal record that says

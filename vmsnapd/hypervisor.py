@@ -305,51 +305,6 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise _wrap(exc, f"snapshot of {name}") from exc
 
-    # -- the live RAM capture's downtime limit ------------------------------------------------------------------
-
-    def migration_downtime(self, name: str) -> int:
-        """QEMU's migration downtime limit of the domain, in ms (the pause QEMU aims at when it stops the guest
-        for the last pass of a live RAM capture; QEMU's default is 300)."""
-        try:
-            return int(self._domain(name).migrateGetMaxDowntime(0))
-        except libvirt.libvirtError as exc:
-            raise _wrap(exc, f"migration downtime limit of {name}") from exc
-
-    def set_migration_downtime(self, name: str, ms: int) -> None:
-        self._change(name, f"set the migration downtime limit to {ms} ms of",
-                     lambda dom: dom.migrateSetMaxDowntime(ms, 0))
-
-    @contextmanager
-    def downtime_guard(self, name: str, after_s: float, restore_ms: int) -> Iterator[None]:
-        """For a live RAM capture run with a lowered downtime limit (the body): when it has not ended after
-        `after_s` seconds, the limit goes back to `restore_ms` while it runs (libvirt takes the change during the
-        capture), so a guest that dirties its RAM faster than the lower limit allows converges as it would have
-        anyway, instead of being copied pass after pass for ever."""
-        if self.dry_run:
-            yield
-            return
-        done = threading.Event()
-
-        def guard() -> None:
-            if done.wait(after_s):
-                return
-            try:
-                self._domain(name).migrateSetMaxDowntime(restore_ms, 0)
-            except (libvirt.libvirtError, HypervisorError) as exc:
-                log.warning("%s: live RAM capture still running after %.0f s; cannot put its migration downtime "
-                            "limit back to %d ms: %s", name, after_s, restore_ms, exc)
-                return
-            log.warning("%s: live RAM capture did not converge within %.0f s at the lowered downtime limit; "
-                        "limit put back to %d ms (the pause will be longer this time)", name, after_s, restore_ms)
-
-        thread = threading.Thread(target=guard, name=f"downtime-guard {name}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-
     def suspend(self, name: str) -> None:
         self._change(name, "pause", lambda dom: dom.suspend())
 

@@ -90,9 +90,6 @@ class CycleRecord(BaseModel):
     fs_frozen: bool = False
     quiesced: bool = False
     paused_by_us: bool = False
-    # QEMU's migration downtime limit before the cycle lowered it for its live RAM capture (ms), until it is put
-    # back: a crash in between leaves the lower limit to `recover` (docs/how-it-works.md, "The capture's downtime")
-    downtime_limit_ms: int | None = None
     pause_ms: int | None = None
     ram_dump: str | None = None  # where ramstore keeps it since
     pid: int = Field(default_factory=os.getpid)

@@ -61,10 +61,8 @@ class Recorder:
 
     @property
     def vm_safe(self) -> bool:
-        """Nothing the record says needs `recover`: no overlay in use, no guest paused or frozen by the cycle, no
-        migration downtime limit left lowered."""
-        return not (self.record.overlays or self.record.paused_by_us or self.record.fs_frozen
-                    or self.record.downtime_limit_ms is not None)
+        """Nothing the record says needs `recover`: no overlay in use, no guest paused or frozen by the cycle."""
+        return not (self.record.overlays or self.record.paused_by_us or self.record.fs_frozen)
 
     # -- what is said --------------------------------------------------------------------------------------------
 

@@ -65,7 +65,6 @@ class FakeDomain:
     agent: str = "answers"  # "answers", "silent" (channel, no answer) or "none" (no channel)
     fs_frozen: bool = False
     memory: int = 1 << 20
-    downtime_ms: int = 300  # QEMU's migration downtime limit (its default)
     readonly: tuple[str, ...] = ()  # targets of read-only disks (a cycle skips them)
 
 
@@ -232,21 +231,6 @@ class FakeHypervisor(Faults):
         watch = PauseCount()
         yield watch
         watch.ms = 5
-
-    def migration_downtime(self, name: str) -> int:
-        self.hit("migration_downtime")
-        return self._get(name).downtime_ms
-
-    def set_migration_downtime(self, name: str, ms: int) -> None:
-        if not self._call("set_migration_downtime", name, ms):
-            return
-        self._active(name, "set the migration downtime limit of").downtime_ms = ms
-        self.done("set_migration_downtime")
-
-    @contextmanager
-    def downtime_guard(self, name: str, after_s: float, restore_ms: int) -> Iterator[None]:
-        self.calls.append(("downtime_guard", name, after_s, restore_ms))
-        yield
 
     def create_overlay(self, overlay_path: str, backing: str, backing_format: str) -> None:
         """As qemu-img: a new file (never over an existing one) recording its backing file."""

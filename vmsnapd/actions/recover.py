@@ -131,7 +131,6 @@ def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey:
         problems += _bring_back(ctx, record.domain, owner, survey, report, thaw=record.fs_frozen,
                                 resume=record.paused_by_us, journaled=journaled)
         problems += _orphan_overlays(ctx, record, report)
-        problems += _put_back_downtime(ctx, record, report)
         in_use = _sources_in_use(ctx, record.domain, problems)
         _half_made_dump(ctx, record, report)
     overlays = [o.overlay_path for o in record.overlays] if not problems else []
@@ -151,22 +150,6 @@ def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey:
     if not ctx.dry_run:
         ctx.journal.finish(record)
     report.actions.append(f"{prefix}closed interrupted cycle {record.cycle_id} (was in state {record.state})")
-
-
-def _put_back_downtime(ctx: Context, record: CycleRecord, report: RecoverReport) -> list[str]:
-    """The interrupted cycle had lowered QEMU's migration downtime limit for its live RAM capture: the limit it
-    recorded goes back (a domain that stopped or went away has no QEMU left that keeps the lower one)."""
-    if record.downtime_limit_ms is None:
-        return []
-    try:
-        if state_or_gone(ctx.hypervisor, record.domain) not in ACTIVE:
-            return []
-        ctx.hypervisor.set_migration_downtime(record.domain, record.downtime_limit_ms)
-    except HypervisorError as exc:
-        return [f"{record.domain}: migration downtime limit not put back to {record.downtime_limit_ms} ms: {exc}"]
-    report.actions.append(f"{dry_run_prefix(ctx.dry_run)}put the migration downtime limit of {record.domain} back to "
-                          f"{record.downtime_limit_ms} ms")
-    return []
 
 
 def _half_made_dump(ctx: Context, record: CycleRecord, report: RecoverReport) -> None:
