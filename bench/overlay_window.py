@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import libvirt  # noqa: E402
 
-from _common import BenchError, lab, median, tear_down  # noqa: E402
+from _common import BenchError, check_ok, lab, median, tear_down, vmsnapd  # noqa: E402
 from _window import Events, Watcher, pause_ms, virsh  # noqa: E402
 
 WAYS = ["created", "reused"]  # + "reused, downtime N ms" with --downtime-ms
@@ -220,6 +220,28 @@ def external_cycle(vm, dataset: str, events: Events, overlay_dir: Path, staging:
             "owner_after_commit": f"{after.st_uid}:{after.st_gid} {stat.filemode(after.st_mode)}"}
 
 
+def product_cycle(vm, dataset: str, events: Events, root: Path, staging: Path) -> dict:
+    """`vmsnapd snapshot` itself (its default method, overlay / live, RAM staged in `staging`), timed alike."""
+    config = lab.write_vmsnapd_config(root, {dataset: {"domain": vm.name, "quiesce": "off", "hourly": 100}},
+                                      daemon={"ram_compression": "none", "ram_staging_dir": str(staging / "vmsnapd")})
+    mark = events.mark()
+    wall_call = time.time()
+    check_ok(vmsnapd(config, "snapshot", dataset), f"vmsnapd snapshot {dataset}")
+    wall_end = time.time()
+    pauses = events.wait_resumed(mark)
+    try:
+        stats = vm.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        stats = {}
+    for f in (root / "ram").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    return {"way": "vmsnapd", "overlay": str(root / "overlay") + "/", "pause_ms": pause_ms(pauses),
+            "precreate_ms": None, "downtime_ms": stats.get("downtime"), "passes": stats.get("memory_iteration"),
+            "live_before_stop_ms": None, "job_ms": stats.get("time_elapsed"), "wall_call": wall_call,
+            "wall_end": wall_end, "owner_while_used": "-", "owner_after_commit": "-"}
+
+
 def one_guest(pool, g: int, args, events_of, staging: Path, qmp_log: Path | None) -> list[dict]:
     ds = lab.create_dataset(pool, name=f"g{g}")
     vm = lab.create_vm(ds, memory_mib=args.memory, dirty_mib=args.dirty_mib, fmt=args.base_format)
@@ -236,8 +258,13 @@ def one_guest(pool, g: int, args, events_of, staging: Path, qmp_log: Path | None
             shift = (g + i) % len(WAYS)  # each way is first in its round as often as the others
             order = WAYS[shift:] + WAYS[:shift]
             for k, way in enumerate(order):
-                r = external_cycle(vm, ds.name, events, overlay_dir, staging, f"g{g}c{i}w{WAYS.index(way)}",
-                                   reuse=way != "created", downtime_ms=args.downtime_ms if "downtime" in way else None)
+                if way == "vmsnapd":
+                    r = product_cycle(vm, ds.name, events, args.root, staging)
+                    lab.next_second()  # the next cycle's snapshot name differs
+                else:
+                    r = external_cycle(vm, ds.name, events, overlay_dir, staging, f"g{g}c{i}w{WAYS.index(way)}",
+                                       reuse=way != "created",
+                                       downtime_ms=args.downtime_ms if "downtime" in way else None)
                 r.update(guest=g, round=i, first_after_boot=(i == 0 and k == 0))
                 rows.append(r)
                 lab.wait_counter_advances(vm, by=3, timeout=60)  # resumed and writing again
@@ -304,8 +331,11 @@ def main() -> int:
     ap.add_argument("--qmp-log", action="store_true", help="log libvirtd's QMP traffic (virt-admin) for the run")
     ap.add_argument("--downtime-ms", type=int, help="also: reused with QEMU's migration downtime limit set to this "
                     "(virDomainMigrateSetMaxDowntime; put back after each cycle)")
+    ap.add_argument("--product", action="store_true", help="also: `vmsnapd snapshot` itself (its default method)")
     ap.add_argument("--json", type=Path, help="write every cycle here")
     args = ap.parse_args()
+    if args.product:
+        WAYS.append("vmsnapd")
     if args.downtime_ms is not None:
         WAYS.append(f"reused, downtime {args.downtime_ms} ms")
     pool = root = watcher = qlog = None
@@ -313,7 +343,7 @@ def main() -> int:
     status = 0
     try:
         lab.check_lab()
-        root = lab.make_run_dir("ovwin")
+        root = args.root = lab.make_run_dir("ovwin")
         staging = Path("/dev/shm") / root.name  # the RAM file staged on tmpfs, as the default does
         staging.mkdir(mode=0o700)
         pool = lab.create_pool("2G")
