@@ -9,7 +9,8 @@ side by side on the same busy guest, interleaved (the order alternates every rou
   apart, before the guest is touched) and libvirt is asked to use it (VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT):
   only `blockdev-add` of the existing file inside the window.
 With `--downtime-ms N` a third way: reused, with QEMU's migration downtime limit lowered to N ms for the capture and
-put back after (vmsnapd's own path since session 18 does both, at 20 ms).
+put back after (measured at 20 ms, not adopted: consistency, docs/benchmarks.md); with `--product` another:
+`vmsnapd snapshot` itself (pre-created overlays since session 18).
 Then `zfs snapshot` and `blockcommit --active --pivot`, as the product does. Several guests are booted fresh
 (`--guests`), so several cycles are the *first capture after boot*; the first cycle alternates between the two
 ways from one guest to the next.
