@@ -113,8 +113,6 @@ def one_guest(root: Path, pool, watcher: Watcher, memory_mib: int, args, staging
                 lab.wait_counter_advances(vm, by=3, timeout=60)  # resumed and writing again
             print(f"  round {i + 1}/{args.n}: " + ", ".join(f"{k} {v[-1]['pause_ms']:.0f}" for k, v in rows.items()),
                   flush=True)
-        if any(r.get("qemu_downtime") for rr in rows.values() for r in rr):
-            vm.dom.migrateSetMaxDowntime(300, 0)  # QEMU's default again
     finally:
         lab.destroy_vm(vm)
     return out

@@ -285,7 +285,8 @@ class Cycle:
 
     def _hold_for(self, plan: CyclePlan, rec: Recorder, memory_file: str | None) -> HoldStill:
         return hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
-                        live=self.target.policy.live, overlay_dir=self.env.overlay_dir)
+                        live=self.target.policy.live, overlay_dir=self.env.overlay_dir,
+                        disk_formats={d.target: d.driver_type for d in self.target.disks})
 
     def _freeze(self, plan: CyclePlan, rec: Recorder, hold: HoldStill) -> HoldStill:
         """Hold the disks still (the hold used is returned). libvirt undoes a RAM capture that fails (the guest is

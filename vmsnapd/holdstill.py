@@ -9,11 +9,13 @@ done by the cycle around `freeze_disks` (quiescing).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from vmsnapd.commitback import commit_back, state_or_gone
+from vmsnapd.files import ensure_folder
 from vmsnapd.cycleplan import ACTIVE, CommitWay, CyclePlan, Hold
 from vmsnapd.hvtypes import PAUSED, HypervisorError
 from vmsnapd.ports import HypervisorPort as Hypervisor
@@ -43,8 +45,9 @@ class HoldStill(ABC):
     guest_runs = False  # whether the guest runs (and its agent answers) while its disks are held still
 
     def __init__(self, hv: Hypervisor, rec: Recorder, plan: CyclePlan, domain: str, memory_file: str | None, *,
-                 live: bool, overlay_dir: Path):
+                 live: bool, overlay_dir: Path, disk_formats: dict[str, str] | None = None):
         self.hv = hv
+        self.disk_formats = disk_formats or {}  # target -> the format libvirt gives the disk now (driver type)
         self.rec = rec
         self.plan = plan
         self.domain = domain
@@ -109,16 +112,33 @@ class HoldStill(ABC):
 
 
 class OverlayHold(HoldStill):
-    """libvirt external snapshot: every disk onto a fresh overlay (atomic), the RAM to a file; the guest runs on."""
+    """libvirt external snapshot: every disk onto a fresh overlay (atomic), the RAM to a file; the guest runs on.
+
+    The overlays are made by vmsnapd (qemu-img) right before the libvirt call, after the record names them, and
+    libvirt is asked to use them as they are: libvirt making them itself would run a `blockdev-create` job per
+    disk while the guest stands still after its live RAM pass (docs/how-it-works.md, "Pre-created overlays")."""
 
     guest_runs = True
 
     def intent(self) -> dict:
+        self._check_overlay_paths()
         return {"overlays": list(self.plan.overlays), "ram_file": self.memory_file}
 
+    def _check_overlay_paths(self) -> None:
+        """Verify, then act: overlay_dir is a folder root may write in, and nothing sits where this cycle's
+        overlays go (it would not be this cycle's: never overwritten, never deleted by its clean-up)."""
+        if not self.rec.dry_run:  # a dry run creates no folder
+            ensure_folder(self.overlay_dir, 0o711, set_mode=False)  # 0711: QEMU must reach its overlays
+        there = [o.overlay_path for o in self.plan.overlays if os.path.lexists(o.overlay_path)]
+        if there:
+            raise CycleFailed(f"{', '.join(there)} exists already: not this cycle's overlay, left alone; "
+                              "no snapshot taken")
+
     def hold(self) -> None:
+        for o in self.plan.overlays:  # recorded (FREEZING) before: a failure or crash from here on deletes them
+            self.hv.create_overlay(o.overlay_path, o.base_path, self.disk_formats[o.target])
         self.hv.snapshot_external(self.domain, {o.target: o.overlay_path for o in self.plan.overlays},
-                                  self.memory_file, live=self.live, skip_disks=list(self.plan.skipped))
+                                  self.memory_file, live=self.live, skip_disks=list(self.plan.skipped), reuse=True)
 
     def unfreeze_disks(self) -> None:
         failed: list[tuple[str, str]] = []
@@ -211,7 +231,9 @@ STRATEGIES: dict[Hold, type[HoldStill]] = {Hold.OVERLAY: OverlayHold, Hold.MANUA
 
 
 def hold_for(hv: Hypervisor, rec: Recorder, plan: CyclePlan, domain: str, memory_file: str | None, *, live: bool,
-             overlay_dir: Path) -> HoldStill:
-    """The strategy the plan calls for, now that it is known whether the RAM can be written."""
+             overlay_dir: Path, disk_formats: dict[str, str] | None = None) -> HoldStill:
+    """The strategy the plan calls for, now that it is known whether the RAM can be written. `disk_formats`:
+    target -> format of each captured disk (the overlays record it as their backing file's)."""
     strategy = STRATEGIES[plan.hold(memory_file is not None)]
-    return strategy(hv, rec, plan, domain, memory_file, live=live, overlay_dir=overlay_dir)
+    return strategy(hv, rec, plan, domain, memory_file, live=live, overlay_dir=overlay_dir,
+                    disk_formats=disk_formats)

@@ -248,11 +248,19 @@ class Hypervisor:
 
     # -- freezing the disks ---------------------------------------------------------------------------------
 
+    def create_overlay(self, overlay_path: str, backing: str, backing_format: str) -> None:
+        """A cycle's qcow2 overlay on `backing`, made before the guest is touched (vmsnapd.qemuimg)."""
+        self.qemuimg.create_overlay(overlay_path, backing, backing_format)
+
     def snapshot_external(self, name: str, overlays: dict[str, str], memory_file: str | None, *,
-                          live: bool, skip_disks: list[str]) -> None:
-        """External snapshot: each disk in `overlays` (target -> overlay path) gets a fresh qcow2 overlay,
-        the RAM goes to `memory_file` when given. No snapshot metadata is kept in libvirt."""
+                          live: bool, skip_disks: list[str], reuse: bool = False) -> None:
+        """External snapshot: each disk in `overlays` (target -> overlay path) goes onto its qcow2 overlay —
+        made by libvirt, or with `reuse` the files `create_overlay` made (VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT:
+        libvirt only opens them, nothing is created while the guest stands still) — and the RAM goes to
+        `memory_file` when given. No snapshot metadata is kept in libvirt."""
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+        if reuse:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
         if not memory_file:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         elif live:

@@ -1,5 +1,8 @@
 """The qemu-img adapter: what vmsnapd asks of overlay files no QEMU has open, through vmsnapd.runner.
 
+`create_overlay` makes a cycle's overlay before the guest is touched (libvirt then only opens it: no
+`blockdev-create` job while the guest is stopped, docs/how-it-works.md "Pre-created overlays").
+
 `parse_backing` and `parse_backing_chain` are pure (property-tested); `QemuImg` runs `qemu-img` (argv, timeout)
 and turns its failures into the hypervisor's typed errors, since the callers treat an overlay file like any other
 disk of a domain. `backing_chain` reads any disk's chain (vmsnapd.backing: files a restore point depends on).
@@ -12,6 +15,7 @@ import logging
 import os
 import re
 
+from vmsnapd.files import create_private_file
 from vmsnapd.hvtypes import BlockJobFailed, HypervisorError
 from vmsnapd.runner import CommandError, Runner
 
@@ -70,6 +74,24 @@ class QemuImg:
         self.runner = runner
         self.binary = binary
         self.dry_run = dry_run
+
+    def create_overlay(self, overlay_path: str, backing: str, backing_format: str) -> None:
+        """A new qcow2 overlay on `backing` (recorded with its format in the header, as libvirt would write it;
+        the size is the backing file's): the file is created first, 0600 and without following a link
+        (O_EXCL|O_NOFOLLOW in the checked folder), then qemu-img writes the image into it. HypervisorError on
+        any failure; a file made before the failure stays for the caller, who recorded it, to delete."""
+        argv = [self.binary, "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, overlay_path]
+        if self.dry_run:
+            log.info("dry-run: would create overlay %s on %s (%s)", overlay_path, backing, " ".join(argv))
+            return
+        try:
+            os.close(create_private_file(overlay_path))
+        except OSError as exc:
+            raise HypervisorError(f"cannot create overlay {overlay_path}: {exc}") from exc
+        try:
+            self.runner.run(argv, timeout=60)
+        except CommandError as exc:
+            raise HypervisorError(f"cannot create overlay {overlay_path} on {backing}: {exc}") from exc
 
     def backing_of(self, overlay_path: str) -> tuple[str, str]:
         """(backing file, its format) recorded in a qcow2 overlay's header."""

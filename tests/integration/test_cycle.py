@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,41 @@ def test_cycle_of_running_vm_is_consistent(lab, shared_vm, vmsnapd_env, method, 
     # The domain XML travels inside the dataset.
     assert (dataset.mountpoint / ".vmsnapd" / f"{vm.name}.xml").exists()
 
+    _restore_and_check(lab, vm, dataset.name, snaps[0], dumps[0])
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_overlays_made_by_vmsnapd_are_reused_by_libvirt(lab, vm_factory, vmsnapd_env, tmp_path, fmt):
+    """The overlay method's overlay is made by vmsnapd before the guest is touched (docs/how-it-works.md,
+    "Pre-created overlays"): while the guest runs on it (seen by a `zfs` wrapper at the snapshot) its header names
+    the base file and its format, libvirt runs QEMU on it (owner libvirt-qemu through libvirt's DAC labels), it is
+    0600; afterwards the disk is back on its base with its format and the restore continues at exactly max + 1."""
+    vm = vm_factory(fmt=fmt)
+    dataset = vm.disk.dataset
+    env = vmsnapd_env
+    env.daemon["ram_compression"] = "none"
+    env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name, "method": "overlay", "live": True}
+    seen = tmp_path / "seen"
+    wrapper = tmp_path / "zfs"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = snapshot ]; then for f in {env.overlay_dir}/*.qcow2; do '
+                       f'stat -c "%u %a" "$f" > {seen}.stat; qemu-img info -U --output=json "$f" > {seen}.json; '
+                       'done; fi\nexec /usr/sbin/zfs "$@"\n')
+    wrapper.chmod(0o755)
+
+    proc = env.run("--debug", "snapshot", dataset.name, env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+
+    [flags] = [int(f, 16) for f in re.findall(r"snapshotCreateXML \S+ flags=(0x[0-9a-f]+)", proc.stderr)]
+    assert flags & libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT, hex(flags)  # libvirt only opened it
+    info = json.loads(Path(f"{seen}.json").read_text())
+    assert info["format"] == "qcow2" and info["virtual-size"] == 16 << 20, info  # the lab disks' size
+    assert info["backing-filename"] == str(vm.disk.path) and info["backing-filename-format"] == fmt, info
+    uid, mode = Path(f"{seen}.stat").read_text().split()
+    assert mode == "600" and uid != "0", (uid, mode)  # libvirt gave it to QEMU's user while in use
+    snaps = lab.snapshot_names(dataset.name)
+    assert len(snaps) == 1
+    _assert_vm_back_on_base(lab, vm, env)
+    assert f"type='{fmt}'" in vm.dom.XMLDesc(0)
+    dumps, _ = _dumps(env, vm.name)
     _restore_and_check(lab, vm, dataset.name, snaps[0], dumps[0])
 
 

@@ -235,17 +235,29 @@ class FakeHypervisor(Faults):
         yield watch
         watch.ms = 5
 
+    def create_overlay(self, overlay_path: str, backing: str, backing_format: str) -> None:
+        """As qemu-img: a new file (never over an existing one) recording its backing file."""
+        if not self._call("create_overlay", overlay_path, backing, backing_format):
+            return
+        with open(overlay_path, "xb") as f:  # O_EXCL, as the adapter's create_private_file
+            f.write(b"overlay")
+        self.backing[overlay_path] = backing
+        self.done("create_overlay")
+
     def snapshot_external(self, name: str, overlays: dict[str, str], memory_file: str | None, *, live: bool,
-                          skip_disks: list[str]) -> None:
+                          skip_disks: list[str], reuse: bool = False) -> None:
         if not self._call("snapshot_external", name, tuple(sorted(overlays.items())), memory_file, tuple(skip_disks)):
             return
         dom = self._active(name, "snapshot of")
         self._capture_allowed(dom, memory_file)
-        for target in overlays:  # atomic: all or nothing, as with VIR_..._CREATE_ATOMIC
+        for target, overlay in overlays.items():  # atomic: all or nothing, as with VIR_..._CREATE_ATOMIC
             if target not in dom.live:
                 raise HypervisorError(f"snapshot of {name}: no disk {target}")
+            if reuse and not Path(overlay).exists():  # libvirt's words with REUSE_EXT
+                raise HypervisorError(f"snapshot of {name}: missing existing file for disk {target}: {overlay}")
         for target, overlay in overlays.items():
-            Path(overlay).write_bytes(b"overlay")
+            if not reuse:
+                Path(overlay).write_bytes(b"overlay")
             self.backing[overlay] = dom.live[target]
             dom.live[target] = dom.persistent[target] = overlay
         if memory_file:

@@ -267,3 +267,51 @@ def test_the_libvirt_adapter_has_every_verb_of_its_protocol():
 def test_domain_states_are_the_words_the_journal_and_the_docs_use():
     assert [s.value for s in DomainState] == ["running", "paused", "shutoff", "other"]
     assert DomainState.RUNNING == "running"  # a StrEnum: compares and serializes as its word
+
+
+def test_qemu_img_creates_an_overlay_in_a_file_it_made_first(tmp_path):
+    """The file exists, 0600, before qemu-img writes the image into it (made without following a link)."""
+    folder = tmp_path / "overlay"
+    folder.mkdir(mode=0o711)
+    overlay = folder / "web_vda_2026-11-29_01:00:00.qcow2"
+    seen = []
+
+    class Checking(Scripted):
+        def run(self, argv, **kw):
+            seen.append(oct(overlay.stat().st_mode & 0o777))
+            return super().run(argv, **kw)
+
+    runner = Checking("")
+    QemuImg(runner, binary="/usr/bin/qemu-img").create_overlay(str(overlay), "/tank/web/vda.img", "raw")
+    assert runner.calls == [["/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", "-b", "/tank/web/vda.img",
+                             "-F", "raw", str(overlay)]]
+    assert seen == ["0o600"]
+
+
+def test_qemu_img_create_overlay_never_writes_over_a_file_or_link(tmp_path):
+    folder = tmp_path / "overlay"
+    folder.mkdir(mode=0o711)
+    (folder / "x.qcow2").write_text("someone's")
+    (folder / "l.qcow2").symlink_to(tmp_path / "target")
+    runner = Scripted()
+    for name in ("x.qcow2", "l.qcow2"):
+        with pytest.raises(HypervisorError, match="cannot create overlay"):
+            QemuImg(runner).create_overlay(str(folder / name), "/tank/web/vda.img", "raw")
+    assert runner.calls == [] and (folder / "x.qcow2").read_text() == "someone's"
+    assert not (tmp_path / "target").exists()
+
+
+def test_qemu_img_create_overlay_failure_is_typed_and_dry_run_makes_nothing(tmp_path, caplog):
+    folder = tmp_path / "overlay"
+    folder.mkdir(mode=0o711)
+    overlay = folder / "o.qcow2"
+    fail = CommandFailed(["qemu-img"], "failed", 1, "Could not open backing file")
+    with pytest.raises(HypervisorError, match="cannot create overlay .* on /tank/web/vda.img"):
+        QemuImg(Scripted(fail)).create_overlay(str(overlay), "/tank/web/vda.img", "raw")
+    assert overlay.exists()  # made before the failure: the caller recorded it and deletes it
+    overlay.unlink()
+    caplog.set_level("INFO")
+    runner = Scripted()
+    QemuImg(runner, dry_run=True).create_overlay(str(overlay), "/tank/web/vda.img", "qcow2")
+    assert runner.calls == [] and not overlay.exists()
+    assert f"dry-run: would create overlay {overlay} on /tank/web/vda.img" in caplog.text

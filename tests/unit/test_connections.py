@@ -64,9 +64,9 @@ class TogetherHypervisor(FakeHypervisor):
         super().__init__()
         self.barrier = threading.Barrier(together, timeout=10)
 
-    def snapshot_external(self, name, overlays, memory_file, *, live, skip_disks):
+    def snapshot_external(self, name, overlays, memory_file, *, live, skip_disks, reuse=False):
         self.barrier.wait()
-        super().snapshot_external(name, overlays, memory_file, live=live, skip_disks=skip_disks)
+        super().snapshot_external(name, overlays, memory_file, live=live, skip_disks=skip_disks, reuse=reuse)
 
 
 def make_vms_host(root: Path, hv: FakeHypervisor, max_parallel: int) -> Host:
