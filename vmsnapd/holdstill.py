@@ -105,10 +105,12 @@ class HoldStill(ABC):
         self._forget_intent()
 
     def _forget_intent(self) -> None:
-        for overlay in self.plan.overlays:  # none in use any more: the files are ours and half-made
-            self.rec.discard(overlay.overlay_path)
-        self.rec.discard(self.rec.record.ram_file)
-        self.rec.enter(CycleState.FREEZING, overlays=[], ram_file=None, paused_by_us=False)
+        """None of the files is in use any more: they are ours and half-made. One that cannot be deleted stays
+        in the record (recover deletes it)."""
+        kept = [o for o in self.plan.overlays if not self.rec.discard(o.overlay_path)]
+        ram_file = self.rec.record.ram_file
+        self.rec.enter(CycleState.FREEZING, overlays=kept, ram_file=None if self.rec.discard(ram_file) else ram_file,
+                       paused_by_us=False)
 
 
 class OverlayHold(HoldStill):

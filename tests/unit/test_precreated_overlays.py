@@ -4,6 +4,9 @@ fails, deleted by `recover` after a crash, never made over a file that is there 
 of fakehost.py; the lab proves the same with real libvirt (tests/integration/test_cycle.py, test_cycle_faults.py)."""
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pytest
 
 import vmsnapd.holdstill as holdstill
@@ -101,3 +104,35 @@ def test_dry_run_makes_no_overlay(tmp_path):
     assert [c[0] for c in host.hv.verbs("create_overlay", "snapshot_external")] == ["create_overlay",
                                                                                      "snapshot_external"]
     assert not host.overlay_dir.exists() and host.records() == []
+
+
+def test_an_overlay_that_cannot_be_deleted_after_a_failed_freeze_stays_in_the_record_for_recover(
+        tmp_path, monkeypatch, caplog):
+    """A file system that refuses the clean-up's unlink (read-only since, failing): a warning naming the file, no
+    traceback, and the journal keeps the overlay so that `recover` deletes it once it can (the lab proves a
+    read-only and a full overlay_dir: tests/integration/test_overlay_dir_faults.py)."""
+    host = make_host(tmp_path, policy={"quiesce": "off"})
+    host.hv.fail("snapshot_external", HypervisorError("snapshot of web: internal error"))
+    real_unlink = Path.unlink
+
+    def refuse(path, missing_ok=False):
+        if path.parent == host.overlay_dir and path.suffix == ".qcow2":
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    outcome = host.cycle()
+
+    assert not outcome.ok and "internal error" in outcome.error, outcome.error
+    assert "unexpected error" not in caplog.text, caplog.text
+    overlay = str(host.overlay_dir / host.overlay_name())
+    assert any(f"cannot delete {overlay}" in w for w in outcome.warnings), outcome.warnings
+    assert host.overlay_files() == [host.overlay_name()]
+    [record] = host.records()
+    assert [o.overlay_path for o in record.overlays] == [overlay]
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+
+    report = host.recover()
+
+    assert host.overlay_files() == [] and host.records() == [], report
+    assert host.hv.domains["web"].state == RUNNING
