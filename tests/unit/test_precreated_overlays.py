@@ -130,6 +130,11 @@ def test_an_overlay_that_cannot_be_deleted_after_a_failed_freeze_stays_in_the_re
     assert host.overlay_files() == [host.overlay_name()]
     [record] = host.records()
     assert [o.overlay_path for o in record.overlays] == [overlay]
+
+    refused = host.recover()  # the file system still refuses: an error, the record kept for the next try
+
+    assert any(f"cannot delete {overlay}" in e for e in refused.errors), refused
+    assert host.overlay_files() == [host.overlay_name()] and len(host.records()) == 1
     monkeypatch.setattr(Path, "unlink", real_unlink)
 
     report = host.recover()
