@@ -5,6 +5,7 @@ of fakehost.py; the lab proves the same with real libvirt (tests/integration/tes
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,34 @@ def test_a_file_where_an_overlay_goes_is_left_alone_and_nothing_is_touched(tmp_p
     assert host.hv.verbs("create_overlay", "snapshot_external") == [] and host.records() == []
 
 
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_a_file_appearing_where_an_overlay_goes_after_the_check_is_left_alone(tmp_path, planted):
+    """The check before the record and the O_EXCL create are two steps: whatever appears between them (another
+    process's file, a symlink) makes the create fail — and the clean-up of that failure must not delete it."""
+    host = make_host(tmp_path, disks=("vda", "vdb"), policy={"quiesce": "off"})
+    first = host.overlay_dir / host.overlay_name("vda")
+    there = host.overlay_dir / host.overlay_name("vdb")
+    victim = tmp_path / "victim"
+    victim.write_text("someone's")
+
+    def plant():
+        if planted == "file":
+            there.write_text("not this cycle's")
+        else:
+            there.symlink_to(victim)
+
+    host.hv.fail("create_overlay", None, plant)  # the second disk's overlay path is taken meanwhile
+
+    outcome = host.cycle()
+
+    assert not outcome.ok and "not this cycle's overlay" in outcome.error, outcome.error
+    assert os.path.lexists(there) and victim.read_text() == "someone's"
+    if planted == "file":
+        assert there.read_text() == "not this cycle's"
+    assert not first.exists()  # the one it made is deleted
+    assert host.hv.verbs("snapshot_external") == [] and host.records() == []
+
+
 def test_dry_run_makes_no_overlay(tmp_path):
     host = make_host(tmp_path, policy={"quiesce": "off"})
 
@@ -141,3 +170,25 @@ def test_an_overlay_that_cannot_be_deleted_after_a_failed_freeze_stays_in_the_re
 
     assert host.overlay_files() == [] and host.records() == [], report
     assert host.hv.domains["web"].state == RUNNING
+
+
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_the_adapter_says_an_overlay_path_taken_meanwhile_is_not_its_own(tmp_path, planted):
+    from vmsnapd.hvtypes import OverlayPathTaken
+    from vmsnapd.qemuimg import QemuImg
+    from vmsnapd.runner import Runner
+
+    folder = tmp_path / "overlay"
+    folder.mkdir(mode=0o711)
+    there = folder / "web_vda_2026-11-29_01:00:00.qcow2"
+    victim = tmp_path / "victim"
+    victim.write_text("someone's")
+    if planted == "file":
+        there.write_text("not this cycle's")
+    else:
+        there.symlink_to(victim)
+
+    with pytest.raises(OverlayPathTaken, match="not this cycle's overlay"):
+        QemuImg(Runner()).create_overlay(str(there), str(victim), "raw")
+
+    assert victim.read_text() == "someone's" and os.path.lexists(there)
