@@ -87,8 +87,8 @@ class QemuImg:
         try:
             os.close(create_private_file(overlay_path))
         except FileExistsError as exc:  # O_EXCL: a file or a link appeared since the cycle checked
-            raise OverlayPathTaken(f"{overlay_path} appeared meanwhile: not this cycle's overlay, left alone; "
-                                   "no snapshot taken") from exc
+            raise OverlayPathTaken(f"cannot create overlay {overlay_path}: it appeared meanwhile (not this cycle's "
+                                   "overlay, left alone); no snapshot taken") from exc
         except OSError as exc:
             raise HypervisorError(f"cannot create overlay {overlay_path}: {exc}") from exc
         try:

@@ -243,8 +243,8 @@ class FakeHypervisor(Faults):
             with open(overlay_path, "xb") as f:  # O_EXCL, as the adapter's create_private_file
                 f.write(b"overlay")
         except FileExistsError as exc:
-            raise OverlayPathTaken(f"{overlay_path} appeared meanwhile: not this cycle's overlay, left alone; "
-                                   "no snapshot taken") from exc
+            raise OverlayPathTaken(f"cannot create overlay {overlay_path}: it appeared meanwhile (not this cycle's "
+                                   "overlay, left alone); no snapshot taken") from exc
         self.backing[overlay_path] = backing
         self.done("create_overlay")
 
