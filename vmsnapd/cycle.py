@@ -172,9 +172,10 @@ class Cycle:
             log.exception("unexpected error in cycle of %s", self.target.name)
         try:
             # A fresh RAM file no dump was made of cannot be vouched for: it goes (recover would delete it too).
-            rec.discard(rec.record.ram_file)
-            rec.enter(CycleState.FAILED, error=outcome.error, ram_file=None)
-            if rec.vm_safe:
+            ram_file = rec.record.ram_file
+            kept = None if rec.discard(ram_file) else ram_file
+            rec.enter(CycleState.FAILED, error=outcome.error, ram_file=kept)
+            if rec.vm_safe and kept is None:
                 rec.finish()  # otherwise `recover` needs the record
         except Exception:  # the record stays for `recover`
             log.exception("could not record the failure of %s", self.target.name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from vmsnapd.commitback import commit_back, state_or_gone
 from vmsnapd.files import ensure_folder
 from vmsnapd.cycleplan import ACTIVE, CommitWay, CyclePlan, Hold
-from vmsnapd.hvtypes import PAUSED, HypervisorError
+from vmsnapd.hvtypes import PAUSED, HypervisorError, OverlayPathTaken
 from vmsnapd.ports import HypervisorPort as Hypervisor
 from vmsnapd.journal import CycleState, OverlayRecord
 from vmsnapd.recorder import Recorder
@@ -54,6 +54,7 @@ class HoldStill(ABC):
         self.memory_file = memory_file
         self.live = live
         self.overlay_dir = overlay_dir
+        self.not_ours: set[str] = set()  # overlay paths taken by someone else meanwhile: the clean-up spares them
 
     # -- what each strategy says ------------------------------------------------------------------------------
 
@@ -105,10 +106,13 @@ class HoldStill(ABC):
         self._forget_intent()
 
     def _forget_intent(self) -> None:
-        for overlay in self.plan.overlays:  # none in use any more: the files are ours and half-made
-            self.rec.discard(overlay.overlay_path)
-        self.rec.discard(self.rec.record.ram_file)
-        self.rec.enter(CycleState.FREEZING, overlays=[], ram_file=None, paused_by_us=False)
+        """None of the files is in use any more: they are ours and half-made. One that cannot be deleted stays
+        in the record (recover deletes it)."""
+        kept = [o for o in self.plan.overlays
+                if o.overlay_path not in self.not_ours and not self.rec.discard(o.overlay_path)]
+        ram_file = self.rec.record.ram_file
+        self.rec.enter(CycleState.FREEZING, overlays=kept, ram_file=None if self.rec.discard(ram_file) else ram_file,
+                       paused_by_us=False)
 
 
 class OverlayHold(HoldStill):
@@ -136,7 +140,11 @@ class OverlayHold(HoldStill):
 
     def hold(self) -> None:
         for o in self.plan.overlays:  # recorded (FREEZING) before: a failure or crash from here on deletes them
-            self.hv.create_overlay(o.overlay_path, o.base_path, self.disk_formats[o.target])
+            try:
+                self.hv.create_overlay(o.overlay_path, o.base_path, self.disk_formats[o.target])
+            except OverlayPathTaken:
+                self.not_ours.add(o.overlay_path)
+                raise
         self.hv.snapshot_external(self.domain, {o.target: o.overlay_path for o in self.plan.overlays},
                                   self.memory_file, live=self.live, skip_disks=list(self.plan.skipped), reuse=True)
 

@@ -40,6 +40,11 @@ class NoSpace(HypervisorError):
     """A file libvirt was writing (a RAM file, an overlay) found its file system full; libvirt undid the call."""
 
 
+class OverlayPathTaken(HypervisorError):
+    """Something appeared where a cycle's overlay goes after the cycle checked the path was free: not the cycle's
+    file, never overwritten, never deleted by its clean-up."""
+
+
 class RamAlreadyCaptured(HypervisorError):
     """QEMU takes no RAM capture of a guest that has stayed paused since the last one (its "postmigrate" state
     lasts until the guest runs again); libvirt made nothing of the call."""

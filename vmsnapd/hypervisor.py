@@ -128,6 +128,10 @@ class Hypervisor:
                 self._conn = self._connect()
             return self._conn
 
+    def connect(self) -> None:
+        """Connect now (else the first call does); HypervisorUnavailable when libvirtd does not answer."""
+        _ = self.conn
+
     def close(self) -> None:
         if self._conn is not None:
             try:

@@ -16,7 +16,7 @@ import os
 import re
 
 from vmsnapd.files import create_private_file
-from vmsnapd.hvtypes import BlockJobFailed, HypervisorError
+from vmsnapd.hvtypes import BlockJobFailed, HypervisorError, OverlayPathTaken
 from vmsnapd.runner import CommandError, Runner
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,9 @@ class QemuImg:
             return
         try:
             os.close(create_private_file(overlay_path))
+        except FileExistsError as exc:  # O_EXCL: a file or a link appeared since the cycle checked
+            raise OverlayPathTaken(f"cannot create overlay {overlay_path}: it appeared meanwhile (not this cycle's "
+                                   "overlay, left alone); no snapshot taken") from exc
         except OSError as exc:
             raise HypervisorError(f"cannot create overlay {overlay_path}: {exc}") from exc
         try:

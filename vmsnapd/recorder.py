@@ -8,6 +8,7 @@ file the cycle removes of its own through `discard` (nothing removed in dry run)
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -77,7 +78,17 @@ class Recorder:
 
     # -- our own files -------------------------------------------------------------------------------------------
 
-    def discard(self, path: str | Path | None) -> None:
+    def discard(self, path: str | Path | None) -> bool:
+        """Remove a file of the cycle's own; True when it is gone (or was never made). One that cannot be removed
+        (a read-only or failing file system) is a warning naming it, never an exception in the middle of a clean-up:
+        False, and the caller keeps it in the record for `recover`."""
         if path is None or self.dry_run:
-            return
-        Path(path).unlink(missing_ok=True)
+            return True
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError as exc:
+            if not os.path.lexists(path):
+                return True  # never made: a read-only file system refuses even that (EROFS, not ENOENT)
+            self.warn("cleanup", f"cannot delete {path}: {exc}")
+            return False
+        return True

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from vmsnapd.domxml import parse_disks
 from vmsnapd.hvtypes import (PAUSED, RUNNING, SHUTOFF, AgentUnavailable, DomainNotFound, HypervisorError,
-                             RamAlreadyCaptured)
+                             OverlayPathTaken, RamAlreadyCaptured)
 from vmsnapd.journal import Journal, JournalError
 from vmsnapd.ramstore import RamStore, RamStoreError
 from vmsnapd.zfs import DatasetInfo, SnapshotExists, ZfsListing
@@ -239,8 +239,12 @@ class FakeHypervisor(Faults):
         """As qemu-img: a new file (never over an existing one) recording its backing file."""
         if not self._call("create_overlay", overlay_path, backing, backing_format):
             return
-        with open(overlay_path, "xb") as f:  # O_EXCL, as the adapter's create_private_file
-            f.write(b"overlay")
+        try:
+            with open(overlay_path, "xb") as f:  # O_EXCL, as the adapter's create_private_file
+                f.write(b"overlay")
+        except FileExistsError as exc:
+            raise OverlayPathTaken(f"cannot create overlay {overlay_path}: it appeared meanwhile (not this cycle's "
+                                   "overlay, left alone); no snapshot taken") from exc
         self.backing[overlay_path] = backing
         self.done("create_overlay")
 

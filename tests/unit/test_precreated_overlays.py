@@ -4,6 +4,10 @@ fails, deleted by `recover` after a crash, never made over a file that is there 
 of fakehost.py; the lab proves the same with real libvirt (tests/integration/test_cycle.py, test_cycle_faults.py)."""
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 
 import vmsnapd.holdstill as holdstill
@@ -92,6 +96,34 @@ def test_a_file_where_an_overlay_goes_is_left_alone_and_nothing_is_touched(tmp_p
     assert host.hv.verbs("create_overlay", "snapshot_external") == [] and host.records() == []
 
 
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_a_file_appearing_where_an_overlay_goes_after_the_check_is_left_alone(tmp_path, planted):
+    """The check before the record and the O_EXCL create are two steps: whatever appears between them (another
+    process's file, a symlink) makes the create fail — and the clean-up of that failure must not delete it."""
+    host = make_host(tmp_path, disks=("vda", "vdb"), policy={"quiesce": "off"})
+    first = host.overlay_dir / host.overlay_name("vda")
+    there = host.overlay_dir / host.overlay_name("vdb")
+    victim = tmp_path / "victim"
+    victim.write_text("someone's")
+
+    def plant():
+        if planted == "file":
+            there.write_text("not this cycle's")
+        else:
+            there.symlink_to(victim)
+
+    host.hv.fail("create_overlay", None, plant)  # the second disk's overlay path is taken meanwhile
+
+    outcome = host.cycle()
+
+    assert not outcome.ok and "not this cycle's overlay" in outcome.error, outcome.error
+    assert os.path.lexists(there) and victim.read_text() == "someone's"
+    if planted == "file":
+        assert there.read_text() == "not this cycle's"
+    assert not first.exists()  # the one it made is deleted
+    assert host.hv.verbs("snapshot_external") == [] and host.records() == []
+
+
 def test_dry_run_makes_no_overlay(tmp_path):
     host = make_host(tmp_path, policy={"quiesce": "off"})
 
@@ -101,3 +133,41 @@ def test_dry_run_makes_no_overlay(tmp_path):
     assert [c[0] for c in host.hv.verbs("create_overlay", "snapshot_external")] == ["create_overlay",
                                                                                      "snapshot_external"]
     assert not host.overlay_dir.exists() and host.records() == []
+
+
+def test_an_overlay_that_cannot_be_deleted_after_a_failed_freeze_stays_in_the_record_for_recover(
+        tmp_path, monkeypatch, caplog):
+    """A file system that refuses the clean-up's unlink (read-only since, failing): a warning naming the file, no
+    traceback, and the journal keeps the overlay so that `recover` deletes it once it can (the lab proves a
+    read-only and a full overlay_dir: tests/integration/test_overlay_dir_faults.py)."""
+    host = make_host(tmp_path, policy={"quiesce": "off"})
+    host.hv.fail("snapshot_external", HypervisorError("snapshot of web: internal error"))
+    real_unlink = Path.unlink
+
+    def refuse(path, missing_ok=False):
+        if path.parent == host.overlay_dir and path.suffix == ".qcow2":
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    outcome = host.cycle()
+
+    assert not outcome.ok and "internal error" in outcome.error, outcome.error
+    assert "unexpected error" not in caplog.text, caplog.text
+    overlay = str(host.overlay_dir / host.overlay_name())
+    assert any(f"cannot delete {overlay}" in w for w in outcome.warnings), outcome.warnings
+    assert host.overlay_files() == [host.overlay_name()]
+    [record] = host.records()
+    assert [o.overlay_path for o in record.overlays] == [overlay]
+
+    refused = host.recover()  # the file system still refuses: an error, the record kept for the next try
+
+    assert any(f"cannot delete {overlay}" in e for e in refused.errors), refused
+    assert host.overlay_files() == [host.overlay_name()] and len(host.records()) == 1
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+
+    report = host.recover()
+
+    assert host.overlay_files() == [] and host.records() == [], report
+    assert host.hv.domains["web"].state == RUNNING
+

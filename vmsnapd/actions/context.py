@@ -54,7 +54,9 @@ class Context:
             return self._open_hypervisor()
         if self._given:
             return self.hypervisor  # a test's fake: one host, one object
-        return self._new_hypervisor()
+        hypervisor = self._new_hypervisor()
+        hypervisor.connect()  # now, not on the cycle's first call: a refused connection is the pool's to handle
+        return hypervisor
 
     def _new_hypervisor(self) -> HypervisorPort:
         try:

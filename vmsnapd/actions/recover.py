@@ -142,7 +142,11 @@ def _recover_record(ctx: Context, record: CycleRecord, owner: Ownership, survey:
                                    "makes: left alone")
             continue
         if not ctx.dry_run:
-            Path(path).unlink(missing_ok=True)
+            try:
+                Path(path).unlink(missing_ok=True)
+            except OSError as exc:  # a file system refusing it (read-only, failing): the next recover tries again
+                problems.append(f"cannot delete {path} left by interrupted cycle {record.cycle_id}: {exc}")
+                continue
         report.actions.append(f"{prefix}deleted {path} left by interrupted cycle {record.cycle_id}")
     if problems:
         report.errors += problems
