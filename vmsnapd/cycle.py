@@ -161,7 +161,8 @@ class Cycle:
             # What this cycle took: a name that existed already is someone else's snapshot (warned about).
             outcome.snapshots = [f"{ds}@{n}" for ds in self.target.datasets for n in self.names
                                  if f"{ds}@{n}" in rec.taken]
-            rec.finish()
+            if rec.record.ram_file is None:  # else a RAM file that could not be deleted: recover's to delete
+                rec.finish()
         except Exception as exc:  # noqa: BLE001 — one target's failure must never stop the others
             self._failed(rec, outcome, exc)
 
@@ -251,9 +252,7 @@ class Cycle:
             snapshot_error, unfreeze_error = self._hold_and_snapshot(plan, rec, hold)
         rec.enter(CycleState.UNFROZEN if unfreeze_error is None else rec.state, pause_ms=pauses.paused_ms())
         if snapshot_error is not None:
-            if rec.record.ram_file:
-                rec.discard(rec.record.ram_file)
-                rec.note(ram_file=None)
+            self._drop_ram_file(rec)
             if unfreeze_error is not None:
                 raise CycleFailed(f"{snapshot_error}; and then: {self._unfreeze_message(rec, unfreeze_error)}")
             raise snapshot_error
@@ -497,6 +496,13 @@ class Cycle:
                                      "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
         rec.enter(CycleState.SNAPSHOTTED)
 
+    @staticmethod
+    def _drop_ram_file(rec: Recorder) -> None:
+        """The fresh RAM file no dump is made of goes; one that cannot be deleted (a warning) stays in the record,
+        which `recover` then deletes."""
+        if rec.record.ram_file and rec.discard(rec.record.ram_file):
+            rec.note(ram_file=None)
+
     def _record_backing(self, rec: Recorder) -> None:
         """The outside backing files as they are, on every snapshot just taken (vmsnapd.backing): what a restore
         of a snapshot without a RAM dump checks them against. Not recorded: a warning, the snapshot stays."""
@@ -520,16 +526,14 @@ class Cycle:
     def _keep_dump_or_say_why(self, rec: Recorder) -> None:
         if not self._names_taken(rec):
             # Every name existed already, taken at another instant: no snapshot holds this RAM's disks.
-            rec.discard(rec.record.ram_file)
-            rec.note(ram_file=None)
+            self._drop_ram_file(rec)
             rec.warn("memory", "no snapshot was taken at this cycle's instant (its names existed already): "
                                "RAM dump discarded")
             return
         try:
             self._keep_dump(rec)
         except (RamStoreError, OSError) as exc:
-            rec.discard(rec.record.ram_file)
-            rec.note(ram_file=None)
+            self._drop_ram_file(rec)
             problem = f"RAM dump could not be stored in {self.env.ram_store.ram_dir}: {exc}"
             self._say(rec, "memory", kept_dump_failed(problem, self.target.policy.on_memory_failure), exc)
 

@@ -171,3 +171,31 @@ def test_an_overlay_that_cannot_be_deleted_after_a_failed_freeze_stays_in_the_re
     assert host.overlay_files() == [] and host.records() == [], report
     assert host.hv.domains["web"].state == RUNNING
 
+
+
+def test_a_ram_file_that_cannot_be_deleted_after_its_dump_failed_stays_in_the_record_for_recover(tmp_path,
+                                                                                                  monkeypatch):
+    """The RAM store refuses the dump (the snapshot stays, disk-only) and the fresh RAM file cannot be deleted
+    either: the cycle succeeds with both warnings, and its record stays naming the file, which `recover` deletes
+    once it can (before: the record was finished and the file left behind, named by no record)."""
+    host = make_host(tmp_path, policy={"quiesce": "off"}, ram_failures=1)
+    real_unlink = Path.unlink
+
+    def refuse(path, missing_ok=False):
+        if path.name == host.memory_name():
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    outcome = host.cycle()
+
+    ram_file = str(host.overlay_dir / host.memory_name())
+    assert outcome.ok and host.zfs.snapshots and host.dumps() == [], outcome.error
+    assert any(f"cannot delete {ram_file}" in w for w in outcome.warnings), outcome.warnings
+    [record] = host.records()
+    assert record.ram_file == ram_file and Path(ram_file).exists()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+
+    report = host.recover()
+
+    assert report.errors == [] and not Path(ram_file).exists() and host.records() == [], report
