@@ -160,6 +160,9 @@ def test_clone_properties_capacity(lab, pool, dataset, zfs):
     zfs.set_property(dataset.name, "com.example:note", "hello world")
     assert zfs.get_property(dataset.name, "com.example:note") == "hello world"
     assert zfs.get_property(f"{dataset}@first", "userrefs") == "0"
+    assert zfs.get_property(f"{dataset}@first", "vmsnapd:backing") == "-"  # unset user property
+    zfs.set_property(f"{dataset}@first", "vmsnapd:backing", '[{"path":"/a b\\tc"}]')  # a snapshot's user property
+    assert zfs.get_property(f"{dataset}@first", "vmsnapd:backing") == '[{"path":"/a b\\tc"}]'
     capacity = zfs.pool_capacity(pool.name)
     assert isinstance(capacity, int) and 0 <= capacity <= 100
 
@@ -184,7 +187,8 @@ def test_bad_dataset_names_never_reach_argv(lab, dataset, rec, bad):
         lambda: zfs.clone(dataset.name, "s", bad),
         lambda: zfs.get_property(bad, "mountpoint") if "@" not in bad  # with '@' it names a snapshot
         else zfs.get_property(bad + "@s", "userrefs"),
-        lambda: zfs.set_property(bad, "com.example:x", "1"),
+        lambda: zfs.set_property(bad, "com.example:x", "1") if "@" not in bad  # a snapshot's user property is fine
+        else zfs.set_property(bad + "@s", "com.example:x", "1"),
         lambda: zfs.destroy_dataset(bad),
         lambda: zfs.pool_capacity(bad),
     ]
