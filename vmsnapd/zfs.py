@@ -486,14 +486,15 @@ class Zfs:
 
     # -- restore: setting a dataset aside and back (verbs both dialects have) -------------------------
 
-    def property_source(self, dataset: str, prop: str) -> tuple[str, str]:
-        """(value, source) of a dataset's property; source is `local`, `default`, `inherited from X`, `-`."""
+    def property_source(self, target: str, prop: str) -> tuple[str, str]:
+        """(value, source) of a dataset's or a snapshot's property; source is `local`, `default`, `received`,
+        `inherited from X`, `-` (an unset user property)."""
+        name = _dataset_or_snapshot(target)
         _property_name(prop)
-        validate_dataset_name(dataset)
-        out = self._read([self.zfs_bin, "get", "-H", "-p", "-o", "value,source", prop, dataset], dataset)
-        parts = out.rstrip("\n").split("\t")
+        out = self._read([self.zfs_bin, "get", "-H", "-p", "-o", "value,source", prop, name], name)
+        parts = out.rstrip("\n").rsplit("\t", 1)
         if len(parts) != 2:
-            raise ZfsError(f"{dataset}: unexpected `zfs get {prop}` output {out[:80]!r}", dataset, out)
+            raise ZfsError(f"{name}: unexpected `zfs get {prop}` output {out[:80]!r}", name, out)
         return parts[0], parts[1]
 
     def rename(self, dataset: str, new_name: str) -> None:

@@ -396,14 +396,21 @@ class FakeZfs(Faults):
     def list_tree(self, roots) -> ZfsListing:
         return self.listing()
 
-    def property_source(self, dataset: str, prop: str) -> tuple[str, str]:
-        assert prop == "mountpoint", prop
-        return str(self.mounts[dataset]), "default"
+    def property_source(self, target: str, prop: str) -> tuple[str, str]:
+        if prop == "mountpoint":
+            return str(self.mounts[target]), "default"
+        self.hit("get_property")
+        if (target, prop) in self.properties:
+            return self.properties[(target, prop)], "local"
+        dataset = target.split("@")[0]  # a snapshot inherits its dataset's user properties
+        if (dataset, prop) in self.properties:
+            return self.properties[(dataset, prop)], f"inherited from {dataset}"
+        return "-", "-"
 
     def set_property(self, target: str, prop: str, value: str) -> None:
         self.calls.append(("set_property", target, prop))
         self.hit("set_property")
-        assert target in self.snapshots, target
+        assert target in self.snapshots or target in self.mounts, target
         self.properties[(target, prop)] = value
 
     def get_property(self, target: str, prop: str) -> str:
@@ -670,6 +677,10 @@ class TreeZfs(Faults):
         return self._get(target).origin or "-"
 
     def property_source(self, dataset: str, prop: str) -> tuple[str, str]:
+        if prop == "vmsnapd:backing":
+            self._call("get_property", dataset, prop)
+            value = self.properties.get((dataset, prop))
+            return (value, "local") if value is not None else ("-", "-")
         assert prop == "mountpoint", prop
         ds = self._get(dataset)
         return (ds.mountpoint, "local") if ds.mountpoint else (self.mountpoint_of(dataset), "inherited")

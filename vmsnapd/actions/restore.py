@@ -394,7 +394,10 @@ def _recorded_on(zfs: ZfsPort, snapshot: str, warnings: list[str]) -> list[Backi
     """The backing files the cycle recorded on `snapshot` (none: not recorded — taken before vmsnapd recorded them,
     by another tool, or of a VM without any); a record that cannot be read is a warning, not a refusal."""
     try:
-        return parse_backing_property(zfs.get_property(snapshot, BACKING_PROPERTY)) or []
+        value, source = zfs.property_source(snapshot, BACKING_PROPERTY)
+        if source not in ("local", "received"):  # unset, or inherited from a dataset: not a cycle's record
+            return []
+        return parse_backing_property(value) or []
     except (ZfsError, ValueError) as exc:
         warnings.append(f"the backing files recorded on {snapshot} cannot be read ({exc}): a restore can check only "
                         "that they are there")
