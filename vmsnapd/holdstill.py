@@ -17,13 +17,16 @@ from pathlib import Path
 from vmsnapd.commitback import commit_back, state_or_gone
 from vmsnapd.files import ensure_folder
 from vmsnapd.cycleplan import ACTIVE, CommitWay, CyclePlan, Hold
-from vmsnapd.hvtypes import PAUSED, HypervisorError, OverlayPathTaken
+from vmsnapd.hvtypes import PAUSED, HypervisorError, HypervisorUnavailable, OverlayPathTaken
 from vmsnapd.ports import HypervisorPort as Hypervisor
 from vmsnapd.journal import CycleState, OverlayRecord
 from vmsnapd.recorder import Recorder
 
 COMMIT_ATTEMPTS = 3
 COMMIT_RETRY_DELAY_S = 1.0
+# How long a failed freeze waits for a restarting libvirtd before leaving its record to `recover` (a restart
+# measured on the lab answers again in 1-3 s).
+SETTLE_WAIT_S = 30.0
 
 
 class CycleFailed(Exception):
@@ -93,7 +96,7 @@ class HoldStill(ABC):
         """The freeze failed: find out what libvirt really did, undo it, and leave a journal record that says
         only what is still true (nothing, normally: the external snapshot is atomic)."""
         try:
-            now = state_or_gone(self.hv, self.domain)
+            now = self._inspect()
         except HypervisorError as err:
             self.rec.log(logging.ERROR, "freeze", f"failed ({exc}) and the domain cannot be inspected: {err}")
             return  # keep the record as it is: recover will look again
@@ -104,6 +107,21 @@ class HoldStill(ABC):
                               f"the cycle; no snapshot taken ({exc})") from exc
         self.undo(now)
         self._forget_intent()
+
+    def _inspect(self) -> str:
+        """The domain's state after a failed freeze. A libvirtd that is restarting (the freeze failed because its
+        connection dropped) is waited for, up to SETTLE_WAIT_S: libvirt may have switched the guest to its overlays
+        before it went, and only this cycle can take them back at once — else they wait for the next `recover`."""
+        deadline = time.monotonic() + SETTLE_WAIT_S
+        delay = 0.25
+        while True:
+            try:
+                return state_or_gone(self.hv, self.domain)
+            except HypervisorUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
 
     def _forget_intent(self) -> None:
         """None of the files is in use any more: they are ours and half-made. One that cannot be deleted stays

@@ -335,6 +335,30 @@ def test_libvirtd_restart_mid_cycle(lab, shared_vm, vmsnapd_env, tmp_path):
     _assert_vm_back_on_base(lab, vm, env)
 
 
+@pytest.mark.skipif(os.environ.get("VMSNAPD_LAB_DISRUPTIVE") != "1",
+                    reason="restarts the host's shared libvirtd (breaks other lab users' connections): "
+                           "set VMSNAPD_LAB_DISRUPTIVE=1 on a lab of your own")
+def test_libvirtd_restart_during_a_pass_of_two_vms_leaves_both_on_their_base(lab, shared_vm, dataset_factory,
+                                                                            vmsnapd_env, tmp_path):
+    """Each cycle on a connection of its own; the first `zfs snapshot` restarts libvirtd while the other cycle may be
+    inside its external snapshot (its call then fails with the connection, after libvirt switched the guest): that
+    cycle waits for libvirtd and takes its overlay back itself — no record is left for `recover`, whichever way the
+    race goes (before: 3 of 5 runs left a guest on its overlay until the next pass)."""
+    vm1, ds1 = shared_vm, shared_vm.disk.dataset
+    ds2 = dataset_factory()
+    vm2 = lab.create_vm(ds2)
+    env = vmsnapd_env
+    env.daemon["max_parallel"] = 2
+    env.datasets[ds1.name] = {**ONE_HOURLY, "domain": vm1.name}
+    env.datasets[ds2.name] = {**ONE_HOURLY, "domain": vm2.name}
+
+    env.run("once", "--take", env=_wrapper(tmp_path, _RESTART_LIBVIRTD), expect=None)
+
+    assert _journal(env) == []
+    for vm in (vm1, vm2):
+        _assert_vm_back_on_base(lab, vm, env)
+
+
 # -- 6. paused VM -----------------------------------------------------------------------------------------
 
 def test_paused_vm_gets_ram_and_snapshot_and_stays_paused_and_disk_only_ones_while_it_stays_paused(lab, shared_vm, vmsnapd_env):

@@ -311,6 +311,48 @@ def test_external_snapshot_that_failed_after_moving_a_disk_is_undone(tmp_path):
     assert_safe(host)
 
 
+@pytest.mark.parametrize("answers_in_time", [True, False])
+def test_a_freeze_cut_off_by_a_libvirtd_restart_waits_for_it_to_settle_the_guest(tmp_path, monkeypatch,
+                                                                                  answers_in_time):
+    """libvirtd restarts while the external snapshot runs (lab: a 2-VM pass whose other cycle restarted it): the
+    call fails with its connection, but libvirt had switched the guest to its overlay. The cycle waits for libvirtd
+    to answer and commits it back itself (before: "cannot be inspected", the guest left on its overlay until the
+    next pass's `recover`); a libvirtd that stays away still leaves the record to `recover`."""
+    from vmsnapd.hvtypes import HypervisorUnavailable
+
+    naps: list[float] = []
+    monkeypatch.setattr(holdstill.time, "sleep", naps.append)
+    monkeypatch.setattr(holdstill, "SETTLE_WAIT_S", 30.0 if answers_in_time else 0.0)
+    host = make_host(tmp_path, policy={"quiesce": "off"})
+    dom = host.hv.domains["web"]
+
+    def cut_off():
+        overlay = str(host.overlay_dir / host.overlay_name("vda"))
+        host.hv.backing[overlay] = dom.live["vda"]
+        dom.live["vda"] = dom.persistent["vda"] = overlay
+        gone = HypervisorUnavailable("cannot connect to qemu:///system: Failed to connect socket")
+        host.hv.fail("state", gone, gone, gone)  # restarting: its next three questions find no libvirtd
+        raise HypervisorError("snapshot of web: End of file while reading data: Input/output error")
+
+    host.hv.fail("snapshot_external", cut_off)
+
+    outcome = host.cycle()
+
+    assert not outcome.ok and "End of file" in outcome.error and host.zfs.snapshots == []
+    if answers_in_time:
+        assert naps == [0.25, 0.5, 1.0]
+        assert host.hv.verbs("commit_active") == [("commit_active", "web", "vda")]
+        assert host.records() == []
+        assert_safe(host)
+    else:
+        assert naps == [] and host.hv.verbs("commit_active") == []
+        [record] = host.records()  # recover's to settle
+        assert [o.target for o in record.overlays] == ["vda"]
+        host.hv.planned.pop("state")  # libvirtd answers again
+        assert host.recover().errors == [] and host.records() == []
+        assert_safe(host)
+
+
 def test_manual_snapshot_that_failed_with_the_guest_paused_resumes_it(tmp_path):
     host = make_host(tmp_path, policy={"method": "pause", "quiesce": "off"})
 
