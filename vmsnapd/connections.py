@@ -41,7 +41,7 @@ class Connections:
             hypervisor = self._idle.pop() if self._idle else None
         if hypervisor is None:
             try:
-                hypervisor = self._open_one()  # connects on its first call, in the cycle's thread
+                hypervisor = self._open_one()  # connected at once (Context.open_hypervisor): a refusal is here
             except Exception as exc:  # noqa: BLE001 — one cycle's connection must not stop the others
                 log.warning("cannot open another connection to the hypervisor (%s); sharing the pass's", exc)
                 yield self.first

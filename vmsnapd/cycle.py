@@ -173,8 +173,7 @@ class Cycle:
             log.exception("unexpected error in cycle of %s", self.target.name)
         try:
             # A fresh RAM file no dump was made of cannot be vouched for: it goes (recover would delete it too).
-            ram_file = rec.record.ram_file
-            kept = None if rec.discard(ram_file) else ram_file
+            kept = rec.remains(rec.record.ram_file)
             rec.enter(CycleState.FAILED, error=outcome.error, ram_file=kept)
             if rec.vm_safe and kept is None:
                 rec.finish()  # otherwise `recover` needs the record
@@ -305,21 +304,14 @@ class Cycle:
             memory = self.env.hypervisor.memory_bytes(self.target.domain)
             hold = self._hold_for(plan, rec, self._memory_file_in(rec, self.env.overlay_dir, memory))
         except RamAlreadyCaptured as exc:
-            self._release_staging()
-            self._no_second_capture(rec, exc)
+            # A guest paused since its RAM was last captured (by an earlier cycle, most likely): its RAM has not
+            # changed since, and that capture's dump still holds it; this snapshot is disk-only, or the cycle fails.
+            self._memory_goes_on(rec, f"{self.target.domain} has stayed paused since its RAM was last captured and "
+                                      f"QEMU takes no other capture until it runs again ({exc}); the RAM dump of "
+                                      "that capture still holds its memory")
             hold = self._hold_for(plan, rec, None)
         hold.freeze_disks()
         return hold
-
-    def _no_second_capture(self, rec: Recorder, exc: RamAlreadyCaptured) -> None:
-        """A guest paused since its RAM was last captured (by an earlier cycle, most likely): its RAM has not
-        changed since, and that capture's dump still holds it; this snapshot is disk-only, or the cycle fails."""
-        problem = (f"{self.target.domain} has stayed paused since its RAM was last captured and QEMU takes no other "
-                   f"capture until it runs again ({exc}); the RAM dump of that capture still holds its memory")
-        verdict = memory_verdict(problem, self.target.policy.on_memory_failure)
-        if verdict.fail:
-            raise CycleFailed(verdict.fail)
-        self._say(rec, "memory", verdict)
 
     def _unfreeze_message(self, rec: Recorder, exc: Exception) -> str:
         if not isinstance(exc, StillOnOverlay):
@@ -338,13 +330,20 @@ class Cycle:
 
     def _memory_file_in(self, rec: Recorder, folder: Path, memory: int) -> str | None:
         """The RAM file's path in `folder`, or None (with a warning) when it cannot be written there."""
-        verdict = memory_verdict(self._memory_problem(folder, memory), self.target.policy.on_memory_failure)
+        if not self._memory_goes_on(rec, self._memory_problem(folder, memory)):
+            return None
+        return str(folder / memory_file_name(self.target.domain, rec.record.stamp))
+
+    def _memory_goes_on(self, rec: Recorder, problem: str | None) -> bool:
+        """Whether the RAM is captured despite `problem` (None: none); else a disk-only snapshot with a warning,
+        or, with `on_memory_failure = "fail"`, CycleFailed. The staging room is given back when it is not used."""
+        verdict = memory_verdict(problem, self.target.policy.on_memory_failure)
         if not verdict.go:
             self._release_staging()
         if verdict.fail:
             raise CycleFailed(verdict.fail)
         self._say(rec, "memory", verdict)
-        return str(folder / memory_file_name(self.target.domain, rec.record.stamp)) if verdict.go else None
+        return verdict.go
 
     def _ram_file_folder(self, rec: Recorder, memory: int) -> Path:
         """The staging folder when it has room for this guest's RAM file (vmsnapd.staging), else overlay_dir."""
@@ -500,8 +499,8 @@ class Cycle:
     def _drop_ram_file(rec: Recorder) -> None:
         """The fresh RAM file no dump is made of goes; one that cannot be deleted (a warning) stays in the record,
         which `recover` then deletes."""
-        if rec.record.ram_file and rec.discard(rec.record.ram_file):
-            rec.note(ram_file=None)
+        if rec.record.ram_file:
+            rec.note(ram_file=rec.remains(rec.record.ram_file))
 
     def _record_backing(self, rec: Recorder) -> None:
         """The outside backing files as they are, on every snapshot just taken (vmsnapd.backing): what a restore

@@ -128,8 +128,7 @@ class HoldStill(ABC):
         in the record (recover deletes it)."""
         kept = [o for o in self.plan.overlays
                 if o.overlay_path not in self.not_ours and not self.rec.discard(o.overlay_path)]
-        ram_file = self.rec.record.ram_file
-        self.rec.enter(CycleState.FREEZING, overlays=kept, ram_file=None if self.rec.discard(ram_file) else ram_file,
+        self.rec.enter(CycleState.FREEZING, overlays=kept, ram_file=self.rec.remains(self.rec.record.ram_file),
                        paused_by_us=False)
 
 

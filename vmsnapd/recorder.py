@@ -92,3 +92,7 @@ class Recorder:
             self.warn("cleanup", f"cannot delete {path}: {exc}")
             return False
         return True
+
+    def remains(self, path: str | None) -> str | None:
+        """`discard` the file; what the record must still name: `path` when it could not be deleted, else None."""
+        return None if self.discard(path) else path
