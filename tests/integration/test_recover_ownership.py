@@ -110,7 +110,7 @@ passes.check_folders = lambda ctx, survey: FolderCheck()  # the first line of de
 path = Path(sys.argv[1])
 runner = Runner()
 ctx = Context(config=load_config(path), config_path=path, runner=runner, zfs=Zfs(runner))
-recovered = recover(ctx, folders_checked=True)
+recovered = recover(ctx, folders=FolderCheck())
 report = passes.run_pass(ctx)
 print(json.dumps({"recover": recovered.model_dump(), "pass": report.model_dump(mode="json")}))
 """

@@ -165,7 +165,7 @@ class FakeHypervisor(Faults):
         return self._get(name).memory
 
     def all_domain_disks(self) -> dict[str, list[tuple[str, str]]]:
-        self.hit("all_domain_disks")
+        self._call("all_domain_disks")
         return {n: list(dict.fromkeys(list(d.live.items()) + list(d.persistent.items())))
                 for n, d in self.domains.items()}
 
@@ -546,9 +546,10 @@ class Host:
                        dry_run=dry_run, now=lambda: STAMP, _hypervisor=self.hv)
 
     def recover(self):
+        from vmsnapd.actions.folders import FolderCheck
         from vmsnapd.actions.recover import recover
 
-        return recover(self.context(), self.survey(), folders_checked=True)
+        return recover(self.context(), self.survey(), folders=FolderCheck())
 
     def overlay_name(self, target: str = "vda") -> str:
         from vmsnapd.names import STAMP_FORMAT

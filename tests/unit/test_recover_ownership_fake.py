@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.folders import FolderCheck
 from vmsnapd.actions.recover import recover
 from vmsnapd.config import parse_config, resolve
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, DomainNotFound, HypervisorError
@@ -131,7 +132,7 @@ def test_only_vmsnapds_overlays_are_committed(tmp_path):
     backing = {web_ov: web_base, app_ov: app_base, db_hand: db_base, clone: clone_base}
     ctx, survey, fake = _setup(tmp_path, domains, backing)
 
-    report = recover(ctx, survey, folders_checked=True)
+    report = recover(ctx, survey, folders=FolderCheck())
 
     assert report.errors == []
     assert sorted(fake.calls) == sorted([
@@ -161,7 +162,7 @@ def test_journal_record_is_proof_but_its_files_are_checked(tmp_path):
         method="overlay", state="frozen", ram_file=victim, paused_by_us=True,
         overlays=[OverlayRecord(target="vda", overlay_path=web_ov, base_path=web_base)]))
 
-    report = recover(ctx, survey, folders_checked=True)
+    report = recover(ctx, survey, folders=FolderCheck())
 
     assert ("commit_active", "web", "vda") not in fake.calls
     assert any("listed in the journal with base" in w for w in report.warnings), report.warnings
@@ -181,8 +182,28 @@ def test_vanished_domain_overlay_merged_only_onto_recorded_base(tmp_path):
         overlays=[OverlayRecord(target="vda", overlay_path=good, base_path=base),
                   OverlayRecord(target="vdb", overlay_path=bad, base_path=base)]))
 
-    report = recover(ctx, survey, folders_checked=True)
+    report = recover(ctx, survey, folders=FolderCheck())
 
     assert fake.calls == [("commit_overlay_file", good)]
     assert any(bad in e and "not merged" in e for e in report.errors), report.errors
     assert Path(bad).exists()
+
+
+def test_a_pass_goes_on_from_the_folder_checks_reading_of_the_domains(tmp_path):
+    """A pass reads every domain's disks once (the folder check) and recover goes on from that reading: it asks
+    libvirt neither for the domains' names nor for their disks again — yet brings back what that reading shows."""
+    od = tmp_path / "overlay"
+    web_base = _file(tmp_path / "tank/web/web-vda.img")
+    web_ov = _file(od / overlay_file_name("web", "vda", STAMP))
+    domains = {"web": {"state": RUNNING, "live": [("vda", web_ov)], "persistent": [("vda", web_ov)]}}
+    ctx, survey, fake = _setup(tmp_path, domains, {web_ov: web_base})
+    reading = fake.all_domain_disks()
+
+    def asked_again():
+        raise AssertionError("libvirt asked again for what the folder check read")
+    fake.all_domain_disks = fake.domain_names = asked_again
+
+    report = recover(ctx, survey, folders=FolderCheck(domain_disks=reading))
+
+    assert report.errors == [] and fake.calls == [("commit_active", "web", "vda")]
+    assert not Path(web_ov).exists()

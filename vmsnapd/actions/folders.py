@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 class FolderCheck:
     problems: list[str] = field(default_factory=list)  # the folders are unsafe: nothing may run
     notes: list[str] = field(default_factory=list)  # parts that could not be checked (said, not fatal)
+    # Every defined domain -> the (target, file) its definitions name, as libvirt gave them (None: libvirt could
+    # not be asked). Read once per pass: `recover` goes on from this reading instead of asking again.
+    domain_disks: dict[str, list[tuple[str, str]]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -56,8 +59,9 @@ def check_folders(ctx: Context, survey: Survey | None) -> FolderCheck:
     disks: dict[str, list[tuple[str, str]]] = {}
     pools: dict[str, str] = {}
     try:
+        result.domain_disks = ctx.hypervisor.all_domain_disks()
         disks = {name: [(target, os.path.realpath(path)) for target, path in files]
-                 for name, files in ctx.hypervisor.all_domain_disks().items()}
+                 for name, files in result.domain_disks.items()}
         pools = {name: os.path.realpath(path) if path else "" for name, path in
                  ctx.hypervisor.storage_pool_paths().items()}
     except HypervisorError as exc:

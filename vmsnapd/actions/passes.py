@@ -39,7 +39,7 @@ def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_d
     if not folders.ok:
         report.errors += [f"pass refused, nothing done: {p}" for p in folders.problems]
         return report
-    recovered = recover(ctx, survey, folders_checked=True)
+    recovered = recover(ctx, survey, folders=folders)
     report.errors += [f"recover: {e}" for e in recovered.errors]
     if survey is None:
         report.errors.append(f"cannot survey the host: {survey_error}")

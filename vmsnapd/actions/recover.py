@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from vmsnapd.actions.context import Context, Survey
-from vmsnapd.actions.folders import check_folders
+from vmsnapd.actions.folders import FolderCheck, check_folders
 from vmsnapd.commitback import commit_back, state_or_gone
 from vmsnapd.cycleplan import ACTIVE, GONE, CommitWay
 from vmsnapd.domxml import parse_disks
@@ -56,19 +56,19 @@ class RecoverReport(BaseModel):
         return len(self.errors)
 
 
-def recover(ctx: Context, survey: Survey | None = None, *, folders_checked: bool = False) -> RecoverReport:
-    """`survey`: the pass's view of the host (listed here when not given). `folders_checked`: the caller
-    already ran the folder check (a pass does, before anything else)."""
+def recover(ctx: Context, survey: Survey | None = None, *, folders: FolderCheck | None = None) -> RecoverReport:
+    """`survey`: the pass's view of the host (listed here when not given). `folders`: the passed folder check
+    the caller already ran (a pass does, before anything else); its reading of the domains' disks is used."""
     report = RecoverReport()
     if survey is None:
         survey = _survey_or_none(ctx, report)
-    if not folders_checked:
-        check = check_folders(ctx, survey)
-        if not check.ok:
-            report.errors += [f"refused, nothing recovered: {p}" for p in check.problems]
+    if folders is None:
+        folders = check_folders(ctx, survey)
+        if not folders.ok:
+            report.errors += [f"refused, nothing recovered: {p}" for p in folders.problems]
             _log(report)
             return report
-    owner = _ownership(ctx, survey, report)
+    owner = _ownership(ctx, survey, report, folders.domain_disks)
     scan = ctx.journal.scan()
     for bad in scan.unreadable:
         report.errors.append(f"unreadable journal record {bad.path}: {bad.reason} (inspect and remove it)")
@@ -77,7 +77,7 @@ def recover(ctx: Context, survey: Survey | None = None, *, folders_checked: bool
         if record.domain:
             handled_domains.add(record.domain)
         _recover_record(ctx, record, owner, survey, report)
-    _untracked(ctx, owner, survey, handled_domains, report)
+    _untracked(ctx, owner, survey, handled_domains, report, folders.domain_disks)
     _log(report)
     return report
 
@@ -100,13 +100,15 @@ def _survey_or_none(ctx: Context, report: RecoverReport) -> Survey | None:
         return None
 
 
-def _ownership(ctx: Context, survey: Survey | None, report: RecoverReport) -> Ownership:
-    """overlay_dir, the staging folder and the managed domains (those some dataset's policy maps to)."""
+def _ownership(ctx: Context, survey: Survey | None, report: RecoverReport,
+               domain_disks: dict[str, list[tuple[str, str]]] | None) -> Ownership:
+    """overlay_dir, the staging folder and the managed domains (those some dataset's policy maps to).
+    `domain_disks`: the folder check's reading of every defined domain (None: ask libvirt for the names)."""
     folders = _folders(ctx)
     if survey is None or not any(p.domain != "none" for p in survey.policies.values()):
         return folders
     try:
-        domains = set(ctx.hypervisor.domain_names())
+        domains = set(domain_disks) if domain_disks is not None else set(ctx.hypervisor.domain_names())
     except HypervisorError as exc:
         report.warnings.append(f"cannot list domains ({exc}): only what the journal names is recovered")
         return folders
@@ -167,12 +169,15 @@ def _half_made_dump(ctx: Context, record: CycleRecord, report: RecoverReport) ->
         report.warnings.append(f"cannot look for a half-made RAM dump of {record.cycle_id}: {exc}")
 
 
-def _untracked(ctx: Context, owner: Ownership, survey: Survey | None, skip: set[str],
-               report: RecoverReport) -> None:
+def _untracked(ctx: Context, owner: Ownership, survey: Survey | None, skip: set[str], report: RecoverReport,
+               every: dict[str, list[tuple[str, str]]] | None) -> None:
     """Domains the journal does not know about: managed ones are brought back from vmsnapd's overlays (a crash
-    of an older version, or a record lost); any other domain's disk in overlay_dir is only reported."""
+    of an older version, or a record lost); any other domain's disk in overlay_dir is only reported. `every`:
+    the folder check's reading of all domains' disks (None: read here). Which domains to look at may come from
+    that earlier reading; what is done to one is decided on its state read afresh (`_bring_back`)."""
     try:
-        every = ctx.hypervisor.all_domain_disks()
+        if every is None:
+            every = ctx.hypervisor.all_domain_disks()
     except HypervisorError as exc:
         if skip or ctx.journal.pending() or owner.managed_domains:
             report.errors.append(f"cannot list domains: {exc}")
