@@ -346,6 +346,15 @@ def _staging_note(daemon: DaemonSettings) -> str:
         return f"ram_staging_dir {folder} cannot be looked at ({exc}): RAM files go to overlay_dir"
 
 
+def _hook_script_text(program: str) -> str:
+    """What a sanoid hook runs, as text (found on PATH as sanoid's shell would when it names no folder)."""
+    import shutil
+
+    path = program if "/" in program else shutil.which(program) or program
+    data, _info = read_regular_file(path)
+    return data.decode("utf-8", "replace")
+
+
 def cmd_import_sanoid(args: argparse.Namespace) -> int:
     from vmsnapd.files import write_file_atomically
     from vmsnapd.sanoid_import import SanoidImportError, sanoid_import
@@ -353,7 +362,7 @@ def cmd_import_sanoid(args: argparse.Namespace) -> int:
     data, _info = read_regular_file(args.file)  # a FIFO or a device is refused, not waited on
     try:
         text = data.decode("utf-8")
-        result = sanoid_import(text)
+        result = sanoid_import(text, read_script=_hook_script_text)
     except UnicodeDecodeError as exc:
         print(f"vmsnapd: {args.file}: cannot import: not UTF-8 text ({exc.reason} at byte {exc.start}); "
               "nothing written", file=sys.stderr)

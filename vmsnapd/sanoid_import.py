@@ -355,6 +355,86 @@ def _only_quoting(line: str) -> bool:
     return quote is None and not _SH_SPECIAL.search("".join(plain))
 
 
+# -- Hook scripts that snapshot VMs themselves: the classic pre/post scripts vmsnapd's cycle replaces ----------------
+
+ReadScript = Callable[[str], str]  # a hook's program -> its text (OSError or ConfigError when it cannot be read)
+_INTERPRETERS = frozenset(("sh", "bash", "dash", "ksh", "zsh", "env", "python", "python3", "perl"))
+# virsh verbs that only a VM-snapshot script runs (freeze, overlay + RAM dump, commit back) — by name, wherever
+# virsh sits (a variable, a full path); the generic ones (suspend, resume, save) only on a line that names virsh
+_VM_SNAPSHOT_VERBS = re.compile(r"(?<![\w-])(snapshot-create-as|snapshot-create|blockcommit|blockpull|domfsfreeze|"
+                                r"domfsthaw|managedsave|guest-fsfreeze-freeze)(?![\w-])")
+_VIRSH_PAUSE = re.compile(r"\bvirsh\b.*\s(suspend|resume|save)(?![\w-])")
+
+
+def script_program(argv: list[str]) -> str | None:
+    """The file a hook's argv runs: its first word, or the script an interpreter (`sh x.sh`, `env bash x`) is given."""
+    for word in argv:
+        if word.startswith("-") or "=" in word and "/" not in word.split("=")[0]:
+            continue  # an interpreter's option, or env's VAR=value
+        if word.rsplit("/", 1)[-1] not in _INTERPRETERS:
+            return word
+    return None
+
+
+def vm_snapshot_line(text: str) -> tuple[int, str] | None:
+    """The first line (number, text) of a script that snapshots, freezes or commits a VM itself, or None.
+    Comment lines do not count."""
+    for number, line in enumerate(text.splitlines(), 1):
+        code = line.strip()
+        if code.startswith("#"):
+            continue
+        if _VM_SNAPSHOT_VERBS.search(code) or _VIRSH_PAUSE.search(code):
+            return number, code
+    return None
+
+
+def _vm_script_verdict(key: str, value: Value, read_script: ReadScript) -> str | None:
+    """Why the hook `key = value` is not imported (it snapshots VMs itself), or None to import it. A script that
+    cannot be read is imported, with a warning to look at it (sanoid may run on another host than the import)."""
+    program = script_program(script_argv(key, value))
+    if program is None:
+        return None
+    try:
+        found = vm_snapshot_line(read_script(program))
+    except (OSError, ConfigError) as exc:
+        raise _Unreadable(f"{value.where(key)}: {program} cannot be read here ({exc}), so the import cannot tell "
+                          "whether it snapshots VMs itself (virsh snapshot-create-as, blockcommit, domfsfreeze…); "
+                          "if it does, remove the hook: vmsnapd's own cycle does that work") from None
+    if found is None:
+        return None
+    number, line = found
+    return (f"{value.where(key)} not imported: {program} snapshots VMs itself (line {number}: {line[:120]}); "
+            "vmsnapd's cycle does that work (freeze, RAM dump, zfs snapshot, commit back), and running the script "
+            "too would stack a second overlay and RAM dump on every snapshot")
+
+
+class _Unreadable(Exception):
+    """A hook script the import could not read (a warning, not an error)."""
+
+
+def drop_vm_snapshot_scripts(sections: list[IniSection], read_script: ReadScript,
+                             warnings: list[str]) -> dict[str, list[str]]:
+    """Blank (sanoid's "no script") every hook whose script snapshots VMs itself; the reasons per section name.
+    Blanked before resolution, so what the import checks against sanoid is sanoid without those scripts."""
+    dropped: dict[str, list[str]] = {}
+    for section in sections:
+        for key in SCRIPT_HOOKS:
+            value = section.keys.get(key)
+            if value is None or value.text == "":
+                continue
+            try:
+                reason = _vm_script_verdict(key, value, read_script)
+            except _Unreadable as exc:
+                warnings.append(str(exc))
+                continue
+            if reason is not None:
+                section.keys[key] = Value("", value.origin)
+                dropped.setdefault(section.name, []).append(reason)
+                warnings.append(reason)
+    return dropped
+
+
+
 def _threshold(key: str, value: Value) -> int | str:
     text = value.text.strip()
     if re.fullmatch(r"\d+", text):
@@ -556,8 +636,9 @@ def _is_dataset_name(name: str) -> bool:
 
 
 class _Importer:
-    def __init__(self, sections: list[IniSection]) -> None:
+    def __init__(self, sections: list[IniSection], dropped: dict[str, list[str]] | None = None) -> None:
         self.warnings: list[str] = []
+        self.dropped = dropped or {}  # section name -> why a hook of it was not imported
         self.datasets = [s for s in sections if not s.name.startswith(_TEMPLATE_PREFIX)]
         self.templates = [s for s in sections if s.name.startswith(_TEMPLATE_PREFIX)]
         if not self.datasets:
@@ -608,6 +689,11 @@ class _Importer:
                 tables[self.paths[section.name]] = table
                 self._fix(tables, templates, self.paths[section.name])
         self._verify(tables, templates)
+        for section in self.templates:
+            templates[section.name[len(_TEMPLATE_PREFIX):]].comments += self.dropped.get(section.name, [])
+        for section in self.datasets:
+            if self.paths[section.name] in tables:
+                tables[self.paths[section.name]].comments += self.dropped.get(section.name, [])
         return Translation(self._render(templates, tables), list(dict.fromkeys(self.warnings)))
 
     def _dataset_table(self, section: IniSection, templates: dict[str, Table]) -> Table | None:
@@ -739,12 +825,15 @@ class _Importer:
         return text
 
 
-def sanoid_import(text: str) -> Translation:
+def sanoid_import(text: str, read_script: ReadScript | None = None) -> Translation:
     """The vmsnapd TOML equivalent of sanoid.conf `text`, and the warnings for stderr; SanoidImportError when
-    it cannot be imported faithfully."""
+    it cannot be imported faithfully. `read_script`: how to read a hook's script, to leave out those that
+    snapshot VMs themselves (None: every hook is imported as it is)."""
     warnings: list[str] = []
     try:
-        importer = _Importer(read_ini(text, warnings=warnings))
+        sections = read_ini(text, warnings=warnings)
+        dropped = drop_vm_snapshot_scripts(sections, read_script, warnings) if read_script else {}
+        importer = _Importer(sections, dropped)
         importer.warnings[:0] = warnings
         return importer.build()
     except SanoidImportError:
