@@ -435,6 +435,9 @@ def _print_dataset_status(entry: DatasetStatus, now: datetime) -> None:
         print(f"  replication lag: {lag}")
     for overlay in entry.overlays:
         print(f"  ON OVERLAY: {overlay}  (run `vmsnapd recover`)")
+    for overlay in entry.others_overlays:
+        print(f"  on an overlay vmsnapd did not make: {overlay}  (left alone; merge it: "
+              f"`{overlay.merge_hint(entry.domain or '?')}`)")
     for warning in outside_warnings(entry.domain or "?", entry.outside_backing) + entry.backing_unknown:
         print(f"  WARNING: {warning}")
     for last in (entry.last_take, entry.last_prune):

@@ -29,6 +29,7 @@ from vmsnapd.config import DatasetPolicy
 from vmsnapd.lag import KEY as LAG_KEY
 from vmsnapd.lag import lag_seconds
 from vmsnapd.names import PERIODS
+from vmsnapd.ownership import OthersOverlay
 
 # sanoid's fallback unit per period for a bare number (monitor_snapshots: $smallerperiod)
 BARE_UNIT_S = {"frequently": 1, "hourly": 60, "daily": 3600, "weekly": 86400, "monthly": 7 * 86400,
@@ -61,6 +62,7 @@ class DatasetFacts(BaseModel):
     newest: dict[str, datetime] = Field(default_factory=dict)  # period -> creation of our newest snapshot
     domain: str | None = None
     overlays: list[str] = Field(default_factory=list)
+    others_overlays: list[OthersOverlay] = Field(default_factory=list)  # on another tool's snapshot's overlay
     live_caveat: str | None = None  # why its live RAM captures may not hold one instant
     outside_backing: list[BackingFile] = Field(default_factory=list)  # files its disks read outside the VM's datasets
     backing_unknown: list[str] = Field(default_factory=list)  # disks whose backing chain could not be read
@@ -177,6 +179,10 @@ def _dataset_findings(dataset: DatasetFacts) -> list[Finding]:
     if dataset.overlays:
         found.append(Finding(state=State.CRITICAL, text=f"{dataset.domain} left on an overlay "
                                                         f"({'; '.join(dataset.overlays)})"))
+    found += [Finding(state=State.WARNING, text=f"{dataset.domain} runs on an overlay vmsnapd did not make, "
+                                                 f"{overlay}: snapshotted as it is, left alone; merge it with "
+                                                 f"`{overlay.merge_hint(dataset.domain or '?')}`")
+              for overlay in dataset.others_overlays]
     if dataset.last_cycle_error is not None:
         found.append(Finding(state=State.CRITICAL, text=f"{dataset.policy.name}: last cycle failed: "
                                                         f"{dataset.last_cycle_error}"))

@@ -240,6 +240,32 @@ def foreign_domain_warnings(name: str, sources: Sequence[tuple[str, str]], owner
             "left alone" for target, path in dict.fromkeys(sources) if inside(path, owner.overlay_dir)]
 
 
+@dataclass(frozen=True)
+class OthersOverlay:
+    """A disk running on the overlay an external libvirt snapshot not of vmsnapd's made."""
+
+    target: str
+    path: str
+    snapshot: str  # the libvirt snapshot record that names it
+
+    def merge_hint(self, domain: str) -> str:
+        return f"virsh blockcommit {domain} {self.target} --active --pivot"
+
+    def __str__(self) -> str:
+        return f"{self.target}: {self.path} (libvirt snapshot {self.snapshot})"
+
+
+def others_overlays(sources: Sequence[tuple[str, str]], records: Sequence[SnapshotRecord],
+                    overlay_dir: str) -> list[OthersOverlay]:
+    """The disks whose source is the overlay an external libvirt snapshot not of vmsnapd's made — typically an old
+    pre-snapshot script whose post-script never committed it back. Only reported: vmsnapd snapshots such a disk as
+    it is and never merges what it did not make."""
+    made = {norm(path): record.name for record in records if not is_libvirt_snapshot_name(record.name)
+            for _target, path in record.disks}
+    return [OthersOverlay(target, path, made[norm(path)]) for target, path in sources
+            if norm(path) in made and not inside(path, overlay_dir)]
+
+
 def deletable_leftover(path: str, domain: str | None, overlay_dir: str, staging_dir: str = "") -> bool:
     """A file a journal record of `domain`'s cycle names (overlay or fresh RAM file): deleted only when it lies
     directly in overlay_dir and its name is one vmsnapd gives such files for that domain, or directly in the

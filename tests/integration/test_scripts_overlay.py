@@ -1,7 +1,7 @@
 """Migrating from sanoid + pre/post scripts (docs/migrating-from-sanoid.md): a VM that a failed post-script left on
 the scripts' overlay (with its RAM dump and libvirt snapshot record) is snapshotted as it is — vmsnapd's own overlay
-goes on top and is committed back into the scripts' overlay, which stays, with the scripts' record and dump — and a
-restore of that snapshot continues at exactly max + 1."""
+goes on top and is committed back into the scripts' overlay, which stays, with the scripts' record and dump; `check`
+warns and `status` says how to merge it — and a restore of that snapshot continues at exactly max + 1."""
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +33,10 @@ def test_a_vm_left_on_the_old_scripts_overlay_is_snapshotted_as_it_is_and_left_o
     assert sources[0] == str(overlay), sources  # back on the scripts' overlay: vmsnapd's own was merged into it
     assert overlay.exists() and scripts_dump.exists()
     assert "pre-sanoid" in lab.run("virsh", "-c", "qemu:///system", "snapshot-list", vm.name, "--name").stdout.decode()
+    check = env.run("check", expect=1)  # WARNING, with the way to merge it
+    assert f"{vm.name} runs on an overlay vmsnapd did not make, vda: {overlay} (libvirt snapshot pre-sanoid)" \
+        in check.stdout and f"virsh blockcommit {vm.name} vda --active --pivot" in check.stdout, check.stdout
+    assert f"on an overlay vmsnapd did not make: vda: {overlay}" in env.run("status").stdout
     at_snapshot = lab.snapshot_max_counter(f"{dataset.name}@{snap}", vm.disk.relpath, "qcow2")
     lab.wait_counter_advances(vm, by=10, start=at_snapshot)
 

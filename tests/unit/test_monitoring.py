@@ -162,3 +162,25 @@ def test_a_vm_whose_live_ram_captures_are_unreliable_is_a_warning():
     caveat = "live RAM capture of a TCG guest (domain type 'qemu', no KVM) on QEMU 7.2.22 can miss pages"
     result = plan_check(facts(ok.model_copy(update={"live_caveat": caveat, "domain": "web"})), NOW)
     assert result.state == State.WARNING and "(web): live RAM capture of a TCG guest" in result.summary
+
+
+def test_a_disk_on_another_tools_overlay_is_a_warning_naming_how_to_merge_it():
+    from vmsnapd.overlaynames import libvirt_snapshot_name
+    from vmsnapd.ownership import SnapshotRecord, others_overlays
+
+    records = [SnapshotRecord("pre-sanoid", (("vda", "/tank/web/web.pre.qcow2"),), "/save/web.mem"),
+               SnapshotRecord("old-merged", (("vda", "/tank/web/web.old.qcow2"),)),  # committed back since
+               SnapshotRecord(libvirt_snapshot_name(1795000000), (("vdb", "/tank/web/vdb.qcow2"),)),  # vmsnapd's name
+               SnapshotRecord("mine", (("vdc", "/var/lib/vmsnapd/overlay/x.qcow2"),))]  # in overlay_dir: recover's
+    sources = [("vda", "/tank/web/web.pre.qcow2"), ("vdb", "/tank/web/vdb.qcow2"),
+               ("vdc", "/var/lib/vmsnapd/overlay/x.qcow2"), ("vdd", "/tank/web/web.old.img")]
+    (found,) = others_overlays(sources, records, "/var/lib/vmsnapd/overlay")
+    assert str(found) == "vda: /tank/web/web.pre.qcow2 (libvirt snapshot pre-sanoid)"
+
+    ok = fresh(policy(daily=0), hourly=timedelta(minutes=5)).model_copy(
+        update={"domain": "web", "others_overlays": [found]})
+    result = plan_check(facts(ok), NOW)
+    assert result.state == State.WARNING
+    (finding,) = result.findings
+    assert "web runs on an overlay vmsnapd did not make" in finding.text
+    assert "virsh blockcommit web vda --active --pivot" in finding.text

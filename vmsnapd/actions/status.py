@@ -25,6 +25,7 @@ from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.lag import lag_seconds
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS
+from vmsnapd.ownership import OthersOverlay, others_overlays
 from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.ports import HypervisorPort
 from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
@@ -62,6 +63,7 @@ class DatasetStatus(BaseModel):
     ram_bytes: int = 0
     replication_lag_s: int | None = None  # autosnap = false: age of the newest snapshot received (vmsnapd.lag)
     overlays: list[str] = Field(default_factory=list)
+    others_overlays: list[OthersOverlay] = Field(default_factory=list)  # on an overlay another tool's snapshot made
     live_caveat: str | None = None  # its live RAM captures may not hold one instant (Hypervisor.live_ram_caveat)
     outside_backing: list[BackingFile] = Field(default_factory=list)  # its disks' backing files outside the VM's
     backing_unknown: list[str] = Field(default_factory=list)  # datasets; disks whose chain is unknown (vmsnapd.backing)
@@ -183,6 +185,8 @@ def _ask_libvirt(entry: DatasetStatus, hv: HypervisorPort, policy: DatasetPolicy
     try:
         entry.vm_state = hv.state(entry.domain)
         entry.overlays = [f"{d.target}: {d.source}" for d in hv.overlay_disks(entry.domain, overlay_dir)]
+        entry.others_overlays = others_overlays([(d.target, d.source) for d in hv.disks(entry.domain)],
+                                                hv.snapshot_records(entry.domain), str(overlay_dir))
         if policy.memory and policy.live:
             entry.live_caveat = hv.live_ram_caveat(entry.domain)
     except HypervisorError as exc:
@@ -225,7 +229,8 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
         policy = survey.policies[entry.dataset]
         digest = retention_hash(policy)
         facts.datasets.append(DatasetFacts(
-            policy=policy, domain=entry.domain, overlays=entry.overlays, live_caveat=entry.live_caveat,
+            policy=policy, domain=entry.domain, overlays=entry.overlays, others_overlays=entry.others_overlays,
+            live_caveat=entry.live_caveat,
             outside_backing=entry.outside_backing, backing_unknown=entry.backing_unknown,
             newest={period: ps.newest_at for period, ps in entry.periods.items() if ps.newest_at is not None},
             last_cycle_error=(last.error or "failed") if last and not last.ok else None,
