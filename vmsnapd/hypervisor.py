@@ -386,6 +386,7 @@ class Hypervisor:
             log.info("dry-run: would blockcommit %s %s and pivot", name, target)
             return
         dom = self._domain(name)  # connected, so the callback is registered before the job can say anything
+        started = time.monotonic()
         with self._block_jobs.watch(name, target) as watch:
             try:
                 if not dom.blockJobInfo(target, 0):
@@ -395,6 +396,8 @@ class Hypervisor:
                 raise BlockJobFailed(f"blockcommit {name} {target}: {exc}") from exc
             finish_commit(_CommitJob(dom, name, target), watch, timeout_s=self.block_job_timeout,
                           recheck_s=self.block_job_recheck_s)
+        log.debug("blockcommit %s %s: on its base after %d ms (libvirt said: %s)", name, target,
+                  (time.monotonic() - started) * 1000, ", ".join(watch.events) or "nothing")
 
     # -- restore -------------------------------------------------------------------------------------------
 
