@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PYTHON, REPO, BenchError, check_ok, lab, median, ratio, tear_down  # noqa: E402
 
 STEP_RE = re.compile(r"cycle → (snapshotted|committed) .*? elapsed_ms=(\d+)")
+CALL_RE = re.compile(r"blockcommit \S+ \S+: on its base after (\d+) ms \(libvirt said: ([^)]*)\)")
 WAYS = ("poll50", "events")
 # Runs vmsnapd's CLI with the wait of `way` (argv: WAY, then the CLI's arguments).
 LAUNCHER = """
@@ -52,7 +53,9 @@ def one_cycle(way: str, config: Path, dataset: str) -> dict:
     steps = {state: int(ms) for state, ms in STEP_RE.findall(proc.stderr)}
     if set(steps) != {"snapshotted", "committed"}:
         raise BenchError(f"no snapshotted/committed lines in the --debug log ({way}):\n{proc.stderr[-3000:]}")
-    return {"way": way, "commit_ms": steps["committed"] - steps["snapshotted"], "wall_s": wall}
+    calls = CALL_RE.findall(proc.stderr)  # the adapter's own line: blockCommit call to the job gone
+    return {"way": way, "commit_ms": steps["committed"] - steps["snapshotted"], "wall_s": wall,
+            "call_ms": sum(int(ms) for ms, _ in calls), "libvirt_said": [said for _, said in calls]}
 
 
 def clear(dataset: str, ram_dir: Path) -> None:
@@ -95,8 +98,11 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     out = {}
     for way in WAYS:
         ms = [r["commit_ms"] for r in rows if r["way"] == way]
+        mine = [r for r in rows if r["way"] == way]
         out[way] = {"n": len(ms), "median_ms": median(ms), "mean_ms": statistics.fmean(ms), "max_ms": max(ms),
-                    "min_ms": min(ms), "wall_s": median([r["wall_s"] for r in rows if r["way"] == way])}
+                    "min_ms": min(ms), "wall_s": median([r["wall_s"] for r in mine]),
+                    "call_median_ms": median([r["call_ms"] for r in mine]),
+                    "ready_events": sum("ready" in said for r in mine for said in r["libvirt_said"])}
     return out
 
 
@@ -114,10 +120,10 @@ def main() -> int:
         return 1
     s = summary(rows)
     print("\ncommit-back (zfs snapshot done → every disk on its base), ms:")
-    print("way       n   median   mean    min    max   cycle wall (median)")
+    print("way       n   median   mean    min    max   in commit_active (median)   READY seen   cycle wall (median)")
     for way, t in s.items():
         print(f"{way:8s} {t['n']:2d} {t['median_ms']:8.0f} {t['mean_ms']:6.0f} {t['min_ms']:6.0f} {t['max_ms']:6.0f}"
-              f"   {t['wall_s']:.2f} s")
+              f"   {t['call_median_ms']:24.0f}   {t['ready_events']:10d}   {t['wall_s']:.2f} s")
     print(f"ratio events/poll50: median {ratio(s['events']['median_ms'], s['poll50']['median_ms'])}, "
           f"mean {ratio(s['events']['mean_ms'], s['poll50']['mean_ms'])}")
     if args.json:
