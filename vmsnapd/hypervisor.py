@@ -4,7 +4,8 @@ Everything goes through libvirt-python (no `virsh` output is parsed). libvirt's 
 turned into vmsnapd.hvtypes (DomainState, typed errors). Lifecycle and block-job events come from libvirt's
 default event loop, run in one daemon thread per process (libvirt requires it to be registered before the
 first connection). Everything that needs no libvirt lives elsewhere and is imported here: the domain XML
-(vmsnapd.domxml), overlay files (vmsnapd.qemuimg), pause bookkeeping (vmsnapd.pausewatch). Only this module,
+(vmsnapd.domxml), overlay files (vmsnapd.qemuimg), pause bookkeeping (vmsnapd.pausewatch), waiting for a block job
+(vmsnapd.blockjob). Only this module,
 and nothing the planners or the unit tests import, needs libvirt-python (tests/unit/test_layers.py).
 """
 
@@ -21,6 +22,7 @@ from typing import TypeVar
 import libvirt
 
 from vmsnapd import domxml
+from vmsnapd.blockjob import BlockJobEvent, BlockJobWatchers, JobPhase, finish_commit, job_phase
 from vmsnapd.domxml import Disk
 from vmsnapd.logsetup import first_time
 from vmsnapd.hvtypes import (AgentUnavailable, BlockJobFailed, DomainNotFound, DomainState, HypervisorError,
@@ -50,6 +52,13 @@ _STATES = {
 _PAUSE_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED: PauseEvent.SUSPENDED,
     libvirt.VIR_DOMAIN_EVENT_RESUMED: PauseEvent.RESUMED,
+}
+
+_BLOCK_JOB_EVENTS = {
+    libvirt.VIR_DOMAIN_BLOCK_JOB_READY: BlockJobEvent.READY,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_COMPLETED: BlockJobEvent.COMPLETED,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED: BlockJobEvent.FAILED,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED: BlockJobEvent.CANCELED,
 }
 
 
@@ -94,6 +103,12 @@ def _ensure_event_loop() -> None:
 
 
 class Hypervisor:
+    # How a commit's wait wakes up (vmsnapd.blockjob): on libvirt's block-job events, and by reading the job again
+    # every `block_job_recheck_s` in case an event was missed. bench/commit_wait.py sets both on the class to
+    # compare with polling every 50 ms without events (vmsnapd before session 19).
+    block_job_events = True
+    block_job_recheck_s = 0.5
+
     def __init__(self, uri: str, *, dry_run: bool = False, block_job_timeout: float = 300.0,
                  runner: Runner | None = None, qemu_img: str = "qemu-img"):
         self.uri = uri
@@ -102,7 +117,8 @@ class Hypervisor:
         self.block_job_timeout = block_job_timeout
         self._conn: libvirt.virConnect | None = None
         self._pauses = PauseWatchers()
-        self._callback_id: int | None = None
+        self._block_jobs = BlockJobWatchers()
+        self._callback_ids: list[int] = []  # of `_conn`: each connection registers its own, deregistered on close
         self._lock = threading.Lock()
 
     # -- connection --------------------------------------------------------------------------------------
@@ -114,8 +130,15 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorUnavailable(f"cannot connect to {self.uri}: {exc}") from exc
         conn.setKeepAlive(5, 3)
-        self._callback_id = conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        callbacks = [(libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle)]
+        if self.block_job_events:
+            callbacks.append((libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, self._on_block_job))
+        try:
+            for event, callback in callbacks:
+                self._callback_ids.append(conn.domainEventRegisterAny(None, event, callback, None))
+        except libvirt.libvirtError as exc:
+            self._release(conn)
+            raise _wrap(exc, f"register for events on {self.uri}") from exc
         return conn
 
     @property
@@ -125,6 +148,7 @@ class Hypervisor:
             if self._conn is None or not self._conn.isAlive():
                 if self._conn is not None:
                     log.warning("connection to %s lost; reconnecting", self.uri)
+                    self._release(self._conn)
                 self._conn = self._connect()
             return self._conn
 
@@ -133,19 +157,34 @@ class Hypervisor:
         _ = self.conn
 
     def close(self) -> None:
-        if self._conn is not None:
+        with self._lock:
+            if self._conn is not None:
+                self._release(self._conn)
+                self._conn = None
+
+    def _release(self, conn: libvirt.virConnect) -> None:
+        """Deregister this connection's event callbacks (each holds a reference that keeps it open) and close it;
+        a connection libvirtd already dropped answers with errors, which change nothing. Under `_lock`."""
+        ids, self._callback_ids = self._callback_ids, []
+        for callback_id in ids:
             try:
-                if self._callback_id is not None:
-                    self._conn.domainEventDeregisterAny(self._callback_id)
-                self._conn.close()
+                conn.domainEventDeregisterAny(callback_id)
             except libvirt.libvirtError:
                 pass
-            self._conn = None
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
 
     def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:  # libvirt's callback signature
         kind = _PAUSE_EVENTS.get(event)
         if kind is not None:
             self._pauses.record(dom.name(), kind)
+
+    def _on_block_job(self, conn, dom, disk, job_type, status, opaque) -> None:  # BLOCK_JOB_2: `disk` is the target
+        kind = _BLOCK_JOB_EVENTS.get(status)
+        if kind is not None:
+            self._block_jobs.record(dom.name(), disk, kind)
 
     @contextmanager
     def watch_pauses(self, domain: str) -> Iterator[PauseWatch]:
@@ -158,11 +197,8 @@ class Hypervisor:
     def _drop_connection(self, conn: libvirt.virConnect) -> None:
         with self._lock:
             if self._conn is conn:
+                self._release(conn)
                 self._conn = None
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
 
     def _domain(self, name: str) -> libvirt.virDomain:
         validate_domain_name(name)
@@ -344,49 +380,24 @@ class Hypervisor:
     # -- committing back ---------------------------------------------------------------------------------
 
     def commit_active(self, name: str, target: str) -> None:
-        """Merge the active overlay of `target` into its backing file and pivot the disk back to it."""
+        """Merge the active overlay of `target` into its backing file and pivot the disk back to it: the pivot as soon
+        as libvirt says the job is ready, the return as soon as it is gone (vmsnapd.blockjob.finish_commit)."""
         if self.dry_run:
             log.info("dry-run: would blockcommit %s %s and pivot", name, target)
             return
-        dom = self._domain(name)
-        try:
-            if not dom.blockJobInfo(target, 0):
-                dom.blockCommit(target, None, None, 0,
-                                libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
-        except libvirt.libvirtError as exc:
-            raise BlockJobFailed(f"blockcommit {name} {target}: {exc}") from exc
-        deadline = time.monotonic() + self.block_job_timeout
-        while not self._pivot_if_ready(dom, name, target):
-            if time.monotonic() > deadline:
-                raise BlockJobFailed(
-                    f"blockcommit of {name} {target} not ready after {self.block_job_timeout:.0f}s; "
-                    "the VM keeps running on its overlay (safe); `vmsnapd recover` finishes it")
-            time.sleep(0.05)
-        # The pivot completes asynchronously: wait until the job is gone and the disk is on its base.
-        while dom.blockJobInfo(target, 0):
-            if time.monotonic() > deadline:
-                raise BlockJobFailed(f"pivot of {name} {target} did not complete")
-            time.sleep(0.05)
-
-    @staticmethod
-    def _pivot_if_ready(dom: libvirt.virDomain, name: str, target: str) -> bool:
-        """Pivot `target` once its commit job has copied everything; False while it is not ready yet."""
-        try:
-            info = dom.blockJobInfo(target, 0)
-        except libvirt.libvirtError as exc:
-            raise BlockJobFailed(f"block job {name} {target}: {exc}") from exc
-        if not info:
-            raise BlockJobFailed(f"block job of {name} {target} vanished before pivot")
-        if not info.get("end", 0) or info.get("cur") != info.get("end"):
-            return False
-        try:
-            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-            return True
-        except libvirt.libvirtError as exc:
-            # "not ready for pivot" until QEMU says the job is synchronised: try again shortly.
-            if "not ready" not in str(exc).lower() and "pivot" not in str(exc).lower():
-                raise BlockJobFailed(f"pivot {name} {target}: {exc}") from exc
-            return False
+        dom = self._domain(name)  # connected, so the callback is registered before the job can say anything
+        started = time.monotonic()
+        with self._block_jobs.watch(name, target) as watch:
+            try:
+                if not dom.blockJobInfo(target, 0):
+                    dom.blockCommit(target, None, None, 0,
+                                    libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+            except libvirt.libvirtError as exc:
+                raise BlockJobFailed(f"blockcommit {name} {target}: {exc}") from exc
+            finish_commit(_CommitJob(dom, name, target), watch, timeout_s=self.block_job_timeout,
+                          recheck_s=self.block_job_recheck_s)
+        log.debug("blockcommit %s %s: on its base after %d ms (libvirt said: %s)", name, target,
+                  (time.monotonic() - started) * 1000, ", ".join(watch.events) or "nothing")
 
     # -- restore -------------------------------------------------------------------------------------------
 
@@ -515,6 +526,31 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise _wrap(exc, "list storage pools") from exc
         return paths
+
+
+class _CommitJob:
+    """An active commit job as vmsnapd.blockjob.finish_commit reads and pivots it."""
+
+    def __init__(self, dom: libvirt.virDomain, domain: str, target: str):
+        self.dom = dom
+        self.domain = domain
+        self.target = target
+
+    def phase(self) -> JobPhase:
+        try:
+            return job_phase(self.dom.blockJobInfo(self.target, 0))
+        except libvirt.libvirtError as exc:
+            raise BlockJobFailed(f"block job {self.domain} {self.target}: {exc}") from exc
+
+    def pivot(self) -> bool:
+        try:
+            self.dom.blockJobAbort(self.target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            return True
+        except libvirt.libvirtError as exc:
+            # "not ready for pivot" until QEMU says the job is synchronised: the next event or re-read tries again.
+            if "not ready" not in str(exc).lower() and "pivot" not in str(exc).lower():
+                raise BlockJobFailed(f"pivot {self.domain} {self.target}: {exc}") from exc
+            return False
 
 
 def _snapshot_name() -> str:

@@ -27,7 +27,7 @@ IMPORTS_LIBVIRT = {"vmsnapd.hypervisor", "vmsnapd.progress"}
 IMPORTS_ADAPTER = {"vmsnapd.actions.context"}
 # Adapters and the plain data they speak: nothing of the configuration, the rules or the orchestration.
 LOW = {"vmsnapd.models", "vmsnapd.hvtypes", "vmsnapd.domxml", "vmsnapd.qemuimg", "vmsnapd.pausewatch",
-       "vmsnapd.runner", "vmsnapd.names", "vmsnapd.overlaynames", "vmsnapd.ownership", "vmsnapd.files",
+       "vmsnapd.blockjob", "vmsnapd.runner", "vmsnapd.names", "vmsnapd.overlaynames", "vmsnapd.ownership", "vmsnapd.files",
        "vmsnapd.zfs", "vmsnapd.ramstore", "vmsnapd.hypervisor"}
 HIGH = {"vmsnapd.config", "vmsnapd.policy", "vmsnapd.cycle", "vmsnapd.targets", "vmsnapd.journal", "vmsnapd.hooks",
         "vmsnapd.monitoring", "vmsnapd.metrics", "vmsnapd.daemon", "vmsnapd.cli", "vmsnapd.ports"}
