@@ -16,9 +16,13 @@ Environment. sanoid's variables, with sanoid's values (sanoid 2.1.0, `take_snaps
 - `SANOID_SCRIPT`: `pre` (pre_snapshot), `post` (post_snapshot), `prune` (pre_prune and post_prune;
   sanoid has only a pruning_script, run after each successful destroy).
 - `SANOID_TARGETS`: comma-separated datasets; `SANOID_TARGET`: the first of them (deprecated in sanoid).
-- `SANOID_SNAPNAMES`: comma-separated snapshot names *without* the dataset
-  (`autosnap_2026-11-29_01:00:00_hourly,autosnap_2026-11-29_01:00:00_daily`); `SANOID_SNAPNAME`: the first.
-- `SANOID_TYPES`: comma-separated periods, in the order of the names (`hourly,daily`).
+- `SANOID_SNAPNAMES`: comma-separated snapshot names *without* the dataset, longest period first as sanoid
+  takes them (`autosnap_2026-11-29_01:00:00_daily,autosnap_2026-11-29_01:00:00_hourly`); `SANOID_SNAPNAME`: the
+  first — in post_snapshot *with* the dataset (`tank/web@autosnap_…_daily`): sanoid's loop that takes the
+  snapshots rewrites its list in place before the post script runs, and scripts written for sanoid see that.
+- `SANOID_TYPES`: comma-separated periods, in the order of the names (`daily,hourly`).
+
+Checked against Debian's sanoid itself, same tree and instant: tests/sanoid_oracle/test_hook_env.py.
 - `SANOID_PRE_FAILURE`: post_snapshot only, always set, `0` or `1` (1: the pre hook failed and the
   snapshot went ahead under `pre_snapshot_failure = "continue"`). sanoid never sets it elsewhere.
 
@@ -75,6 +79,20 @@ READ_CHUNK = 65536
 MAX_LINE_BYTES = 16384
 
 
+# The order sanoid's take_snapshots goes through the periods, and so the order of its names and types.
+SANOID_PERIOD_ORDER = ("yearly", "monthly", "weekly", "daily", "hourly", "frequently")
+
+
+def _period(name: str) -> str:
+    # autosnap_YYYY-MM-DD_HH:MM:SS_<period>: the period is the part after the last underscore.
+    return name.rsplit("_", 1)[-1]
+
+
+def _sanoid_order(names: list[str]) -> list[str]:
+    rank = {period: index for index, period in enumerate(SANOID_PERIOD_ORDER)}
+    return sorted(names, key=lambda name: rank.get(_period(name), len(rank)))
+
+
 class HookEnv(BaseModel):
     """What a hook is told about the cycle or prune it runs for; `variables()` is the environment."""
 
@@ -87,24 +105,27 @@ class HookEnv(BaseModel):
     destroyed: list[str] = []
     dumps_deleted: list[str] = []
 
-    def types(self) -> list[str]:
-        # autosnap_YYYY-MM-DD_HH:MM:SS_<period>: the period is the part after the last underscore.
-        return [name.rsplit("_", 1)[-1] for name in self.snapshot_names]
+    def names(self) -> list[str]:
+        """The snapshot names in sanoid's order: longest period first for a snapshot hook, as given for a prune."""
+        snapshot_hook = self.phase in ("pre_snapshot", "post_snapshot")
+        return _sanoid_order(self.snapshot_names) if snapshot_hook else list(self.snapshot_names)
 
     def variables(self) -> dict[str, str]:
+        names = self.names()
         first_dataset = self.datasets[0] if self.datasets else ""
-        first_name = self.snapshot_names[0] if self.snapshot_names else ""
+        first_name = names[0] if names else ""
+        full_first = f"{first_dataset}@{first_name}" if first_dataset and first_name else ""
         env = {
             "SANOID_SCRIPT": SANOID_SCRIPT_BY_PHASE[self.phase],
             "SANOID_TARGET": first_dataset,
             "SANOID_TARGETS": ",".join(self.datasets),
-            "SANOID_SNAPNAME": first_name,
-            "SANOID_SNAPNAMES": ",".join(self.snapshot_names),
-            "SANOID_TYPES": ",".join(self.types()),
+            "SANOID_SNAPNAME": full_first if self.phase == "post_snapshot" else first_name,
+            "SANOID_SNAPNAMES": ",".join(names),
+            "SANOID_TYPES": ",".join(_period(name) for name in names),
             "VMSNAPD_PHASE": self.phase,
             "VMSNAPD_DATASET": first_dataset,
             "VMSNAPD_DOMAIN": self.domain or "",
-            "VMSNAPD_SNAPSHOT": f"{first_dataset}@{first_name}" if first_dataset and first_name else "",
+            "VMSNAPD_SNAPSHOT": full_first,
             "VMSNAPD_RAM_DUMP": self.ram_dump or "",
             # A hook only ever runs outside dry run (see run_hook).
             "VMSNAPD_DRY_RUN": "0",

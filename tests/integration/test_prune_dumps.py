@@ -135,12 +135,13 @@ def test_hooks_get_sanoid_environment_and_verbatim_argv(lab, shared_vm, vmsnapd_
     names = sorted(lab.snapshot_names(dataset.name))
     hourly = [n for n in names if n.endswith("_hourly")][0]
     daily = [n for n in names if n.endswith("_daily")][0]
-    # sanoid's values: comma-separated, short names, types in the order of the names
+    # sanoid's values (tests/sanoid_oracle/test_hook_env.py): comma-separated short names, longest period first,
+    # types in the order of the names; the post script's SANOID_SNAPNAME carries the dataset
     assert pre["env"]["SANOID_SCRIPT"] == "pre" and post["env"]["SANOID_SCRIPT"] == "post"
     assert pre["env"]["SANOID_TARGET"] == dataset.name == pre["env"]["SANOID_TARGETS"]
-    assert pre["env"]["SANOID_SNAPNAMES"] == f"{hourly},{daily}"
-    assert pre["env"]["SANOID_SNAPNAME"] == hourly
-    assert pre["env"]["SANOID_TYPES"] == "hourly,daily"
+    assert pre["env"]["SANOID_SNAPNAMES"] == f"{daily},{hourly}"
+    assert pre["env"]["SANOID_SNAPNAME"] == daily and post["env"]["SANOID_SNAPNAME"] == f"{dataset.name}@{daily}"
+    assert pre["env"]["SANOID_TYPES"] == "daily,hourly"
     assert post["env"]["SANOID_PRE_FAILURE"] == "0"
     assert pre["env"]["VMSNAPD_DOMAIN"] == vm.name and pre["env"]["VMSNAPD_PHASE"] == "pre_snapshot"
     assert pre["env"]["VMSNAPD_DRY_RUN"] == "0"

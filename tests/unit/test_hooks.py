@@ -62,18 +62,18 @@ def test_pre_snapshot_environment_matches_sanoid(dump_hook: tuple[Path, Path]) -
     result = run_hook([str(script)], env, timeout=10, dry_run=False, log_context=DATASET, parent_env={})
     assert result.ok and result.returncode == 0 and not result.timed_out
     seen = json.loads(output.read_text())["env"]
-    # Values as sanoid 2.1.0 sets them (README "pre script env variables").
+    # Values as sanoid 2.1 sets them: longest period first (proven against sanoid: tests/sanoid_oracle/test_hook_env.py).
     assert seen["SANOID_SCRIPT"] == "pre"
     assert seen["SANOID_TARGET"] == DATASET
     assert seen["SANOID_TARGETS"] == DATASET
-    assert seen["SANOID_SNAPNAME"] == "autosnap_2026-11-29_01:00:00_hourly"
-    assert seen["SANOID_SNAPNAMES"] == "autosnap_2026-11-29_01:00:00_hourly,autosnap_2026-11-29_01:00:00_daily"
-    assert seen["SANOID_TYPES"] == "hourly,daily"
+    assert seen["SANOID_SNAPNAME"] == "autosnap_2026-11-29_01:00:00_daily"
+    assert seen["SANOID_SNAPNAMES"] == "autosnap_2026-11-29_01:00:00_daily,autosnap_2026-11-29_01:00:00_hourly"
+    assert seen["SANOID_TYPES"] == "daily,hourly"
     assert "SANOID_PRE_FAILURE" not in seen
     assert seen["VMSNAPD_PHASE"] == "pre_snapshot"
     assert seen["VMSNAPD_DATASET"] == DATASET
     assert seen["VMSNAPD_DOMAIN"] == "win"
-    assert seen["VMSNAPD_SNAPSHOT"] == f"{DATASET}@autosnap_2026-11-29_01:00:00_hourly"
+    assert seen["VMSNAPD_SNAPSHOT"] == f"{DATASET}@autosnap_2026-11-29_01:00:00_daily"
     assert seen["VMSNAPD_RAM_DUMP"] == ""
     assert seen["VMSNAPD_DRY_RUN"] == "0"
 
@@ -97,6 +97,7 @@ def test_post_snapshot_environment_has_pre_failure_and_ram_dump(dump_hook: tuple
         assert seen["SANOID_TARGETS"] == f"{DATASET},rpool/VM/win-data"
         assert seen["SANOID_TARGET"] == DATASET
         assert seen["SANOID_TYPES"] == "hourly"
+        assert seen["SANOID_SNAPNAME"] == f"{DATASET}@{NAMES[0]}"  # sanoid's post script sees the full name
         assert seen["VMSNAPD_RAM_DUMP"] == dump
 
 
