@@ -258,7 +258,7 @@ class Cycle:
         self._record_backing(rec)
         if rec.record.ram_file:
             # The RAM matches the snapshot even when the commit afterwards failed: keep it.
-            self._keep_dump_or_say_why(rec)
+            self._keep_dump_or_say_why(rec, plan)
         if unfreeze_error is not None:
             raise CycleFailed(self._unfreeze_message(rec, unfreeze_error)) from unfreeze_error
 
@@ -284,7 +284,7 @@ class Cycle:
 
     def _hold_for(self, plan: CyclePlan, rec: Recorder, memory_file: str | None) -> HoldStill:
         return hold_for(self.env.hypervisor, rec, plan, self.target.domain, memory_file,
-                        live=self.target.policy.live, overlay_dir=self.env.overlay_dir,
+                        live=plan.live, overlay_dir=self.env.overlay_dir,
                         disk_formats={d.target: d.driver_type for d in self.target.disks})
 
     def _freeze(self, plan: CyclePlan, rec: Recorder, hold: HoldStill) -> HoldStill:
@@ -522,7 +522,7 @@ class Cycle:
                 rec.warn("backing", f"{BACKING_PROPERTY} not recorded on {snapshot} (a restore of it can check only "
                                     f"that the backing files are there): {exc}")
 
-    def _keep_dump_or_say_why(self, rec: Recorder) -> None:
+    def _keep_dump_or_say_why(self, rec: Recorder, plan: CyclePlan) -> None:
         if not self._names_taken(rec):
             # Every name existed already, taken at another instant: no snapshot holds this RAM's disks.
             self._drop_ram_file(rec)
@@ -530,7 +530,7 @@ class Cycle:
                                "RAM dump discarded")
             return
         try:
-            self._keep_dump(rec)
+            self._keep_dump(rec, plan)
         except (RamStoreError, OSError) as exc:
             self._drop_ram_file(rec)
             problem = f"RAM dump could not be stored in {self.env.ram_store.ram_dir}: {exc}"
@@ -539,7 +539,7 @@ class Cycle:
     def _names_taken(self, rec: Recorder) -> list[str]:
         return [n for n in self.names if f"{self.target.datasets[0]}@{n}" in rec.taken]
 
-    def _keep_dump(self, rec: Recorder) -> None:
+    def _keep_dump(self, rec: Recorder, plan: CyclePlan) -> None:
         domain = self.target.domain
         info = RamDumpInfo(
             domain=domain,
@@ -553,7 +553,7 @@ class Cycle:
                    for d in self.target.disks],
             backing=self.target.backing,  # what a restore checks is still there and unchanged (vmsnapd.backing)
             method=rec.record.method,
-            live=self.target.policy.live,
+            live=plan.live,
             quiesced=rec.record.quiesced,
             pause_ms=rec.record.pause_ms,
         )

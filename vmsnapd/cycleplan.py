@@ -44,6 +44,9 @@ class CyclePlan:
     captured: tuple[str, ...]  # disk targets taken
     skipped: tuple[str, ...]  # disk targets left out (read-only, shared, exclude_disks)
     was_paused: bool  # the guest was paused when the cycle began (it stays paused)
+    # The RAM is captured with the guest running (policy `live`) — never for a guest paused already: it writes
+    # nothing, so a capture that keeps it paused holds the same RAM, with no live-capture caveat to warn about.
+    live: bool = False
 
     def hold(self, with_memory: bool) -> Hold:
         """The way to hold the disks still, once it is known whether the RAM can be written."""
@@ -68,7 +71,8 @@ def plan_cycle(*, domain: str | None, vm_state: str | None, policy: DatasetPolic
                      for target, source in disks) if method == "overlay" else ()
     return CyclePlan(method=method, memory=policy.memory,
                      quiesce=policy.quiesce if vm_state == RUNNING else "off", overlays=overlays,
-                     captured=tuple(t for t, _ in disks), skipped=tuple(skipped), was_paused=vm_state == PAUSED)
+                     captured=tuple(t for t, _ in disks), skipped=tuple(skipped), was_paused=vm_state == PAUSED,
+                     live=policy.live and vm_state == RUNNING)
 
 
 @dataclass(frozen=True)

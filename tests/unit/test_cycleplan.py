@@ -49,6 +49,15 @@ def test_plan_by_vm_state_and_policy(vm_state, settings, method, memory, quiesce
         assert got.was_paused == (vm_state == "paused")
 
 
+@pytest.mark.parametrize("vm_state, live, captured_live", [
+    ("running", True, True), ("running", False, False), ("paused", True, False), ("paused", False, False),
+    ("shutoff", True, False),
+])
+def test_a_guest_paused_already_is_never_captured_live(vm_state, live, captured_live):
+    """It writes nothing: a capture that keeps it paused holds the same RAM, without the live capture's caveat."""
+    assert plan(vm_state, live=live).live == captured_live
+
+
 def test_overlay_paths_are_vmsnapds_names_in_overlay_dir():
     got = plan("running")
     assert [(o.target, o.base_path, o.overlay_path) for o in got.overlays] == [
