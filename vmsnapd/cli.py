@@ -449,6 +449,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for path in status.leftover_files:
         print(f"leftover: {path}")
     sys.stdout.write("".join(f"kept aside by a restore: {line}\n" for line in status.kept_aside))
+    for line in status.journal_unreadable + status.interrupted_cycles:
+        print(f"journal: {line}")
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK

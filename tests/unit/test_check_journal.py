@@ -1,0 +1,68 @@
+"""`status` and `check` see the crash journal (trust drill): a record recover cannot read, or a cycle crashed and
+not recovered minutes later, made every pass's recover fail (`once` exit 1, an error in the log every minute)
+while `check` said OK. The lab side: tests/integration/test_check_journal_lab.py."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmsnapd.actions.status import INTERRUPTED_AFTER, journal_facts
+from vmsnapd.journal import CycleRecord, JournalScan, UnreadableRecord
+from vmsnapd.monitoring import CheckFacts, State, plan_check
+
+NOW = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+
+
+def record(updated_at: str, pid: int = 4242) -> CycleRecord:
+    return CycleRecord(cycle_id="tank/web-2026-11-29_01:00:00", domain="web", datasets=["tank/web"],
+                       snapshot_names=[], stamp="2026-11-29_01:00:00", method="overlay", state="frozen", pid=pid,
+                       updated_at=updated_at)
+
+
+def scan(*records: CycleRecord, unreadable: tuple[str, ...] = ()) -> JournalScan:
+    return JournalScan(records=list(records),
+                       unreadable=[UnreadableRecord(path=Path(p), reason="expected value") for p in unreadable])
+
+
+def test_an_unreadable_record_is_reported_with_its_reason():
+    bad, stuck = journal_facts(scan(unreadable=("/var/lib/vmsnapd/cycles/x.json",)), NOW, lambda pid: False)
+    assert stuck == [] and len(bad) == 1
+    assert bad[0].startswith("/var/lib/vmsnapd/cycles/x.json cannot be read: expected value (recover fails")
+
+
+def test_a_cycle_in_flight_is_not_reported_an_old_one_whose_process_is_gone_is():
+    old = (NOW - INTERRUPTED_AFTER - timedelta(seconds=1)).isoformat()
+    recent = (NOW - timedelta(seconds=30)).isoformat()
+    assert journal_facts(scan(record(recent)), NOW, lambda pid: False) == ([], [])  # the next pass recovers it
+    assert journal_facts(scan(record(old)), NOW, lambda pid: True) == ([], [])  # still running (a long commit)
+    _, stuck = journal_facts(scan(record(old)), NOW, lambda pid: False)
+    assert len(stuck) == 1 and "cycle tank/web-2026-11-29_01:00:00 interrupted in state frozen" in stuck[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(updated_at=st.text(max_size=40) | st.datetimes().map(datetime.isoformat), pid=st.integers(-2**40, 2**40),
+       alive=st.booleans())
+def test_any_time_or_pid_in_a_record_gives_a_verdict(updated_at, pid, alive):
+    """The record's fields come from a file: never a traceback; a time that cannot be read counts as old."""
+    _, stuck = journal_facts(scan(record(updated_at, pid)), NOW, lambda p: alive)
+    assert len(stuck) <= 1 and (alive or stuck or datetime.fromisoformat(updated_at).tzinfo is not None)
+
+
+def test_check_is_critical_for_either():
+    facts = CheckFacts(configured_tables=1, journal_unreadable=["/x.json cannot be read: boom"],
+                       interrupted_cycles=["cycle a interrupted in state frozen"])
+    result = plan_check(facts, NOW)
+    assert result.state == State.CRITICAL
+    assert "journal record /x.json cannot be read: boom" in result.summary and "cycle a interrupted" in result.summary
+
+
+def test_a_pid_from_a_file_is_never_a_process_group_or_out_of_range():
+    import os
+
+    from vmsnapd.actions.status import _process_exists
+
+    assert _process_exists(os.getpid())
+    assert not any(_process_exists(pid) for pid in (0, -1, -os.getpid(), 2**31, 2**63))
