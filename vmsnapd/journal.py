@@ -136,6 +136,10 @@ class NewerRecord(ValueError):
     """A record this vmsnapd cannot act on without losing what it says: fields or a state it does not know."""
 
 
+class ForeignName(ValueError):
+    """A record in a file of another name than vmsnapd gives its cycle."""
+
+
 _NEWER_HINT = ("written by a newer vmsnapd? Not acted on, so nothing it records is lost: finish it with that "
                "version's `vmsnapd recover`, or inspect it and remove it")
 
@@ -227,12 +231,22 @@ class Journal:
                 unreadable.append(UnreadableRecord(path=path, reason="not a regular file (a link?): not trusted"))
                 continue
             try:
-                records.append(read_record(path.read_bytes()))
+                record = read_record(path.read_bytes())
+                self._check_named(path, record)
+                records.append(record)
             except (OSError, ValueError, ValidationError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("journal: cannot read cycle record %s, leaving it for inspection: %s", path, reason)
                 unreadable.append(UnreadableRecord(path=path, reason=reason))
         return JournalScan(records=records, unreadable=unreadable)
+
+    def _check_named(self, path: Path, record: CycleRecord) -> None:
+        """A record is vmsnapd's as written only under its cycle's file name (or the legacy one): `finish` removes
+        exactly that name, so a copy or a renamed file would be acted on again by every recover, never closed."""
+        if path.name not in (cycle_file_name(record.cycle_id), _legacy_file_name(record.cycle_id)):
+            raise ForeignName(f"the file name is not the one vmsnapd gives cycle {record.cycle_id!r} "
+                              f"({cycle_file_name(record.cycle_id)}): a copy or a renamed record? Not acted on; "
+                              "inspect it and remove it")
 
     def pending(self) -> list[CycleRecord]:
         """The readable records of cycles a crash interrupted (unreadable ones are logged and skipped)."""

@@ -103,3 +103,32 @@ def test_recover_reports_a_newer_record_and_touches_nothing_it_names(tmp_path: P
 
     assert len(report.errors) == 1 and "'fenced_disks' unknown to this vmsnapd" in report.errors[0], report
     assert record_path.exists() and ram_file.exists(), "a record this version cannot read in full is not acted on"
+
+
+def test_a_record_under_another_file_name_is_not_acted_on(tmp_path: Path):
+    """A copy or a renamed record (`x.json`): `finish` removes the cycle's own file name only, so recover acted on
+    it and said 'closed' again at every pass, never closing it. Now it is reported and left alone."""
+    overlay_dir = tmp_path / "overlay"
+    overlay_dir.mkdir()
+    ram_file = overlay_dir / f"web_{STAMP}.mem"
+    ram_file.write_bytes(b"RAM")
+    config = parse_config(f'[daemon]\noverlay_dir = "{overlay_dir}"\nstate_dir = "{tmp_path}/state"\n'
+                          f'ram_dir = "{tmp_path}/ram"\n[datasets."tank/web"]\ndomain = "web"\n')
+    now = datetime(2026, 11, 29, 2, tzinfo=timezone.utc)
+    listing = ZfsListing(datasets={"tank/web": DatasetInfo("tank/web", str(tmp_path / "tank/web"), now)})
+    survey = Survey(listing=listing, policies=resolve(config, listing.datasets))
+    ctx = Context(config=config, config_path=tmp_path / "c.toml", runner=Runner(), zfs=None, _hypervisor=NoDomains())
+    journal = Journal(ctx.state_dir)
+    journal.directory.mkdir(parents=True, mode=0o700)
+    copy = journal.directory / "copy of web.json"
+    copy.write_text(json.dumps({**OLDEST, "ram_file": str(ram_file)}))
+
+    for _ in range(2):
+        report = recover(ctx, survey, folders_checked=True)
+        assert report.actions == [] and len(report.errors) == 1, report
+        assert "is not the one vmsnapd gives cycle" in report.errors[0]
+    assert copy.exists() and ram_file.exists()
+    # Under its own name the same record is recovered and closed.
+    copy.rename(journal.path_of(CYCLE_ID))
+    report = recover(ctx, survey, folders_checked=True)
+    assert report.errors == [] and not ram_file.exists() and journal.pending() == []
