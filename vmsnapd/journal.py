@@ -141,7 +141,7 @@ class ForeignName(ValueError):
 
 
 _NEWER_HINT = ("written by a newer vmsnapd? Not acted on, so nothing it records is lost: finish it with that "
-               "version's `vmsnapd recover`, or inspect it and remove it")
+               "version's `vmsnapd recover`")
 
 
 def read_record(data: bytes) -> CycleRecord:
@@ -245,8 +245,7 @@ class Journal:
         exactly that name, so a copy or a renamed file would be acted on again by every recover, never closed."""
         if path.name not in (cycle_file_name(record.cycle_id), _legacy_file_name(record.cycle_id)):
             raise ForeignName(f"the file name is not the one vmsnapd gives cycle {record.cycle_id!r} "
-                              f"({cycle_file_name(record.cycle_id)}): a copy or a renamed record? Not acted on; "
-                              "inspect it and remove it")
+                              f"({cycle_file_name(record.cycle_id)}): a copy or a renamed record? Not acted on")
 
     def pending(self) -> list[CycleRecord]:
         """The readable records of cycles a crash interrupted (unreadable ones are logged and skipped)."""
