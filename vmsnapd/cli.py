@@ -269,8 +269,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait), progress_on_tty(ctx.config.daemon.libvirt_uri,
                                                                          [args.target, *_likely_domains(ctx)]):
         outcomes = take_now(ctx, ctx.survey(), args.target, args.period)
+        recorded = PassReport(outcomes=outcomes or [])
         if outcomes is not None:
-            record_results(ctx, PassReport(outcomes=outcomes))
+            record_results(ctx, recorded)  # a results file it cannot write: logged, and exit 1 below
     if outcomes is None:
         print(f"vmsnapd: {args.target} is neither a dataset managed by {args.config} nor the domain of one",
               file=sys.stderr)
@@ -281,7 +282,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     else:
         for outcome in outcomes:
             print(_outcome_line(outcome))
-    return EX_OK if all(o.ok for o in outcomes) else EX_FAILED
+    return EX_OK if not recorded.failed else EX_FAILED
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

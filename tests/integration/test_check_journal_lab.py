@@ -42,3 +42,16 @@ def test_check_sees_what_recover_cannot_finish(lab, dataset, vmsnapd_env):
     assert f"journal: cycle {cycle_id} interrupted" in env.run("status").stdout
     env.run("recover")  # a plain cycle past its snapshot: recover closes it
     assert parse(env.run("check", expect=0).stdout, 0).text.startswith("VMSNAPD OK - ")
+
+
+def test_a_results_file_that_cannot_be_written_still_shows_the_pass(lab, dataset, vmsnapd_env):
+    """results.json replaced by a folder: `once` took its snapshot, prints it, and exits 1 naming the file (it
+    printed nothing and ended on the OSError; the daemon logged a traceback as a crashed pass)."""
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {"hourly": 1, "daily": 0, "monthly": 0, "domain": "none"}
+    env.state_dir.mkdir(mode=0o700)
+    (env.state_dir / "results.json").mkdir()
+    proc = env.run("once", expect=1)
+    assert "took autosnap_" in proc.stdout and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"cannot record this pass's results in {env.state_dir}/results.json" in proc.stderr, proc.stderr
+    assert len(lab.snapshot_names(dataset)) == 1

@@ -66,3 +66,23 @@ def test_a_pid_from_a_file_is_never_a_process_group_or_out_of_range():
 
     assert _process_exists(os.getpid())
     assert not any(_process_exists(pid) for pid in (0, -1, -os.getpid(), 2**31, 2**63))
+
+
+def test_results_that_cannot_be_written_are_an_error_of_the_pass_not_an_exception(tmp_path, caplog):
+    """results.json replaced by a folder (or state_dir unsafe): the pass's snapshots were taken all the same;
+    `once` must still print its report (it printed nothing, the exception went out of the pass)."""
+    import logging
+    from types import SimpleNamespace
+
+    from vmsnapd.actions.status import RESULTS_FILE, record_results
+    from vmsnapd.report import PassReport, TargetOutcome
+
+    (tmp_path / RESULTS_FILE).mkdir()
+    ctx = SimpleNamespace(dry_run=False, state_dir=tmp_path, now=lambda: NOW)
+    report = PassReport(outcomes=[TargetOutcome(action="take", target="tank/a", datasets=["tank/a"],
+                                                snapshots=["tank/a@autosnap_2026-11-29_02:00:00_hourly"])])
+    with caplog.at_level(logging.ERROR):
+        record_results(ctx, report)
+    assert report.failed == 1 and f"cannot record this pass's results in {tmp_path / RESULTS_FILE}" in \
+        report.errors[0], report.errors
+    assert "cannot record" in caplog.text

@@ -82,7 +82,10 @@ class HostStatus(BaseModel):
 
 
 def record_results(ctx: Context, report: PassReport) -> None:
-    """Remember the outcome of this pass per dataset (never in dry run)."""
+    """Remember the outcome of this pass per dataset (never in dry run). A file that cannot be written (a
+    folder in its place, state_dir unsafe or full) is an error of the pass in `report.errors`, logged: the
+    snapshots were taken and pruned all the same, and the pass's report must still be shown (it was an OSError
+    out of the pass: `once` printed nothing of what it did, the daemon logged a traceback)."""
     if ctx.dry_run or not report.outcomes:
         return
     path = ctx.state_dir / RESULTS_FILE
@@ -92,8 +95,14 @@ def record_results(ctx: Context, report: PassReport) -> None:
         for dataset in outcome.datasets:
             results.setdefault(dataset, {})[outcome.action] = LastResult(
                 action=outcome.action, ok=outcome.ok, at=now, error=outcome.error).model_dump(mode="json")
-    ensure_private_directory(ctx.state_dir)
-    write_file_atomically(path, json.dumps(results, indent=1, sort_keys=True).encode())
+    try:
+        ensure_private_directory(ctx.state_dir)
+        write_file_atomically(path, json.dumps(results, indent=1, sort_keys=True).encode())
+    except OSError as exc:
+        message = (f"cannot record this pass's results in {path} ({exc.strerror or exc}): status and check do not "
+                   "show them")
+        log.error("%s", message)
+        report.errors.append(message)
 
 
 _RESULTS = TypeAdapter(dict[str, dict[str, LastResult]])
