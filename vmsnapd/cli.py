@@ -17,6 +17,7 @@ from vmsnapd.actions.folders import check_folders
 from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.config import (ConfigError, DaemonSettings, group_members, load_config, read_regular_file, resolve,
                             table_policy)
+from vmsnapd.files import check_folder_to_be
 from vmsnapd.groupplan import group_report
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging
@@ -298,8 +299,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         where = f"configured names only (cannot list datasets: {exc})"
         policies = resolve(config, sorted(config.datasets))
     folders = check_folders(ctx, survey)  # the host-aware folder rules: a reason per unsafe folder, exit 78
-    if not folders.ok:
-        raise ConfigError(args.config, folders.problems)
+    unsafe = _unsafe_folders(config.daemon)  # what every pass would refuse to write in (vmsnapd.files)
+    if not folders.ok or unsafe:
+        raise ConfigError(args.config, folders.problems + unsafe)
     for note in folders.notes:  # on stderr: stdout stays the policy (or the JSON document)
         print(f"vmsnapd: note: {note}", file=sys.stderr)
     if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
@@ -321,6 +323,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             print(f"  {key} = {json.dumps(value, default=str)}")
     _print_host_notes(groups, _staging_note(config.daemon))
     return EX_OK
+
+
+def _unsafe_folders(daemon: DaemonSettings) -> list[str]:
+    """The folders vmsnapd writes that every pass would refuse (vmsnapd.files: a symbolic link, someone else's,
+    writable by others, a file): said by `config check` before the daemon starts, not at its first pass. The
+    staging folder is left out: an unsafe one is not fatal, the RAM file goes to overlay_dir with a warning."""
+    problems = []
+    for key in ("state_dir", "overlay_dir", "ram_dir"):
+        if key == "ram_dir" and daemon.ram_dataset:
+            continue
+        try:
+            check_folder_to_be(getattr(daemon, key))
+        except (OSError, ValueError) as exc:
+            problems.append(f"daemon.{key}: {exc}")
+    return problems
 
 
 def _print_host_notes(groups: dict, staging: str) -> None:
