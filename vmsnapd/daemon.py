@@ -30,6 +30,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -80,6 +81,15 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+class _NoOverrunWarning(logging.Filter):
+    """APScheduler warns "Execution of job … skipped: maximum number of running instances reached" at every
+    minute a pass is still running: normal life for a long pass (many VMs, big RAM dumps), not a problem, so not
+    a WARNING in the journal. The daemon says it itself, at INFO (Daemon.pass_overran)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in str(record.msg)
+
+
 def sd_notify(message: str) -> bool:
     """Send one sd_notify datagram; False when not under systemd (no NOTIFY_SOCKET)."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -110,6 +120,8 @@ class Daemon:
         self.pass_started: float | None = None  # monotonic time the running pass began
         self.stuck_reported = False
         self.watchdog_s: float | None = None  # the watchdog job's interval, when systemd asked for pings
+        logging.getLogger("apscheduler.scheduler").addFilter(_NoOverrunWarning())
+        self.scheduler.add_listener(self.pass_overran, EVENT_JOB_MAX_INSTANCES)
 
     def context(self) -> Context:
         runner = Runner()
@@ -233,6 +245,14 @@ class Daemon:
                                    max_instances=1)
         self.scheduler.add_job(self.one_pass, CronTrigger(second=0, timezone="UTC"), id="pass",
                                misfire_grace_time=50, next_run_time=None)
+
+    def pass_overran(self, event: JobSubmissionEvent) -> None:
+        """A minute came while the pass still runs: that minute's pass is left out (the next minute after the
+        pass ends runs one; what is due is taken then, once)."""
+        started = self.pass_started
+        if event.job_id == "pass" and started is not None:
+            log.info("the pass started %.0f s ago still runs: this minute's pass is left out",
+                     time.monotonic() - started)
 
     def follow_clock(self, jump: float) -> bool:
         """After a wall-clock jump of more than CLOCK_JUMP_S (see `clock_jump`), log it and put the jobs back on

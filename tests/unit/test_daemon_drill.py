@@ -61,3 +61,28 @@ def test_ordinary_jitter_changes_nothing(daemon, caplog):
         assert not daemon.follow_clock(CLOCK_JUMP_S)
         assert not daemon.follow_clock(-CLOCK_JUMP_S)
     assert _next_runs(daemon) == before and "wall clock" not in caplog.text
+
+
+def test_a_pass_running_into_the_next_minute_is_info_not_an_apscheduler_warning(daemon, caplog):
+    """Measured with the real daemon (a 75 s hook): 'WARNING apscheduler.scheduler: Execution of job … skipped:
+    maximum number of running instances reached (1)' at every minute a pass overran — normal life for a long
+    pass. Here the real scheduler meets a pass that has not ended at its next run time."""
+    import threading
+    import time
+
+    release = threading.Event()
+    daemon.scheduler.remove_all_jobs()
+
+    def long_pass():
+        daemon.pass_started = time.monotonic()
+        release.wait(30)
+
+    daemon.scheduler.add_job(long_pass, "interval", seconds=0.2, id="pass", max_instances=1, coalesce=True)
+    with caplog.at_level(logging.DEBUG):
+        daemon.scheduler.resume()
+        deadline = time.monotonic() + 20
+        while "still runs" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        release.set()
+    assert "this minute's pass is left out" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
