@@ -90,6 +90,9 @@ class _NoOverrunWarning(logging.Filter):
         return "maximum number of running instances" not in str(record.msg)
 
 
+_NO_OVERRUN_WARNING = _NoOverrunWarning()  # one instance: adding it again (another Daemon) is a no-op
+
+
 def sd_notify(message: str) -> bool:
     """Send one sd_notify datagram; False when not under systemd (no NOTIFY_SOCKET)."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -120,7 +123,7 @@ class Daemon:
         self.pass_started: float | None = None  # monotonic time the running pass began
         self.stuck_reported = False
         self.watchdog_s: float | None = None  # the watchdog job's interval, when systemd asked for pings
-        logging.getLogger("apscheduler.scheduler").addFilter(_NoOverrunWarning())
+        logging.getLogger("apscheduler.scheduler").addFilter(_NO_OVERRUN_WARNING)
         self.scheduler.add_listener(self.pass_overran, EVENT_JOB_MAX_INSTANCES)
 
     def context(self) -> Context:
