@@ -86,3 +86,14 @@ def test_results_that_cannot_be_written_are_an_error_of_the_pass_not_an_exceptio
     assert report.failed == 1 and f"cannot record this pass's results in {tmp_path / RESULTS_FILE}" in \
         report.errors[0], report.errors
     assert "cannot record" in caplog.text
+
+
+def test_metrics_show_the_journal_problems():
+    from vmsnapd.actions.status import HostStatus
+    from vmsnapd.metrics import Metrics
+
+    metrics = Metrics(process=False)
+    metrics.set_status(HostStatus(journal_unreadable=["/x.json cannot be read: boom"]))
+    text = metrics.render().decode()
+    assert 'vmsnapd_journal_problems{kind="unreadable"} 1.0' in text
+    assert 'vmsnapd_journal_problems{kind="interrupted"} 0.0' in text
