@@ -17,6 +17,7 @@ from vmsnapd.actions.folders import check_folders
 from vmsnapd.report import PassReport, TargetOutcome
 from vmsnapd.config import (ConfigError, DaemonSettings, group_members, load_config, read_regular_file, resolve,
                             table_policy)
+from vmsnapd.files import check_folder_to_be
 from vmsnapd.groupplan import group_report
 from vmsnapd.lock import LockBusy, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging
@@ -269,8 +270,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     with pass_lock(ctx.state_dir, wait_s=args.lock_wait), progress_on_tty(ctx.config.daemon.libvirt_uri,
                                                                          [args.target, *_likely_domains(ctx)]):
         outcomes = take_now(ctx, ctx.survey(), args.target, args.period)
+        recorded = PassReport(outcomes=outcomes or [])
         if outcomes is not None:
-            record_results(ctx, PassReport(outcomes=outcomes))
+            record_results(ctx, recorded)  # a results file it cannot write: logged, and exit 1 below
     if outcomes is None:
         print(f"vmsnapd: {args.target} is neither a dataset managed by {args.config} nor the domain of one",
               file=sys.stderr)
@@ -281,7 +283,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     else:
         for outcome in outcomes:
             print(_outcome_line(outcome))
-    return EX_OK if all(o.ok for o in outcomes) else EX_FAILED
+    return EX_OK if not recorded.failed else EX_FAILED
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -297,8 +299,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         where = f"configured names only (cannot list datasets: {exc})"
         policies = resolve(config, sorted(config.datasets))
     folders = check_folders(ctx, survey)  # the host-aware folder rules: a reason per unsafe folder, exit 78
-    if not folders.ok:
-        raise ConfigError(args.config, folders.problems)
+    unsafe = _unsafe_folders(config.daemon)  # what every pass would refuse to write in (vmsnapd.files)
+    if not folders.ok or unsafe:
+        raise ConfigError(args.config, folders.problems + unsafe)
     for note in folders.notes:  # on stderr: stdout stays the policy (or the JSON document)
         print(f"vmsnapd: note: {note}", file=sys.stderr)
     if not config.datasets:  # valid, but it manages nothing: say so (an import that produced nothing, a typo)
@@ -320,6 +323,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             print(f"  {key} = {json.dumps(value, default=str)}")
     _print_host_notes(groups, _staging_note(config.daemon))
     return EX_OK
+
+
+def _unsafe_folders(daemon: DaemonSettings) -> list[str]:
+    """The folders vmsnapd writes that every pass would refuse (vmsnapd.files: a symbolic link, someone else's,
+    writable by others, a file): said by `config check` before the daemon starts, not at its first pass. The
+    staging folder is left out: an unsafe one is not fatal, the RAM file goes to overlay_dir with a warning."""
+    problems = []
+    for key in ("state_dir", "overlay_dir", "ram_dir"):
+        if key == "ram_dir" and daemon.ram_dataset:
+            continue
+        try:
+            check_folder_to_be(getattr(daemon, key))
+        except (OSError, ValueError) as exc:
+            problems.append(f"daemon.{key}: {exc}")
+    return problems
 
 
 def _print_host_notes(groups: dict, staging: str) -> None:
@@ -461,6 +479,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for path in status.leftover_files:
         print(f"leftover: {path}")
     sys.stdout.write("".join(f"kept aside by a restore: {line}\n" for line in status.kept_aside))
+    for line in status.journal_unreadable + status.interrupted_cycles:
+        print(f"journal: {line}")
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK

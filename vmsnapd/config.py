@@ -23,8 +23,11 @@ from vmsnapd.names import (DISK_TARGET_PATTERN, PERIODS, InvalidName, is_aside, 
 from vmsnapd.ownership import FOLDER_KEYS, folder_nesting_problems
 from vmsnapd.replica import nesting_problem
 
-# Finite: `inf` would mean a hook that is never killed; NaN compares false with everything.
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Finite: `inf` would mean a hook that is never killed; NaN compares false with everything. At most a week: a
+# timeout is a deadline of a thread wait, and Python refuses one beyond threading.TIMEOUT_MAX (~292 years) with
+# OverflowError (group_timeout = 1e12 failed every group cycle that way); no hook or group wait needs a week.
+MAX_TIMEOUT_S = 7 * 86400
+Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
 Minute = Annotated[int, Field(ge=0, le=59)]
 Hour = Annotated[int, Field(ge=0, le=23)]
@@ -90,7 +93,7 @@ class DaemonSettings(StrictModel):
                                    "slowest member's hold (its live RAM copy included) before the group gives up "
                                    "without a snapshot and every member resumes (docs/groups.md).")
     hook_timeout: Seconds = Field(30, description="Seconds a hook may run before it is killed, unless hooks.timeout "
-                                  "says otherwise (finite, more than 0).")
+                                  "says otherwise (more than 0, at most 604800: a week).")
     metrics_listen: str = Field(
         "", description='HOST:PORT for the metrics endpoint, e.g. "127.0.0.1:9810" or "[::1]:9810" (IPv6 in '
         "brackets); HOST an IP address or a host name; empty: no endpoint.",

@@ -12,6 +12,11 @@ sd_notify tie it to systemd.
   (a libvirt call that never returns, a hung zfs) stops the pings and systemd restarts us, after which
   the start-up `recover` finishes whatever the stuck cycle left.
 - Metrics: a MetricsServer on `metrics_listen`; a reload that changes it moves the endpoint, no restart.
+- The wall clock set back or forward (an NTP step, `date -s`, a resume from suspend): APScheduler 3 sleeps
+  until a next run time it computed on the wall clock, so a clock set back by an hour meant an hour without
+  a pass and without a watchdog ping (upstream leaves this to the application: agronholm/apscheduler#351).
+  The main loop compares the wall clock with the monotonic one every half second and, on a jump of more than
+  CLOCK_JUMP_S, logs it and puts both jobs back on the new time: the next pass comes at the next minute.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from vmsnapd.actions.context import Context
 from vmsnapd.actions.passes import run_pass
@@ -47,6 +54,9 @@ PASS_LOCK_WAIT_S = 50.0
 # 300 s each (Hypervisor.block_job_timeout), the runner's 300 s timeout on zfs calls: generous on purpose.
 CYCLE_BOUND_S = 1800.0
 PASS_BASE_BOUND_S = 1800.0  # recover, surveys and pruning
+# A wall-clock step larger than this (beyond the monotonic clock's progress) reschedules the jobs. NTP slews
+# small errors; a step of seconds is an NTP step, an admin's `date -s` or a resume from suspend.
+CLOCK_JUMP_S = 5.0
 
 
 def pass_bound_s(config: Config) -> float:
@@ -55,6 +65,32 @@ def pass_bound_s(config: Config) -> float:
     (pre and post). Slow is fine; only a pass that cannot be making progress stops the pings."""
     rounds = -(-max(len(config.datasets), 1) // config.daemon.max_parallel)
     return PASS_BASE_BOUND_S + rounds * (CYCLE_BOUND_S + 2 * config.daemon.hook_timeout)
+
+
+def clock_jump(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """How far the wall clock moved beyond the monotonic clock between two (wall, monotonic) readings, in
+    seconds: 0 when it just ran, negative when it was set back, the time asleep after a suspend (Linux's
+    CLOCK_MONOTONIC stands still while suspended)."""
+    return (after[0] - before[0]) - (after[1] - before[1])
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+class _NoOverrunWarning(logging.Filter):
+    """APScheduler warns "Execution of job … skipped: maximum number of running instances reached" at every
+    minute a pass is still running: normal life for a long pass (many VMs, big RAM dumps), not a problem, so not
+    a WARNING in the journal. The daemon says it itself, at INFO (Daemon.pass_overran)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in str(record.msg)
+
+
+_NO_OVERRUN_WARNING = _NoOverrunWarning()  # one instance: adding it again (another Daemon) is a no-op
 
 
 def sd_notify(message: str) -> bool:
@@ -86,6 +122,9 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self.pass_started: float | None = None  # monotonic time the running pass began
         self.stuck_reported = False
+        self.watchdog_s: float | None = None  # the watchdog job's interval, when systemd asked for pings
+        logging.getLogger("apscheduler.scheduler").addFilter(_NO_OVERRUN_WARNING)
+        self.scheduler.add_listener(self.pass_overran, EVENT_JOB_MAX_INSTANCES)
 
     def context(self) -> Context:
         runner = Runner()
@@ -200,27 +239,58 @@ class Daemon:
             return exc
         return None
 
+    def add_jobs(self, watchdog_usec: int) -> None:
+        """The pass every minute at second 0 (first run: when `run` says) and, under a systemd watchdog, the
+        liveness check every half WatchdogSec."""
+        if watchdog_usec:
+            self.watchdog_s = max(watchdog_usec / 2e6, 0.5)
+            self.scheduler.add_job(self.watchdog_tick, IntervalTrigger(seconds=self.watchdog_s), id="watchdog",
+                                   max_instances=1)
+        self.scheduler.add_job(self.one_pass, CronTrigger(second=0, timezone="UTC"), id="pass",
+                               misfire_grace_time=50, next_run_time=None)
+
+    def pass_overran(self, event: JobSubmissionEvent) -> None:
+        """A minute came while the pass still runs: that minute's pass is left out (the next minute after the
+        pass ends runs one; what is due is taken then, once)."""
+        started = self.pass_started
+        if event.job_id == "pass" and started is not None:
+            log.info("the pass started %.0f s ago still runs: this minute's pass is left out",
+                     time.monotonic() - started)
+
+    def follow_clock(self, jump: float) -> bool:
+        """After a wall-clock jump of more than CLOCK_JUMP_S (see `clock_jump`), log it and put the jobs back on
+        the new time (the scheduler would otherwise wait out a clock set back); True when it did."""
+        if abs(jump) <= CLOCK_JUMP_S:
+            return False
+        how = "set back" if jump < 0 else "moved forward (set, or the host was suspended)"
+        log.warning("wall clock %s by %s: passes rescheduled on the new time, the next one at the next minute%s",
+                    how, _span(jump), " (a snapshot is due again only once the schedule passes the newest one)"
+                    if jump < 0 else "")
+        self.scheduler.reschedule_job("pass", trigger=CronTrigger(second=0, timezone="UTC"))
+        if self.watchdog_s is not None:
+            self.scheduler.reschedule_job("watchdog", trigger=IntervalTrigger(seconds=self.watchdog_s))
+        return True
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_wanted.set())
-        watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if watchdog_usec:
-            self.scheduler.add_job(self.watchdog_tick, "interval", seconds=max(watchdog_usec / 2e6, 0.5),
-                                   id="watchdog", max_instances=1)
         # Every minute at second 0, and once right away (catch-up after downtime, as sanoid --cron).
-        self.scheduler.add_job(self.one_pass, CronTrigger(second=0, timezone="UTC"), id="pass",
-                               misfire_grace_time=50, next_run_time=None)
+        self.add_jobs(int(os.environ.get("WATCHDOG_USEC", "0") or 0))
         if self.config.daemon.metrics_listen:
             self._start_metrics(self.config.daemon.metrics_listen)
         self.scheduler.start()
         self.scheduler.get_job("pass").modify(next_run_time=datetime.now(timezone.utc))
         sd_notify("READY=1\nSTATUS=running")
         log.log(NOTICE, "vmsnapd running with %s (%d dataset table(s))", self.config_path, len(self.config.datasets))
+        clock = (time.time(), time.monotonic())
         while not self.stop.wait(0.5):
             if self.reload_wanted.is_set():
                 self.reload_wanted.clear()
                 self.reload()
+            now = (time.time(), time.monotonic())
+            self.follow_clock(clock_jump(clock, now))
+            clock = now
         sd_notify("STOPPING=1")
         log.log(NOTICE, "stopping: waiting for a running pass to finish")
         self.scheduler.shutdown(wait=True)

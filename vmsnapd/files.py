@@ -83,6 +83,16 @@ def _check_chain(path: Path, *, leaf_may_be_link: bool, depth: int, is_leaf: boo
         is_leaf = False
 
 
+def check_folder_to_be(path: Path) -> None:
+    """What `ensure_folder` would refuse, without creating anything: UnsafePath (an OSError) unless `path` is a
+    folder vmsnapd may write in or, when missing, could be created as one (`config check` says it in advance)."""
+    path = Path(os.path.abspath(path))
+    existing = path
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    _check_chain(existing, leaf_may_be_link=existing != path, depth=0, is_leaf=existing == path)
+
+
 def ensure_folder(path: Path, mode: int = 0o700, *, set_mode: bool = True) -> None:
     """Create `path` (and missing parents) with `mode`, or check the existing one; UnsafePath if not safe.
 

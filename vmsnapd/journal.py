@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import from_json
 
 from vmsnapd.models import CycleMethod
 from vmsnapd.files import (
@@ -131,6 +132,36 @@ def _legacy_file_name(cycle_id: str) -> str:
     return stem + RECORD_SUFFIX
 
 
+class NewerRecord(ValueError):
+    """A record this vmsnapd cannot act on without losing what it says: fields or a state it does not know."""
+
+
+class ForeignName(ValueError):
+    """A record in a file of another name than vmsnapd gives its cycle."""
+
+
+_NEWER_HINT = ("written by a newer vmsnapd? Not acted on, so nothing it records is lost: finish it with that "
+               "version's `vmsnapd recover`")
+
+
+def read_record(data: bytes) -> CycleRecord:
+    """A journal file's bytes → its record; ValueError (NewerRecord, pydantic's ValidationError, JSON errors)
+    when it is not one this version can act on.
+
+    A field this version does not know is refused, not dropped: the record describes a cycle in flight, and
+    what an unknown field says (a file to delete, a disk to commit back) would be lost when recovery acts on
+    the rest and finishes the record. An unknown state is refused the same way (recovery would guess)."""
+    raw = from_json(data)  # ValueError for anything not JSON, also nesting too deep
+    if isinstance(raw, dict):
+        unknown = sorted(str(key) for key in raw if key not in CycleRecord.model_fields)
+        if unknown:
+            raise NewerRecord(f"field(s) {', '.join(map(repr, unknown))} unknown to this vmsnapd: {_NEWER_HINT}")
+        state = raw.get("state")
+        if isinstance(state, str) and state not in {member.value for member in CycleState}:
+            raise NewerRecord(f"state {state!r} unknown to this vmsnapd: {_NEWER_HINT}")
+    return CycleRecord.model_validate(raw)
+
+
 class Journal:
     """Records of cycles in flight in `state_dir/cycles/<cycle_id>.json` (0700 directory, 0600 files)."""
 
@@ -159,8 +190,8 @@ class Journal:
         """Write a new version of `record` with `changes` applied; returns it (records are not mutated)."""
         if "cycle_id" in changes and changes["cycle_id"] != record.cycle_id:
             raise JournalError("a journal record cannot change its cycle_id")
-        # Reading tolerates unknown keys (a record from another version); writing one is a typo that
-        # would silently lose recovery information.
+        # Reading refuses unknown keys (read_record: a newer version's record is left alone); writing one is
+        # a typo that would silently lose recovery information.
         unknown = sorted(set(changes) - set(CycleRecord.model_fields))
         if unknown:
             raise JournalError(f"unknown cycle record fields: {', '.join(unknown)}")
@@ -200,12 +231,21 @@ class Journal:
                 unreadable.append(UnreadableRecord(path=path, reason="not a regular file (a link?): not trusted"))
                 continue
             try:
-                records.append(CycleRecord.model_validate_json(path.read_bytes()))
+                record = read_record(path.read_bytes())
+                self._check_named(path, record)
+                records.append(record)
             except (OSError, ValueError, ValidationError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("journal: cannot read cycle record %s, leaving it for inspection: %s", path, reason)
                 unreadable.append(UnreadableRecord(path=path, reason=reason))
         return JournalScan(records=records, unreadable=unreadable)
+
+    def _check_named(self, path: Path, record: CycleRecord) -> None:
+        """A record is vmsnapd's as written only under its cycle's file name (or the legacy one): `finish` removes
+        exactly that name, so a copy or a renamed file would be acted on again by every recover, never closed."""
+        if path.name not in (cycle_file_name(record.cycle_id), _legacy_file_name(record.cycle_id)):
+            raise ForeignName(f"the file name is not the one vmsnapd gives cycle {record.cycle_id!r} "
+                              f"({cycle_file_name(record.cycle_id)}): a copy or a renamed record? Not acted on")
 
     def pending(self) -> list[CycleRecord]:
         """The readable records of cycles a crash interrupted (unreadable ones are logged and skipped)."""

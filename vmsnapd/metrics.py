@@ -162,7 +162,12 @@ class StatusCollector(Collector):
         pools = GaugeMetricFamily("vmsnapd_pool_capacity_ratio", "Pool capacity in use, 0 to 1.", labels=["pool"])
         for pool, percent in status.pools.items():
             pools.add_metric([pool], percent / 100)
-        yield from (count, newest, ok, overlay, dumps, pools)
+        journal = GaugeMetricFamily("vmsnapd_journal_problems", "Crash-journal records recover cannot finish: "
+                                    "unreadable, or a cycle interrupted minutes ago and not recovered (check: "
+                                    "CRITICAL).", labels=["kind"])
+        journal.add_metric(["unreadable"], len(status.journal_unreadable))
+        journal.add_metric(["interrupted"], len(status.interrupted_cycles))
+        yield from (count, newest, ok, overlay, dumps, pools, journal)
 
 
 # -- the HTTP endpoint ----------------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ one period down (frequently seconds, hourly minutes, daily hours, weekly days, m
 of 31 days); with a suffix y/w/d/h/m/s (case-insensitive) it is that unit. Deviation: `y` is 365 days
 (sanoid 2.1 multiplies it by 31 × 365).
 
-Beyond sanoid: CRITICAL for a configured dataset that does not exist, a VM left on an overlay and a
-failed last cycle; WARNING while the prune guard holds a dataset back, and per disk of a VM reading a backing
-file outside the VM's snapshotted datasets (vmsnapd.backing: its restore points hold only while that file does;
-CRITICAL when it is missing: the VM cannot start again);
+Beyond sanoid: CRITICAL for a configured dataset that does not exist, a VM left on an overlay, a
+failed last cycle, and a crash-journal record that recover cannot read or has not finished (an interrupted
+cycle whose process is gone, minutes later: every pass's recover fails on it); WARNING while the prune guard
+holds a dataset back, and per disk of a VM reading a backing file outside the VM's snapshotted datasets
+(vmsnapd.backing: its restore points hold only while that file does; CRITICAL when it is missing:
+the VM cannot start again);
 pool capacity WARNING/CRITICAL at 80 % / 95 % (sanoid's `capacity_*` defaults);
 UNKNOWN when nothing is configured or a part of the host does not answer.
 """
@@ -76,6 +78,10 @@ class CheckFacts(BaseModel):
     missing: list[str] = Field(default_factory=list)  # configured datasets that do not exist
     pools: dict[str, int] = Field(default_factory=dict)  # capacity percent
     problems: list[str] = Field(default_factory=list)  # parts of the host that did not answer
+    # The crash journal: records recover cannot read, and cycles interrupted long enough ago that a pass should
+    # have recovered them (vmsnapd.actions.status.journal_facts); either way every pass's recover fails.
+    journal_unreadable: list[str] = Field(default_factory=list)
+    interrupted_cycles: list[str] = Field(default_factory=list)
 
 
 class Overrides(BaseModel):
@@ -160,6 +166,8 @@ def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = N
     findings += [Finding(state=State.UNKNOWN, text=p) for p in facts.problems]
     findings += [Finding(state=State.CRITICAL, text=f"configured dataset {name} does not exist")
                  for name in facts.missing]
+    findings += [Finding(state=State.CRITICAL, text=f"journal record {line}") for line in facts.journal_unreadable]
+    findings += [Finding(state=State.CRITICAL, text=line) for line in facts.interrupted_cycles]
     for dataset in facts.datasets:
         findings += _dataset_findings(dataset)
         findings += _age_findings(dataset, now, overrides, perf)

@@ -177,6 +177,15 @@ def period_length(policy: DatasetPolicy, period: str) -> timedelta:
     return timedelta(seconds=PERIOD_SECONDS[period])
 
 
+def prune_cutoff(now: datetime, keep: int, length: timedelta) -> datetime | None:
+    """`keep` periods of `length` before `now`: snapshots created before it are old enough to go. None when that
+    lies before any date Python knows (a count such as `yearly = 9999`, "keep them all"): none is that old."""
+    try:
+        return now - keep * length
+    except OverflowError:
+        return None
+
+
 def prune_set(policy: DatasetPolicy, snapshots: Iterable[Snapshot], now: datetime) -> list[Snapshot]:
     """sanoid's rule, per period with N kept: oldest first, a snapshot goes when its `creation` is older than
     N periods before `now` (strictly) AND more than N of that period remain. Oldest first, like sanoid.
@@ -192,11 +201,11 @@ def prune_set(policy: DatasetPolicy, snapshots: Iterable[Snapshot], now: datetim
     doomed = []
     for period in PERIODS:
         keep = retention(policy, period)
-        cutoff = cutoff_base - keep * period_length(policy, period)
+        cutoff = prune_cutoff(cutoff_base, keep, period_length(policy, period))
         mine = ours_of_period(policy, snapshots, period)[::-1]  # oldest first
         remaining = len(mine)
         for snapshot in mine:
-            if remaining <= keep or snapshot.creation >= cutoff:
+            if remaining <= keep or cutoff is None or snapshot.creation >= cutoff:
                 break  # sorted by creation: every later one is younger still
             remaining -= 1
             if snapshot.userrefs == 0:

@@ -28,7 +28,8 @@ from typing import Any
 
 import tomli_w
 
-from vmsnapd.config import Config, ConfigError, Hooks, PolicySettings, key_path, parse_config, resolve
+from vmsnapd.config import (MAX_TIMEOUT_S, Config, ConfigError, Hooks, PolicySettings, key_path, parse_config,
+                            resolve)
 from vmsnapd.names import PERIODS, InvalidName, validate_dataset_name
 
 
@@ -506,6 +507,10 @@ def _expected_hooks(config: dict[str, Value], values: dict[str, Any], notes: lis
         notes.append(f"script_timeout = {seconds} (no limit in sanoid): vmsnapd kills a hook after "
                      f"{NO_TIMEOUT_S} s")
         seconds = NO_TIMEOUT_S
+    elif seconds > MAX_TIMEOUT_S:
+        notes.append(f"script_timeout = {seconds}: vmsnapd's longest hook timeout is {MAX_TIMEOUT_S} s (a week), "
+                     "used instead")
+        seconds = MAX_TIMEOUT_S
     hooks["timeout"] = seconds
     if hooks["pre_snapshot"]:
         inconsistent_ok = not _toggle("no_inconsistent_snapshot", config["no_inconsistent_snapshot"])
@@ -593,7 +598,7 @@ def _layer_value(key: str, value: Value) -> tuple[str, Any] | None:
     if key in THRESHOLD_KEYS:
         return key, _threshold(key, value)
     if key == "script_timeout" and _integer(key, value) > 0:
-        return "timeout", _integer(key, value)
+        return "timeout", min(_integer(key, value), MAX_TIMEOUT_S)
     if key == "prune_defer" and _integer(key, value, 0, 100) < 100:
         return key, _integer(key, value)
     if key == "frequent_period" and 60 % _integer(key, value, 1) == 0:

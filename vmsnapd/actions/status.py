@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vmsnapd.asides import kept_aside_lines
 from vmsnapd.config import DaemonSettings, DatasetPolicy
 from vmsnapd.files import ensure_private_directory, write_file_atomically
 from vmsnapd.hvtypes import HypervisorError
+from vmsnapd.journal import JournalScan
 from vmsnapd.lag import lag_seconds
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS
@@ -76,11 +78,16 @@ class HostStatus(BaseModel):
     pools: dict[str, int] = Field(default_factory=dict)  # capacity percent
     leftover_files: list[str] = Field(default_factory=list)  # overlays and RAM files in overlay_dir/ram_staging_dir
     kept_aside: list[str] = Field(default_factory=list)  # what in-place restores set aside, with undo/drop commands
+    journal_unreadable: list[str] = Field(default_factory=list)  # crash-journal records recover cannot read
+    interrupted_cycles: list[str] = Field(default_factory=list)  # records of cycles crashed and not yet recovered
     problems: list[str] = Field(default_factory=list)
 
 
 def record_results(ctx: Context, report: PassReport) -> None:
-    """Remember the outcome of this pass per dataset (never in dry run)."""
+    """Remember the outcome of this pass per dataset (never in dry run). A file that cannot be written (a
+    folder in its place, state_dir unsafe or full) is an error of the pass in `report.errors`, logged: the
+    snapshots were taken and pruned all the same, and the pass's report must still be shown (it was an OSError
+    out of the pass: `once` printed nothing of what it did, the daemon logged a traceback)."""
     if ctx.dry_run or not report.outcomes:
         return
     path = ctx.state_dir / RESULTS_FILE
@@ -90,8 +97,14 @@ def record_results(ctx: Context, report: PassReport) -> None:
         for dataset in outcome.datasets:
             results.setdefault(dataset, {})[outcome.action] = LastResult(
                 action=outcome.action, ok=outcome.ok, at=now, error=outcome.error).model_dump(mode="json")
-    ensure_private_directory(ctx.state_dir)
-    write_file_atomically(path, json.dumps(results, indent=1, sort_keys=True).encode())
+    try:
+        ensure_private_directory(ctx.state_dir)
+        write_file_atomically(path, json.dumps(results, indent=1, sort_keys=True).encode())
+    except OSError as exc:
+        message = (f"cannot record this pass's results in {path} ({exc.strerror or exc}): status and check do not "
+                   "show them")
+        log.error("%s", message)
+        report.errors.append(message)
 
 
 _RESULTS = TypeAdapter(dict[str, dict[str, LastResult]])
@@ -157,7 +170,45 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
             status.problems.append(f"pool {pool}: {exc}")
     status.kept_aside = kept_aside_lines(ctx.state_dir)
     status.leftover_files = _leftover_files(ctx.config.daemon)
+    status.journal_unreadable, status.interrupted_cycles = journal_facts(ctx.journal.scan(), now, _process_exists)
     return status
+
+
+# A cycle whose process is gone is recovered by the daemon's next pass (one a minute): a record older than this
+# whose process is gone means recovery keeps failing on it (or no daemon runs).
+INTERRUPTED_AFTER = timedelta(minutes=3)
+
+
+def _process_exists(pid: int) -> bool:
+    if not 0 < pid < 2**22:  # kill(0) / kill(-1) would mean a process group / every process; beyond pid_max: none
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists
+        return True
+    return True
+
+
+def journal_facts(scan: JournalScan, now: datetime, process_exists) -> tuple[list[str], list[str]]:
+    """(records recover cannot read, cycles interrupted and not recovered) as lines for status and check.
+    A readable record is a cycle in flight while its process runs or it was written in the last
+    INTERRUPTED_AFTER; a record whose time cannot be read counts as old."""
+    unreadable = [f"{bad.path} cannot be read: {bad.reason} (recover fails until it is removed; docs/operations.md, "
+                  "\"After a crash\")" for bad in scan.unreadable]
+    interrupted = []
+    for record in scan.records:
+        try:
+            updated = datetime.fromisoformat(record.updated_at)
+            recent = updated.tzinfo is not None and now - updated < INTERRUPTED_AFTER
+        except ValueError:
+            recent = False
+        if not recent and not process_exists(record.pid):
+            interrupted.append(f"cycle {record.cycle_id} interrupted in state {record.state.value} (last written "
+                               f"{record.updated_at}, process {record.pid} gone) and not recovered: run `vmsnapd "
+                               "recover` and see what it says")
+    return unreadable, interrupted
 
 
 def _leftover_files(daemon: DaemonSettings) -> list[str]:
@@ -222,6 +273,7 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
     except (ZfsError, HypervisorError, OSError) as exc:
         return CheckResult(state=State.UNKNOWN, summary=f"cannot survey the host: {exc}")
     facts = CheckFacts(configured_tables=len(ctx.config.datasets), pools=status.pools, problems=status.problems,
+                       journal_unreadable=status.journal_unreadable, interrupted_cycles=status.interrupted_cycles,
                        missing=sorted(name for name in ctx.config.datasets if name not in survey.listing.datasets))
     guard = PruneGuard(ctx.state_dir, active=False).data
     for entry in status.datasets:
