@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmsnapd.actions.context import Context, Survey
+from vmsnapd.actions.folders import FolderCheck
 from vmsnapd.actions.recover import recover
 from vmsnapd.config import parse_config, resolve
 from vmsnapd.hvtypes import DomainNotFound
@@ -99,7 +100,7 @@ def test_recover_reports_a_newer_record_and_touches_nothing_it_names(tmp_path: P
     record_path = journal.path_of(CYCLE_ID)
     record_path.write_text(json.dumps({**OLDEST, "ram_file": str(ram_file), "fenced_disks": ["vdb"]}))
 
-    report = recover(ctx, survey, folders_checked=True)
+    report = recover(ctx, survey, folders=FolderCheck())
 
     assert len(report.errors) == 1 and "'fenced_disks' unknown to this vmsnapd" in report.errors[0], report
     assert record_path.exists() and ram_file.exists(), "a record this version cannot read in full is not acted on"
@@ -124,11 +125,11 @@ def test_a_record_under_another_file_name_is_not_acted_on(tmp_path: Path):
     copy.write_text(json.dumps({**OLDEST, "ram_file": str(ram_file)}))
 
     for _ in range(2):
-        report = recover(ctx, survey, folders_checked=True)
+        report = recover(ctx, survey, folders=FolderCheck())
         assert report.actions == [] and len(report.errors) == 1, report
         assert "is not the one vmsnapd gives cycle" in report.errors[0]
     assert copy.exists() and ram_file.exists()
     # Under its own name the same record is recovered and closed.
     copy.rename(journal.path_of(CYCLE_ID))
-    report = recover(ctx, survey, folders_checked=True)
+    report = recover(ctx, survey, folders=FolderCheck())
     assert report.errors == [] and not ram_file.exists() and journal.pending() == []
