@@ -84,7 +84,8 @@ class NoDomains:
         raise DomainNotFound(name)
 
 
-def test_recover_reports_a_newer_record_and_touches_nothing_it_names(tmp_path: Path):
+def _host_with_a_ram_file(tmp_path: Path) -> tuple[Context, Survey, Journal, Path]:
+    """A host with no domain, vmsnapd's folders, one managed dataset and a fresh RAM file of cycle CYCLE_ID."""
     overlay_dir = tmp_path / "overlay"
     overlay_dir.mkdir()
     ram_file = overlay_dir / f"web_{STAMP}.mem"
@@ -97,6 +98,11 @@ def test_recover_reports_a_newer_record_and_touches_nothing_it_names(tmp_path: P
     ctx = Context(config=config, config_path=tmp_path / "c.toml", runner=Runner(), zfs=None, _hypervisor=NoDomains())
     journal = Journal(ctx.state_dir)
     journal.directory.mkdir(parents=True, mode=0o700)
+    return ctx, survey, journal, ram_file
+
+
+def test_recover_reports_a_newer_record_and_touches_nothing_it_names(tmp_path: Path):
+    ctx, survey, journal, ram_file = _host_with_a_ram_file(tmp_path)
     record_path = journal.path_of(CYCLE_ID)
     record_path.write_text(json.dumps({**OLDEST, "ram_file": str(ram_file), "fenced_disks": ["vdb"]}))
 
@@ -109,18 +115,7 @@ def test_recover_reports_a_newer_record_and_touches_nothing_it_names(tmp_path: P
 def test_a_record_under_another_file_name_is_not_acted_on(tmp_path: Path):
     """A copy or a renamed record (`x.json`): `finish` removes the cycle's own file name only, so recover acted on
     it and said 'closed' again at every pass, never closing it. Now it is reported and left alone."""
-    overlay_dir = tmp_path / "overlay"
-    overlay_dir.mkdir()
-    ram_file = overlay_dir / f"web_{STAMP}.mem"
-    ram_file.write_bytes(b"RAM")
-    config = parse_config(f'[daemon]\noverlay_dir = "{overlay_dir}"\nstate_dir = "{tmp_path}/state"\n'
-                          f'ram_dir = "{tmp_path}/ram"\n[datasets."tank/web"]\ndomain = "web"\n')
-    now = datetime(2026, 11, 29, 2, tzinfo=timezone.utc)
-    listing = ZfsListing(datasets={"tank/web": DatasetInfo("tank/web", str(tmp_path / "tank/web"), now)})
-    survey = Survey(listing=listing, policies=resolve(config, listing.datasets))
-    ctx = Context(config=config, config_path=tmp_path / "c.toml", runner=Runner(), zfs=None, _hypervisor=NoDomains())
-    journal = Journal(ctx.state_dir)
-    journal.directory.mkdir(parents=True, mode=0o700)
+    ctx, survey, journal, ram_file = _host_with_a_ram_file(tmp_path)
     copy = journal.directory / "copy of web.json"
     copy.write_text(json.dumps({**OLDEST, "ram_file": str(ram_file)}))
 
