@@ -152,6 +152,12 @@ class DumpCheck(BaseModel):
     compressed: bool = False
     raw_size: int = 0
     quiesced: bool = False
+    # The snapshot names its cycle took and on which datasets, as its manifest says (empty: no readable manifest).
+    names: list[str] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list)
+    # Why this dump is not the RAM of the snapshot asked for (None: its manifest names that snapshot): found by the
+    # time stamp in its file name alone, it may hold another instant than a snapshot sharing that stamp.
+    not_paired: str | None = None
 
 
 @dataclass
@@ -262,8 +268,9 @@ def _decide_backing(facts: RestoreFacts, plan: RestorePlan) -> None:
 
 
 def _decide_clone(facts: RestoreFacts, plan: RestorePlan, clone: str) -> RestorePlan:
-    if facts.dump is not None and facts.dump.problem and "XML" in facts.dump.problem:
-        raise RestoreFailed(facts.dump.problem)
+    dump = facts.dump if facts.dump is not None and facts.dump.not_paired is None else None
+    if dump is not None and dump.problem and "XML" in dump.problem:
+        raise RestoreFailed(dump.problem)
     parent = facts.datasets[0].rsplit("/", 1)[0]
     for i, ds in enumerate(facts.datasets):
         leaf = clone if i == 0 else f"{clone}-{ds.rsplit('/', 1)[-1]}"
@@ -271,8 +278,8 @@ def _decide_clone(facts: RestoreFacts, plan: RestorePlan, clone: str) -> Restore
     taken = [c for c in plan.clone_datasets.values() if c in facts.existing]
     if taken or facts.domain_exists.get(clone):
         raise RestoreFailed(f"clone target exists already: {', '.join(taken) or 'domain ' + clone}")
-    if facts.dump is not None:
-        plan.ram_dump = facts.dump.path  # for its saved domain XML only: a clone boots
+    if dump is not None:
+        plan.ram_dump = dump.path  # for its saved domain XML only: a clone boots
     plan.steps += [f"clone {ds}@{plan.snapshot} as {c}" for ds, c in plan.clone_datasets.items()]
     plan.steps.append(f"define domain {clone} (new UUID and MACs, disks on the clones) and boot it")
     return plan
@@ -282,6 +289,10 @@ def _decide_memory(facts: RestoreFacts, plan: RestorePlan, no_memory: bool) -> N
     if facts.dump is None or no_memory:
         return
     dump = facts.dump
+    if dump.not_paired:
+        plan.warnings.append(f"{dump.not_paired}: {facts.domain} is not resumed from it but boots from the disks of "
+                             f"{plan.snapshot}")
+        return
     if dump.problem:
         raise RestoreFailed(f"{dump.problem}; nothing was changed (restore with --no-memory to boot from the "
                             "disks instead)")
@@ -314,9 +325,8 @@ def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: s
     names = facts.snapshots[ds]
     # Every snapshot of one cycle holds the same disks: clone the cycle's last one, so the cycle's other
     # periods (e.g. the daily beside the hourly) come along with the promotion.
-    parsed = parse_snapname(snapshot)
-    same_cycle = [i for i, n in enumerate(names) if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp]
-    last = max(same_cycle, default=names.index(snapshot))
+    cycle = cycle_names(facts.dump, ds, snapshot, names)
+    last = max(i for i, n in enumerate(names) if n in cycle)
     plan.rollback_to[ds] = names[last]
     plan.newer_snapshots_kept_aside += [f"{ds}@{n}" for n in names[last + 1:]]
     aside = aside_name(ds, stamp)
@@ -329,6 +339,34 @@ def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: s
     if aside in facts.existing:
         raise RestoreFailed(f"{aside} exists already; try again in a second")
     return entry
+
+
+def cycle_names(dump: DumpCheck | None, dataset: str, snapshot: str, names: list[str]) -> set[str]:
+    """The snapshots of `dataset` that hold the same disks as `snapshot`: the names its cycle's manifest lists; a
+    name only sharing the time stamp may have been taken at another instant (by another tool in the same second, or
+    by hand later: the cycle leaves such a name out of its manifest). Without a manifest nothing says otherwise:
+    the names with the same stamp."""
+    if dump is not None and dump.names:
+        return set(dump.names) if dump.not_paired is None and dataset in dump.datasets else {snapshot}
+    parsed = parse_snapname(snapshot)
+    return {snapshot} | {n for n in names if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp}
+
+
+def pairing_problem(dump: RamDump, datasets: list[str], snapshot: str) -> str | None:
+    """Why `dump` (found by the domain and time stamp in its file name) is not the RAM of `snapshot` on `datasets`,
+    or None when its manifest names that snapshot on every one of them — as `list` pairs them. A dump without a
+    readable manifest is judged by check_dump."""
+    manifest = dump.manifest
+    if manifest is None:
+        return None
+    if manifest.stamp != dump.stamp or manifest.domain != dump.domain:
+        return (f"RAM dump {dump.path} carries the manifest of another cycle ({manifest.domain} at "
+                f"{manifest.stamp})")
+    missing = [f"{ds}@{snapshot}" for ds in datasets if (ds, snapshot) not in manifest.snapshots()]
+    if missing:
+        return (f"the manifest of RAM dump {dump.path} does not name {', '.join(missing)}: its cycle did not take "
+                "that snapshot (a name taken at another instant, e.g. by another tool in the same second)")
+    return None
 
 
 def _find_target(targets: list[Target], name: str) -> Target:
@@ -364,11 +402,14 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     parsed = parse_snapname(snapshot)
     dump = ctx.ram_store.find(target.domain, parsed.stamp) if parsed else None
     if dump is not None:
-        facts.dump = check_dump(ctx.ram_store, dump, full=use_memory)
+        not_paired = pairing_problem(dump, facts.datasets, snapshot)
+        facts.dump = check_dump(ctx.ram_store, dump, full=use_memory and not_paired is None)
+        facts.dump.not_paired = not_paired
         if facts.dump.compressed and use_memory:
             facts.free_bytes = free_bytes(ctx.state_dir / "restore")
     first = target.datasets[0]
-    _gather_backing(ctx.zfs, facts, target, dump, f"{first}@{snapshot}" if snapshot in facts.snapshots[first] else "",
+    paired = dump if facts.dump is not None and facts.dump.not_paired is None else None
+    _gather_backing(ctx.zfs, facts, target, paired, f"{first}@{snapshot}" if snapshot in facts.snapshots[first] else "",
                     listing)
     return facts
 
@@ -412,6 +453,7 @@ def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:
         check.problem = f"RAM dump {dump.path} has no readable manifest"
         return check
     check.raw_size, check.quiesced = dump.manifest.raw_size, dump.manifest.quiesced
+    check.names, check.datasets = list(dump.manifest.snapshot_names), list(dump.manifest.datasets)
     try:
         ET.fromstring(dump.manifest.domain_xml)
     except ET.ParseError as exc:

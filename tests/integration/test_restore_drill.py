@@ -1,0 +1,74 @@
+"""Trust drill of `vmsnapd restore` on the lab: a restore point is paired with a RAM dump only when the dump's
+manifest vouches for it (docs/operations.md, "Restore")."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+pytestmark = [pytest.mark.lab]
+
+HOURLY_AND_DAILY = {"hourly": 3, "daily": 3, "monthly": 0}
+ASIDE_MARK = ".vmsnapd-replaced-"
+
+
+def _snap_max(lab, vm, dataset, snap) -> int:
+    return lab.snapshot_max_counter(f"{dataset.name}@{snap}", vm.disk.relpath)
+
+
+def _asides(lab, dataset) -> list[str]:
+    parent = str(dataset).rsplit("/", 1)[0]
+    names = lab.zfs("list", "-H", "-o", "name", "-r", parent).split()
+    return [n for n in names if n.startswith(f"{dataset}{ASIDE_MARK}") and "/" not in n[len(str(dataset)):]]
+
+
+def _drop_aside(lab, env, vm) -> None:
+    lab.stop_vm(vm)  # zfs-fuse refuses to destroy the aside while the restored disk (its clone) is open
+    env.run("restore", "--drop-aside", vm.name, "--yes")
+
+
+def test_a_name_taken_at_another_instant_is_never_paired_with_the_cycles_ram_dump(lab, shared_vm, vmsnapd_env,
+                                                                                   tmp_path):
+    """The cycle finds its hourly name taken (another tool, the same second) and keeps its RAM dump for the daily
+    only; the hourly name is then taken by hand at a later instant. Restoring that hourly must boot from its own
+    disks, not resume the cycle's RAM onto them, and restoring the daily must clone the daily (the cycle's own disks),
+    not the later snapshot that merely shares its stamp — before, both took the dump by its time stamp alone."""
+    vm, dataset = shared_vm, shared_vm.disk.dataset
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {**HOURLY_AND_DAILY, "domain": vm.name}
+    wrapper = tmp_path / "bin"
+    wrapper.mkdir()
+    (wrapper / "zfs").write_text(
+        '#!/bin/sh\nif [ "$1" = snapshot ]; then case "$2" in *_hourly) '
+        'echo "cannot create snapshot \'$2\': dataset already exists" >&2; exit 1;; esac; fi\n'
+        'exec /usr/sbin/zfs "$@"\n')
+    (wrapper / "zfs").chmod(0o755)
+    proc = env.run("once", "--take", env={"PATH": f"{wrapper}:{os.environ['PATH']}"})
+    assert "already exists" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    (daily,) = lab.snapshot_names(dataset.name)
+    assert daily.endswith("_daily")
+    hourly = daily.removesuffix("_daily") + "_hourly"
+    at_daily = _snap_max(lab, vm, dataset, daily)
+    lab.wait_counter_advances(vm, by=20, start=at_daily)
+    lab.snapshot(dataset.name, hourly)  # the name, at another instant
+    at_hourly = _snap_max(lab, vm, dataset, hourly)
+    assert at_hourly > at_daily + 10
+    ram = {p["snapshot"]: p["ram_dump"] for p in json.loads(env.run("list", vm.name, "--json").stdout)}
+    assert ram[daily] and not ram[hourly]  # `list` pairs by the manifest
+
+    plan = env.run("restore", vm.name, hourly, "--force-stop", expect=10)
+    assert f"  - boot {vm.name}" in plan.stdout and "  - resume" not in plan.stdout, plan.stdout
+    assert "does not name" in plan.stdout + plan.stderr, plan.stdout + plan.stderr
+
+    lab.write_token(vm, "restored")
+    proc = env.run("restore", vm.name, daily, "--force-stop", "--yes")
+    assert "resumed" in proc.stdout and f"from {daily}" in proc.stdout, proc.stdout
+    (aside,) = _asides(lab, dataset)
+    assert hourly in lab.snapshot_names(aside)  # the later snapshot is kept with the replaced state
+    lab.wait_counter_advances(vm, by=5, start=at_daily, timeout=30)
+    rewritten, first_new = lab.resume_evidence(vm, at_daily, "restored")
+    assert not rewritten and first_new == at_daily + 1, (rewritten[:5], first_new, at_daily)
+    leftover = sorted(seq for seq, tok in vm.records().values() if tok == "t0" and seq > at_daily)
+    assert not leftover, f"the disk is the later snapshot's: its records {leftover[:5]} are there"
+    _drop_aside(lab, env, vm)
