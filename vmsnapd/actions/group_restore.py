@@ -18,8 +18,8 @@ from contextlib import ExitStack
 from pydantic import BaseModel
 
 from vmsnapd.actions.context import Context
-from vmsnapd.actions.restore import (RestoreFailed, RestorePlan, RestoreRecord, roll_back, thaw_resumed,
-                                     plan_restore, swap_in_place)
+from vmsnapd.actions.restore import (RestoreFailed, RestorePlan, RestoreRecord, plan_restore,
+                                     refuse_left_on_overlays, roll_back, swap_in_place, thaw_resumed)
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.runner import CommandError
 from vmsnapd.targets import Target, plan_targets
@@ -58,6 +58,11 @@ def plan_group_restore(ctx: Context, name: str, snapshot: str, *, no_memory: boo
     plans = []
     for member in [t for t in targets if t.group == group]:
         label = member.domain or member.name
+        if member.domain:
+            try:
+                refuse_left_on_overlays(ctx, member.domain)
+            except RestoreFailed as exc:
+                raise RestoreFailed(f"group {group}: {exc}") from exc
         if member.error:
             raise RestoreFailed(f"group {group}: {label}: {member.error}; nothing was changed")
         try:

@@ -53,6 +53,7 @@ from vmsnapd.asides import (
 from vmsnapd.backing import (BACKING_PROPERTY, BackingFile, ChainFile, judge_restore, parse_backing_property,
                              unknown_chain_warning)
 from vmsnapd.clonexml import clone_domain_xml
+from vmsnapd.domxml import parse_disks
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.ports import HypervisorPort, ZfsPort
 from vmsnapd.names import (
@@ -341,6 +342,26 @@ def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: s
     return entry
 
 
+def refuse_left_on_overlays(ctx: Context, domain: str) -> None:
+    """RestoreFailed when an interrupted cycle left disks of `domain` on an overlay (a file in overlay_dir named by its
+    live or persistent definition): its writes since the freeze are there, not in the dataset. Restoring the VM then
+    would keep aside a disk without them, and `recover` would afterwards commit that overlay into the restored disk
+    (it backs onto the same path) or delete it. (The plain "disk on no managed dataset" refusal this met before said
+    to list the disk in exclude_disks — and with that a restore went on.) An overlay no definition names holds
+    nothing the base lacks (committed, or never used): it is recover's to delete and blocks no restore."""
+    hv = ctx.hypervisor
+    base = str(Path(ctx.config.daemon.overlay_dir).resolve()).rstrip("/") + "/"
+    try:
+        disks = hv.disks(domain) + parse_disks(hv.xml(domain, inactive=True))
+    except HypervisorError:
+        return  # not there, or unreadable: the target's own error says so
+    left = {f"{d.target}: {d.source}" for d in disks if d.source.startswith(base)}
+    if left:
+        raise RestoreFailed(f"{domain} still has disks on overlays of a cycle that did not finish "
+                            f"({', '.join(sorted(left))}): its newest writes are there, not in its datasets. Run "
+                            "`vmsnapd recover` first (it commits them back), then restore; nothing was changed")
+
+
 def cycle_names(dump: DumpCheck | None, dataset: str, snapshot: str, names: list[str]) -> set[str]:
     """The snapshots of `dataset` that hold the same disks as `snapshot`: the names its cycle's manifest lists; a
     name only sharing the time stamp may have been taken at another instant (by another tool in the same second, or
@@ -381,6 +402,7 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     survey = ctx.survey()
     targets = plan_targets(survey.policies, survey.listing, ctx.hypervisor)
     target = _find_target(targets, target_name)
+    refuse_left_on_overlays(ctx, target.domain)
     if target.error:
         raise RestoreFailed(target.error)
     read_backing([target], ctx.hypervisor, survey.listing)
