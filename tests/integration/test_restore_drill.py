@@ -128,3 +128,35 @@ def test_a_vm_left_on_its_overlay_by_a_killed_cycle_is_not_restored_before_recov
     env.run("recover")
     assert str(env.overlay_dir) not in vm.dom.XMLDesc(0)
     env.run("restore", vm.name, snap, "--force-stop", expect=10)  # planned now; not carried out
+
+
+def test_a_restore_killed_while_decompressing_leaves_no_lasting_image(lab, shared_vm, vmsnapd_env, tmp_path):
+    """vmsnapd killed (kill -9) right after decompressing a zstd dump into state_dir/restore: the image (the size of
+    the guest's RAM) was left there for good — only a restore of that very dump replaced it — and it counted
+    against the room the next restore of another dump needs. The next restore names it and deletes it first."""
+    vm, dataset = shared_vm, shared_vm.disk.dataset
+    env = vmsnapd_env
+    env.daemon["ram_compression"] = "zstd"
+    env.datasets[dataset.name] = {"hourly": 3, "daily": 0, "monthly": 0, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    lab.next_second()
+    env.run("snapshot", dataset.name)
+    s1, s2 = lab.snapshot_names(dataset.name)
+    wrapper = tmp_path / "zstd"
+    wrapper.write_text('#!/bin/sh\nif [ "$2" = -d ]; then /usr/bin/zstd "$@"; kill -9 $PPID; exit 1; fi\n'
+                       'exec /usr/bin/zstd "$@"\n')
+    wrapper.chmod(0o755)
+    killed = env.run("restore", vm.name, s2, "--force-stop", "--yes", expect=None,
+                     env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert killed.returncode == -9, (killed.returncode, killed.stdout, killed.stderr)
+    (left,) = (env.state_dir / "restore").iterdir()  # the decompressed image of s2's dump
+    assert left.stat().st_size > 32 * 2**20
+    env.run("restore", "--undo", vm.name, "--yes")  # back as before; the VM boots
+
+    plan = env.run("restore", vm.name, s1, "--force-stop", expect=10)
+    assert str(left) in plan.stdout and "interrupted restore" in plan.stdout, plan.stdout
+    assert left.exists()  # a plan changes nothing
+    proc = env.run("restore", vm.name, s1, "--force-stop", "--yes")
+    assert "resumed" in proc.stdout and str(left) in proc.stdout, proc.stdout
+    assert list((env.state_dir / "restore").iterdir()) == []
+    _drop_aside(lab, env, vm)

@@ -23,8 +23,8 @@ from collections.abc import Container
 from pathlib import Path
 
 from vmsnapd.actions.context import Context
-from vmsnapd.actions.restore import (MadeByRestore, RestoreFailed, RestorePlan, check_dump, free_bytes,
-                                     pairing_problem, start_restored)
+from vmsnapd.actions.restore import (MadeByRestore, RestoreFailed, RestorePlan, check_dump, pairing_problem,
+                                     room_to_decompress, start_restored)
 from vmsnapd.backing import judge_restore
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.names import InvalidName, parse_snapname, validate_dataset_name
@@ -129,7 +129,7 @@ def _room_problems(ctx: Context, dump: RamDump, no_memory: bool) -> list[str]:
     """Room to decompress a compressed dump before resuming from it."""
     if not dump.compressed or no_memory:
         return []
-    free = free_bytes(ctx.state_dir / "restore")
+    free = room_to_decompress(ctx, [])
     if free is not None and free < dump.manifest.raw_size:
         return [f"{ctx.state_dir / 'restore'} has {free >> 20} MiB free, decompressing the dump "
                 f"needs {dump.manifest.raw_size >> 20} MiB"]

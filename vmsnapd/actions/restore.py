@@ -173,7 +173,8 @@ class RestoreFacts:
     mounted: set[str] = field(default_factory=set)  # the filesystems mounted now
     mountpoint_local: dict[str, str | None] = field(default_factory=dict)
     dump: DumpCheck | None = None
-    free_bytes: int | None = None  # where a compressed dump is decompressed
+    free_bytes: int | None = None  # where a compressed dump is decompressed (counting the leftovers, deleted first)
+    leftovers: list[str] = field(default_factory=list)  # decompressed images interrupted restores left there
     aside_kept: bool = False  # an earlier in-place restore of this VM is still kept aside
     domain_exists: dict[str, bool] = field(default_factory=dict)  # clone name → exists
     group: str = ""  # its VM group (docs/groups.md)
@@ -251,6 +252,7 @@ def decide(facts: RestoreFacts, snapshot: str, *, clone: str | None, no_memory: 
     for entry in plan.entries:
         plan.steps += [step.text() for step in entry.forward_steps()]
     if plan.resume_from_memory:
+        plan.steps += [f"delete {p} (a decompressed RAM image an interrupted restore left)" for p in facts.leftovers]
         plan.steps.append(f"resume {facts.domain} from RAM dump {plan.ram_dump}")
     else:
         why = "--no-memory" if no_memory and plan.ram_dump else "no RAM dump for this snapshot"
@@ -428,7 +430,7 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
         facts.dump = check_dump(ctx.ram_store, dump, full=use_memory and not_paired is None)
         facts.dump.not_paired = not_paired
         if facts.dump.compressed and use_memory:
-            facts.free_bytes = free_bytes(ctx.state_dir / "restore")
+            facts.free_bytes = room_to_decompress(ctx, facts.leftovers)
     first = target.datasets[0]
     paired = dump if facts.dump is not None and facts.dump.not_paired is None else None
     _gather_backing(ctx.zfs, facts, target, paired, f"{first}@{snapshot}" if snapshot in facts.snapshots[first] else "",
@@ -491,6 +493,27 @@ def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:
         except CommandError as exc:
             check.problem = f"RAM dump {dump.path} does not decompress: {exc}"
     return check
+
+
+def room_to_decompress(ctx: Context, leftovers: list[str]) -> int | None:
+    """Free bytes for a decompressed RAM image in `state_dir/restore`, counting the images interrupted restores left
+    there (their paths are added to `leftovers`): the restore deletes them before it decompresses."""
+    work_dir = ctx.state_dir / "restore"
+    found = ctx.ram_store.restore_leftovers(work_dir)
+    leftovers += [str(p) for p in found]
+    free = free_bytes(work_dir)
+    return None if free is None else free + sum(p.stat().st_size for p in found)
+
+
+def clear_restore_leftovers(ctx: Context, done: list[str]) -> None:
+    """Delete the decompressed images restores killed mid-way left in `state_dir/restore` (under the pass lock: no
+    restore is using one). A file that cannot be deleted is said, and the restore goes on."""
+    for path in ctx.ram_store.restore_leftovers(ctx.state_dir / "restore"):
+        try:
+            path.unlink()
+            done.append(f"deleted {path}, a decompressed RAM image an interrupted restore left")
+        except OSError as exc:
+            log.warning("could not delete %s, left by an interrupted restore: %s", path, exc)
 
 
 def free_bytes(directory: Path) -> int | None:
@@ -640,6 +663,7 @@ def start_restored(ctx: Context, plan: RestorePlan, done: list[str], *, dump: Ra
         hv.start(plan.domain)
         done.append(f"booted {plan.domain}")
         return
+    clear_restore_leftovers(ctx, done)
     dump = dump or next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
     with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
         hv.restore_memory(str(memory_file), domain_xml)
