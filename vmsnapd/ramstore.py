@@ -282,8 +282,7 @@ class RamStore:
             except FileNotFoundError:
                 pass
 
-    @staticmethod
-    def restore_leftovers(work_dir: Path) -> list[Path]:
+    def restore_leftovers(self, work_dir: Path) -> list[Path]:
         """Decompressed images a restore killed mid-way left in `work_dir` (restore_source removes its image when it
         ends; a kill -9 or a power loss does not let it): regular files named as restore_source names them, never
         a link. Each is the size of a guest's RAM. The caller holds the pass lock, so no restore is using one."""
