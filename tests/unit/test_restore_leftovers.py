@@ -55,7 +55,7 @@ def test_the_plan_names_the_leftover_it_deletes_before_resuming(tmp_path):
     facts = RestoreFacts(domain="web", datasets=[DS], vm_state="shutoff", snapshots={DS: [S1]},
                          existing={"tank/VM", DS}, free_bytes=2**30, leftovers=[f"/s/restore/{LEFT}"],
                          dump=DumpCheck(path="/ram/web/web_2026-11-29_01:00:00.mem.zst", compressed=True,
-                                        raw_size=2**20, names=[S1], datasets=[DS]))
+                                        raw_size=2**20, names=[S1]))
     plan = decide(facts, S1, clone=None, no_memory=False, force_stop=False, stamp="20261130T010203")
     assert plan.steps[-2:] == [f"delete /s/restore/{LEFT} (a decompressed RAM image an interrupted restore left)",
                                "resume web from RAM dump /ram/web/web_2026-11-29_01:00:00.mem.zst"]

@@ -30,7 +30,8 @@ def _no_fsync(monkeypatch):
     monkeypatch.setattr("os.fsync", lambda fd: None)
 
 
-def setup(tmp_path, snapshots: list[str], manifest_names: list[str], *, manifest_stamp: str = STAMP):
+def setup(tmp_path, snapshots: list[str], manifest_names: list[str], *, manifest_stamp: str = STAMP,
+          manifest_datasets: tuple[str, ...] = (DS,)):
     zfs = TreeZfs(tmp_path / "mnt", {"tank": [], "tank/VM": [], DS: snapshots})
     hv = FakeHypervisor()
     hv.add("web", {"vda": f"{zfs.mountpoint_of(DS)}/web-vda.img"}, state=SHUTOFF)
@@ -38,7 +39,8 @@ def setup(tmp_path, snapshots: list[str], manifest_names: list[str], *, manifest
     folder.mkdir(parents=True, mode=0o700)
     data = b"RAM" * 100
     (folder / f"web_{STAMP}.mem").write_bytes(data)
-    manifest = RamManifest(domain="web", stamp=manifest_stamp, datasets=[DS], snapshot_names=manifest_names,
+    manifest = RamManifest(domain="web", stamp=manifest_stamp, datasets=list(manifest_datasets),
+                           snapshot_names=manifest_names,
                            domain_xml="<domain/>", method="overlay", live=True, quiesced=False, size=len(data),
                            raw_size=len(data), sha256=hashlib.sha256(data).hexdigest(), compression="none",
                            created_at="2026-11-29T01:00:01+00:00", vmsnapd_version="0")
@@ -92,8 +94,8 @@ def test_a_manifest_of_another_cycle_is_not_paired(tmp_path):
     from vmsnapd.actions.restore import pairing_problem
 
     (dump,) = ctx.ram_store.dumps()
-    assert "another cycle" in pairing_problem(dump, [DS], HOURLY)
-    assert "does not name" in pairing_problem(dump.model_copy(update={"stamp": "2026-11-29_00:00:00"}), [DS], LATER)
+    assert "another cycle" in pairing_problem(dump, HOURLY)
+    assert "does not name" in pairing_problem(dump.model_copy(update={"stamp": "2026-11-29_00:00:00"}), LATER)
 
 
 def test_a_clone_takes_the_definition_only_from_a_paired_dump(tmp_path):
@@ -112,3 +114,11 @@ def test_on_a_backup_host_too_only_a_paired_dump_is_resumed(tmp_path):
     assert any("does not name" in w for w in unpaired.warnings) and unpaired.steps[-1].startswith("boot web")
     paired = plan_restore(ctx, "web", DAILY, clone=None, no_memory=False, force_stop=False)
     assert paired.define_xml and paired.resume_from_memory and not paired.warnings
+
+
+def test_a_dump_stays_paired_after_the_vms_dataset_was_renamed(tmp_path):
+    """`zfs rename tank/VM/web-old tank/VM/web` (and the config changed along): the snapshots are the cycle's own,
+    only under another name; the manifest still names the old one."""
+    ctx, _zfs, _hv = setup(tmp_path, [HOURLY, DAILY, LATER], [HOURLY, DAILY], manifest_datasets=("tank/VM/web-old",))
+    plan = plan_restore(ctx, "web", HOURLY, clone=None, no_memory=False, force_stop=False)
+    assert plan.resume_from_memory and not plan.warnings and plan.entries[0].snapshot == DAILY

@@ -105,7 +105,7 @@ def _verified_dump(ctx: Context, domain: str, snapshot: str, no_memory: bool) ->
     if dump is None or dump.manifest is None:
         raise RestoreFailed(f"{domain} is not defined on this host and no RAM dump manifest of the cycle of "
                             f"{snapshot} was found in {_where(ctx)}: its saved definition is needed to define it")
-    not_paired = pairing_problem(dump, dump.manifest.datasets, snapshot)
+    not_paired = pairing_problem(dump, snapshot)
     no_memory = no_memory or not_paired is not None
     check = check_dump(store, dump, full=not no_memory)
     if check.problem:

@@ -153,9 +153,8 @@ class DumpCheck(BaseModel):
     compressed: bool = False
     raw_size: int = 0
     quiesced: bool = False
-    # The snapshot names its cycle took and on which datasets, as its manifest says (empty: no readable manifest).
+    # The snapshot names its cycle took, as its manifest says (empty: no readable manifest).
     names: list[str] = Field(default_factory=list)
-    datasets: list[str] = Field(default_factory=list)
     # Why this dump is not the RAM of the snapshot asked for (None: its manifest names that snapshot): found by the
     # time stamp in its file name alone, it may hold another instant than a snapshot sharing that stamp.
     not_paired: str | None = None
@@ -328,7 +327,7 @@ def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: s
     names = facts.snapshots[ds]
     # Every snapshot of one cycle holds the same disks: clone the cycle's last one, so the cycle's other
     # periods (e.g. the daily beside the hourly) come along with the promotion.
-    cycle = cycle_names(facts.dump, ds, snapshot, names)
+    cycle = cycle_names(facts.dump, snapshot, names)
     last = max(i for i, n in enumerate(names) if n in cycle)
     plan.rollback_to[ds] = names[last]
     plan.newer_snapshots_kept_aside += [f"{ds}@{n}" for n in names[last + 1:]]
@@ -364,31 +363,31 @@ def refuse_left_on_overlays(ctx: Context, domain: str) -> None:
                             "`vmsnapd recover` first (it commits them back), then restore; nothing was changed")
 
 
-def cycle_names(dump: DumpCheck | None, dataset: str, snapshot: str, names: list[str]) -> set[str]:
-    """The snapshots of `dataset` that hold the same disks as `snapshot`: the names its cycle's manifest lists; a
+def cycle_names(dump: DumpCheck | None, snapshot: str, names: list[str]) -> set[str]:
+    """The snapshots among `names` that hold the same disks as `snapshot`: the names its cycle's manifest lists; a
     name only sharing the time stamp may have been taken at another instant (by another tool in the same second, or
     by hand later: the cycle leaves such a name out of its manifest). Without a manifest nothing says otherwise:
     the names with the same stamp."""
     if dump is not None and dump.names:
-        return set(dump.names) if dump.not_paired is None and dataset in dump.datasets else {snapshot}
+        return set(dump.names) if dump.not_paired is None else {snapshot}
     parsed = parse_snapname(snapshot)
     return {snapshot} | {n for n in names if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp}
 
 
-def pairing_problem(dump: RamDump, datasets: list[str], snapshot: str) -> str | None:
-    """Why `dump` (found by the domain and time stamp in its file name) is not the RAM of `snapshot` on `datasets`,
-    or None when its manifest names that snapshot on every one of them — as `list` pairs them. A dump without a
-    readable manifest is judged by check_dump."""
+def pairing_problem(dump: RamDump, snapshot: str) -> str | None:
+    """Why `dump` (found by the domain and time stamp in its file name) is not the RAM of `snapshot`, or None when
+    its manifest names that snapshot. A cycle leaves out of its manifest every name it found taken (on any of its
+    datasets), so the short name decides; the datasets are not compared, so a dump stays paired with its snapshots
+    after the VM's dataset was renamed. A dump without a readable manifest is judged by check_dump."""
     manifest = dump.manifest
     if manifest is None:
         return None
     if manifest.stamp != dump.stamp or manifest.domain != dump.domain:
         return (f"RAM dump {dump.path} carries the manifest of another cycle ({manifest.domain} at "
                 f"{manifest.stamp})")
-    missing = [f"{ds}@{snapshot}" for ds in datasets if (ds, snapshot) not in manifest.snapshots()]
-    if missing:
-        return (f"the manifest of RAM dump {dump.path} does not name {', '.join(missing)}: its cycle did not take "
-                "that snapshot (a name taken at another instant, e.g. by another tool in the same second)")
+    if snapshot not in manifest.snapshot_names:
+        return (f"the manifest of RAM dump {dump.path} does not name {snapshot}: its cycle did not take that "
+                "snapshot (a name taken at another instant, e.g. by another tool in the same second)")
     return None
 
 
@@ -426,7 +425,7 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     parsed = parse_snapname(snapshot)
     dump = ctx.ram_store.find(target.domain, parsed.stamp) if parsed else None
     if dump is not None:
-        not_paired = pairing_problem(dump, facts.datasets, snapshot)
+        not_paired = pairing_problem(dump, snapshot)
         facts.dump = check_dump(ctx.ram_store, dump, full=use_memory and not_paired is None)
         facts.dump.not_paired = not_paired
         if facts.dump.compressed and use_memory:
@@ -477,7 +476,7 @@ def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:
         check.problem = f"RAM dump {dump.path} has no readable manifest"
         return check
     check.raw_size, check.quiesced = dump.manifest.raw_size, dump.manifest.quiesced
-    check.names, check.datasets = list(dump.manifest.snapshot_names), list(dump.manifest.datasets)
+    check.names = list(dump.manifest.snapshot_names)
     try:
         ET.fromstring(dump.manifest.domain_xml)
     except ET.ParseError as exc:
