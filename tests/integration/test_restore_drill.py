@@ -161,3 +161,26 @@ def test_a_restore_killed_while_decompressing_leaves_no_lasting_image(lab, share
     assert "resumed" in proc.stdout and str(left) in proc.stdout, proc.stdout
     assert list((env.state_dir / "restore").iterdir()) == []
     _drop_aside(lab, env, vm)
+
+
+def test_a_clone_name_zfs_refuses_is_refused_before_the_first_clone(lab, vm_factory, vmsnapd_env):
+    """`--clone NAME` of a two-disk VM: `<parent>/NAME` fits ZFS's 255 characters, `<parent>/NAME-<leaf>` does not.
+    The first clone was made, the second name refused (a usage error, exit 2), and the first clone stayed."""
+    vm = vm_factory(disks=2, start=False)
+    first, second = (d.dataset for d in vm.disks)
+    env = vmsnapd_env
+    env.datasets[first.name] = {"hourly": 3, "daily": 0, "monthly": 0, "domain": vm.name}
+    env.datasets[second.name] = {"hourly": 3, "daily": 0, "monthly": 0, "domain": "none"}
+    env.run("snapshot", first.name)
+    (snap,) = lab.snapshot_names(first.name)
+    pool = first.name.split("/")[0]
+    name = "w" * (255 - len(pool) - 1 - 2)
+    before = _names(lab, pool)
+    proc = env.run("restore", vm.name, snap, "--clone", name, "--yes", expect=None)
+    assert _names(lab, pool) == before, f"a partial clone was left: {set(_names(lab, pool)) - set(before)}"
+    assert proc.returncode == 1 and "nothing was changed" in proc.stderr and "ZFS" in proc.stderr, proc.stderr
+    assert name not in lab.conn().listDefinedDomains()
+
+
+def _names(lab, root: str) -> list[str]:
+    return sorted(lab.zfs("list", "-H", "-o", "name", "-t", "all", "-r", root).split("\n"))

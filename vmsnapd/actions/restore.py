@@ -58,8 +58,10 @@ from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.ports import HypervisorPort, ZfsPort
 from vmsnapd.names import (
     ASIDE_MARK,
+    InvalidName,
     aside_name,
     parse_snapname,
+    validate_dataset_name,
     validate_domain_name,
     validate_snapshot_name,
 )
@@ -276,7 +278,11 @@ def _decide_clone(facts: RestoreFacts, plan: RestorePlan, clone: str) -> Restore
     parent = facts.datasets[0].rsplit("/", 1)[0]
     for i, ds in enumerate(facts.datasets):
         leaf = clone if i == 0 else f"{clone}-{ds.rsplit('/', 1)[-1]}"
-        plan.clone_datasets[ds] = f"{parent}/{leaf}"
+        try:  # checked before the first clone is made: a name refused later left that one behind
+            plan.clone_datasets[ds] = validate_dataset_name(f"{parent}/{leaf}")
+        except InvalidName as exc:
+            raise RestoreFailed(f"--clone {clone}: the clone of {ds} would be named {parent}/{leaf}, which ZFS "
+                                f"refuses ({exc}); choose a shorter or plainer NAME; nothing was changed") from exc
     taken = [c for c in plan.clone_datasets.values() if c in facts.existing]
     if taken or facts.domain_exists.get(clone):
         raise RestoreFailed(f"clone target exists already: {', '.join(taken) or 'domain ' + clone}")
