@@ -184,3 +184,36 @@ def test_a_clone_name_zfs_refuses_is_refused_before_the_first_clone(lab, vm_fact
 
 def _names(lab, root: str) -> list[str]:
     return sorted(lab.zfs("list", "-H", "-o", "name", "-t", "all", "-r", root).split("\n"))
+
+
+def test_ctrl_c_during_the_swap_puts_everything_back(lab, shared_vm, vmsnapd_env, tmp_path):
+    """An admin presses Ctrl-C while the restore swaps the datasets (here: during its `zfs promote`): the swap done so
+    far is undone and the VM boots again from its own disks, as when a step fails — before, vmsnapd stopped with
+    "interrupted", the VM off and its dataset renamed aside, leaving the way back (`restore --undo`) to be found."""
+    vm, dataset = shared_vm, shared_vm.disk.dataset
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {"hourly": 3, "daily": 0, "monthly": 0, "domain": vm.name}
+    env.run("snapshot", dataset.name)
+    (snap,) = lab.snapshot_names(dataset.name)
+    _, pre_seen = lab.wait_counter_advances(vm, by=20, start=_snap_max(lab, vm, dataset, snap))
+    pre_guids = lab.zfs("get", "-H", "-p", "-r", "-o", "name,value", "guid", dataset.name)
+    marker = tmp_path / "promoting"
+    wrapper = tmp_path / "zfs"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = promote ]; then touch {marker}; sleep 3; fi\n'
+                       'exec /usr/sbin/zfs "$@"\n')
+    wrapper.chmod(0o755)
+    env.write()
+    proc = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(env.config_path), "restore", vm.name, snap,
+                             "--force-stop", "--yes"], env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "interrupted" in err and "undone" in err and "booted again" in err, (out, err)
+    assert lab.zfs("get", "-H", "-p", "-r", "-o", "name,value", "guid", dataset.name) == pre_guids
+    assert not _asides(lab, dataset) and "kept aside" not in env.run("status").stdout
+    assert vm.dom.isActive()
+    lab.wait_counter_advances(vm, by=3, start=pre_seen, timeout=60)  # from its own disk, not the snapshot's

@@ -629,6 +629,10 @@ def swap_in_place(ctx: Context, plan: RestorePlan, done: list[str]) -> RestoreRe
         _swap_datasets(ctx, plan, done)
     except (ZfsError, HypervisorError, OSError) as exc:
         raise RestoreFailed(roll_back(ctx, record, done, exc)) from exc
+    except KeyboardInterrupt as exc:
+        # Ctrl-C half-way through the swap: undone like a failing step (a second Ctrl-C stops that too; the record
+        # then stays for `restore --undo`), never left half-swapped with the VM off.
+        raise RestoreFailed(roll_back(ctx, record, done, RestoreFailed("interrupted (Ctrl-C)"))) from exc
     record.complete = True
     _update_record(ctx.state_dir, record, plan.domain)
     done.append(f"kept aside: {', '.join(e.aside for e in plan.entries)} "
