@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 
 DUMP_NAME = re.compile(rf"^(?P<domain>.+)_(?P<stamp>{STAMP_PATTERN})\.mem(?P<zst>\.zst)?$")
+# A compressed dump decompressed for a restore: `.<domain>_<stamp>.mem.restore` in the restore's work folder.
+RESTORE_IMAGE = re.compile(rf"^\.(?P<domain>.+)_(?P<stamp>{STAMP_PATTERN})\.mem\.restore$")
 MANIFEST_SUFFIX = ".json"
 COPY_CHUNK = 4 * 1024 * 1024
 
@@ -279,6 +281,16 @@ class RamStore:
                 temp.unlink()
             except FileNotFoundError:
                 pass
+
+    def restore_leftovers(self, work_dir: Path) -> list[Path]:
+        """Decompressed images a restore killed mid-way left in `work_dir` (restore_source removes its image when it
+        ends; a kill -9 or a power loss does not let it): regular files named as restore_source names them, never
+        a link. Each is the size of a guest's RAM. The caller holds the pass lock, so no restore is using one."""
+        try:
+            entries = sorted(work_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        return [p for p in entries if RESTORE_IMAGE.match(p.name) and not p.is_symlink() and p.is_file()]
 
     # -- deleting ------------------------------------------------------------------------------
 

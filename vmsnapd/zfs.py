@@ -59,6 +59,20 @@ class HasDependents(ZfsError):
     """Dependent clones or children stand in the way of a destroy."""
 
 
+def dependents_named(stderr: str) -> list[str]:
+    """The datasets a refused destroy names as depending on it (`use '-R' to destroy the following datasets:` and
+    one name a line after it, as OpenZFS and zfs-fuse print them); names ZFS would not allow are left out."""
+    lines = stderr.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if "destroy the following datasets" in line), len(lines))
+    names = []
+    for line in lines[start:]:
+        try:
+            names.append(validate_dataset_name(line.strip()))
+        except InvalidName:
+            continue
+    return names
+
+
 class ZfsUnavailable(ZfsError):
     """The zfs binary is missing or the ZFS daemon/module does not answer."""
 

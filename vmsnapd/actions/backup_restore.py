@@ -23,8 +23,8 @@ from collections.abc import Container
 from pathlib import Path
 
 from vmsnapd.actions.context import Context
-from vmsnapd.actions.restore import (MadeByRestore, RestoreFailed, RestorePlan, check_dump, free_bytes,
-                                     start_restored)
+from vmsnapd.actions.restore import (MadeByRestore, RestoreFailed, RestorePlan, check_dump, pairing_problem,
+                                     room_to_decompress, start_restored)
 from vmsnapd.backing import judge_restore
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.names import InvalidName, parse_snapname, validate_dataset_name
@@ -57,7 +57,8 @@ def plan_backup_restore(ctx: Context, domain: str, snapshot: str, *, clone: str 
     if clone:
         raise RestoreFailed(f"{domain} is not defined on this host: restore it under its own name (no --clone); "
                             "the received datasets are cloned anyway and stay untouched")
-    dump = _verified_dump(ctx, domain, snapshot, no_memory)
+    dump, not_paired = _verified_dump(ctx, domain, snapshot, no_memory)
+    no_memory = no_memory or not_paired is not None
     listing = ctx.zfs.list_tree(dump.manifest.datasets)
     missing = [ds for ds in dump.manifest.datasets if snapshot not in {s.name for s in listing.snapshots_of(ds)}]
     if missing:
@@ -84,26 +85,33 @@ def plan_backup_restore(ctx: Context, domain: str, snapshot: str, *, clone: str 
                       "networks, bridges, emulator and the files the saved XML names exist on this host",
                       *backing.verified]
     plan.warnings += backing.changed
+    if not_paired:
+        plan.warnings.append(f"{not_paired}: {domain} is not resumed from it but boots from the disks of {snapshot} "
+                             "(its saved definition is used)")
     plan.steps += [f"clone {ds}@{snapshot} as {c} (the received dataset stays as it is)"
                    for ds, c in plan.clone_datasets.items()]
     plan.steps.append(f"define {domain} from the definition saved with the dump, disks on the clones")
-    plan.steps.append(f"resume {domain} from RAM dump {dump.path}" if not no_memory
-                      else f"boot {domain} (--no-memory)")
+    why = "--no-memory" if not_paired is None else "no RAM dump for this snapshot"
+    plan.steps.append(f"resume {domain} from RAM dump {dump.path}" if not no_memory else f"boot {domain} ({why})")
     return plan
 
 
-def _verified_dump(ctx: Context, domain: str, snapshot: str, no_memory: bool) -> RamDump:
+def _verified_dump(ctx: Context, domain: str, snapshot: str, no_memory: bool) -> tuple[RamDump, str | None]:
+    """The cycle's dump (its manifest holds the saved definition) and, when its manifest does not name `snapshot`,
+    why (then its RAM is of another instant: the domain boots)."""
     parsed = parse_snapname(snapshot)
     store = ctx.ram_store
     dump = store.find(domain, parsed.stamp) if parsed else None
     if dump is None or dump.manifest is None:
         raise RestoreFailed(f"{domain} is not defined on this host and no RAM dump manifest of the cycle of "
                             f"{snapshot} was found in {_where(ctx)}: its saved definition is needed to define it")
+    not_paired = pairing_problem(dump, snapshot)
+    no_memory = no_memory or not_paired is not None
     check = check_dump(store, dump, full=not no_memory)
     if check.problem:
         raise RestoreFailed(f"{check.problem}; nothing was changed"
                             + ("" if no_memory else " (--no-memory boots from the disks instead)"))
-    return dump
+    return dump, not_paired
 
 
 def _clone_names(datasets: list[str], stamp: str, existing: Container[str]) -> dict[str, str]:
@@ -121,7 +129,7 @@ def _room_problems(ctx: Context, dump: RamDump, no_memory: bool) -> list[str]:
     """Room to decompress a compressed dump before resuming from it."""
     if not dump.compressed or no_memory:
         return []
-    free = free_bytes(ctx.state_dir / "restore")
+    free = room_to_decompress(ctx, [])
     if free is not None and free < dump.manifest.raw_size:
         return [f"{ctx.state_dir / 'restore'} has {free >> 20} MiB free, decompressing the dump "
                 f"needs {dump.manifest.raw_size >> 20} MiB"]

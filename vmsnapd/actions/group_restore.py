@@ -18,8 +18,8 @@ from contextlib import ExitStack
 from pydantic import BaseModel
 
 from vmsnapd.actions.context import Context
-from vmsnapd.actions.restore import (RestoreFailed, RestorePlan, RestoreRecord, roll_back, thaw_resumed,
-                                     plan_restore, swap_in_place)
+from vmsnapd.actions.restore import (RestoreFailed, RestorePlan, RestoreRecord, clear_restore_leftovers,
+                                     plan_restore, refuse_left_on_overlays, roll_back, swap_in_place, thaw_resumed)
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.runner import CommandError
 from vmsnapd.targets import Target, plan_targets
@@ -58,6 +58,11 @@ def plan_group_restore(ctx: Context, name: str, snapshot: str, *, no_memory: boo
     plans = []
     for member in [t for t in targets if t.group == group]:
         label = member.domain or member.name
+        if member.domain:
+            try:
+                refuse_left_on_overlays(ctx, member.domain)
+            except RestoreFailed as exc:
+                raise RestoreFailed(f"group {group}: {exc}") from exc
         if member.error:
             raise RestoreFailed(f"group {group}: {label}: {member.error}; nothing was changed")
         try:
@@ -105,6 +110,8 @@ def _start_together(ctx: Context, gplan: GroupRestorePlan, done: list[str]) -> N
     """Load every member's RAM dump paused, then resume them one right after the other; boot the others."""
     hv = ctx.hypervisor
     from_memory = [p for p in gplan.plans if p.resume_from_memory]
+    if from_memory:
+        clear_restore_leftovers(ctx, done)  # before any member's image is made
     with ExitStack() as stack:
         files = {p.domain: stack.enter_context(ctx.ram_store.restore_source(_dump(ctx, p), ctx.state_dir / "restore"))
                  for p in from_memory}  # decompressed before any member is loaded

@@ -31,7 +31,7 @@ from vmsnapd.parallel import ordered_map
 from vmsnapd.policy import prune_deferred, prune_set
 from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.ramsweep import PlannedDeletion, plan_ram_sweep
-from vmsnapd.zfs import ZfsError
+from vmsnapd.zfs import HasDependents, ZfsError, dependents_named
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +147,32 @@ def _prune_dataset(ctx: Context, policy: DatasetPolicy, doomed: list[Snapshot]) 
         go.append(snap)
     failed = ctx.zfs.destroy_snapshots(dataset, [s.name for s in go])
     for snap in go:
-        if snap.name in failed:
-            outcome.kept.append(snap.full_name)
-            log.error("%scould not destroy %s: %s", prefix, snap.full_name, failed[snap.name])
-        else:
+        exc = failed.get(snap.name)
+        if exc is None:
             outcome.snapshots.append(snap.full_name)
-    if failed:
-        outcome.error = f"{len(failed)} snapshot(s) could not be destroyed: " + "; ".join(
-            str(e) for e in failed.values())
+            continue
+        outcome.kept.append(snap.full_name)
+        if isinstance(exc, HasDependents):
+            outcome.warnings.append(_kept_for_clones(snap, exc))
+            log.warning("%s%s", prefix, outcome.warnings[-1])
+        else:
+            log.error("%scould not destroy %s: %s", prefix, snap.full_name, exc)
+    errors = [str(e) for e in failed.values() if not isinstance(e, HasDependents)]
+    if errors:
+        outcome.error = f"{len(errors)} snapshot(s) could not be destroyed: " + "; ".join(errors)
     outcome.duration_ms = int((time.monotonic() - started) * 1000)
     gone = [s.split("@", 1)[1] for s in outcome.snapshots]
     log.log(NOTICE if gone else logging.INFO, "%spruned dataset=%s domain=- destroyed=%d snapshot=%s duration_ms=%d",
             prefix, dataset, len(gone), ",".join(gone), outcome.duration_ms, extra=fields(snapshot=gone))
     return outcome
+
+
+def _kept_for_clones(snap: Snapshot, exc: HasDependents) -> str:
+    """A snapshot a clone depends on (`restore --clone`, the state an in-place restore keeps aside, an admin's
+    `zfs clone`) stays, as a held one does: kept and said, not a failure of every pass (docs/pruning.md)."""
+    clones = dependents_named(exc.stderr_tail)
+    return (f"kept {snap.full_name}: {', '.join(clones) or 'a clone'} depend{'s' if len(clones) < 2 else ''} on it; "
+            "it goes once that is destroyed or promoted")
 
 
 def sweep_dumps(ctx: Context, survey: Survey, destroyed: dict[str, list[Snapshot]],

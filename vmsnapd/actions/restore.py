@@ -53,12 +53,15 @@ from vmsnapd.asides import (
 from vmsnapd.backing import (BACKING_PROPERTY, BackingFile, ChainFile, judge_restore, parse_backing_property,
                              unknown_chain_warning)
 from vmsnapd.clonexml import clone_domain_xml
+from vmsnapd.domxml import parse_disks
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.ports import HypervisorPort, ZfsPort
 from vmsnapd.names import (
     ASIDE_MARK,
+    InvalidName,
     aside_name,
     parse_snapname,
+    validate_dataset_name,
     validate_domain_name,
     validate_snapshot_name,
 )
@@ -152,6 +155,11 @@ class DumpCheck(BaseModel):
     compressed: bool = False
     raw_size: int = 0
     quiesced: bool = False
+    # The snapshot names its cycle took, as its manifest says (empty: no readable manifest).
+    names: list[str] = Field(default_factory=list)
+    # Why this dump is not the RAM of the snapshot asked for (None: its manifest names that snapshot): found by the
+    # time stamp in its file name alone, it may hold another instant than a snapshot sharing that stamp.
+    not_paired: str | None = None
 
 
 @dataclass
@@ -166,7 +174,8 @@ class RestoreFacts:
     mounted: set[str] = field(default_factory=set)  # the filesystems mounted now
     mountpoint_local: dict[str, str | None] = field(default_factory=dict)
     dump: DumpCheck | None = None
-    free_bytes: int | None = None  # where a compressed dump is decompressed
+    free_bytes: int | None = None  # where a compressed dump is decompressed (counting the leftovers, deleted first)
+    leftovers: list[str] = field(default_factory=list)  # decompressed images interrupted restores left there
     aside_kept: bool = False  # an earlier in-place restore of this VM is still kept aside
     domain_exists: dict[str, bool] = field(default_factory=dict)  # clone name → exists
     group: str = ""  # its VM group (docs/groups.md)
@@ -244,6 +253,7 @@ def decide(facts: RestoreFacts, snapshot: str, *, clone: str | None, no_memory: 
     for entry in plan.entries:
         plan.steps += [step.text() for step in entry.forward_steps()]
     if plan.resume_from_memory:
+        plan.steps += [f"delete {p} (a decompressed RAM image an interrupted restore left)" for p in facts.leftovers]
         plan.steps.append(f"resume {facts.domain} from RAM dump {plan.ram_dump}")
     else:
         why = "--no-memory" if no_memory and plan.ram_dump else "no RAM dump for this snapshot"
@@ -262,17 +272,22 @@ def _decide_backing(facts: RestoreFacts, plan: RestorePlan) -> None:
 
 
 def _decide_clone(facts: RestoreFacts, plan: RestorePlan, clone: str) -> RestorePlan:
-    if facts.dump is not None and facts.dump.problem and "XML" in facts.dump.problem:
-        raise RestoreFailed(facts.dump.problem)
+    dump = facts.dump if facts.dump is not None and facts.dump.not_paired is None else None
+    if dump is not None and dump.problem and "XML" in dump.problem:
+        raise RestoreFailed(dump.problem)
     parent = facts.datasets[0].rsplit("/", 1)[0]
     for i, ds in enumerate(facts.datasets):
         leaf = clone if i == 0 else f"{clone}-{ds.rsplit('/', 1)[-1]}"
-        plan.clone_datasets[ds] = f"{parent}/{leaf}"
+        try:  # checked before the first clone is made: a name refused later left that one behind
+            plan.clone_datasets[ds] = validate_dataset_name(f"{parent}/{leaf}")
+        except InvalidName as exc:
+            raise RestoreFailed(f"--clone {clone}: the clone of {ds} would be named {parent}/{leaf}, which ZFS "
+                                f"refuses ({exc}); choose a shorter or plainer NAME; nothing was changed") from exc
     taken = [c for c in plan.clone_datasets.values() if c in facts.existing]
     if taken or facts.domain_exists.get(clone):
         raise RestoreFailed(f"clone target exists already: {', '.join(taken) or 'domain ' + clone}")
-    if facts.dump is not None:
-        plan.ram_dump = facts.dump.path  # for its saved domain XML only: a clone boots
+    if dump is not None:
+        plan.ram_dump = dump.path  # for its saved domain XML only: a clone boots
     plan.steps += [f"clone {ds}@{plan.snapshot} as {c}" for ds, c in plan.clone_datasets.items()]
     plan.steps.append(f"define domain {clone} (new UUID and MACs, disks on the clones) and boot it")
     return plan
@@ -282,6 +297,10 @@ def _decide_memory(facts: RestoreFacts, plan: RestorePlan, no_memory: bool) -> N
     if facts.dump is None or no_memory:
         return
     dump = facts.dump
+    if dump.not_paired:
+        plan.warnings.append(f"{dump.not_paired}: {facts.domain} is not resumed from it but boots from the disks of "
+                             f"{plan.snapshot}")
+        return
     if dump.problem:
         raise RestoreFailed(f"{dump.problem}; nothing was changed (restore with --no-memory to boot from the "
                             "disks instead)")
@@ -314,9 +333,8 @@ def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: s
     names = facts.snapshots[ds]
     # Every snapshot of one cycle holds the same disks: clone the cycle's last one, so the cycle's other
     # periods (e.g. the daily beside the hourly) come along with the promotion.
-    parsed = parse_snapname(snapshot)
-    same_cycle = [i for i, n in enumerate(names) if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp]
-    last = max(same_cycle, default=names.index(snapshot))
+    cycle = cycle_names(facts.dump, snapshot, names)
+    last = max(i for i, n in enumerate(names) if n in cycle)
     plan.rollback_to[ds] = names[last]
     plan.newer_snapshots_kept_aside += [f"{ds}@{n}" for n in names[last + 1:]]
     aside = aside_name(ds, stamp)
@@ -331,6 +349,54 @@ def _decide_dataset(facts: RestoreFacts, plan: RestorePlan, ds: str, snapshot: s
     return entry
 
 
+def refuse_left_on_overlays(ctx: Context, domain: str) -> None:
+    """RestoreFailed when an interrupted cycle left disks of `domain` on an overlay (a file in overlay_dir named by its
+    live or persistent definition): its writes since the freeze are there, not in the dataset. Restoring the VM then
+    would keep aside a disk without them, and `recover` would afterwards commit that overlay into the restored disk
+    (it backs onto the same path) or delete it. (The plain "disk on no managed dataset" refusal this met before said
+    to list the disk in exclude_disks — and with that a restore went on.) An overlay no definition names holds
+    nothing the base lacks (committed, or never used): it is recover's to delete and blocks no restore."""
+    hv = ctx.hypervisor
+    base = str(Path(ctx.config.daemon.overlay_dir).resolve()).rstrip("/") + "/"
+    try:
+        disks = hv.disks(domain) + parse_disks(hv.xml(domain, inactive=True))
+    except HypervisorError:
+        return  # not there, or unreadable: the target's own error says so
+    left = {f"{d.target}: {d.source}" for d in disks if d.source.startswith(base)}
+    if left:
+        raise RestoreFailed(f"{domain} still has disks on overlays of a cycle that did not finish "
+                            f"({', '.join(sorted(left))}): its newest writes are there, not in its datasets. Run "
+                            "`vmsnapd recover` first (it commits them back), then restore; nothing was changed")
+
+
+def cycle_names(dump: DumpCheck | None, snapshot: str, names: list[str]) -> set[str]:
+    """The snapshots among `names` that hold the same disks as `snapshot`: the names its cycle's manifest lists; a
+    name only sharing the time stamp may have been taken at another instant (by another tool in the same second, or
+    by hand later: the cycle leaves such a name out of its manifest). Without a manifest nothing says otherwise:
+    the names with the same stamp."""
+    if dump is not None and dump.names:
+        return set(dump.names) if dump.not_paired is None else {snapshot}
+    parsed = parse_snapname(snapshot)
+    return {snapshot} | {n for n in names if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp}
+
+
+def pairing_problem(dump: RamDump, snapshot: str) -> str | None:
+    """Why `dump` (found by the domain and time stamp in its file name) is not the RAM of `snapshot`, or None when
+    its manifest names that snapshot. A cycle leaves out of its manifest every name it found taken (on any of its
+    datasets), so the short name decides; the datasets are not compared, so a dump stays paired with its snapshots
+    after the VM's dataset was renamed. A dump without a readable manifest is judged by check_dump."""
+    manifest = dump.manifest
+    if manifest is None:
+        return None
+    if manifest.stamp != dump.stamp or manifest.domain != dump.domain:
+        return (f"RAM dump {dump.path} carries the manifest of another cycle ({manifest.domain} at "
+                f"{manifest.stamp})")
+    if snapshot not in manifest.snapshot_names:
+        return (f"the manifest of RAM dump {dump.path} does not name {snapshot}: its cycle did not take that "
+                "snapshot (a name taken at another instant, e.g. by another tool in the same second)")
+    return None
+
+
 def _find_target(targets: list[Target], name: str) -> Target:
     for target in targets:
         if target.domain and name in (target.domain, target.name, *target.datasets):
@@ -343,6 +409,7 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     survey = ctx.survey()
     targets = plan_targets(survey.policies, survey.listing, ctx.hypervisor)
     target = _find_target(targets, target_name)
+    refuse_left_on_overlays(ctx, target.domain)
     if target.error:
         raise RestoreFailed(target.error)
     read_backing([target], ctx.hypervisor, survey.listing)
@@ -364,11 +431,14 @@ def gather_facts(ctx: Context, target_name: str, snapshot: str, *, clone: str | 
     parsed = parse_snapname(snapshot)
     dump = ctx.ram_store.find(target.domain, parsed.stamp) if parsed else None
     if dump is not None:
-        facts.dump = check_dump(ctx.ram_store, dump, full=use_memory)
+        not_paired = pairing_problem(dump, snapshot)
+        facts.dump = check_dump(ctx.ram_store, dump, full=use_memory and not_paired is None)
+        facts.dump.not_paired = not_paired
         if facts.dump.compressed and use_memory:
-            facts.free_bytes = free_bytes(ctx.state_dir / "restore")
+            facts.free_bytes = room_to_decompress(ctx, facts.leftovers)
     first = target.datasets[0]
-    _gather_backing(ctx.zfs, facts, target, dump, f"{first}@{snapshot}" if snapshot in facts.snapshots[first] else "",
+    paired = dump if facts.dump is not None and facts.dump.not_paired is None else None
+    _gather_backing(ctx.zfs, facts, target, paired, f"{first}@{snapshot}" if snapshot in facts.snapshots[first] else "",
                     listing)
     return facts
 
@@ -412,6 +482,7 @@ def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:
         check.problem = f"RAM dump {dump.path} has no readable manifest"
         return check
     check.raw_size, check.quiesced = dump.manifest.raw_size, dump.manifest.quiesced
+    check.names = list(dump.manifest.snapshot_names)
     try:
         ET.fromstring(dump.manifest.domain_xml)
     except ET.ParseError as exc:
@@ -427,6 +498,27 @@ def check_dump(store: RamStore, dump: RamDump, *, full: bool) -> DumpCheck:
         except CommandError as exc:
             check.problem = f"RAM dump {dump.path} does not decompress: {exc}"
     return check
+
+
+def room_to_decompress(ctx: Context, leftovers: list[str]) -> int | None:
+    """Free bytes for a decompressed RAM image in `state_dir/restore`, counting the images interrupted restores left
+    there (their paths are added to `leftovers`): the restore deletes them before it decompresses."""
+    work_dir = ctx.state_dir / "restore"
+    found = ctx.ram_store.restore_leftovers(work_dir)
+    leftovers += [str(p) for p in found]
+    free = free_bytes(work_dir)
+    return None if free is None else free + sum(p.stat().st_size for p in found)
+
+
+def clear_restore_leftovers(ctx: Context, done: list[str]) -> None:
+    """Delete the decompressed images restores killed mid-way left in `state_dir/restore` (under the pass lock: no
+    restore is using one). A file that cannot be deleted is said, and the restore goes on."""
+    for path in ctx.ram_store.restore_leftovers(ctx.state_dir / "restore"):
+        try:
+            path.unlink()
+            done.append(f"deleted {path}, a decompressed RAM image an interrupted restore left")
+        except OSError as exc:
+            log.warning("could not delete %s, left by an interrupted restore: %s", path, exc)
 
 
 def free_bytes(directory: Path) -> int | None:
@@ -537,6 +629,10 @@ def swap_in_place(ctx: Context, plan: RestorePlan, done: list[str]) -> RestoreRe
         _swap_datasets(ctx, plan, done)
     except (ZfsError, HypervisorError, OSError) as exc:
         raise RestoreFailed(roll_back(ctx, record, done, exc)) from exc
+    except KeyboardInterrupt as exc:
+        # Ctrl-C half-way through the swap: undone like a failing step (a second Ctrl-C stops that too; the record
+        # then stays for `restore --undo`), never left half-swapped with the VM off.
+        raise RestoreFailed(roll_back(ctx, record, done, RestoreFailed("interrupted (Ctrl-C)"))) from exc
     record.complete = True
     _update_record(ctx.state_dir, record, plan.domain)
     done.append(f"kept aside: {', '.join(e.aside for e in plan.entries)} "
@@ -576,6 +672,7 @@ def start_restored(ctx: Context, plan: RestorePlan, done: list[str], *, dump: Ra
         hv.start(plan.domain)
         done.append(f"booted {plan.domain}")
         return
+    clear_restore_leftovers(ctx, done)
     dump = dump or next(d for d in ctx.ram_store.dumps() if str(d.path) == plan.ram_dump)
     with ctx.ram_store.restore_source(dump, ctx.state_dir / "restore") as memory_file:
         hv.restore_memory(str(memory_file), domain_xml)
