@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,34 @@ class VmsnapdEnv:
             raise AssertionError(f"vmsnapd {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
                                  f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
         return proc
+
+    def snapshot_killed_on_overlay(self, vm: labmod.VM, dataset: str, scratch: Path) -> None:
+        """`vmsnapd snapshot DATASET` killed -9 while the guest runs on vmsnapd's overlay (its `zfs snapshot` hangs):
+        what a crash mid-cycle leaves — the guest on the overlay, the cycle's record in the journal."""
+        wrapper = scratch / "zfs"
+        wrapper.write_text('#!/bin/sh\nif [ "$1" = snapshot ]; then sleep 600; fi\nexec /usr/sbin/zfs "$@"\n')
+        wrapper.chmod(0o755)
+        self.write()
+        proc = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(self.config_path), "snapshot", dataset],
+                                env={**os.environ, "PATH": f"{scratch}:{os.environ['PATH']}"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while str(self.overlay_dir) not in vm.dom.XMLDesc(0):
+                assert time.monotonic() < deadline, "the cycle never put the VM on an overlay"
+                assert proc.poll() is None, "vmsnapd ended before the overlay existed"
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            # vmsnapd runs each command in a session of its own, so the hanging `zfs` wrapper outlives it, as a
+            # real child would: end it here, or it would snapshot a dataset of a later test in 10 minutes.
+            for pid in subprocess.run(["pgrep", "-f", str(wrapper)], capture_output=True, text=True).stdout.split():
+                try:
+                    os.killpg(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        assert str(self.overlay_dir) in vm.dom.XMLDesc(0)
 
 
 @pytest.fixture

@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import libvirt
@@ -184,31 +181,7 @@ def test_kill_9_while_on_overlay_is_recovered(lab, shared_vm, vmsnapd_env, tmp_p
     vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name}
-    wrapper = tmp_path / "zfs"
-    wrapper.write_text('#!/bin/sh\nif [ "$1" = snapshot ]; then sleep 600; fi\nexec /usr/sbin/zfs "$@"\n')
-    wrapper.chmod(0o755)
-    env.write()
-    proc = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(env.config_path), "snapshot", dataset.name],
-                            env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while str(env.overlay_dir) not in vm.dom.XMLDesc(0):
-            assert time.monotonic() < deadline, "the cycle never put the VM on an overlay"
-            assert proc.poll() is None, "vmsnapd ended before the overlay existed"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        # vmsnapd runs each command in a session of its own, so the hanging `zfs` wrapper outlives it, as a
-        # real child would: end it here, or it would snapshot a dataset of a later test in 10 minutes.
-        hung = subprocess.run(["pgrep", "-f", str(wrapper)], capture_output=True, text=True).stdout.split()
-        for pid in hung:
-            try:
-                os.killpg(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    assert str(env.overlay_dir) in vm.dom.XMLDesc(0)
+    env.snapshot_killed_on_overlay(vm, dataset.name, tmp_path)
     before = vm.max_counter()
 
     proc = env.run("recover")

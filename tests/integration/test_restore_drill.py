@@ -91,29 +91,8 @@ def test_a_vm_left_on_its_overlay_by_a_killed_cycle_is_not_restored_before_recov
     env.run("snapshot", dataset.name)
     (snap,) = lab.snapshot_names(dataset.name)
     lab.next_second()
-    wrapper = tmp_path / "zfs"
-    wrapper.write_text('#!/bin/sh\nif [ "$1" = snapshot ]; then sleep 600; fi\nexec /usr/sbin/zfs "$@"\n')
-    wrapper.chmod(0o755)
-    env.write()
-    proc = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(env.config_path), "snapshot", dataset.name],
-                            env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while str(env.overlay_dir) not in vm.dom.XMLDesc(0):
-            assert time.monotonic() < deadline, "the cycle never put the VM on an overlay"
-            assert proc.poll() is None, "vmsnapd ended before the overlay existed"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        for pid in subprocess.run(["pgrep", "-f", str(wrapper)], capture_output=True, text=True).stdout.split():
-            try:
-                os.killpg(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    env.snapshot_killed_on_overlay(vm, dataset.name, tmp_path)
     xml_before = vm.dom.XMLDesc(0)
-    assert str(env.overlay_dir) in xml_before
 
     for args in ((vm.name, snap, "--force-stop", "--yes"), (vm.name, snap, "--clone", lab.unique_name("c"), "--yes")):
         refused = env.run("restore", *args, expect=1)
