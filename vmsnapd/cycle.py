@@ -25,10 +25,10 @@ from typing import Callable, Iterator
 
 from vmsnapd.report import TargetOutcome
 from vmsnapd.backing import BACKING_PROPERTY, backing_property
-from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
+from vmsnapd.cycleplan import (ACTIVE, GONE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
                                plan_cycle, quiesce_verdict, space_problem, subtree_root)
 from vmsnapd.domxml import nvram_path
-from vmsnapd.hvtypes import AgentUnavailable, HypervisorError, NoSpace, RamAlreadyCaptured
+from vmsnapd.hvtypes import PAUSED, RUNNING, AgentUnavailable, HypervisorError, NoSpace, RamAlreadyCaptured
 from vmsnapd.holdstill import COMMIT_ATTEMPTS, CycleFailed, HoldStill, StillOnOverlay, hold_for
 from vmsnapd.commitback import state_or_gone
 from vmsnapd.ports import HypervisorPort
@@ -127,7 +127,7 @@ class Cycle:
         outcome.pause_ms = rec.record.pause_ms
         if outcome.ok:
             pause = rec.record.pause_ms
-            rec.log(NOTICE, "done", f"method={plan.method}" + (f" pause_ms={pause}" if pause is not None else ""))
+            rec.log(NOTICE, "done", f"method={rec.record.method}" + (f" pause_ms={pause}" if pause is not None else ""))
         else:
             rec.log(logging.ERROR, "failed", outcome.error or "")
         return outcome
@@ -135,7 +135,9 @@ class Cycle:
     def _plan(self) -> CyclePlan:
         if self.target.error:
             raise CycleFailed(self.target.error)
-        vm_state = self.env.hypervisor.state(self.target.domain) if self.target.domain else None
+        return self._plan_for(self.env.hypervisor.state(self.target.domain) if self.target.domain else None)
+
+    def _plan_for(self, vm_state: str | None) -> CyclePlan:
         return plan_cycle(domain=self.target.domain, vm_state=vm_state, policy=self.target.policy,
                           disks=[(d.target, d.source) for d in self.target.disks],
                           skipped=self.target.skipped_disks, overlay_dir=self.env.overlay_dir,
@@ -152,10 +154,10 @@ class Cycle:
     def _attempt(self, plan: CyclePlan, rec: Recorder, outcome: TargetOutcome, pre_hook: HookResult | None) -> None:
         try:
             self._check_pre_hook(rec, pre_hook)
+            plan = self._as_it_is_now(plan, rec)
             if plan.method == "plain":
                 self._plain(rec)
             else:
-                self._still_there(plan)
                 self._vm(plan, rec)
             rec.enter(CycleState.DONE)
             # What this cycle took: a name that existed already is someone else's snapshot (warned about).
@@ -235,13 +237,42 @@ class Cycle:
 
     # -- running or paused VM -------------------------------------------------------------------------
 
-    def _still_there(self, plan: CyclePlan) -> None:
-        """After the pre_snapshot hook: a VM that stopped meanwhile fails the cycle before anything is touched."""
-        now = state_or_gone(self.env.hypervisor, self.target.domain)
-        if now not in ACTIVE:
-            was = "paused" if plan.was_paused else "running"
-            raise CycleFailed(f"domain {self.target.domain} is no longer running (was {was}, now {now}): "
-                              "it stopped after the cycle began; no snapshot taken, the next pass takes a plain one")
+    def _as_it_is_now(self, plan: CyclePlan, rec: Recorder) -> CyclePlan:
+        """After the pre_snapshot hook, which may have changed the VM (so may an admin), verify it before acting:
+        the plan for the VM as it is now. A VM that stopped fails the cycle before anything is touched; one paused
+        or resumed meanwhile is held as what it is now (never resumed by us when someone else paused it, never
+        left paused when someone else resumed it); disks that moved fail the cycle (see _same_disks)."""
+        domain = self.target.domain
+        if domain is None:
+            return plan
+        now = state_or_gone(self.env.hypervisor, domain)
+        planned = _kind(plan)
+        if planned in ACTIVE and now not in ACTIVE:
+            raise CycleFailed(f"domain {domain} is no longer running (was {planned}, now {now}): it stopped after "
+                              "the cycle began; no snapshot taken, the next pass takes a plain one")
+        if now == GONE:
+            return plan  # a plain cycle: saving the domain XML says it is gone
+        self._same_disks()
+        replanned = self._plan_for(now)
+        if _kind(replanned) == planned:
+            return plan
+        rec.note(method=replanned.method)
+        rec.log(NOTICE, "plan", f"{domain} was {planned} when the cycle began and is {now} after the pre_snapshot "
+                                f"hook: taken as it is now, method={replanned.method}")
+        return replanned
+
+    def _same_disks(self) -> None:
+        """The disks the target was planned with are the VM's disks still. A pre_snapshot hook that moved the VM
+        onto an overlay of its own (`virsh snapshot-create-as --disk-only`) left the dataset's file still since
+        then: a snapshot of it with the RAM of now would be a restore point whose RAM is newer than its disk (the
+        guest's file systems corrupted on restore)."""
+        now = {d.target: d.source for d in self.env.hypervisor.disks(self.target.domain)}
+        moved = [f"{d.target} {d.source} -> {now.get(d.target, '(gone)')}" for d in self.target.disks
+                 if now.get(d.target) != d.source]
+        if moved:
+            raise CycleFailed(f"the disks of {self.target.domain} changed after the cycle began ({'; '.join(moved)}; "
+                              "the pre_snapshot hook?): no snapshot taken — the datasets no longer hold what the "
+                              "guest writes now")
 
     def _vm(self, plan: CyclePlan, rec: Recorder) -> None:
         self._save_domain_xml(rec)
@@ -563,6 +594,13 @@ class Cycle:
         dump = self.env.ram_store.keep(Path(rec.record.ram_file), info, self.env.ram_compression)
         rec.enter(CycleState.DUMP_KEPT, ram_file=None, ram_dump=str(dump.path))
         rec.log(logging.INFO, "dump_kept", f"{dump.path} ({dump.size >> 20} MiB)")
+
+
+def _kind(plan: CyclePlan) -> str:
+    """What the plan took the VM for: "plain" (not running), PAUSED or RUNNING."""
+    if plan.method == "plain":
+        return "plain"
+    return PAUSED if plan.was_paused else RUNNING
 
 
 def _existing(path: Path) -> Path:
