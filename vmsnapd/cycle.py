@@ -523,7 +523,8 @@ class Cycle:
             rec.taken += [f"{ds}@{name}" for ds in datasets]
             if atomic_needed and not atomic:
                 rec.warn("snapshot", f"snapshots of {','.join(datasets)} were taken one by one, not atomically "
-                                     "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
+                                     "(zfs-fuse takes one name per command, OpenZFS the datasets of one pool per "
+                                     "command); they may differ by a few milliseconds")
         rec.enter(CycleState.SNAPSHOTTED)
 
     @staticmethod
