@@ -320,29 +320,40 @@ class Cycle:
 
     def _freeze(self, plan: CyclePlan, rec: Recorder, hold: HoldStill) -> HoldStill:
         """Hold the disks still (the hold used is returned). libvirt undoes a RAM capture that fails (the guest is
-        as it was, nothing half-made is left), so two failures get a second hold: the staging folder filled up
-        during the capture → once more with the RAM file in overlay_dir; QEMU refuses a second capture of a guest
-        paused since the last one → disk-only (`on_memory_failure`)."""
-        try:
-            hold.freeze_disks()
-            return hold
-        except NoSpace as exc:
-            if self.staged is None:
-                raise
+        as it was, nothing half-made is left), so two failures get another hold: the RAM file's folder filled up
+        during the capture → the staging folder's RAM file goes to overlay_dir, overlay_dir's is left out
+        (`_after_full`); QEMU refuses a second capture of a guest paused since the last one → disk-only. Disk-only
+        is `on_memory_failure`'s to allow. At most three holds: each retry has a RAM file fewer."""
+        while True:
+            try:
+                hold.freeze_disks()
+                return hold
+            except NoSpace as exc:
+                if hold.memory_file is None:
+                    raise  # not the RAM file's room: nothing to leave out
+                hold = self._hold_for(plan, rec, self._after_full(rec, exc))
+            except RamAlreadyCaptured as exc:
+                if hold.memory_file is None:
+                    raise
+                # A guest paused since its RAM was last captured (by an earlier cycle, most likely): its RAM has not
+                # changed since, and that capture's dump still holds it; this snapshot is disk-only, or it fails.
+                self._memory_goes_on(rec, f"{self.target.domain} has stayed paused since its RAM was last captured "
+                                          f"and QEMU takes no other capture until it runs again ({exc}); the RAM "
+                                          "dump of that capture still holds its memory")
+                hold = self._hold_for(plan, rec, None)
+
+    def _after_full(self, rec: Recorder, exc: NoSpace) -> str | None:
+        """The RAM file's folder filled up during the capture: where the next hold writes the RAM — overlay_dir
+        after the staging folder; after overlay_dir nowhere (disk-only with a warning, or CycleFailed under
+        on_memory_failure = "fail", as for a folder found too small before the guest was touched)."""
+        if self.staged is not None:
             rec.warn("memory", f"ram_staging_dir {self.staged.folder} filled up during the RAM capture ({exc}); "
                                "again with the RAM file in overlay_dir")
             self._release_staging()
             memory = self.env.hypervisor.memory_bytes(self.target.domain)
-            hold = self._hold_for(plan, rec, self._memory_file_in(rec, self.env.overlay_dir, memory))
-        except RamAlreadyCaptured as exc:
-            # A guest paused since its RAM was last captured (by an earlier cycle, most likely): its RAM has not
-            # changed since, and that capture's dump still holds it; this snapshot is disk-only, or the cycle fails.
-            self._memory_goes_on(rec, f"{self.target.domain} has stayed paused since its RAM was last captured and "
-                                      f"QEMU takes no other capture until it runs again ({exc}); the RAM dump of "
-                                      "that capture still holds its memory")
-            hold = self._hold_for(plan, rec, None)
-        hold.freeze_disks()
-        return hold
+            return self._memory_file_in(rec, self.env.overlay_dir, memory)
+        self._memory_goes_on(rec, f"overlay_dir {self.env.overlay_dir} filled up during the RAM capture ({exc})")
+        return None
 
     def _unfreeze_message(self, rec: Recorder, exc: Exception) -> str:
         if not isinstance(exc, StillOnOverlay):
