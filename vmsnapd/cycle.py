@@ -418,6 +418,9 @@ class Cycle:
                     for where in (folder, self.env.ram_store.ram_dir)}
         except OSError as exc:
             return f"cannot write RAM dump: {exc}"
+        compressor = self.env.ram_store.compression_problem(self.env.ram_compression)
+        if compressor is not None:
+            return f"cannot store a RAM dump: {compressor}"
         return space_problem(free, memory, RAM_SPACE_FACTOR)
 
     @contextmanager

@@ -55,3 +55,31 @@ def test_overlay_dir_full_during_the_capture_gives_a_disk_only_snapshot(lab, sha
     assert not (env.state_dir / "cycles").exists() or not any((env.state_dir / "cycles").iterdir())
     assert vm.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     lab.wait_counter_advances(vm, by=3)
+
+
+def test_ram_compression_zstd_without_zstd_takes_a_disk_only_snapshot_without_capturing(lab, shared_vm, vmsnapd_env,
+                                                                                        tmp_path):
+    """No zstd on PATH (a pip install, a package removed): said by `config check`, and the cycle takes its disk-only
+    snapshot without capturing the RAM first (it captured it, then threw it away, every pass)."""
+    import shutil
+
+    vm, dataset = shared_vm, shared_vm.disk.dataset
+    env = vmsnapd_env
+    env.datasets[dataset.name] = {"hourly": 1, "daily": 0, "monthly": 0, "domain": vm.name, "method": "pause",
+                                  "quiesce": "off"}
+    env.daemon["ram_compression"] = "zstd"
+    bin_dir = tmp_path / "bin"  # what a cycle runs, and no zstd
+    bin_dir.mkdir()
+    for tool in ("zfs", "zpool", "qemu-img"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    path = {"PATH": str(bin_dir)}
+
+    check = env.run("config", "check", env=path)
+    proc = env.run("snapshot", dataset.name, env=path)
+
+    assert 'ram_compression = "zstd", but zstd cannot be found' in check.stdout + check.stderr, check
+    assert "zstd cannot be found" in proc.stdout and "disk-only" in proc.stdout, proc.stdout
+    assert "RAM dump could not be stored" not in proc.stdout + proc.stderr  # never captured, so never thrown away
+    assert len(lab.snapshot_names(dataset.name)) == 1
+    assert not (env.ram_dir / vm.name).exists() or not any((env.ram_dir / vm.name).iterdir())
+    assert vm.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
