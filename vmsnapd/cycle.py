@@ -25,10 +25,10 @@ from typing import Callable, Iterator
 
 from vmsnapd.report import TargetOutcome
 from vmsnapd.backing import BACKING_PROPERTY, backing_property
-from vmsnapd.cycleplan import (ACTIVE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
+from vmsnapd.cycleplan import (ACTIVE, GONE, CyclePlan, Verdict, fs_freeze_failed, kept_dump_failed, memory_verdict,
                                plan_cycle, quiesce_verdict, space_problem, subtree_root)
 from vmsnapd.domxml import nvram_path
-from vmsnapd.hvtypes import AgentUnavailable, HypervisorError, NoSpace, RamAlreadyCaptured
+from vmsnapd.hvtypes import PAUSED, RUNNING, AgentUnavailable, HypervisorError, NoSpace, RamAlreadyCaptured
 from vmsnapd.holdstill import COMMIT_ATTEMPTS, CycleFailed, HoldStill, StillOnOverlay, hold_for
 from vmsnapd.commitback import state_or_gone
 from vmsnapd.ports import HypervisorPort
@@ -127,7 +127,7 @@ class Cycle:
         outcome.pause_ms = rec.record.pause_ms
         if outcome.ok:
             pause = rec.record.pause_ms
-            rec.log(NOTICE, "done", f"method={plan.method}" + (f" pause_ms={pause}" if pause is not None else ""))
+            rec.log(NOTICE, "done", f"method={rec.record.method}" + (f" pause_ms={pause}" if pause is not None else ""))
         else:
             rec.log(logging.ERROR, "failed", outcome.error or "")
         return outcome
@@ -135,7 +135,9 @@ class Cycle:
     def _plan(self) -> CyclePlan:
         if self.target.error:
             raise CycleFailed(self.target.error)
-        vm_state = self.env.hypervisor.state(self.target.domain) if self.target.domain else None
+        return self._plan_for(self.env.hypervisor.state(self.target.domain) if self.target.domain else None)
+
+    def _plan_for(self, vm_state: str | None) -> CyclePlan:
         return plan_cycle(domain=self.target.domain, vm_state=vm_state, policy=self.target.policy,
                           disks=[(d.target, d.source) for d in self.target.disks],
                           skipped=self.target.skipped_disks, overlay_dir=self.env.overlay_dir,
@@ -152,10 +154,10 @@ class Cycle:
     def _attempt(self, plan: CyclePlan, rec: Recorder, outcome: TargetOutcome, pre_hook: HookResult | None) -> None:
         try:
             self._check_pre_hook(rec, pre_hook)
+            plan = self._as_it_is_now(plan, rec)
             if plan.method == "plain":
                 self._plain(rec)
             else:
-                self._still_there(plan)
                 self._vm(plan, rec)
             rec.enter(CycleState.DONE)
             # What this cycle took: a name that existed already is someone else's snapshot (warned about).
@@ -235,13 +237,42 @@ class Cycle:
 
     # -- running or paused VM -------------------------------------------------------------------------
 
-    def _still_there(self, plan: CyclePlan) -> None:
-        """After the pre_snapshot hook: a VM that stopped meanwhile fails the cycle before anything is touched."""
-        now = state_or_gone(self.env.hypervisor, self.target.domain)
-        if now not in ACTIVE:
-            was = "paused" if plan.was_paused else "running"
-            raise CycleFailed(f"domain {self.target.domain} is no longer running (was {was}, now {now}): "
-                              "it stopped after the cycle began; no snapshot taken, the next pass takes a plain one")
+    def _as_it_is_now(self, plan: CyclePlan, rec: Recorder) -> CyclePlan:
+        """After the pre_snapshot hook, which may have changed the VM (so may an admin), verify it before acting:
+        the plan for the VM as it is now. A VM that stopped fails the cycle before anything is touched; one paused
+        or resumed meanwhile is held as what it is now (never resumed by us when someone else paused it, never
+        left paused when someone else resumed it); disks that moved fail the cycle (see _same_disks)."""
+        domain = self.target.domain
+        if domain is None:
+            return plan
+        now = state_or_gone(self.env.hypervisor, domain)
+        planned = _kind(plan)
+        if planned in ACTIVE and now not in ACTIVE:
+            raise CycleFailed(f"domain {domain} is no longer running (was {planned}, now {now}): it stopped after "
+                              "the cycle began; no snapshot taken, the next pass takes a plain one")
+        if now == GONE:
+            return plan  # a plain cycle: saving the domain XML says it is gone
+        self._same_disks()
+        replanned = self._plan_for(now)
+        if _kind(replanned) == planned:
+            return plan
+        rec.note(method=replanned.method)
+        rec.log(NOTICE, "plan", f"{domain} was {planned} when the cycle began and is {now} after the pre_snapshot "
+                                f"hook: taken as it is now, method={replanned.method}")
+        return replanned
+
+    def _same_disks(self) -> None:
+        """The disks the target was planned with are the VM's disks still. A pre_snapshot hook that moved the VM
+        onto an overlay of its own (`virsh snapshot-create-as --disk-only`) left the dataset's file still since
+        then: a snapshot of it with the RAM of now would be a restore point whose RAM is newer than its disk (the
+        guest's file systems corrupted on restore)."""
+        now = {d.target: d.source for d in self.env.hypervisor.disks(self.target.domain)}
+        moved = [f"{d.target} {d.source} -> {now.get(d.target, '(gone)')}" for d in self.target.disks
+                 if now.get(d.target) != d.source]
+        if moved:
+            raise CycleFailed(f"the disks of {self.target.domain} changed after the cycle began ({'; '.join(moved)}; "
+                              "the pre_snapshot hook?): no snapshot taken — the datasets no longer hold what the "
+                              "guest writes now")
 
     def _vm(self, plan: CyclePlan, rec: Recorder) -> None:
         self._save_domain_xml(rec)
@@ -289,29 +320,40 @@ class Cycle:
 
     def _freeze(self, plan: CyclePlan, rec: Recorder, hold: HoldStill) -> HoldStill:
         """Hold the disks still (the hold used is returned). libvirt undoes a RAM capture that fails (the guest is
-        as it was, nothing half-made is left), so two failures get a second hold: the staging folder filled up
-        during the capture → once more with the RAM file in overlay_dir; QEMU refuses a second capture of a guest
-        paused since the last one → disk-only (`on_memory_failure`)."""
-        try:
-            hold.freeze_disks()
-            return hold
-        except NoSpace as exc:
-            if self.staged is None:
-                raise
+        as it was, nothing half-made is left), so two failures get another hold: the RAM file's folder filled up
+        during the capture → the staging folder's RAM file goes to overlay_dir, overlay_dir's is left out
+        (`_after_full`); QEMU refuses a second capture of a guest paused since the last one → disk-only. Disk-only
+        is `on_memory_failure`'s to allow. At most three holds: each retry has a RAM file fewer."""
+        while True:
+            try:
+                hold.freeze_disks()
+                return hold
+            except NoSpace as exc:
+                if hold.memory_file is None:
+                    raise  # not the RAM file's room: nothing to leave out
+                hold = self._hold_for(plan, rec, self._after_full(rec, exc))
+            except RamAlreadyCaptured as exc:
+                if hold.memory_file is None:
+                    raise
+                # A guest paused since its RAM was last captured (by an earlier cycle, most likely): its RAM has not
+                # changed since, and that capture's dump still holds it; this snapshot is disk-only, or it fails.
+                self._memory_goes_on(rec, f"{self.target.domain} has stayed paused since its RAM was last captured "
+                                          f"and QEMU takes no other capture until it runs again ({exc}); the RAM "
+                                          "dump of that capture still holds its memory")
+                hold = self._hold_for(plan, rec, None)
+
+    def _after_full(self, rec: Recorder, exc: NoSpace) -> str | None:
+        """The RAM file's folder filled up during the capture: where the next hold writes the RAM — overlay_dir
+        after the staging folder; after overlay_dir nowhere (disk-only with a warning, or CycleFailed under
+        on_memory_failure = "fail", as for a folder found too small before the guest was touched)."""
+        if self.staged is not None:
             rec.warn("memory", f"ram_staging_dir {self.staged.folder} filled up during the RAM capture ({exc}); "
                                "again with the RAM file in overlay_dir")
             self._release_staging()
             memory = self.env.hypervisor.memory_bytes(self.target.domain)
-            hold = self._hold_for(plan, rec, self._memory_file_in(rec, self.env.overlay_dir, memory))
-        except RamAlreadyCaptured as exc:
-            # A guest paused since its RAM was last captured (by an earlier cycle, most likely): its RAM has not
-            # changed since, and that capture's dump still holds it; this snapshot is disk-only, or the cycle fails.
-            self._memory_goes_on(rec, f"{self.target.domain} has stayed paused since its RAM was last captured and "
-                                      f"QEMU takes no other capture until it runs again ({exc}); the RAM dump of "
-                                      "that capture still holds its memory")
-            hold = self._hold_for(plan, rec, None)
-        hold.freeze_disks()
-        return hold
+            return self._memory_file_in(rec, self.env.overlay_dir, memory)
+        self._memory_goes_on(rec, f"overlay_dir {self.env.overlay_dir} filled up during the RAM capture ({exc})")
+        return None
 
     def _unfreeze_message(self, rec: Recorder, exc: Exception) -> str:
         if not isinstance(exc, StillOnOverlay):
@@ -376,6 +418,9 @@ class Cycle:
                     for where in (folder, self.env.ram_store.ram_dir)}
         except OSError as exc:
             return f"cannot write RAM dump: {exc}"
+        compressor = self.env.ram_store.compression_problem(self.env.ram_compression)
+        if compressor is not None:
+            return f"cannot store a RAM dump: {compressor}"
         return space_problem(free, memory, RAM_SPACE_FACTOR)
 
     @contextmanager
@@ -492,7 +537,8 @@ class Cycle:
             rec.taken += [f"{ds}@{name}" for ds in datasets]
             if atomic_needed and not atomic:
                 rec.warn("snapshot", f"snapshots of {','.join(datasets)} were taken one by one, not atomically "
-                                     "(zfs-fuse takes one name per command); they may differ by a few milliseconds")
+                                     "(zfs-fuse takes one name per command, OpenZFS the datasets of one pool per "
+                                     "command); they may differ by a few milliseconds")
         rec.enter(CycleState.SNAPSHOTTED)
 
     @staticmethod
@@ -563,6 +609,13 @@ class Cycle:
         dump = self.env.ram_store.keep(Path(rec.record.ram_file), info, self.env.ram_compression)
         rec.enter(CycleState.DUMP_KEPT, ram_file=None, ram_dump=str(dump.path))
         rec.log(logging.INFO, "dump_kept", f"{dump.path} ({dump.size >> 20} MiB)")
+
+
+def _kind(plan: CyclePlan) -> str:
+    """What the plan took the VM for: "plain" (not running), PAUSED or RUNNING."""
+    if plan.method == "plain":
+        return "plain"
+    return PAUSED if plan.was_paused else RUNNING
 
 
 def _existing(path: Path) -> Path:

@@ -89,8 +89,8 @@ class GroupStep:
         rec.taken += [f"{ds}@{name}" for ds in datasets for name in self.taken]
         rec.warnings.extend(self.warnings)
         how = ("in one zfs command" if self.atomic else
-               "one command per dataset, side by side (zfs-fuse takes one name per command; every member was "
-               "paused, so one instant)")
+               "in several zfs commands (zfs-fuse takes one name per command, OpenZFS the datasets of one pool per "
+               "command; every member was paused, so one instant)")
         rec.log(logging.INFO, "group", f"group {self.group}: {len(self.datasets)} dataset(s) of {len(self.cycles)} "
                                        f"VM(s) snapshotted {how}; {member} waited {waited_ms} ms held still "
                                        "for the others and the step")

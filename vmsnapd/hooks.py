@@ -2,7 +2,9 @@
 
 A hook is an argv list executed directly (never through a shell: an argument with spaces, quotes or
 `$(…)` reaches the hook verbatim), in its own session, with a minimal environment, stdin from
-/dev/null, its stdout logged at INFO and its stderr at WARNING line by line with the dataset.
+/dev/null, its stdout logged at INFO and its stderr at WARNING line by line with the dataset — per stream the
+first HEAD_LINES lines and the last TAIL_LINES, with one warning counting the lines between (a flood would make
+journald's rate limit drop vmsnapd's own messages).
 
 Timeout and children: past its timeout the hook's whole process group is killed (SIGKILL), children
 included. A hook's process group does not outlive the hook either: when the hook exits, whatever it
@@ -50,6 +52,7 @@ import os
 import selectors
 import subprocess
 import time
+from collections import deque
 from typing import Callable, Literal, Mapping
 
 from pydantic import BaseModel
@@ -77,6 +80,11 @@ OUTPUT_DRAIN_GRACE_S = 2.0
 READ_CHUNK = 65536
 # A "line" without a newline is still logged once it gets this long, so memory stays bounded.
 MAX_LINE_BYTES = 16384
+# Per stream and hook run: the first HEAD_LINES lines are logged as they come, the last TAIL_LINES at the end, and
+# one warning counts the lines between. A flood (a `set -x` script, `rsync -v`) would otherwise make journald's
+# per-service rate limit drop vmsnapd's own messages too (docs/pruning.md, "Hooks").
+HEAD_LINES = 200
+TAIL_LINES = 50
 
 
 # The order sanoid's take_snapshots goes through the periods, and so the order of its names and types.
@@ -198,7 +206,11 @@ def run_hook(
     def log_stderr(line: str) -> None:
         log.warning("hook %s [%s] stderr: %s", phase, log_context, line)
 
-    timed_out = _follow(proc, timeout, {proc.stdout.fileno(): log_stdout, proc.stderr.fileno(): log_stderr})
+    stdout = _Budget(log_stdout, f"hook {phase} [{log_context}]", "stdout")
+    stderr = _Budget(log_stderr, f"hook {phase} [{log_context}]", "stderr")
+    timed_out = _follow(proc, timeout, {proc.stdout.fileno(): stdout, proc.stderr.fileno(): stderr})
+    stdout.close()
+    stderr.close()
     proc.stdout.close()
     proc.stderr.close()
     returncode = proc.wait()
@@ -214,6 +226,38 @@ def run_hook(
         return HookResult(ok=False, returncode=returncode, duration_ms=duration_ms, error=message)
     log.info("hook %s for %s succeeded in %d ms", phase, log_context, duration_ms)
     return HookResult(ok=True, returncode=0, duration_ms=duration_ms)
+
+
+class _Budget:
+    """A stream's line sink that logs its first HEAD_LINES lines at once and keeps the last TAIL_LINES for `close`,
+    counting the ones between."""
+
+    def __init__(self, sink: Callable[[str], None], hook: str, stream: str):
+        self.sink = sink
+        self.hook = hook
+        self.stream = stream
+        self.seen = 0
+        self.skipped = 0
+        self.skipped_bytes = 0
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+    def __call__(self, line: str) -> None:
+        self.seen += 1
+        if self.seen <= HEAD_LINES:
+            self.sink(line)
+            return
+        if len(self.tail) == TAIL_LINES:
+            self.skipped += 1
+            self.skipped_bytes += len(self.tail[0])
+        self.tail.append(line)
+
+    def close(self) -> None:
+        """Say what was left out, then log the last lines."""
+        if self.skipped:
+            log.warning("%s: %d lines of %s (%d characters) not logged, after the first %d; the last %d follow",
+                        self.hook, self.skipped, self.stream, self.skipped_bytes, HEAD_LINES, len(self.tail))
+        while self.tail:
+            self.sink(self.tail.popleft())
 
 
 def _follow(proc: subprocess.Popen, timeout: float, line_sinks: dict[int, Callable[[str], None]]) -> bool:

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -183,6 +184,14 @@ class RamStore:
             domain=info.domain, stamp=info.stamp, path=dump_path, manifest_path=manifest_path,
             manifest=manifest, size=size,
         )
+
+    def compression_problem(self, compression: Compression) -> str | None:
+        """Why a dump cannot be stored with `compression` on this host (its compressor is missing), or None: asked
+        before the guest's RAM is captured, and by the folder check."""
+        if compression != "zstd" or shutil.which(self.zstd_bin):
+            return None
+        return (f"ram_compression = \"zstd\", but {self.zstd_bin} cannot be found (not installed, or not on PATH; "
+                "Debian: apt install zstd)")
 
     def folder_for(self, domain: str) -> Path:
         """The folder a new dump of `domain` is written to (checked writable before each cycle)."""

@@ -374,24 +374,33 @@ class Zfs:
     def snapshot(self, datasets: Sequence[str], snapname: str) -> bool:
         """Snapshot every dataset in `datasets` with one name. Returns True when it was atomic.
 
-        OpenZFS takes several names in one command, atomically. zfs-fuse takes one: when the datasets
-        are exactly one dataset's whole subtree, `-r` on that dataset is atomic too; otherwise they are
-        taken one by one and the caller is told (False) so it can say so.
+        OpenZFS takes several names in one command, atomically — within one pool: its ioctl refuses names of
+        several pools (EXDEV, "multiple snapshots of same fs not allowed"), so datasets of several pools get one
+        command per pool. zfs-fuse takes one name per command. Either way, several commands are all or nothing
+        (when one fails, the snapshots the others took are destroyed again) and the caller is told (False), so it
+        can say so.
         """
         targets = [_snapshot_target(ds, snapname) for ds in datasets]
         if len(targets) == 1:
             self._change([self.zfs_bin, "snapshot", targets[0]], targets[0])
             return True
         if self.dialect == OPENZFS:
-            self._change([self.zfs_bin, "snapshot", *targets], ",".join(targets))
-            return True
-        # One by one, but all or nothing like OpenZFS: when one fails, the ones taken here are destroyed again
-        # (never one that existed before: that one made the command fail, it was not taken here).
+            by_pool: dict[str, list[str]] = {}
+            for target in targets:
+                by_pool.setdefault(target.split("@", 1)[0].split("/", 1)[0], []).append(target)
+            self._all_or_nothing(list(by_pool.values()))
+            return len(by_pool) == 1
+        self._all_or_nothing([[target] for target in targets])
+        return False
+
+    def _all_or_nothing(self, commands: list[list[str]]) -> None:
+        """One `zfs snapshot` per list of targets, in order; when one fails, the snapshots the ones before took are
+        destroyed again (never one that existed before: that one made its command fail, it was not taken here)."""
         taken: list[str] = []
         try:
-            for target in targets:
-                self._change([self.zfs_bin, "snapshot", target], target)
-                taken.append(target)
+            for command in commands:
+                self._change([self.zfs_bin, "snapshot", *command], ",".join(command))
+                taken += command
         except ZfsError:
             for target in reversed(taken):
                 dataset, name = target.split("@", 1)
@@ -400,7 +409,6 @@ class Zfs:
                 except ZfsError as undo:
                     log.error("could not undo partial snapshot %s: %s", target, undo)
             raise
-        return False
 
     def snapshot_recursive(self, dataset: str, snapname: str) -> None:
         target = _snapshot_target(dataset, snapname)

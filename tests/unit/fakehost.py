@@ -513,7 +513,8 @@ class Host:
         listing = self.zfs.listing()
         return Survey(listing=listing, policies=resolve(self.config(), sorted(listing.datasets)))
 
-    def cycle(self, periods: tuple[str, ...] = ("hourly",), *, dry_run: bool = False, staging=None):
+    def cycle(self, periods: tuple[str, ...] = ("hourly",), *, dry_run: bool = False, staging=None,
+              compression: str = "none"):
         """Plan the targets as a pass does and run the cycle of the first one; returns its TargetOutcome.
         `staging`: the cycle's StagingArea (none: the RAM file goes to overlay_dir)."""
         from vmsnapd.cycle import Cycle, CycleEnv
@@ -524,7 +525,7 @@ class Host:
         target = plan_targets(survey.policies, survey.listing, self.hv)[0]
         read_backing([target], self.hv, survey.listing)
         env = CycleEnv(zfs=self.zfs, hypervisor=self.hv, journal=self.journal, listing=survey.listing,
-                       overlay_dir=self.overlay_dir, ram_store=self.ram_store, ram_compression="none",
+                       overlay_dir=self.overlay_dir, ram_store=self.ram_store, ram_compression=compression,
                        hook_timeout=10.0, dry_run=dry_run, staging=staging)
         return Cycle(env, target, list(periods), STAMP).run()
 

@@ -74,6 +74,10 @@ def check_folders(ctx: Context, survey: Survey | None) -> FolderCheck:
         from vmsnapd.ramdataset import ram_dataset_notes
 
         result.notes += ram_dataset_notes(ctx.zfs, daemon.ram_dataset)
+    compressor = ctx.ram_store.compression_problem(daemon.ram_compression)
+    if compressor is not None:
+        result.notes.append(f"{compressor}: every cycle of a running VM takes a disk-only snapshot "
+                            "(on_memory_failure) until it is")
     # A host whose datasets all say domain = "none" need not run libvirtd: no need to shout about it then.
     loud = survey is None or any(p.domain != "none" for p in survey.policies.values())
     for note in result.notes:
