@@ -239,17 +239,19 @@ class Cycle:
 
     def _as_it_is_now(self, plan: CyclePlan, rec: Recorder) -> CyclePlan:
         """After the pre_snapshot hook, which may have changed the VM (so may an admin), verify it before acting:
-        the plan for the VM as it is now. A VM that stopped fails the cycle before anything is touched; one paused
-        or resumed meanwhile is held as what it is now (never resumed by us when someone else paused it, never
-        left paused when someone else resumed it); disks that moved fail the cycle (see _same_disks)."""
+        the plan for the VM as it is now. A VM that stopped is snapshotted as a stopped VM, its disks at rest (a
+        cold-backup hook shuts it down before the snapshot and starts it after); one undefined meanwhile fails the
+        cycle before anything is touched; one paused or resumed meanwhile is held as what it is now (never resumed
+        by us when someone else paused it, never left paused when someone else resumed it); disks that moved fail
+        the cycle (see _same_disks)."""
         domain = self.target.domain
         if domain is None:
             return plan
         now = state_or_gone(self.env.hypervisor, domain)
         planned = _kind(plan)
-        if planned in ACTIVE and now not in ACTIVE:
-            raise CycleFailed(f"domain {domain} is no longer running (was {planned}, now {now}): it stopped after "
-                              "the cycle began; no snapshot taken, the next pass takes a plain one")
+        if planned in ACTIVE and now == GONE:
+            raise CycleFailed(f"domain {domain} is no longer running (was {planned}, now {now}): it was undefined "
+                              "after the cycle began; no snapshot taken")
         if now == GONE:
             return plan  # a plain cycle: saving the domain XML says it is gone
         self._same_disks()

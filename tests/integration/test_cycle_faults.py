@@ -238,17 +238,19 @@ def test_failed_blockcommit_is_critical_and_recover_finishes_it(lab, shared_vm, 
 
 # -- 4. the domain goes away mid-cycle ----------------------------------------------------------------------
 
-def test_domain_destroyed_by_pre_snapshot_hook(lab, shared_vm, vmsnapd_env):
-    """Shut off after the cycle looked at it, before the freeze: the cycle fails cleanly, nothing left behind."""
+def test_domain_stopped_by_pre_snapshot_hook_gets_a_plain_snapshot(lab, shared_vm, vmsnapd_env):
+    """Shut off after the cycle looked at it, before the freeze (a cold-backup hook; here a hard stop): snapshotted
+    as the stopped VM it is now — a plain snapshot, no RAM dump, nothing left behind."""
     vm, dataset = shared_vm, shared_vm.disk.dataset
     env = vmsnapd_env
     env.datasets[dataset.name] = {**ONE_HOURLY, "domain": vm.name,
                                   "hooks": {"pre_snapshot": ["virsh", "-c", URI, "destroy", vm.name]}}
 
-    proc = env.run("snapshot", dataset.name, expect=1)
+    proc = env.run("snapshot", dataset.name)
 
-    assert "no longer running" in proc.stdout, proc.stdout
-    assert lab.snapshot_names(dataset.name) == []
+    assert "after the pre_snapshot hook: taken as it is now, method=plain" in proc.stderr, proc.stderr
+    (snap,) = lab.snapshot_names(dataset.name)
+    assert lab.snapshot_max_counter(f"{dataset.name}@{snap}", vm.disk.relpath) == vm.max_counter()  # at rest
     assert _journal(env) == []
     assert _dumps(env, vm.name) == ([], [])
     _assert_vm_back_on_base(lab, vm, env, state=libvirt.VIR_DOMAIN_SHUTOFF)

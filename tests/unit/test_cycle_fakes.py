@@ -183,17 +183,28 @@ def test_recover_keeps_the_record_while_the_commit_still_fails(tmp_path):
 
 # -- the domain goes away ------------------------------------------------------------------------------------------
 
-def test_domain_gone_before_the_freeze(tmp_path):
-    """Stopped by the pre_snapshot hook (or an admin) after the cycle looked at it: nothing touched."""
+def test_a_vm_stopped_by_the_pre_snapshot_hook_gets_a_plain_snapshot_of_its_disks_at_rest(tmp_path):
+    """Shut off by the pre_snapshot hook (a cold backup: shut down before, started after; or an admin) after the
+    cycle looked at it: snapshotted as the stopped VM it is now — no freeze, no RAM, no overlay."""
     host = make_host(tmp_path, policy={"hooks": {"pre_snapshot": ["/bin/true"]}})
     host.hv.fail("state", None, lambda: host.hv.shut_off("web"))
 
     outcome = host.cycle()
 
+    assert outcome.ok, outcome.error
+    assert len(host.zfs.snapshots) == 1 and host.records() == [] and host.dumps() == []
+    assert host.hv.verbs("snapshot_external", "snapshot_manual", "fs_freeze", "suspend") == []
+    assert_safe(host, state=SHUTOFF)
+
+
+def test_a_vm_undefined_by_the_pre_snapshot_hook_fails_the_cycle_with_nothing_touched(tmp_path):
+    host = make_host(tmp_path, policy={"hooks": {"pre_snapshot": ["/bin/true"]}})
+    host.hv.fail("state", None, lambda: host.hv.vanish("web"))
+
+    outcome = host.cycle()
+
     assert not outcome.ok and "no longer running" in outcome.error
     assert host.zfs.snapshots == [] and host.records() == [] and host.dumps() == []
-    assert host.hv.verbs("snapshot_external", "fs_freeze") == []
-    assert_safe(host, state=SHUTOFF)
 
 
 @pytest.mark.parametrize("how", ["shut_off", "vanish"])
