@@ -32,7 +32,9 @@ from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.ports import HypervisorPort
 from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
 from vmsnapd.backing import BackingFile
-from vmsnapd.targets import DatasetBacking, backing_by_dataset, plan_targets, read_backing, wanted_domain
+from vmsnapd.rampairing import paired_dumps, vm_domains
+from vmsnapd.targets import (DatasetBacking, Target, backing_by_dataset, plan_targets, read_backing,
+                             wanted_domain)
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,13 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
     except OSError as exc:
         status.problems.append(f"cannot read ram_dir: {exc}")
     overlay_dir = Path(ctx.config.daemon.overlay_dir)
-    backing = _backing(survey, hv, status.problems)
+    targets = _targets(survey, hv, status.problems)
+    backing = _backing(survey, hv, targets, status.problems)
+    # Each dataset's RAM dumps: those restore resumes one of its snapshots from (vmsnapd.rampairing).
+    ram: dict[str, dict[str, int]] = {}
+    for (dataset, _name), dump in paired_dumps(dumps, vm_domains(survey.policies, targets),
+                                               survey.listing.snapshots).items():
+        ram.setdefault(dataset, {})[str(dump.path)] = dump.size
     for name, policy in survey.policies.items():
         domain = wanted_domain(policy, domains) if hv else (None if policy.domain in ("auto", "none")
                                                             else policy.domain)
@@ -154,9 +162,8 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
         entry.outside_backing, entry.backing_unknown = backing[name].files, backing[name].unknown
         entry.replication_lag_s = lag_seconds(policy, [p.newest_at for p in entry.periods.values() if p.newest_at],
                                               now)
-        mine = [d for d in dumps if d.manifest is not None and name in d.manifest.datasets]
-        entry.ram_dumps = len(mine)
-        entry.ram_bytes = sum(d.size for d in mine)
+        entry.ram_dumps = len(ram.get(name, {}))
+        entry.ram_bytes = sum(ram.get(name, {}).values())
         last = results.get(name, {})
         entry.last_take = LastResult(**last["take"]) if "take" in last else None
         entry.last_prune = LastResult(**last["prune"]) if "prune" in last else None
@@ -218,12 +225,23 @@ def _leftover_files(daemon: DaemonSettings) -> list[str]:
                   if p.name.endswith((".qcow2", ".mem")))
 
 
-def _backing(survey: Survey, hv: HypervisorPort | None, problems: list[str]) -> dict[str, DatasetBacking]:
+def _targets(survey: Survey, hv: HypervisorPort | None, problems: list[str]) -> list[Target] | None:
+    """Which VM each dataset is (plan_targets); None when libvirt was not asked or did not answer."""
+    if hv is None:
+        return None
+    try:
+        return plan_targets(survey.policies, survey.listing, hv)
+    except HypervisorError as exc:
+        problems.append(f"libvirt: {exc}")
+        return None
+
+
+def _backing(survey: Survey, hv: HypervisorPort | None, targets: list[Target] | None,
+             problems: list[str]) -> dict[str, DatasetBacking]:
     """Per dataset, the backing files of its VM's disks outside the VM's datasets (vmsnapd.backing)."""
     found: dict[str, DatasetBacking] = {}
-    if hv is not None:
+    if hv is not None and targets is not None:
         try:
-            targets = plan_targets(survey.policies, survey.listing, hv)
             read_backing(targets, hv, survey.listing)
             found = backing_by_dataset(targets, survey.listing)
         except HypervisorError as exc:
