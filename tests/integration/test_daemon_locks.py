@@ -54,12 +54,21 @@ def test_one_daemon_per_state_dir_and_once_beside_it(lab, dataset, vmsnapd_env):
         assert beside.returncode == 0, beside
         assert proc.poll() is None and lock.read_text() == f"pid {proc.pid}\n"
 
+        env.daemon["state_dir"] = str(env.root / "state-moved")
+        env.write()
+        proc.send_signal(signal.SIGHUP)
+        text = _wait_log(log_path, "restart the service to change state_dir", proc)
+        assert "reload rejected" in text and "config reloaded" not in text
+        assert not (env.root / "state-moved").exists() and proc.poll() is None
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    del env.daemon["state_dir"]
+    env.write()
     with open(log_path, "w") as log_file:  # the lock goes with the process: a new daemon starts
         again = subprocess.Popen([sys.executable, "-m", "vmsnapd", "-c", str(env.config_path), "run"],
                                  stdout=log_file, stderr=subprocess.STDOUT)

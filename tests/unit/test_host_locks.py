@@ -44,3 +44,27 @@ def test_the_daemon_lock_refuses_a_planted_link(state: Path, tmp_path: Path) -> 
         pass
     assert victim.read_bytes() == b"precious"
 
+
+def _config(tmp_path: Path, state_dir: Path, extra: str = "") -> Path:
+    path = tmp_path / "vmsnapd.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{state_dir}"\n{extra}[datasets."tank/data"]\ndomain = "none"\n')
+    path.chmod(0o600)
+    return path
+
+
+def test_a_reload_cannot_move_state_dir(tmp_path: Path, caplog) -> None:
+    """The pass lock, the daemon lock, the crash journal and the results live there: a daemon moving them live could
+    overlap a `once` holding the old pass lock and forget the journal of a crash. Refused, the running config kept."""
+    from vmsnapd.daemon import Daemon
+
+    path = _config(tmp_path, tmp_path / "state")
+    old = load_config(path)
+    daemon = Daemon(path, old)
+    _config(tmp_path, tmp_path / "elsewhere", extra="max_parallel = 3\n")
+    with caplog.at_level(logging.ERROR):
+        daemon.reload()
+    assert daemon.config is old
+    assert "restart the service to change state_dir" in caplog.text and str(tmp_path / "elsewhere") in caplog.text
+    _config(tmp_path, tmp_path / "state", extra="max_parallel = 3\n")
+    daemon.reload()
+    assert daemon.config.daemon.max_parallel == 3
