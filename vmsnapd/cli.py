@@ -481,6 +481,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     sys.stdout.write("".join(f"kept aside by a restore: {line}\n" for line in status.kept_aside))
     for line in status.journal_unreadable + status.interrupted_cycles:
         print(f"journal: {line}")
+    sys.stdout.write("".join(f"PASS REFUSED: {line}\n" for line in status.passes_refused))
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK

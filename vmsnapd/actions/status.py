@@ -20,11 +20,12 @@ from pydantic import BaseModel, Field, TypeAdapter
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport
 from vmsnapd.asides import kept_aside_lines
-from vmsnapd.config import DaemonSettings, DatasetPolicy
-from vmsnapd.files import ensure_private_directory, write_file_atomically
+from vmsnapd.config import ConfigError, DaemonSettings, DatasetPolicy, read_regular_file
+from vmsnapd.files import check_folder_to_be, ensure_private_directory, write_file_atomically
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.journal import JournalScan
 from vmsnapd.lag import lag_seconds
+from vmsnapd.logsetup import NOTICE
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS
 from vmsnapd.ownership import OthersOverlay, others_overlays
@@ -40,6 +41,9 @@ from vmsnapd.zfs import ZfsError
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+# Present only while passes are refused outright (the folder check: nothing done): written by each refused pass,
+# removed by the next pass that runs. `check` calls it CRITICAL.
+REFUSED_FILE = "pass-refused.json"
 
 
 class LastResult(BaseModel):
@@ -47,6 +51,14 @@ class LastResult(BaseModel):
     ok: bool
     at: datetime
     error: str | None = None
+
+
+class PassRefusal(BaseModel):
+    """What state_dir/pass-refused.json holds: since when passes are refused, the last one, and why."""
+
+    since: datetime
+    at: datetime
+    reasons: list[str]
 
 
 class PeriodStatus(BaseModel):
@@ -82,6 +94,7 @@ class HostStatus(BaseModel):
     kept_aside: list[str] = Field(default_factory=list)  # what in-place restores set aside, with undo/drop commands
     journal_unreadable: list[str] = Field(default_factory=list)  # crash-journal records recover cannot read
     interrupted_cycles: list[str] = Field(default_factory=list)  # records of cycles crashed and not yet recovered
+    passes_refused: list[str] = Field(default_factory=list)  # passes refused outright (nothing done), and why
     problems: list[str] = Field(default_factory=list)
 
 
@@ -110,6 +123,73 @@ def record_results(ctx: Context, report: PassReport) -> None:
 
 
 _RESULTS = TypeAdapter(dict[str, dict[str, LastResult]])
+
+
+def record_refused(ctx: Context, report: PassReport, reasons: list[str]) -> None:
+    """Remember that this pass was refused outright and why (never in dry run), keeping since when; a record that
+    cannot be written is an error of the pass, logged (state_dir itself unsafe: `check` finds that on its own)."""
+    if ctx.dry_run:
+        return
+    path = ctx.state_dir / REFUSED_FILE
+    now = ctx.now()
+    earlier = _read_refusal(path) if os.path.lexists(path) else None
+    since = earlier.since if isinstance(earlier, PassRefusal) else now
+    record = PassRefusal(since=since, at=now, reasons=reasons)
+    try:
+        ensure_private_directory(ctx.state_dir)
+        write_file_atomically(path, record.model_dump_json(indent=1).encode())
+    except (OSError, ValueError) as exc:
+        message = f"cannot record the refusal in {path} ({exc}): check does not show it"
+        log.error("%s", message)
+        report.errors.append(message)
+
+
+def clear_refused(ctx: Context, report: PassReport) -> None:
+    """This pass runs: passes are no longer refused (never in dry run)."""
+    if ctx.dry_run:
+        return
+    path = ctx.state_dir / REFUSED_FILE
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        message = f"cannot remove {path} ({exc.strerror or exc}): check still says passes are refused"
+        log.error("%s", message)
+        report.errors.append(message)
+        return
+    log.log(NOTICE, "passes run again: %s removed", path)
+
+
+def _read_refusal(path: Path) -> PassRefusal | str:
+    """The record, or why it cannot be read (a FIFO or a device there is never opened)."""
+    try:
+        return PassRefusal.model_validate_json(read_regular_file(path)[0])
+    except ConfigError as exc:
+        return "; ".join(exc.errors)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError includes pydantic's ValidationError
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def passes_refused(ctx: Context) -> list[str]:
+    """Lines for status and check: a state_dir every pass would refuse (the pass lock's folder rule, checked here
+    read-only: no pass can record that), and the refusal the last pass recorded."""
+    lines = []
+    try:
+        check_folder_to_be(ctx.state_dir)
+    except OSError as exc:
+        lines.append(f"every pass is refused, nothing done: daemon.state_dir: {exc}")
+    path = ctx.state_dir / REFUSED_FILE
+    if not os.path.lexists(path):
+        return lines
+    record = _read_refusal(path)
+    if isinstance(record, str):  # the file exists only while passes are refused
+        lines.append(f"a pass was refused, nothing done (its record {path} cannot be read: {record}; the next pass "
+                     "that runs removes it)")
+    else:
+        lines.append(f"passes refused, nothing done, since {record.since:%Y-%m-%d %H:%M:%S} (last "
+                     f"{record.at:%Y-%m-%d %H:%M:%S}): {'; '.join(record.reasons)}")
+    return lines
 
 
 def _load_results(path: Path) -> dict[str, dict]:
@@ -178,6 +258,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
     status.kept_aside = kept_aside_lines(ctx.state_dir)
     status.leftover_files = _leftover_files(ctx.config.daemon)
     status.journal_unreadable, status.interrupted_cycles = journal_facts(ctx.journal.scan(), now, _process_exists)
+    status.passes_refused = passes_refused(ctx)
     return status
 
 
@@ -292,6 +373,7 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
         return CheckResult(state=State.UNKNOWN, summary=f"cannot survey the host: {exc}")
     facts = CheckFacts(configured_tables=len(ctx.config.datasets), pools=status.pools, problems=status.problems,
                        journal_unreadable=status.journal_unreadable, interrupted_cycles=status.interrupted_cycles,
+                       passes_refused=status.passes_refused,
                        missing=sorted(name for name in ctx.config.datasets if name not in survey.listing.datasets))
     guard = PruneGuard(ctx.state_dir, active=False).data
     for entry in status.datasets:
