@@ -164,3 +164,18 @@ def test_list_shows_no_ram_where_restore_boots(tmp_path):
     from vmsnapd.actions.status import host_status
 
     assert host_status(ctx).datasets[0].ram_dumps == 0
+
+
+def test_list_still_lists_when_libvirt_does_not_answer(tmp_path, caplog):
+    """A `domain = "auto"` dataset is then taken for the VM named like it (a warning says so); a named one is its."""
+    from vmsnapd.hvtypes import HypervisorError
+
+    ctx, _zfs, hv = setup(tmp_path, [DAILY, HOURLY], [DAILY])
+    hv.fail("domain_names", HypervisorError("libvirtd is not running"))
+    assert _ram_by_point(ctx)[DAILY] and "libvirt does not answer" in caplog.text
+    from vmsnapd.config import parse_config
+
+    ctx.config = parse_config(f'[daemon]\noverlay_dir = "{tmp_path}/overlay"\nstate_dir = "{tmp_path}/state"\n'
+                              f'ram_dir = "{tmp_path}/ram"\n[datasets."{DS}"]\ndomain = "auto"\n')
+    hv.fail("domain_names", HypervisorError("libvirtd is not running"))
+    assert _ram_by_point(ctx) == {DAILY: str(tmp_path / "ram" / "web" / f"web_{STAMP}.mem"), HOURLY: None}
