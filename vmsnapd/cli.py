@@ -19,7 +19,7 @@ from vmsnapd.config import (ConfigError, DaemonSettings, group_members, load_con
                             table_policy)
 from vmsnapd.files import check_folder_to_be
 from vmsnapd.groupplan import group_report
-from vmsnapd.lock import LockBusy, pass_lock
+from vmsnapd.lock import LockBusy, daemon_lock, pass_lock
 from vmsnapd.logsetup import NOTICE, setup_logging
 from vmsnapd.progress import progress_on_tty
 from vmsnapd.names import InvalidName
@@ -481,6 +481,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     sys.stdout.write("".join(f"kept aside by a restore: {line}\n" for line in status.kept_aside))
     for line in status.journal_unreadable + status.interrupted_cycles:
         print(f"journal: {line}")
+    sys.stdout.write("".join(f"PASS REFUSED: {line}\n" for line in status.passes_refused))
     for problem in status.problems:
         print(f"problem: {problem}")
     return EX_OK
@@ -623,7 +624,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vmsnapd.daemon import Daemon
 
     path = Path(args.config)
-    return Daemon(path, load_config(path)).run()
+    config = load_config(path)
+    with daemon_lock(Path(config.daemon.state_dir)):  # one daemon per state_dir; DaemonRunning: exit 1
+        return Daemon(path, config).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -56,7 +56,9 @@ class DaemonSettings(StrictModel):
     libvirt_uri: str = Field("qemu:///system", description="libvirt connection URI.")
     state_dir: AbsolutePath = Field(
         Path("/var/lib/vmsnapd"),
-        description="Journal, lock and cache (absolute path). Folder rules: see \"The folders vmsnapd writes\".",
+        description="Journal, locks and cache (absolute path). Folder rules: see \"The folders vmsnapd writes\". A "
+                    "reload cannot change it: restart the service (docs/operations.md, \"A reload cannot move "
+                    "state_dir\").",
     )
     overlay_dir: AbsolutePath = Field(
         Path("/var/lib/libvirt/snapshots"),

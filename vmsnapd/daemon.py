@@ -4,7 +4,9 @@ sd_notify tie it to systemd.
 - A pass is the same as `vmsnapd once` (recover, take what is due, prune) under the pass lock, so a
   manual `once` or `snapshot` never runs beside it. Taking only what is due makes a pass a minute
   cheap: one `zfs get` listing when nothing is due.
-- SIGHUP re-reads the config; an invalid new config is logged and rejected, the old one keeps running.
+- SIGHUP re-reads the config; an invalid new config is logged and rejected, the old one keeps running. So is one
+  that changes `state_dir`: the pass lock, the daemon lock (vmsnapd/lock.py) and the crash journal live there, and
+  only a restart moves them (a pass in the new folder could overlap a `once` holding the old pass lock).
 - SIGTERM/SIGINT: STOPPING=1, the running pass (if any) finishes, exit 0.
 - sd_notify: READY=1 once the scheduler runs (the first pass starts right then), STATUS= after each pass.
 - Watchdog: every half WatchdogSec the scheduler runs a liveness check that sends WATCHDOG=1 only while
@@ -200,6 +202,13 @@ class Daemon:
         except Exception:  # a SIGHUP must never kill the daemon, whatever the file holds
             log.exception("reload failed, the running config stays in force")
             sd_notify("STATUS=reload failed (see the journal)")
+            return
+        if Path(new.daemon.state_dir) != Path(self.config.daemon.state_dir):
+            log.error("reload rejected, the running config stays in force: daemon.state_dir changed from %s to %s; "
+                      "restart the service to change state_dir (the pass and daemon locks, the crash journal and "
+                      "the results live there: moving them live could run a pass beside a `vmsnapd once` holding "
+                      "the old pass lock)", self.config.daemon.state_dir, new.daemon.state_dir)
+            sd_notify("STATUS=reload rejected: state_dir cannot change without a restart (see the journal)")
             return
         old_listen, self.config = self.config.daemon.metrics_listen, new
         log.log(NOTICE, "config reloaded from %s", self.config_path)

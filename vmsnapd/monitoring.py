@@ -10,7 +10,8 @@ of 31 days); with a suffix y/w/d/h/m/s (case-insensitive) it is that unit. Devia
 
 Beyond sanoid: CRITICAL for a configured dataset that does not exist, a VM left on an overlay, a
 failed last cycle, and a crash-journal record that recover cannot read or has not finished (an interrupted
-cycle whose process is gone, minutes later: every pass's recover fails on it); WARNING while the prune guard
+cycle whose process is gone, minutes later: every pass's recover fails on it), and passes refused outright
+(nothing done: the last pass's folder check failed, or state_dir is unsafe); WARNING while the prune guard
 holds a dataset back, and per disk of a VM reading a backing file outside the VM's snapshotted datasets
 (vmsnapd.backing: its restore points hold only while that file does; CRITICAL when it is missing:
 the VM cannot start again);
@@ -82,6 +83,8 @@ class CheckFacts(BaseModel):
     # have recovered them (vmsnapd.actions.status.journal_facts); either way every pass's recover fails.
     journal_unreadable: list[str] = Field(default_factory=list)
     interrupted_cycles: list[str] = Field(default_factory=list)
+    # Passes refused outright, nothing done (the folder check; an unsafe state_dir): status.passes_refused.
+    passes_refused: list[str] = Field(default_factory=list)
 
 
 class Overrides(BaseModel):
@@ -168,6 +171,7 @@ def plan_check(facts: CheckFacts, now: datetime, overrides: Overrides | None = N
                  for name in facts.missing]
     findings += [Finding(state=State.CRITICAL, text=f"journal record {line}") for line in facts.journal_unreadable]
     findings += [Finding(state=State.CRITICAL, text=line) for line in facts.interrupted_cycles]
+    findings += [Finding(state=State.CRITICAL, text=line) for line in facts.passes_refused]
     for dataset in facts.datasets:
         findings += _dataset_findings(dataset)
         findings += _age_findings(dataset, now, overrides, perf)

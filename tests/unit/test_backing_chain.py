@@ -175,11 +175,12 @@ def check_facts(policy, files, unknown=()):
 
 
 def test_status_shows_it_on_the_dataset_holding_the_disk(tmp_path):
-    from vmsnapd.actions.status import _backing
+    from vmsnapd.actions.status import _backing, _targets
 
     host, template = _linked_clone(tmp_path)
     problems: list[str] = []
-    found = _backing(host.survey(), host.hv, problems)
+    survey = host.survey()
+    found = _backing(survey, host.hv, _targets(survey, host.hv, problems), problems)
     assert [f.path for f in found["tank/web"].files] == [str(template)] and not problems and not found[
         "tank/web"].unknown
 

@@ -7,7 +7,7 @@ import sys
 
 LIBVIRT_FREE = ["vmsnapd.ramsweep", "vmsnapd.clonexml", "vmsnapd.asides", "vmsnapd.report", "vmsnapd.policy",
                 "vmsnapd.monitoring", "vmsnapd.names", "vmsnapd.journal", "vmsnapd.files", "vmsnapd.pruneguard",
-                "vmsnapd.ownership", "vmsnapd.metrics", "vmsnapd.backing"]
+                "vmsnapd.ownership", "vmsnapd.metrics", "vmsnapd.backing", "vmsnapd.rampairing"]
 
 # One interpreter for all (a fresh one: libvirt must not be imported yet); prints each module that fails.
 PROBE = """

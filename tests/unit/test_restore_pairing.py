@@ -122,3 +122,60 @@ def test_a_dump_stays_paired_after_the_vms_dataset_was_renamed(tmp_path):
     ctx, _zfs, _hv = setup(tmp_path, [HOURLY, DAILY, LATER], [HOURLY, DAILY], manifest_datasets=("tank/VM/web-old",))
     plan = plan_restore(ctx, "web", HOURLY, clone=None, no_memory=False, force_stop=False)
     assert plan.resume_from_memory and not plan.warnings and plan.entries[0].snapshot == DAILY
+
+
+# `list`, `list --json` and `status` say whether a snapshot has RAM by the same rule restore resumes by
+# (vmsnapd.rampairing): the dump of the dataset's VM at the snapshot's stamp whose manifest names the snapshot.
+
+
+def _ram_by_point(ctx) -> dict[str, str | None]:
+    from vmsnapd.actions.restore import restore_points
+
+    return {p.snapshot: p.ram_dump for p in restore_points(ctx, None)}
+
+
+def test_list_shows_the_ram_restore_resumes_after_the_dataset_was_renamed(tmp_path):
+    ctx, _zfs, _hv = setup(tmp_path, [HOURLY, DAILY, LATER], [HOURLY, DAILY], manifest_datasets=("tank/VM/web-old",))
+    points = _ram_by_point(ctx)
+    assert points[HOURLY] and points[DAILY] and points[LATER] is None, points
+    assert plan_restore(ctx, "web", HOURLY, clone=None, no_memory=False, force_stop=False).resume_from_memory
+    from vmsnapd.actions.restore import restore_points
+
+    assert [p.ram_dump is not None for p in restore_points(ctx, "web")] == [True, True, False]
+
+
+def test_status_counts_the_dump_of_a_renamed_dataset(tmp_path):
+    from vmsnapd.actions.status import host_status
+
+    ctx, zfs, _hv = setup(tmp_path, [HOURLY, DAILY, LATER], [HOURLY, DAILY], manifest_datasets=("tank/VM/web-old",))
+    zfs.pool_capacity = lambda pool: 10
+    (entry,) = host_status(ctx).datasets
+    assert entry.ram_dumps == 1 and entry.ram_bytes == 300
+
+
+def test_list_shows_no_ram_where_restore_boots(tmp_path):
+    """A snapshot its manifest does not name, and a manifest of another cycle: restore boots, list says so."""
+    ctx, _zfs, _hv = setup(tmp_path, [DAILY, HOURLY], [DAILY])
+    assert _ram_by_point(ctx) == {DAILY: str(tmp_path / "ram" / "web" / f"web_{STAMP}.mem"), HOURLY: None}
+    ctx, zfs, _hv = setup(tmp_path / "other", [HOURLY, LATER], [HOURLY], manifest_stamp="2026-11-29_00:00:00")
+    zfs.pool_capacity = lambda pool: 10
+    assert not plan_restore(ctx, "web", HOURLY, clone=None, no_memory=False, force_stop=False).resume_from_memory
+    assert _ram_by_point(ctx) == {HOURLY: None, LATER: None}
+    from vmsnapd.actions.status import host_status
+
+    assert host_status(ctx).datasets[0].ram_dumps == 0
+
+
+def test_list_still_lists_when_libvirt_does_not_answer(tmp_path, caplog):
+    """A `domain = "auto"` dataset is then taken for the VM named like it (a warning says so); a named one is its."""
+    from vmsnapd.hvtypes import HypervisorError
+
+    ctx, _zfs, hv = setup(tmp_path, [DAILY, HOURLY], [DAILY])
+    hv.fail("domain_names", HypervisorError("libvirtd is not running"))
+    assert _ram_by_point(ctx)[DAILY] and "libvirt does not answer" in caplog.text
+    from vmsnapd.config import parse_config
+
+    ctx.config = parse_config(f'[daemon]\noverlay_dir = "{tmp_path}/overlay"\nstate_dir = "{tmp_path}/state"\n'
+                              f'ram_dir = "{tmp_path}/ram"\n[datasets."{DS}"]\ndomain = "auto"\n')
+    hv.fail("domain_names", HypervisorError("libvirtd is not running"))
+    assert _ram_by_point(ctx) == {DAILY: str(tmp_path / "ram" / "web" / f"web_{STAMP}.mem"), HOURLY: None}

@@ -16,7 +16,7 @@ from vmsnapd.actions.folders import check_folders
 from vmsnapd.actions.prune import prune
 from vmsnapd.actions.recover import recover
 from vmsnapd.report import PassReport
-from vmsnapd.actions.status import record_results
+from vmsnapd.actions.status import clear_refused, record_refused, record_results
 from vmsnapd.actions.take import take_due
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.models import Snapshot
@@ -38,7 +38,9 @@ def run_pass(ctx: Context, *, take: bool = True, prune_too: bool = True, force_d
     folders = check_folders(ctx, survey)
     if not folders.ok:
         report.errors += [f"pass refused, nothing done: {p}" for p in folders.problems]
+        record_refused(ctx, report, folders.problems)  # check says CRITICAL until a pass runs again
         return report
+    clear_refused(ctx, report)
     recovered = recover(ctx, survey, folders=folders)
     report.errors += [f"recover: {e}" for e in recovered.errors]
     if survey is None:

@@ -65,6 +65,7 @@ from vmsnapd.names import (
     validate_domain_name,
     validate_snapshot_name,
 )
+from vmsnapd.rampairing import paired_dumps, pairing_problem, vm_domains
 from vmsnapd.ramstore import RamDump, RamStore
 from vmsnapd.runner import CommandError
 from vmsnapd.targets import Target, look_at, plan_targets, read_backing
@@ -378,23 +379,6 @@ def cycle_names(dump: DumpCheck | None, snapshot: str, names: list[str]) -> set[
         return set(dump.names) if dump.not_paired is None else {snapshot}
     parsed = parse_snapname(snapshot)
     return {snapshot} | {n for n in names if parsed and (p := parse_snapname(n)) and p.stamp == parsed.stamp}
-
-
-def pairing_problem(dump: RamDump, snapshot: str) -> str | None:
-    """Why `dump` (found by the domain and time stamp in its file name) is not the RAM of `snapshot`, or None when
-    its manifest names that snapshot. A cycle leaves out of its manifest every name it found taken (on any of its
-    datasets), so the short name decides; the datasets are not compared, so a dump stays paired with its snapshots
-    after the VM's dataset was renamed. A dump without a readable manifest is judged by check_dump."""
-    manifest = dump.manifest
-    if manifest is None:
-        return None
-    if manifest.stamp != dump.stamp or manifest.domain != dump.domain:
-        return (f"RAM dump {dump.path} carries the manifest of another cycle ({manifest.domain} at "
-                f"{manifest.stamp})")
-    if snapshot not in manifest.snapshot_names:
-        return (f"the manifest of RAM dump {dump.path} does not name {snapshot}: its cycle did not take that "
-                "snapshot (a name taken at another instant, e.g. by another tool in the same second)")
-    return None
 
 
 def _find_target(targets: list[Target], name: str) -> Target:
@@ -928,28 +912,33 @@ class RestorePoint(BaseModel):
 
 
 def restore_points(ctx: Context, target_name: str | None) -> list[RestorePoint]:
-    """Our snapshots of managed datasets (or of one dataset / one VM), with the RAM dump of their cycle."""
+    """Our snapshots of managed datasets (or of one dataset / one VM), with the RAM dump a restore resumes each from
+    (vmsnapd.rampairing: the same rule)."""
     survey = ctx.survey()
     wanted: set[str] | None = None
-    if target_name:
-        if target_name in survey.policies:
-            wanted = {target_name}
-        else:
-            target = _find_target(plan_targets(survey.policies, survey.listing, ctx.hypervisor), target_name)
-            wanted = set(target.datasets)
-    by_snapshot = {}
-    for dump in ctx.ram_store.dumps():
-        if dump.manifest is not None:
-            for pair in dump.manifest.snapshots():
-                by_snapshot[pair] = dump
+    targets = None
+    if target_name and target_name in survey.policies:
+        wanted = {target_name}
+    elif target_name:
+        targets = plan_targets(survey.policies, survey.listing, ctx.hypervisor)
+        wanted = set(_find_target(targets, target_name).datasets)
+    ours = [snap for snap in survey.listing.snapshots if snap.dataset in survey.policies
+            and parse_snapname(snap.name) is not None and (wanted is None or snap.dataset in wanted)]
+    paired = paired_dumps(ctx.ram_store.dumps(), vm_domains(survey.policies, targets or _targets(ctx, survey)), ours)
     points = []
-    for snap in survey.listing.snapshots:
-        if snap.dataset not in survey.policies or parse_snapname(snap.name) is None:
-            continue
-        if wanted is not None and snap.dataset not in wanted:
-            continue
-        dump = by_snapshot.get((snap.dataset, snap.name))
+    for snap in ours:
+        dump = paired.get((snap.dataset, snap.name))
         points.append(RestorePoint(dataset=snap.dataset, snapshot=snap.name, creation=snap.creation,
                                    held=snap.userrefs > 0, domain=dump.domain if dump else None,
                                    ram_dump=str(dump.path) if dump else None, ram_bytes=dump.size if dump else None))
     return points
+
+
+def _targets(ctx: Context, survey) -> list[Target] | None:
+    """The targets (which VM each dataset is), or None when libvirt does not answer: `list` still lists."""
+    try:
+        return plan_targets(survey.policies, survey.listing, ctx.hypervisor)
+    except HypervisorError as exc:
+        log.warning("libvirt does not answer (%s): a dataset with domain = \"auto\" is taken for the VM named "
+                    "like it", exc)
+        return None

@@ -20,11 +20,12 @@ from pydantic import BaseModel, Field, TypeAdapter
 from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport
 from vmsnapd.asides import kept_aside_lines
-from vmsnapd.config import DaemonSettings, DatasetPolicy
-from vmsnapd.files import ensure_private_directory, write_file_atomically
+from vmsnapd.config import ConfigError, DaemonSettings, DatasetPolicy, read_regular_file
+from vmsnapd.files import check_folder_to_be, ensure_private_directory, write_file_atomically
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.journal import JournalScan
 from vmsnapd.lag import lag_seconds
+from vmsnapd.logsetup import NOTICE
 from vmsnapd.monitoring import CheckFacts, CheckResult, DatasetFacts, Overrides, State, plan_check
 from vmsnapd.names import PERIODS
 from vmsnapd.ownership import OthersOverlay, others_overlays
@@ -32,12 +33,17 @@ from vmsnapd.pruneguard import PruneGuard
 from vmsnapd.ports import HypervisorPort
 from vmsnapd.policy import due_periods, next_scheduled, ours_of_period, retention, retention_hash, schedule_zone
 from vmsnapd.backing import BackingFile
-from vmsnapd.targets import DatasetBacking, backing_by_dataset, plan_targets, read_backing, wanted_domain
+from vmsnapd.rampairing import paired_dumps, vm_domains
+from vmsnapd.targets import (DatasetBacking, Target, backing_by_dataset, plan_targets, read_backing,
+                             wanted_domain)
 from vmsnapd.zfs import ZfsError
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+# Present only while passes are refused outright (the folder check: nothing done): written by each refused pass,
+# removed by the next pass that runs. `check` calls it CRITICAL.
+REFUSED_FILE = "pass-refused.json"
 
 
 class LastResult(BaseModel):
@@ -45,6 +51,14 @@ class LastResult(BaseModel):
     ok: bool
     at: datetime
     error: str | None = None
+
+
+class PassRefusal(BaseModel):
+    """What state_dir/pass-refused.json holds: since when passes are refused, the last one, and why."""
+
+    since: datetime
+    at: datetime
+    reasons: list[str]
 
 
 class PeriodStatus(BaseModel):
@@ -80,6 +94,7 @@ class HostStatus(BaseModel):
     kept_aside: list[str] = Field(default_factory=list)  # what in-place restores set aside, with undo/drop commands
     journal_unreadable: list[str] = Field(default_factory=list)  # crash-journal records recover cannot read
     interrupted_cycles: list[str] = Field(default_factory=list)  # records of cycles crashed and not yet recovered
+    passes_refused: list[str] = Field(default_factory=list)  # passes refused outright (nothing done), and why
     problems: list[str] = Field(default_factory=list)
 
 
@@ -108,6 +123,73 @@ def record_results(ctx: Context, report: PassReport) -> None:
 
 
 _RESULTS = TypeAdapter(dict[str, dict[str, LastResult]])
+
+
+def record_refused(ctx: Context, report: PassReport, reasons: list[str]) -> None:
+    """Remember that this pass was refused outright and why (never in dry run), keeping since when; a record that
+    cannot be written is an error of the pass, logged (state_dir itself unsafe: `check` finds that on its own)."""
+    if ctx.dry_run:
+        return
+    path = ctx.state_dir / REFUSED_FILE
+    now = ctx.now()
+    earlier = _read_refusal(path) if os.path.lexists(path) else None
+    since = earlier.since if isinstance(earlier, PassRefusal) else now
+    record = PassRefusal(since=since, at=now, reasons=reasons)
+    try:
+        ensure_private_directory(ctx.state_dir)
+        write_file_atomically(path, record.model_dump_json(indent=1).encode())
+    except (OSError, ValueError) as exc:
+        message = f"cannot record the refusal in {path} ({exc}): check does not show it"
+        log.error("%s", message)
+        report.errors.append(message)
+
+
+def clear_refused(ctx: Context, report: PassReport) -> None:
+    """This pass runs: passes are no longer refused (never in dry run)."""
+    if ctx.dry_run:
+        return
+    path = ctx.state_dir / REFUSED_FILE
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        message = f"cannot remove {path} ({exc.strerror or exc}): check still says passes are refused"
+        log.error("%s", message)
+        report.errors.append(message)
+        return
+    log.log(NOTICE, "passes run again: %s removed", path)
+
+
+def _read_refusal(path: Path) -> PassRefusal | str:
+    """The record, or why it cannot be read (a FIFO or a device there is never opened)."""
+    try:
+        return PassRefusal.model_validate_json(read_regular_file(path)[0])
+    except ConfigError as exc:
+        return "; ".join(exc.errors)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError includes pydantic's ValidationError
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def passes_refused(ctx: Context) -> list[str]:
+    """Lines for status and check: a state_dir every pass would refuse (the pass lock's folder rule, checked here
+    read-only: no pass can record that), and the refusal the last pass recorded."""
+    lines = []
+    try:
+        check_folder_to_be(ctx.state_dir)
+    except OSError as exc:
+        lines.append(f"every pass is refused, nothing done: daemon.state_dir: {exc}")
+    path = ctx.state_dir / REFUSED_FILE
+    if not os.path.lexists(path):
+        return lines
+    record = _read_refusal(path)
+    if isinstance(record, str):  # the file exists only while passes are refused
+        lines.append(f"a pass was refused, nothing done (its record {path} cannot be read: {record}; the next pass "
+                     "that runs removes it)")
+    else:
+        lines.append(f"passes refused, nothing done, since {record.since:%Y-%m-%d %H:%M:%S} (last "
+                     f"{record.at:%Y-%m-%d %H:%M:%S}): {'; '.join(record.reasons)}")
+    return lines
 
 
 def _load_results(path: Path) -> dict[str, dict]:
@@ -143,7 +225,13 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
     except OSError as exc:
         status.problems.append(f"cannot read ram_dir: {exc}")
     overlay_dir = Path(ctx.config.daemon.overlay_dir)
-    backing = _backing(survey, hv, status.problems)
+    targets = _targets(survey, hv, status.problems)
+    backing = _backing(survey, hv, targets, status.problems)
+    # Each dataset's RAM dumps: those restore resumes one of its snapshots from (vmsnapd.rampairing).
+    ram: dict[str, dict[str, int]] = {}
+    for (dataset, _name), dump in paired_dumps(dumps, vm_domains(survey.policies, targets),
+                                               survey.listing.snapshots).items():
+        ram.setdefault(dataset, {})[str(dump.path)] = dump.size
     for name, policy in survey.policies.items():
         domain = wanted_domain(policy, domains) if hv else (None if policy.domain in ("auto", "none")
                                                             else policy.domain)
@@ -154,9 +242,8 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
         entry.outside_backing, entry.backing_unknown = backing[name].files, backing[name].unknown
         entry.replication_lag_s = lag_seconds(policy, [p.newest_at for p in entry.periods.values() if p.newest_at],
                                               now)
-        mine = [d for d in dumps if d.manifest is not None and name in d.manifest.datasets]
-        entry.ram_dumps = len(mine)
-        entry.ram_bytes = sum(d.size for d in mine)
+        entry.ram_dumps = len(ram.get(name, {}))
+        entry.ram_bytes = sum(ram.get(name, {}).values())
         last = results.get(name, {})
         entry.last_take = LastResult(**last["take"]) if "take" in last else None
         entry.last_prune = LastResult(**last["prune"]) if "prune" in last else None
@@ -171,6 +258,7 @@ def host_status(ctx: Context, survey: Survey | None = None) -> HostStatus:
     status.kept_aside = kept_aside_lines(ctx.state_dir)
     status.leftover_files = _leftover_files(ctx.config.daemon)
     status.journal_unreadable, status.interrupted_cycles = journal_facts(ctx.journal.scan(), now, _process_exists)
+    status.passes_refused = passes_refused(ctx)
     return status
 
 
@@ -218,12 +306,23 @@ def _leftover_files(daemon: DaemonSettings) -> list[str]:
                   if p.name.endswith((".qcow2", ".mem")))
 
 
-def _backing(survey: Survey, hv: HypervisorPort | None, problems: list[str]) -> dict[str, DatasetBacking]:
+def _targets(survey: Survey, hv: HypervisorPort | None, problems: list[str]) -> list[Target] | None:
+    """Which VM each dataset is (plan_targets); None when libvirt was not asked or did not answer."""
+    if hv is None:
+        return None
+    try:
+        return plan_targets(survey.policies, survey.listing, hv)
+    except HypervisorError as exc:
+        problems.append(f"libvirt: {exc}")
+        return None
+
+
+def _backing(survey: Survey, hv: HypervisorPort | None, targets: list[Target] | None,
+             problems: list[str]) -> dict[str, DatasetBacking]:
     """Per dataset, the backing files of its VM's disks outside the VM's datasets (vmsnapd.backing)."""
     found: dict[str, DatasetBacking] = {}
-    if hv is not None:
+    if hv is not None and targets is not None:
         try:
-            targets = plan_targets(survey.policies, survey.listing, hv)
             read_backing(targets, hv, survey.listing)
             found = backing_by_dataset(targets, survey.listing)
         except HypervisorError as exc:
@@ -274,6 +373,7 @@ def check(ctx: Context, overrides: Overrides | None = None) -> CheckResult:
         return CheckResult(state=State.UNKNOWN, summary=f"cannot survey the host: {exc}")
     facts = CheckFacts(configured_tables=len(ctx.config.datasets), pools=status.pools, problems=status.problems,
                        journal_unreadable=status.journal_unreadable, interrupted_cycles=status.interrupted_cycles,
+                       passes_refused=status.passes_refused,
                        missing=sorted(name for name in ctx.config.datasets if name not in survey.listing.datasets))
     guard = PruneGuard(ctx.state_dir, active=False).data
     for entry in status.datasets:
