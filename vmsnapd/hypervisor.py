@@ -149,6 +149,9 @@ class Hypervisor:
                 if self._conn is not None:
                     log.warning("connection to %s lost; reconnecting", self.uri)
                     self._release(self._conn)
+                    # Forgotten before reconnecting: if libvirtd does not answer yet, the next call tries again
+                    # (a closed connection kept here answered "invalid connection pointer" to every later call).
+                    self._conn = None
                 self._conn = self._connect()
             return self._conn
 

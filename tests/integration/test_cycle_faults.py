@@ -354,9 +354,10 @@ def test_libvirtd_restart_during_a_pass_of_two_vms_leaves_both_on_their_base(lab
     env.datasets[ds1.name] = {**ONE_HOURLY, "domain": vm1.name}
     env.datasets[ds2.name] = {**ONE_HOURLY, "domain": vm2.name}
 
-    env.run("once", "--take", env=_wrapper(tmp_path, _RESTART_LIBVIRTD), expect=None)
+    proc = env.run("once", "--take", env=_wrapper(tmp_path, _RESTART_LIBVIRTD), expect=None)
 
-    assert _journal(env) == []
+    left = {path.name: path.read_text() for path in _journal(env)}
+    assert left == {}, f"{left}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-6000:]}"
     for vm in (vm1, vm2):
         _assert_vm_back_on_base(lab, vm, env)
 
