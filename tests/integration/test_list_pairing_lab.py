@@ -19,9 +19,8 @@ def test_list_shows_the_ram_of_a_renamed_datasets_restore_point(lab, running_vm,
     (snap,) = lab.snapshot_names(dataset.name)
     lab.stop_vm(vm)
     renamed = f"{dataset.name}r"
-    _rename(lab, dataset.name, renamed)
+    _rename(lab, dataset.name, renamed, mountpoint=str(dataset.mountpoint))  # the VM's disk path stays valid
     try:
-        lab.zfs("set", f"mountpoint={dataset.mountpoint}", renamed)  # the VM's disk path stays valid
         env.datasets = {renamed: env.datasets[dataset.name]}
 
         (point,) = json.loads(env.run("list", vm.name, "--json").stdout)
@@ -32,18 +31,30 @@ def test_list_shows_the_ram_of_a_renamed_datasets_restore_point(lab, running_vm,
         (entry,) = json.loads(env.run("status", "--json").stdout)["datasets"]
         assert entry["ram_dumps"] == 1, entry
     finally:
-        lab.zfs("inherit", "mountpoint", renamed)
         _rename(lab, renamed, dataset.name)
 
 
-def _rename(lab, old: str, new: str) -> None:
-    """zfs-fuse says "busy" for a while after the QEMU holding a file there ended (docs/development.md, Traps)."""
-    for _ in range(50):
+def _rename(lab, old: str, new: str, mountpoint: str | None = None) -> None:
+    """Unmounted, renamed, mounted again (at `mountpoint`, else the inherited one) — as vmsnapd's restore renames.
+    zfs-fuse refuses to rename a mounted dataset ("dataset is busy"), and says "busy" to the unmount for a while
+    after the QEMU holding a file there ended (docs/development.md, Traps)."""
+    _while_busy(lab, "umount", old)
+    _while_busy(lab, "rename", old, new)
+    if mountpoint:
+        lab.zfs("set", f"mountpoint={mountpoint}", new)
+    else:
+        lab.zfs("inherit", "mountpoint", new)
+    if lab.zfs("get", "-H", "-o", "value", "mounted", new).strip() != "yes":
+        lab.zfs("mount", new)
+
+
+def _while_busy(lab, *args: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            lab.zfs("rename", old, new)
+            lab.zfs(*args)
             return
         except lab.LabError as exc:
-            if "busy" not in str(exc):
+            if "busy" not in str(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
-    lab.zfs("rename", old, new)
+            time.sleep(0.5)
