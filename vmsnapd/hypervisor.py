@@ -145,13 +145,10 @@ class Hypervisor:
     def conn(self) -> libvirt.virConnect:
         """The connection, reopened when libvirtd restarted since the last call."""
         with self._lock:
-            if self._conn is None or not self._conn.isAlive():
-                if self._conn is not None:
-                    log.warning("connection to %s lost; reconnecting", self.uri)
-                    self._release(self._conn)
-                    # Forgotten before reconnecting: if libvirtd does not answer yet, the next call tries again
-                    # (a closed connection kept here answered "invalid connection pointer" to every later call).
-                    self._conn = None
+            if self._conn is not None and not self._conn.isAlive():
+                log.warning("connection to %s lost; reconnecting", self.uri)
+                self._forget()
+            if self._conn is None:
                 self._conn = self._connect()
             return self._conn
 
@@ -161,9 +158,14 @@ class Hypervisor:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._release(self._conn)
-                self._conn = None
+            self._forget()
+
+    def _forget(self) -> None:
+        """Release the connection held and forget it, so that the next call connects afresh (one kept after its
+        release answered "invalid connection pointer" to every later call). Under `_lock`."""
+        if self._conn is not None:
+            self._release(self._conn)
+            self._conn = None
 
     def _release(self, conn: libvirt.virConnect) -> None:
         """Deregister this connection's event callbacks (each holds a reference that keeps it open) and close it;
@@ -200,8 +202,7 @@ class Hypervisor:
     def _drop_connection(self, conn: libvirt.virConnect) -> None:
         with self._lock:
             if self._conn is conn:
-                self._release(conn)
-                self._conn = None
+                self._forget()
 
     def _domain(self, name: str) -> libvirt.virDomain:
         validate_domain_name(name)
