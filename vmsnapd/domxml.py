@@ -8,6 +8,7 @@ them directly.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
@@ -33,6 +34,13 @@ class Disk:
     def snapshottable(self) -> bool:
         """Disks a cycle must capture: writable, not shared with another VM, not removable media."""
         return self.device in ("disk", "lun") and not self.readonly and not self.shareable and bool(self.source)
+
+
+def disks_below(disks: Iterable[Disk], folder: str) -> list[Disk]:
+    """The disks whose source lies below `folder`, a real path (libvirt names sources by theirs; the callers resolve
+    overlay_dir): on an overlay in it, a cycle that did not finish."""
+    base = folder.rstrip("/") + "/"
+    return [d for d in disks if d.source.startswith(base)]
 
 
 def parse_disks(domain_xml: str) -> list[Disk]:

@@ -441,8 +441,7 @@ class Hypervisor:
 
     def overlay_disks(self, name: str, overlay_dir: Path) -> list[Disk]:
         """Disks whose active source lives in overlay_dir: a cycle did not finish (ours or a script's)."""
-        base = str(overlay_dir.resolve()).rstrip("/") + "/"
-        return [d for d in self.disks(name) if d.source.startswith(base)]
+        return domxml.disks_below(self.disks(name), str(overlay_dir.resolve()))
 
     # -- offline: a domain that stopped while on an overlay ---------------------------------------------------
 

@@ -53,7 +53,7 @@ from vmsnapd.asides import (
 from vmsnapd.backing import (BACKING_PROPERTY, BackingFile, ChainFile, judge_restore, parse_backing_property,
                              unknown_chain_warning)
 from vmsnapd.clonexml import clone_domain_xml
-from vmsnapd.domxml import parse_disks
+from vmsnapd.domxml import disks_below, parse_disks
 from vmsnapd.hvtypes import PAUSED, RUNNING, SHUTOFF, HypervisorError
 from vmsnapd.ports import HypervisorPort, ZfsPort
 from vmsnapd.names import (
@@ -358,12 +358,11 @@ def refuse_left_on_overlays(ctx: Context, domain: str) -> None:
     to list the disk in exclude_disks — and with that a restore went on.) An overlay no definition names holds
     nothing the base lacks (committed, or never used): it is recover's to delete and blocks no restore."""
     hv = ctx.hypervisor
-    base = str(Path(ctx.config.daemon.overlay_dir).resolve()).rstrip("/") + "/"
     try:
         disks = hv.disks(domain) + parse_disks(hv.xml(domain, inactive=True))
     except HypervisorError:
         return  # not there, or unreadable: the target's own error says so
-    left = {f"{d.target}: {d.source}" for d in disks if d.source.startswith(base)}
+    left = {f"{d.target}: {d.source}" for d in disks_below(disks, str(Path(ctx.config.daemon.overlay_dir).resolve()))}
     if left:
         raise RestoreFailed(f"{domain} still has disks on overlays of a cycle that did not finish "
                             f"({', '.join(sorted(left))}): its newest writes are there, not in its datasets. Run "

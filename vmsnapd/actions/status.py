@@ -21,6 +21,7 @@ from vmsnapd.actions.context import Context, Survey
 from vmsnapd.report import PassReport
 from vmsnapd.asides import kept_aside_lines
 from vmsnapd.config import ConfigError, DaemonSettings, DatasetPolicy, read_regular_file
+from vmsnapd.domxml import disks_below
 from vmsnapd.files import check_folder_to_be, ensure_private_directory, write_file_atomically
 from vmsnapd.hvtypes import HypervisorError
 from vmsnapd.journal import JournalScan
@@ -334,8 +335,9 @@ def _ask_libvirt(entry: DatasetStatus, hv: HypervisorPort, policy: DatasetPolicy
     """The VM's state, the overlays it runs on, and whether its live RAM captures can be trusted."""
     try:
         entry.vm_state = hv.state(entry.domain)
-        entry.overlays = [f"{d.target}: {d.source}" for d in hv.overlay_disks(entry.domain, overlay_dir)]
-        entry.others_overlays = others_overlays([(d.target, d.source) for d in hv.disks(entry.domain)],
+        disks = hv.disks(entry.domain)  # read once: vmsnapd's overlays and another tool's
+        entry.overlays = [f"{d.target}: {d.source}" for d in disks_below(disks, str(overlay_dir.resolve()))]
+        entry.others_overlays = others_overlays([(d.target, d.source) for d in disks],
                                                 hv.snapshot_records(entry.domain), str(overlay_dir))
         if policy.memory and policy.live:
             entry.live_caveat = hv.live_ram_caveat(entry.domain)
