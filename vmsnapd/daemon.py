@@ -76,6 +76,11 @@ def clock_jump(before: tuple[float, float], after: tuple[float, float]) -> float
     return (after[0] - before[0]) - (after[1] - before[1])
 
 
+def _pass_trigger() -> CronTrigger:
+    """A pass every minute at second 0 (UTC: a wall-clock minute in any zone)."""
+    return CronTrigger(second=0, timezone="UTC")
+
+
 def _span(seconds: float) -> str:
     seconds = abs(seconds)
     if seconds < 120:
@@ -253,10 +258,11 @@ class Daemon:
         liveness check every half WatchdogSec."""
         if watchdog_usec:
             self.watchdog_s = max(watchdog_usec / 2e6, 0.5)
-            self.scheduler.add_job(self.watchdog_tick, IntervalTrigger(seconds=self.watchdog_s), id="watchdog",
-                                   max_instances=1)
-        self.scheduler.add_job(self.one_pass, CronTrigger(second=0, timezone="UTC"), id="pass",
-                               misfire_grace_time=50, next_run_time=None)
+            self.scheduler.add_job(self.watchdog_tick, self._watchdog_trigger(), id="watchdog", max_instances=1)
+        self.scheduler.add_job(self.one_pass, _pass_trigger(), id="pass", misfire_grace_time=50, next_run_time=None)
+
+    def _watchdog_trigger(self) -> IntervalTrigger:
+        return IntervalTrigger(seconds=self.watchdog_s)
 
     def pass_overran(self, event: JobSubmissionEvent) -> None:
         """A minute came while the pass still runs: that minute's pass is left out (the next minute after the
@@ -275,9 +281,9 @@ class Daemon:
         log.warning("wall clock %s by %s: passes rescheduled on the new time, the next one at the next minute%s",
                     how, _span(jump), " (a snapshot is due again only once the schedule passes the newest one)"
                     if jump < 0 else "")
-        self.scheduler.reschedule_job("pass", trigger=CronTrigger(second=0, timezone="UTC"))
+        self.scheduler.reschedule_job("pass", trigger=_pass_trigger())
         if self.watchdog_s is not None:
-            self.scheduler.reschedule_job("watchdog", trigger=IntervalTrigger(seconds=self.watchdog_s))
+            self.scheduler.reschedule_job("watchdog", trigger=self._watchdog_trigger())
         return True
 
     def run(self) -> int:
